@@ -1,0 +1,29 @@
+//! Compiles the wire contract in proto/ with protox, so no system `protoc` is needed.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "proto/kh/v1/types.proto",
+        "proto/kh/v1/enrollment.proto",
+        "proto/kh/v1/node.proto",
+        "proto/kh/v1/admin.proto",
+        "proto/kh/v1/agent.proto",
+    ];
+    for f in &files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let descriptors = protox::compile(files, ["proto"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // The descriptor set is embedded so the authorization test can walk every RPC
+    // of every service without a hand-kept list.
+    std::fs::write(
+        out.join("kh_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! kh-host: the one seam through which kh-agent touches its host.

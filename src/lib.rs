@@ -1,0 +1,30 @@
+//! The `kh` library: what every kh process shares and nothing more.
+//!
+//! It owns the wire contract (the generated `proto` module), the kh PKI
+//! (identities in certificates, the CA, CSRs, the CA pin hash), the TLS
+//! plumbing that turns a peer certificate into an [`pki::Identity`], the one
+//! authorization layer, redacting secrets, and the validated names used at the
+//! edges. It must not touch host files, spawn processes or keep state: those
+//! belong to `kh-host`, the agent and the coordinator.
+
+pub mod authz;
+pub mod khconfig;
+pub mod names;
+pub mod pki;
+pub mod secret;
+pub mod time;
+pub mod tls;
+pub mod token;
+
+/// Generated code for the `kh.v1` package.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("kh.v1");
+
+    /// The compiled descriptor set of every kh service, for tests and tooling.
+    pub const DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/kh_descriptor.bin"));
+}
+
+/// The version every kh binary reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,1 @@
+//! Process-level end-to-end tests live in tests/.
