@@ -24,6 +24,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // The coordinator persists facts as they were reported and khctl prints
+        // them as JSON; deriving serde here avoids a hand-kept mirror type.
+        .type_attribute(
+            "kh.v1.Facts",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -104,3 +104,19 @@ mod tests {
         assert_eq!(unix_ms(c.now()), 3000);
     }
 }
+
+/// Serde for durations written as humans write them ("10s", "30m", "24h").
+pub mod serde_duration {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text: String = serde::Deserialize::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write it like 10s, 30m or 24h"))
+        })
+    }
+}

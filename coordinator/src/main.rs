@@ -1,1 +1,166 @@
-fn main() {}
+//! The kh-coordinator binary: flags, logging, signals, systemd readiness.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kh_coordinator::config::{defaults, Config};
+use kh_coordinator::Coordinator;
+
+#[derive(Parser)]
+#[command(
+    name = "kh-coordinator",
+    version,
+    about = "The kh coordinator: certificate authority for kh identities, enrollment, node registry and the single point of control of a kh cluster.",
+    long_about = None,
+    after_help = "Start it once per cluster:\n  kh-coordinator serve --data-dir /var/lib/kh-coordinator --listen 0.0.0.0:7443 --advertise 10.0.0.5\n\nOn first start it creates the kh CA and writes admin credentials for khctl to DATA_DIR/admin.khconfig (0600)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// A YAML config file (camelCase keys: dataDir, listen, advertise,
+    /// heartbeatInterval, nodeCertValidity, adminCertValidity, defaultTokenTtl).
+    /// Flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the store, the secret key and admin.khconfig live. Back it up:
+    /// it holds the cluster's join material and the kh CA.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Address to serve agents and khctl on [default: 0.0.0.0:7443].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// An IP or DNS name agents and khctl use to reach this coordinator;
+    /// repeatable. Each becomes a SAN of the serving certificate.
+    #[arg(long)]
+    advertise: Vec<String>,
+    /// How often agents send heartbeats; three missed ones mark a node NotReady [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// Lifetime of node certificates; agents renew after two thirds [default: 90d].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    node_cert_validity: Option<Duration>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    advertise: Vec<String>,
+    heartbeat_interval: Option<String>,
+    node_cert_validity: Option<String>,
+    admin_cert_validity: Option<String>,
+    default_token_ttl: Option<String>,
+}
+
+fn duration(field: &str, v: Option<String>) -> anyhow::Result<Option<Duration>> {
+    v.map(|s| humantime::parse_duration(&s).with_context(|| format!("config field {field}: {s:?} is not a duration like 10s or 24h")))
+        .transpose()
+}
+
+fn config(args: ServeArgs) -> anyhow::Result<Config> {
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_yaml::from_str(&text).with_context(|| format!("config file {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let cfg = Config {
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .context("--data-dir is required (or dataDir in --config)")?,
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
+        advertise: if args.advertise.is_empty() { file.advertise } else { args.advertise },
+        heartbeat_interval: args
+            .heartbeat_interval
+            .or(duration("heartbeatInterval", file.heartbeat_interval)?)
+            .unwrap_or_else(defaults::heartbeat_interval),
+        node_cert_validity: args
+            .node_cert_validity
+            .or(duration("nodeCertValidity", file.node_cert_validity)?)
+            .unwrap_or_else(defaults::node_cert_validity),
+        admin_cert_validity: duration("adminCertValidity", file.admin_cert_validity)?
+            .unwrap_or_else(defaults::admin_cert_validity),
+        default_token_ttl: duration("defaultTokenTtl", file.default_token_ttl)?.unwrap_or_else(defaults::token_ttl),
+    };
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    Ok(cfg)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KH_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Cli { command } = Cli::parse();
+    let result = match command {
+        Command::Serve(args) => serve(args).await,
+    };
+    if let Err(e) = result {
+        eprintln!("kh-coordinator: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = config(args)?;
+    let data_dir = cfg.data_dir.clone();
+    let listen = cfg.listen;
+    let validity = cfg.admin_cert_validity;
+    let coord = tokio::task::spawn_blocking(move || Coordinator::open(cfg, Arc::new(kh::time::SystemClock)))
+        .await??;
+    let wrote = coord
+        .pki
+        .ensure_admin_config(&data_dir, &coord.public_address(), validity, coord.clock.now())?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;
+    let admin_path = kh_coordinator::store::admin_config_path(&data_dir);
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        advertise = %coord.public_address(),
+        ca_cert_hash = %coord.pki.ca().cert_hash(),
+        admin_config = %admin_path.display(),
+        new_admin_config = wrote,
+        "kh-coordinator ready"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    kh_coordinator::server::serve(coord, listener, shutdown_signal()).await?;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    tracing::info!("kh-coordinator stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,1 +1,265 @@
-fn main() {}
+//! khctl: the operator's command line. It talks only to the coordinator, with
+//! the admin credentials of a khconfig file, and never to agents.
+
+mod output;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use kh::khconfig::KhConfig;
+use kh::proto::admin_client::AdminClient;
+use kh::proto::*;
+use tonic::transport::Channel;
+
+use output::{print_json, Table};
+
+#[derive(Parser)]
+#[command(
+    name = "khctl",
+    version,
+    about = "Operate a kh cluster through its coordinator.",
+    after_help = "Credentials are read from --config, else $KHCONFIG, else ~/.config/kh/config.\nThe coordinator writes them to DATA_DIR/admin.khconfig on first start."
+)]
+struct Cli {
+    /// Path to a khconfig file with admin credentials.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrollment tokens for new agents.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// List enrolled nodes with their health.
+    Nodes,
+}
+
+#[derive(Subcommand)]
+enum TokenCmd {
+    /// Create a single-use token bound to one node name, and print the enroll command.
+    Create {
+        /// The node name the agent will enroll as.
+        #[arg(long)]
+        node: String,
+        /// How long the token stays valid (e.g. 30m, 2h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+        /// Allow re-enrolling a node that is already enrolled; its old certificate stops working.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List tokens (used and expired ones stay listed for a day).
+    List,
+    /// Delete a token by its id (the part before the dot) or its full text.
+    Delete { id: String },
+}
+
+fn config_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p);
+    }
+    if let Some(p) = std::env::var_os("KHCONFIG").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME").context("no --config, no $KHCONFIG and no $HOME to find ~/.config/kh/config")?;
+    Ok(PathBuf::from(home).join(".config/kh/config"))
+}
+
+async fn admin(flag: Option<PathBuf>) -> anyhow::Result<(AdminClient<Channel>, String)> {
+    let path = config_path(flag)?;
+    let cfg = KhConfig::load(&path).with_context(|| {
+        "khctl needs admin credentials: pass --config DATA_DIR/admin.khconfig (written by kh-coordinator on first start), or set $KHCONFIG"
+    })?;
+    let creds = cfg.creds();
+    let channel = kh::tls::channel(&cfg.coordinator, kh::tls::host_of(&cfg.coordinator), Some(&creds), &cfg.ca)?;
+    Ok((AdminClient::new(channel), cfg.coordinator))
+}
+
+/// Turns a gRPC failure into what the operator should know and do.
+fn explain(coordinator: &str, s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable => anyhow::anyhow!(
+            "cannot reach the coordinator at {coordinator}: {}. Is kh-coordinator running there, and is the address in your khconfig right?",
+            s.message()
+        ),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => anyhow::anyhow!(
+            "the coordinator refused these credentials: {}",
+            s.message()
+        ),
+        _ => anyhow::anyhow!("{}", s.message()),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("khctl: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let (mut client, addr) = admin(cli.config).await?;
+    let now = std::time::SystemTime::now();
+    match cli.command {
+        Command::Token(TokenCmd::Create { node, ttl, force }) => {
+            let r = client
+                .create_token(CreateTokenRequest {
+                    node_name: node,
+                    ttl_seconds: ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
+                    force,
+                })
+                .await
+                .map_err(|s| explain(&addr, s))?
+                .into_inner();
+            let info = r.info.unwrap_or_default();
+            if cli.output == Format::Json {
+                print_json(&serde_json::json!({
+                    "token": r.token,
+                    "node": info.node_name,
+                    "expires": kh::time::rfc3339(info.expires_unix_ms),
+                    "force": info.force,
+                    "caCertHash": r.ca_cert_hash,
+                    "coordinator": r.coordinator,
+                    "enrollCommand": r.enroll_command,
+                }));
+            } else {
+                println!(
+                    "Token for node {} (single use, expires {}, {}):\n",
+                    info.node_name,
+                    kh::time::relative(now, info.expires_unix_ms),
+                    kh::time::rfc3339(info.expires_unix_ms)
+                );
+                println!("  {}\n", r.enroll_command);
+                println!("Run it on the node as root. The token is shown only now.");
+            }
+        }
+        Command::Token(TokenCmd::List) => {
+            let r = client
+                .list_tokens(ListTokensRequest {})
+                .await
+                .map_err(|s| explain(&addr, s))?
+                .into_inner();
+            if cli.output == Format::Json {
+                let rows: Vec<_> = r
+                    .tokens
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "id": t.id, "node": t.node_name, "state": t.state, "force": t.force,
+                            "created": kh::time::rfc3339(t.created_unix_ms),
+                            "expires": kh::time::rfc3339(t.expires_unix_ms),
+                        })
+                    })
+                    .collect();
+                print_json(&serde_json::json!({ "tokens": rows }));
+            } else {
+                let mut t = Table::new(&["ID", "NODE", "STATE", "EXPIRES", "FORCE"]);
+                for tok in &r.tokens {
+                    t.row(vec![
+                        tok.id.clone(),
+                        tok.node_name.clone(),
+                        tok.state.clone(),
+                        kh::time::relative(now, tok.expires_unix_ms),
+                        if tok.force { "yes" } else { "" }.to_string(),
+                    ]);
+                }
+                t.print_or("No tokens. Create one with `khctl token create --node NAME`.");
+            }
+        }
+        Command::Token(TokenCmd::Delete { id }) => {
+            client
+                .delete_token(DeleteTokenRequest { id: id.clone() })
+                .await
+                .map_err(|s| explain(&addr, s))?;
+            if cli.output == Format::Json {
+                print_json(&serde_json::json!({ "deleted": id.split('.').next() }));
+            } else {
+                println!("Deleted token {}.", id.split('.').next().unwrap_or_default());
+            }
+        }
+        Command::Nodes => {
+            let r = client
+                .list_nodes(ListNodesRequest {})
+                .await
+                .map_err(|s| explain(&addr, s))?
+                .into_inner();
+            print_nodes(&r, cli.output, now)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_nodes(r: &ListNodesResponse, format: Format, now: std::time::SystemTime) -> anyhow::Result<()> {
+    if format == Format::Json {
+        let rows: Vec<_> = r
+            .nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "name": n.name,
+                    "role": n.role,
+                    "endpoint": n.endpoint,
+                    "health": n.health,
+                    "lastSeen": kh::time::rfc3339(n.last_seen_unix_ms),
+                    "enrolled": kh::time::rfc3339(n.enrolled_unix_ms),
+                    "certExpires": kh::time::rfc3339(n.cert_expires_unix_ms),
+                    "agentVersion": n.agent_version,
+                    "warnings": n.warnings,
+                    "facts": n.facts,
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({ "nodes": rows, "heartbeatIntervalMs": r.heartbeat_interval_ms }));
+        return Ok(());
+    }
+    let mut t = Table::new(&["NAME", "ROLE", "ADDRESS", "HEALTH", "LAST SEEN", "OS", "KERNEL", "CONTAINERD", "KUBELET"]);
+    for n in &r.nodes {
+        let f = n.facts.clone().unwrap_or_default();
+        let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+        t.row(vec![
+            n.name.clone(),
+            if n.role.is_empty() { "<none>".into() } else { n.role.clone() },
+            dash(&n.endpoint),
+            n.health.clone(),
+            kh::time::relative(now, n.last_seen_unix_ms),
+            dash(&f.os),
+            dash(&f.kernel),
+            dash(&f.containerd_version),
+            dash(&f.kubelet_version),
+        ]);
+    }
+    t.print_or("No nodes enrolled. Create a token with `khctl token create --node NAME` and run the printed command on the node.");
+    let warned: Vec<_> = r.nodes.iter().filter(|n| !n.warnings.is_empty()).collect();
+    if !warned.is_empty() {
+        println!();
+        for n in warned {
+            for w in &n.warnings {
+                println!("WARNING {}: {w}", n.name);
+            }
+        }
+    }
+    if r.nodes.iter().any(|n| n.health != "Ready") {
+        let window = Duration::from_millis(r.heartbeat_interval_ms * 3);
+        println!(
+            "\nNotReady: no heartbeat within {}. Check `systemctl status kh-agent` on those nodes and that they can reach the coordinator.",
+            humantime::format_duration(window)
+        );
+    }
+    Ok(())
+}

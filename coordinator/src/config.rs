@@ -1,0 +1,79 @@
+//! The coordinator's configuration: one struct, from an optional YAML file
+//! plus flags (flags win).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Addresses and DNS names agents and khctl use to reach the coordinator;
+    /// they become the SANs of its serving certificate.
+    #[serde(default)]
+    pub advertise: Vec<String>,
+    #[serde(default = "defaults::heartbeat_interval", with = "kh::time::serde_duration")]
+    pub heartbeat_interval: Duration,
+    #[serde(default = "defaults::node_cert_validity", with = "kh::time::serde_duration")]
+    pub node_cert_validity: Duration,
+    #[serde(default = "defaults::admin_cert_validity", with = "kh::time::serde_duration")]
+    pub admin_cert_validity: Duration,
+    #[serde(default = "defaults::token_ttl", with = "kh::time::serde_duration")]
+    pub default_token_ttl: Duration,
+}
+
+pub mod defaults {
+    use std::time::Duration;
+    pub fn heartbeat_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn node_cert_validity() -> Duration {
+        Duration::from_secs(90 * 86400)
+    }
+    pub fn admin_cert_validity() -> Duration {
+        Duration::from_secs(365 * 86400)
+    }
+    pub fn token_ttl() -> Duration {
+        Duration::from_secs(30 * 60)
+    }
+    pub const LISTEN: &str = "0.0.0.0:7443";
+}
+
+impl Config {
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval < Duration::from_millis(100) {
+            return Err("heartbeatInterval must be at least 100ms".into());
+        }
+        if self.node_cert_validity < Duration::from_secs(3) {
+            return Err("nodeCertValidity must be at least 3s".into());
+        }
+        if self.advertise.is_empty() && self.listen.ip().is_unspecified() {
+            return Err(format!(
+                "--listen {} binds every address, so kh cannot tell agents where to reach it: pass --advertise HOST (an IP or DNS name agents can reach; repeatable)",
+                self.listen
+            ));
+        }
+        for a in &self.advertise {
+            if a.is_empty() || a.contains('/') || a.contains(' ') {
+                return Err(format!("--advertise {a:?} is not a host name or IP address"));
+            }
+            if a.ends_with(".node.kh") {
+                return Err(format!("--advertise {a:?}: names under .node.kh are reserved for node certificates"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The SANs of the serving certificate: the advertised names, or the
+    /// listen IP when nothing is advertised.
+    pub fn sans(&self) -> Vec<String> {
+        if self.advertise.is_empty() {
+            vec![self.listen.ip().to_string()]
+        } else {
+            self.advertise.clone()
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! kh-coordinator: the single point of control of a kh cluster.
+//!
+//! It owns the kh CA and enrollment, the node registry, and (in later
+//! capabilities) the rollout engine and every control-plane membership change.
+//! It never touches a cluster host itself: every host effect is a typed step it
+//! asks an agent to perform. Only `store` knows sled; only `rpc` and `server`
+//! know tonic.
+
+pub mod config;
+pub mod error;
+pub mod pki;
+pub mod registry;
+pub mod rpc;
+pub mod server;
+pub mod store;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use kh::names::NodeName;
+use kh::pki::{Identity, Profile};
+use kh::time::{unix_ms, Clock};
+
+pub use config::Config;
+use error::CoordError;
+use registry::Registry;
+use store::Db;
+
+/// Everything the services share.
+pub struct Coordinator {
+    pub config: Config,
+    pub db: Db,
+    pub pki: pki::Pki,
+    pub registry: Registry,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Coordinator {
+    pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Self>, CoordError> {
+        create_private_dir(&config.data_dir)?;
+        let db = Db::open_dir(&config.data_dir)?;
+        Self::with_db(config, db, clock)
+    }
+
+    pub fn with_db(config: Config, db: Db, clock: Arc<dyn Clock>) -> Result<Arc<Self>, CoordError> {
+        let pki = pki::Pki::load_or_create(&db, &config, clock.now())?;
+        Ok(Arc::new(Coordinator {
+            registry: Registry::new(db.clone()),
+            config,
+            db,
+            pki,
+            clock,
+        }))
+    }
+
+    /// The `host:port` agents and khctl use to reach this coordinator.
+    pub fn public_address(&self) -> String {
+        let host = self.config.advertise.first().cloned().unwrap_or_else(|| self.config.listen.ip().to_string());
+        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        format!("{host}:{}", self.config.listen.port())
+    }
+
+    /// Enrollment: token, node name and CSR in; a node certificate out.
+    pub fn enroll(&self, token: &str, node_name: &str, csr_pem: &str) -> Result<kh::pki::Issued, CoordError> {
+        let node = NodeName::new(node_name)?;
+        let now = self.clock.now();
+        let rec = tokens::check(&self.db, self.clock.as_ref(), token, &node)?;
+        if let Some(existing) = self.registry.get(&node)? {
+            if !rec.force {
+                return Err(CoordError::AlreadyExists(format!(
+                    "node {node} is already enrolled (since {}). To replace its identity, create a token with `khctl token create --node {node} --force`",
+                    kh::time::rfc3339(existing.enrolled_ms)
+                )));
+            }
+        }
+        // The CSR is validated before the token is spent, so a broken agent
+        // does not burn the operator's token.
+        let issued = self
+            .pki
+            .ca()
+            .sign_csr(csr_pem, &Profile::node(&node, self.config.node_cert_validity), now)?;
+        tokens::spend(&self.db, self.clock.as_ref(), &rec)?;
+        self.registry.enroll(&node, &issued.identity, unix_ms(now))?;
+        tracing::info!(node = %node, serial = %issued.identity.serial, "node enrolled");
+        Ok(issued)
+    }
+
+    pub fn renew(&self, caller: &Identity, csr_pem: &str) -> Result<kh::pki::Issued, CoordError> {
+        let rec = self.registry.authenticate(caller)?;
+        let issued = self.pki.ca().sign_csr(
+            csr_pem,
+            &Profile::node(&rec.name, self.config.node_cert_validity),
+            self.clock.now(),
+        )?;
+        self.registry.renewed(rec, &issued.identity)?;
+        tracing::info!(node = %caller.name, serial = %issued.identity.serial, "node certificate renewed");
+        Ok(issued)
+    }
+}
+
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), CoordError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |e: std::io::Error| CoordError::Store(store::StoreError::Io(format!("data dir {}: {e}", dir.display())));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    Ok(())
+}

@@ -1,0 +1,25 @@
+use std::sync::Arc;
+
+use kh::proto::enrollment_server::Enrollment;
+use kh::proto::{EnrollRequest, EnrollResponse};
+use tonic::{Request, Response, Status};
+
+use crate::Coordinator;
+
+pub struct EnrollmentService(pub Arc<Coordinator>);
+
+#[tonic::async_trait]
+impl Enrollment for EnrollmentService {
+    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+        let r = req.into_inner();
+        let coord = self.0.clone();
+        // Signing and the store's fsync block; keep them off the reactor.
+        let issued = tokio::task::spawn_blocking(move || coord.enroll(&r.token, &r.node_name, &r.csr_pem))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(EnrollResponse {
+            certificate_pem: issued.cert_pem,
+            ca_pem: self.0.pki.ca().cert_pem().to_string(),
+        }))
+    }
+}

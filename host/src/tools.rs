@@ -1,0 +1,290 @@
+//! Version probing of the tools kh drives (kubeadm, kubelet, kubectl,
+//! containerd), shared by preflight and facts. Probing only runs `version`
+//! style commands, which change nothing.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::tail_or_empty;
+use crate::host::{Cmd, Host};
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What probing one tool found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum ToolVersion {
+    /// Not on the search path.
+    Missing,
+    /// The version as the tool prints it, e.g. `v1.32.0` or `1.6.20~ds1`.
+    Found(String),
+    /// On the path, but the version could not be read (with why).
+    Unreadable(String),
+}
+
+impl ToolVersion {
+    /// The version, or an empty string; for facts, which never fail.
+    pub fn as_fact(&self) -> String {
+        match self {
+            ToolVersion::Found(version) => version.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// A `major.minor.patch` version; pre-release and build suffixes are dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Semver {
+    pub major: u64,
+    pub minor: u64,
+    pub patch: u64,
+}
+
+impl std::fmt::Display for Semver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+/// Parses `v1.32.0`, `1.32.0`, `v1.32.0-rc.1+abc` or `1.6.20~ds1`.
+pub fn parse_semver(text: &str) -> Option<Semver> {
+    let text = text.trim();
+    let text = text.strip_prefix('v').unwrap_or(text);
+    let mut parts = text.splitn(3, '.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let rest = parts.next()?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let patch = digits.parse().ok()?;
+    Some(Semver {
+        major,
+        minor,
+        patch,
+    })
+}
+
+/// The first word that looks like a version, from any of the tools' outputs.
+fn first_version_word(text: &str) -> Option<String> {
+    text.split_whitespace()
+        .find(|word| parse_semver(word).is_some())
+        .map(str::to_string)
+}
+
+/// `kubeadm version -o short` prints `v1.32.0`.
+pub fn parse_kubeadm_short(stdout: &str) -> Option<String> {
+    first_version_word(stdout)
+}
+
+/// `kubelet --version` prints `Kubernetes v1.32.0`.
+pub fn parse_kubelet_version(stdout: &str) -> Option<String> {
+    let rest = stdout.trim().strip_prefix("Kubernetes")?;
+    first_version_word(rest)
+}
+
+/// `kubectl version --client -o json` prints `clientVersion.gitVersion`.
+pub fn parse_kubectl_json(stdout: &str) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_str(stdout).ok()?;
+    let version = json.get("clientVersion")?.get("gitVersion")?.as_str()?;
+    parse_semver(version).map(|_| version.to_string())
+}
+
+/// `kubectl version --client --short` (and plain `--client` on newer
+/// releases) prints `Client Version: v1.32.0`; very old releases print
+/// `Client Version: version.Info{... GitVersion:"v1.20.0" ...}`.
+pub fn parse_kubectl_text(stdout: &str) -> Option<String> {
+    let line = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Client Version:"))?;
+    if let Some((_, rest)) = line.split_once("GitVersion:\"") {
+        return rest.split('"').next().map(str::to_string);
+    }
+    first_version_word(line)
+}
+
+/// `containerd --version` prints
+/// `containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3`
+/// (or `... v2.0.0 <commit>` upstream); the third word is the version.
+pub fn parse_containerd_version(stdout: &str) -> Option<String> {
+    let mut words = stdout.split_whitespace();
+    if words.next()? != "containerd" {
+        return None;
+    }
+    let version = words.nth(1)?;
+    parse_semver(version).map(|_| version.to_string())
+}
+
+/// Runs one probe command; `Err` carries why it gave no output to parse.
+fn probe(host: &Host, argv: &[&str]) -> Result<String, ToolVersion> {
+    if host.which(argv[0]).is_none() {
+        return Err(ToolVersion::Missing);
+    }
+    let cmd = Cmd::new(argv[0])
+        .args(argv[1..].iter().copied())
+        .timeout(PROBE_TIMEOUT);
+    match host.run(&cmd) {
+        Ok(record) if record.success() => Ok(record.stdout),
+        Ok(record) => Err(ToolVersion::Unreadable(format!(
+            "`{}` failed ({}): {}",
+            argv.join(" "),
+            record.status_text(),
+            tail_or_empty(&record.stderr_tail)
+        ))),
+        Err(err) => Err(ToolVersion::Unreadable(err.to_string())),
+    }
+}
+
+fn parsed(argv: &[&str], stdout: &str, parse: fn(&str) -> Option<String>) -> ToolVersion {
+    match parse(stdout) {
+        Some(version) => ToolVersion::Found(version),
+        None => ToolVersion::Unreadable(format!(
+            "cannot find a version in the output of `{}`: {:?}",
+            argv.join(" "),
+            stdout.trim()
+        )),
+    }
+}
+
+fn probe_parsed(host: &Host, argv: &[&str], parse: fn(&str) -> Option<String>) -> ToolVersion {
+    match probe(host, argv) {
+        Ok(stdout) => parsed(argv, &stdout, parse),
+        Err(state) => state,
+    }
+}
+
+pub fn kubeadm_version(host: &Host) -> ToolVersion {
+    probe_parsed(
+        host,
+        &["kubeadm", "version", "-o", "short"],
+        parse_kubeadm_short,
+    )
+}
+
+pub fn kubelet_version(host: &Host) -> ToolVersion {
+    probe_parsed(host, &["kubelet", "--version"], parse_kubelet_version)
+}
+
+/// JSON output first; releases that lack it (or print it differently) get
+/// the text forms.
+pub fn kubectl_version(host: &Host) -> ToolVersion {
+    let json = ["kubectl", "version", "--client", "-o", "json"];
+    let first = match probe(host, &json) {
+        Ok(stdout) => match parse_kubectl_json(&stdout) {
+            Some(version) => return ToolVersion::Found(version),
+            None => parsed(&json, &stdout, parse_kubectl_json),
+        },
+        Err(ToolVersion::Missing) => return ToolVersion::Missing,
+        Err(state) => state,
+    };
+    for argv in [
+        &["kubectl", "version", "--client", "--short"][..],
+        &["kubectl", "version", "--client"][..],
+    ] {
+        if let Ok(stdout) = probe(host, argv) {
+            if let Some(version) = parse_kubectl_text(&stdout) {
+                return ToolVersion::Found(version);
+            }
+        }
+    }
+    first
+}
+
+pub fn containerd_version(host: &Host) -> ToolVersion {
+    probe_parsed(host, &["containerd", "--version"], parse_containerd_version)
+}
+
+/// All four tools at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolVersions {
+    pub kubeadm: ToolVersion,
+    pub kubelet: ToolVersion,
+    pub kubectl: ToolVersion,
+    pub containerd: ToolVersion,
+}
+
+pub fn tool_versions(host: &Host) -> ToolVersions {
+    ToolVersions {
+        kubeadm: kubeadm_version(host),
+        kubelet: kubelet_version(host),
+        kubectl: kubectl_version(host),
+        containerd: containerd_version(host),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semvers_parse() {
+        let v = |major, minor, patch| {
+            Some(Semver {
+                major,
+                minor,
+                patch,
+            })
+        };
+        let cases = [
+            ("v1.32.0", v(1, 32, 0)),
+            ("1.32.0", v(1, 32, 0)),
+            ("v1.31.4-rc.1+abc", v(1, 31, 4)),
+            ("1.6.20~ds1", v(1, 6, 20)),
+            ("v2.0.0\n", v(2, 0, 0)),
+            ("v1.32", None),
+            ("latest", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_semver(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn tool_outputs_parse() {
+        type Parser = fn(&str) -> Option<String>;
+        let cases: &[(Parser, &str, Option<&str>)] = &[
+            (parse_kubeadm_short, "v1.32.0\n", Some("v1.32.0")),
+            (parse_kubeadm_short, "error: unknown flag\n", None),
+            (parse_kubelet_version, "Kubernetes v1.32.0\n", Some("v1.32.0")),
+            (parse_kubelet_version, "v1.32.0\n", None),
+            (
+                parse_kubectl_json,
+                r#"{"clientVersion":{"major":"1","minor":"32","gitVersion":"v1.32.0","platform":"linux/amd64"},"kustomizeVersion":"v5.5.0"}"#,
+                Some("v1.32.0"),
+            ),
+            (parse_kubectl_json, "Client Version: v1.32.0", None),
+            (parse_kubectl_text, "Client Version: v1.27.3\nKustomize Version: v5.0.1\n", Some("v1.27.3")),
+            (
+                parse_kubectl_text,
+                "Client Version: version.Info{Major:\"1\", Minor:\"20\", GitVersion:\"v1.20.0\", GitCommit:\"af46c47\"}\n",
+                Some("v1.20.0"),
+            ),
+            (
+                parse_containerd_version,
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n",
+                Some("1.6.20~ds1"),
+            ),
+            (
+                parse_containerd_version,
+                "containerd github.com/containerd/containerd/v2 v2.0.0 207ad711eabd375a01713109a8a197d197ff6542\n",
+                Some("v2.0.0"),
+            ),
+            (parse_containerd_version, "ctr version 1.6.20\n", None),
+        ];
+        for (parse, output, want) in cases {
+            assert_eq!(parse(output).as_deref(), *want, "{output:?}");
+        }
+    }
+
+    #[test]
+    fn the_real_containerd_reports_its_version() {
+        let host = Host::new("/", vec!["/usr/bin".into(), "/bin".into()]);
+        match containerd_version(&host) {
+            ToolVersion::Found(version) => assert!(parse_semver(&version).is_some()),
+            other => panic!("containerd is installed on this machine, got {other:?}"),
+        }
+        let empty = Host::new("/", vec!["/nonexistent-kh-bin".into()]);
+        assert_eq!(kubeadm_version(&empty), ToolVersion::Missing);
+        assert_eq!(kubectl_version(&empty), ToolVersion::Missing);
+    }
+}
