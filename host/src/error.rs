@@ -147,7 +147,7 @@ pub enum StepError {
         key: String,
         wanted: String,
         #[source]
-        source: HostError,
+        source: Box<HostError>,
     },
 
     #[error("sysctl `{key}` did not keep its value: wanted `{wanted}`, read back `{actual}`; something on the host (a container runtime, a security module or another sysctl.d file applied later) resets it. Find it with `grep -r {key} /etc/sysctl.d /run/sysctl.d /usr/lib/sysctl.d` and run the step again")]

@@ -451,7 +451,7 @@ impl Step for ContainerdCgroup {
     fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
         let mut applier = match Applier::start(host, StepKind::ContainerdCgroup, plan) {
             Ok(applier) => applier,
-            Err(report) => return report,
+            Err(err) => return StepReport::failed(StepKind::ContainerdCgroup, &err),
         };
         let result = (|| {
             for file in &plan.files {

@@ -252,15 +252,12 @@ pub(crate) struct Applier<'a> {
 
 impl<'a> Applier<'a> {
     /// Starts applying, refusing a plan made by another step.
-    pub(crate) fn start(host: &'a Host, step: StepKind, plan: &Plan) -> Result<Self, StepReport> {
+    pub(crate) fn start(host: &'a Host, step: StepKind, plan: &Plan) -> Result<Self, StepError> {
         if plan.step != step {
-            return Err(StepReport::failed(
-                step,
-                &StepError::WrongPlan {
-                    expected: step,
-                    got: plan.step,
-                },
-            ));
+            return Err(StepError::WrongPlan {
+                expected: step,
+                got: plan.step,
+            });
         }
         Ok(Self {
             host,

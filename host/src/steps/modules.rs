@@ -249,7 +249,7 @@ impl Step for KernelModules {
     fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
         let mut applier = match Applier::start(host, StepKind::KernelModules, plan) {
             Ok(applier) => applier,
-            Err(report) => return report,
+            Err(err) => return StepReport::failed(StepKind::KernelModules, &err),
         };
         let result = (|| {
             for file in &plan.files {

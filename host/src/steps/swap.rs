@@ -112,7 +112,7 @@ impl Step for DisableSwap {
     fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
         let mut applier = match Applier::start(host, StepKind::DisableSwap, plan) {
             Ok(applier) => applier,
-            Err(report) => return report,
+            Err(err) => return StepReport::failed(StepKind::DisableSwap, &err),
         };
         let result = (|| {
             for file in &plan.files {

@@ -90,7 +90,7 @@ impl Step for Sysctl {
     fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
         let mut applier = match Applier::start(host, StepKind::Sysctl, plan) {
             Ok(applier) => applier,
-            Err(report) => return report,
+            Err(err) => return StepReport::failed(StepKind::Sysctl, &err),
         };
         let result = (|| {
             if let Some(argv) = plan.commands.first() {
@@ -109,7 +109,7 @@ impl Step for Sysctl {
                     .map_err(|source| StepError::SysctlWrite {
                         key: change.key.to_string(),
                         wanted: change.after.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 applier.record_sysctl(change);
             }
