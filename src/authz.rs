@@ -142,12 +142,7 @@ mod tests {
         for file in set.file {
             for svc in &file.service {
                 for m in &svc.method {
-                    paths.push(format!(
-                        "/{}.{}/{}",
-                        file.package(),
-                        svc.name(),
-                        m.name()
-                    ));
+                    paths.push(format!("/{}.{}/{}", file.package(), svc.name(), m.name()));
                 }
             }
         }
@@ -168,7 +163,11 @@ mod tests {
     fn the_policy_lists_exactly_the_rpcs_of_the_proto() {
         let mut listed: Vec<String> = POLICY.iter().map(|(p, _)| p.to_string()).collect();
         listed.sort();
-        assert_eq!(listed, all_rpc_paths(), "POLICY must list every RPC once, and nothing else");
+        assert_eq!(
+            listed,
+            all_rpc_paths(),
+            "POLICY must list every RPC once, and nothing else"
+        );
     }
 
     /// Walks every RPC of every service with every identity, on both servers.
@@ -203,11 +202,18 @@ mod tests {
             }
         };
         let mut checked = 0;
-        for (server, served) in [("coordinator", COORDINATOR_SERVICES), ("agent", AGENT_SERVICES)] {
+        for (server, served) in [
+            ("coordinator", COORDINATOR_SERVICES),
+            ("agent", AGENT_SERVICES),
+        ] {
             for path in all_rpc_paths() {
                 for (who, identity) in &identities {
                     let got = decide(served, &path, identity.as_ref()).map_err(|s| s.code());
-                    assert_eq!(got, expected(server, &path, who), "{server} {path} as {who}");
+                    assert_eq!(
+                        got,
+                        expected(server, &path, who),
+                        "{server} {path} as {who}"
+                    );
                     checked += 1;
                 }
             }
@@ -218,9 +224,19 @@ mod tests {
     #[test]
     fn unknown_paths_are_refused_even_for_admins() {
         let admin = id(Role::Admin, "admin");
-        let err = decide(COORDINATOR_SERVICES, "/kh.v1.Admin/DropEverything", Some(&admin)).unwrap_err();
+        let err = decide(
+            COORDINATOR_SERVICES,
+            "/kh.v1.Admin/DropEverything",
+            Some(&admin),
+        )
+        .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
-        let err = decide(COORDINATOR_SERVICES, "/grpc.reflection.v1.ServerReflection/X", Some(&admin)).unwrap_err();
+        let err = decide(
+            COORDINATOR_SERVICES,
+            "/grpc.reflection.v1.ServerReflection/X",
+            Some(&admin),
+        )
+        .unwrap_err();
         assert_eq!(err.code(), Code::Unimplemented);
     }
 

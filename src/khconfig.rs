@@ -19,7 +19,10 @@ pub struct KhConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum KhConfigError {
     #[error("cannot read kh credentials {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("kh credentials {path} are malformed: {detail}")]
     Parse { path: String, detail: String },
 }

@@ -12,6 +12,7 @@ pub mod khconfig;
 pub mod names;
 pub mod pki;
 pub mod secret;
+pub mod spec;
 pub mod time;
 pub mod tls;
 pub mod token;

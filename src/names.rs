@@ -98,8 +98,14 @@ mod tests {
     fn rejects_what_kubernetes_rejects_with_a_reason() {
         let cases = [
             ("", "it is empty"),
-            ("CP-1", "it may only contain lowercase letters, digits, '-' and '.'"),
-            ("cp_1", "it may only contain lowercase letters, digits, '-' and '.'"),
+            (
+                "CP-1",
+                "it may only contain lowercase letters, digits, '-' and '.'",
+            ),
+            (
+                "cp_1",
+                "it may only contain lowercase letters, digits, '-' and '.'",
+            ),
             ("-cp", "a label starts or ends with '-'"),
             ("cp..1", "it has an empty label between dots"),
         ];

@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
 use crate::names::NodeName;
@@ -92,11 +91,14 @@ pub fn identity_from_der(der: &[u8]) -> Result<Identity, PkiError> {
         what: "peer certificate",
         detail,
     };
-    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| parse_err(e.to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| parse_err(e.to_string()))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| parse_err(e.to_string()))?
-        .ok_or_else(|| parse_err("it has no subjectAltName, so it carries no kh identity".into()))?;
+        .ok_or_else(|| {
+            parse_err("it has no subjectAltName, so it carries no kh identity".into())
+        })?;
     let mut found = None;
     for name in &san.value.general_names {
         if let x509_parser::extensions::GeneralName::URI(uri) = name {
@@ -200,7 +202,9 @@ pub fn csr_pem(key_pem: &Secret<String>, common_name: &str) -> Result<String, Pk
     let key = KeyPair::from_pem(key_pem.expose()).map_err(PkiError::KeyGen)?;
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(PkiError::Sign)?;
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     let csr = params.serialize_request(&key).map_err(PkiError::Sign)?;
     csr.pem().map_err(PkiError::Sign)
 }
@@ -261,14 +265,16 @@ impl Profile {
         params
             .distinguished_name
             .push(DnType::CommonName, format!("{}/{}", self.role, self.name));
-        params.distinguished_name.push(DnType::OrganizationName, "kh");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "kh");
         let uri = spiffe_uri(self.role, &self.name);
-        let mut sans = vec![SanType::URI(uri.clone().try_into().map_err(|e: rcgen::Error| {
-            PkiError::BadSan {
+        let mut sans = vec![SanType::URI(uri.clone().try_into().map_err(
+            |e: rcgen::Error| PkiError::BadSan {
                 value: uri.clone(),
                 detail: e.to_string(),
-            }
-        })?)];
+            },
+        )?)];
         for d in &self.dns_names {
             sans.push(SanType::DnsName(d.clone().try_into().map_err(
                 |e: rcgen::Error| PkiError::BadSan {
@@ -292,8 +298,10 @@ impl Profile {
 }
 
 fn set_window(params: &mut CertificateParams, now: SystemTime, validity: Duration) {
-    // Backdating a little tolerates clocks that disagree by a minute or two.
-    let start = now - Duration::from_secs(120);
+    // Backdating tolerates clocks that disagree by a minute or two. It stays
+    // a small share of the lifetime, so "renew after two thirds of the
+    // validity window" still means two thirds of the time actually granted.
+    let start = now - Duration::from_secs(120).min(validity / 10);
     params.not_before = to_offset(start);
     params.not_after = to_offset(now + validity);
     params.serial_number = Some(SerialNumber::from_slice(&serial_bytes()));
@@ -330,7 +338,9 @@ pub struct Ca {
 
 impl fmt::Debug for Ca {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Ca").field("key", &"<redacted>").finish_non_exhaustive()
+        f.debug_struct("Ca")
+            .field("key", &"<redacted>")
+            .finish_non_exhaustive()
     }
 }
 
@@ -342,7 +352,9 @@ impl Ca {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, "kh CA");
-        params.distinguished_name.push(DnType::OrganizationName, "kh");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "kh");
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -395,7 +407,12 @@ impl Ca {
 
     /// Signs a certificate for `profile` around the public key of `csr_pem`.
     /// The CSR's own subject and extensions are ignored on purpose.
-    pub fn sign_csr(&self, csr_pem: &str, profile: &Profile, now: SystemTime) -> Result<Issued, PkiError> {
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        profile: &Profile,
+        now: SystemTime,
+    ) -> Result<Issued, PkiError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(PkiError::BadCsr)?;
         let params = profile.params(now)?;
         let cert = params
@@ -417,7 +434,9 @@ impl Ca {
     ) -> Result<(Issued, Secret<String>), PkiError> {
         let key = KeyPair::generate().map_err(PkiError::KeyGen)?;
         let params = profile.params(now)?;
-        let cert = params.signed_by(&key, &self.issuer()?).map_err(PkiError::Sign)?;
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(PkiError::Sign)?;
         let identity = identity_from_der(cert.der())?;
         Ok((
             Issued {
@@ -445,7 +464,11 @@ mod tests {
         let csr = csr_pem(&key, "admin/root").unwrap();
         let node = NodeName::new("cp-1").unwrap();
         let issued = ca
-            .sign_csr(&csr, &Profile::node(&node, Duration::from_secs(3600)), now())
+            .sign_csr(
+                &csr,
+                &Profile::node(&node, Duration::from_secs(3600)),
+                now(),
+            )
             .unwrap();
         assert_eq!(issued.identity.role, Role::Node);
         assert_eq!(issued.identity.name, "cp-1");
@@ -459,7 +482,9 @@ mod tests {
         use base64::Engine;
         let csr = csr_pem(&generate_key().unwrap(), "x").unwrap();
         let b64: String = csr.lines().filter(|l| !l.starts_with("-----")).collect();
-        let mut der = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        let mut der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
         // The last bytes are the signature; flipping one breaks proof of possession.
         let last = der.len() - 3;
         der[last] ^= 0x01;
@@ -468,7 +493,11 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode(der)
         );
         assert!(matches!(
-            ca.sign_csr(&tampered, &Profile::admin("a", Duration::from_secs(60)), now()),
+            ca.sign_csr(
+                &tampered,
+                &Profile::admin("a", Duration::from_secs(60)),
+                now()
+            ),
             Err(PkiError::BadCsr(_))
         ));
     }
@@ -480,7 +509,10 @@ mod tests {
         assert_eq!(back.cert_hash(), ca.cert_hash());
         assert!(ca.cert_hash().starts_with("sha256:"));
         assert_eq!(ca.cert_hash().len(), 7 + 64);
-        assert_eq!(parse_pin(&ca.cert_hash().to_uppercase().replace("SHA256", "sha256")), Some(ca.cert_hash()));
+        assert_eq!(
+            parse_pin(&ca.cert_hash().to_uppercase().replace("SHA256", "sha256")),
+            Some(ca.cert_hash())
+        );
         assert_eq!(parse_pin("sha256:abc"), None);
         assert_eq!(parse_pin("md5:00"), None);
     }
@@ -488,7 +520,10 @@ mod tests {
     #[test]
     fn coordinator_profile_splits_ips_and_names() {
         let ca = Ca::generate(now()).unwrap();
-        let p = Profile::coordinator(&["127.0.0.1".into(), "coord.example".into()], Duration::from_secs(60));
+        let p = Profile::coordinator(
+            &["127.0.0.1".into(), "coord.example".into()],
+            Duration::from_secs(60),
+        );
         assert_eq!(p.ips.len(), 1);
         let (issued, _key) = ca.issue_with_new_key(&p, now()).unwrap();
         assert_eq!(issued.identity.role, Role::Coordinator);

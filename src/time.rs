@@ -116,7 +116,9 @@ pub mod serde_duration {
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text: String = serde::Deserialize::deserialize(d)?;
         humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("invalid duration {text:?} ({e}); write it like 10s, 30m or 24h"))
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); write it like 10s, 30m or 24h"
+            ))
         })
     }
 }

@@ -68,19 +68,25 @@ fn root_store(ca_pem: &str) -> Result<rustls::RootCertStore, TlsError> {
 }
 
 /// A certificate chain with its key, ready to serve.
-pub fn certified_key(chain_pem: &str, key_pem: &Secret<String>) -> Result<Arc<CertifiedKey>, TlsError> {
+pub fn certified_key(
+    chain_pem: &str,
+    key_pem: &Secret<String>,
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let chain = certs_from_pem(chain_pem, "certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).map_err(|e| TlsError::Material {
-        what: "private key",
-        detail: e.to_string(),
-    })?;
-    let signing = provider()
-        .key_provider
-        .load_private_key(key)
-        .map_err(|e| TlsError::Material {
+    let key = PrivateKeyDer::from_pem_slice(key_pem.expose().as_bytes()).map_err(|e| {
+        TlsError::Material {
             what: "private key",
             detail: e.to_string(),
-        })?;
+        }
+    })?;
+    let signing =
+        provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| TlsError::Material {
+                what: "private key",
+                detail: e.to_string(),
+            })?;
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
@@ -115,14 +121,20 @@ pub enum ClientAuth {
     Optional,
 }
 
-pub fn server_config(ca_pem: &str, cert: ServerCert, auth: ClientAuth) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    ca_pem: &str,
+    cert: ServerCert,
+    auth: ClientAuth,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let roots = Arc::new(root_store(ca_pem)?);
     let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
     let builder = match auth {
         ClientAuth::Required => builder,
         ClientAuth::Optional => builder.allow_unauthenticated(),
     };
-    let verifier = builder.build().map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier = builder
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -154,13 +166,21 @@ impl Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -253,12 +273,20 @@ pub fn host_of(addr: &str) -> &str {
 
 /// A lazily connecting mTLS channel to `addr`, verifying the server against the
 /// kh CA under `server_name`.
-pub fn channel(addr: &str, server_name: &str, creds: Option<&ClientCreds>, ca_pem: &str) -> Result<Channel, TlsError> {
+pub fn channel(
+    addr: &str,
+    server_name: &str,
+    creds: Option<&ClientCreds>,
+    ca_pem: &str,
+) -> Result<Channel, TlsError> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
         .domain_name(server_name);
     if let Some(c) = creds {
-        tls = tls.identity(tonic::transport::Identity::from_pem(&c.cert_pem, c.key_pem.expose()));
+        tls = tls.identity(tonic::transport::Identity::from_pem(
+            &c.cert_pem,
+            c.key_pem.expose(),
+        ));
     }
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|e| TlsError::Connect {
@@ -298,9 +326,14 @@ pub async fn fetch_presented_chain(addr: &str) -> Result<Vec<Vec<u8>>, TlsError>
     };
     let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
         .await
-        .map_err(|_| conn_err("timed out after 10s; check the address and that no firewall drops the port".into()))?
+        .map_err(|_| {
+            conn_err(
+                "timed out after 10s; check the address and that no firewall drops the port".into(),
+            )
+        })?
         .map_err(|e| conn_err(e.to_string()))?;
-    let name = ServerName::try_from(host_of(addr).to_string()).map_err(|e| conn_err(e.to_string()))?;
+    let name =
+        ServerName::try_from(host_of(addr).to_string()).map_err(|e| conn_err(e.to_string()))?;
     let _tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp))
         .await
         .map_err(|_| conn_err("TLS handshake timed out".into()))?
@@ -338,7 +371,12 @@ impl rustls::client::danger::ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -347,11 +385,18 @@ impl rustls::client::danger::ServerCertVerifier for RecordingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

@@ -50,7 +50,10 @@ impl EnrollToken {
 
     /// Hex SHA-256 of the secret part: what the coordinator stores.
     pub fn secret_hash(&self) -> String {
-        hex::encode(ring::digest::digest(&ring::digest::SHA256, self.secret.expose().as_bytes()))
+        hex::encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            self.secret.expose().as_bytes(),
+        ))
     }
 
     /// Compares a stored hash against this token's secret in constant time.
@@ -118,7 +121,14 @@ mod tests {
 
     #[test]
     fn malformed_tokens_are_refused() {
-        for bad in ["", "abcdef", "abcdef.", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdef", "abcdef.0123456789abcde!"] {
+        for bad in [
+            "",
+            "abcdef",
+            "abcdef.",
+            "ABCDEF.0123456789abcdef",
+            "abcde.0123456789abcdef",
+            "abcdef.0123456789abcde!",
+        ] {
             assert_eq!(EnrollToken::parse(bad), Err(MalformedToken), "{bad}");
         }
     }

@@ -19,7 +19,11 @@ pub enum EnrollError {
     #[error(transparent)]
     Tls(#[from] kh::tls::TlsError),
     #[error("the coordinator at {addr} presented a CA whose hash is {seen}, but --ca-cert-hash is {pinned}. Refusing to send the token: either the hash was mistyped or something is intercepting the connection. Compare with the hash `khctl token create` printed")]
-    PinMismatch { addr: String, seen: String, pinned: String },
+    PinMismatch {
+        addr: String,
+        seen: String,
+        pinned: String,
+    },
     #[error("the coordinator at {addr} refused the enrollment: {message}")]
     Refused { addr: String, message: String },
     #[error("cannot reach the coordinator at {addr}: {message}")]
@@ -49,12 +53,18 @@ pub enum EnrollOutcome {
 
 pub async fn enroll(paths: &Paths, args: EnrollArgs) -> Result<EnrollOutcome, EnrollError> {
     let node = NodeName::new(&args.node_name)?;
-    let pinned = kh::pki::parse_pin(&args.ca_cert_hash).ok_or_else(|| EnrollError::BadPin(args.ca_cert_hash.clone()))?;
+    let pinned = kh::pki::parse_pin(&args.ca_cert_hash)
+        .ok_or_else(|| EnrollError::BadPin(args.ca_cert_hash.clone()))?;
     if paths.exists() && !args.force {
         let current = paths.load()?;
-        let same_ca = kh::pki::spki_hash_pem(&current.ca_pem).ok().as_deref() == Some(pinned.as_str());
+        let same_ca =
+            kh::pki::spki_hash_pem(&current.ca_pem).ok().as_deref() == Some(pinned.as_str());
         let valid = current.not_after().is_some_and(|t| t > SystemTime::now());
-        if same_ca && valid && current.enrollment.node_name == node.as_str() && current.enrollment.coordinator == args.coordinator {
+        if same_ca
+            && valid
+            && current.enrollment.node_name == node.as_str()
+            && current.enrollment.coordinator == args.coordinator
+        {
             // Re-running the same enroll command is harmless.
             return Ok(EnrollOutcome::AlreadyEnrolled {
                 not_after: current.not_after(),
@@ -83,7 +93,10 @@ pub async fn enroll(paths: &Paths, args: EnrollArgs) -> Result<EnrollOutcome, En
         None => {
             return Err(EnrollError::PinMismatch {
                 addr: args.coordinator.clone(),
-                seen: seen.last().cloned().unwrap_or_else(|| "<no certificate>".into()),
+                seen: seen
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| "<no certificate>".into()),
                 pinned,
             })
         }
@@ -91,7 +104,12 @@ pub async fn enroll(paths: &Paths, args: EnrollArgs) -> Result<EnrollOutcome, En
 
     let key = kh::pki::generate_key()?;
     let csr = kh::pki::csr_pem(&key, &format!("node/{node}"))?;
-    let channel = kh::tls::channel(&args.coordinator, kh::tls::host_of(&args.coordinator), None, &ca_pem)?;
+    let channel = kh::tls::channel(
+        &args.coordinator,
+        kh::tls::host_of(&args.coordinator),
+        None,
+        &ca_pem,
+    )?;
     let resp = EnrollmentClient::new(channel)
         .enroll(EnrollRequest {
             token: args.token.clone(),
@@ -100,10 +118,12 @@ pub async fn enroll(paths: &Paths, args: EnrollArgs) -> Result<EnrollOutcome, En
         })
         .await
         .map_err(|s| match s.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => EnrollError::Unreachable {
-                addr: args.coordinator.clone(),
-                message: s.message().to_string(),
-            },
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                EnrollError::Unreachable {
+                    addr: args.coordinator.clone(),
+                    message: s.message().to_string(),
+                }
+            }
             _ => EnrollError::Refused {
                 addr: args.coordinator.clone(),
                 message: s.message().to_string(),

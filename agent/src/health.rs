@@ -25,14 +25,24 @@ async fn readyz(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready:\n{}\n", problems.iter().map(|p| format!("- {p}")).collect::<Vec<_>>().join("\n")),
+            format!(
+                "not ready:\n{}\n",
+                problems
+                    .iter()
+                    .map(|p| format!("- {p}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
         )
     }
 }
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

@@ -18,14 +18,20 @@ const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn channel_for(id: &AgentIdentity) -> anyhow::Result<Channel> {
     let addr = &id.enrollment.coordinator;
-    Ok(kh::tls::channel(addr, kh::tls::host_of(addr), Some(&id.creds()), &id.ca_pem)?)
+    Ok(kh::tls::channel(
+        addr,
+        kh::tls::host_of(addr),
+        Some(&id.creds()),
+        &id.ca_pem,
+    )?)
 }
 
 pub async fn collect_facts(state: &Arc<AgentState>) -> kh::proto::Facts {
     let st = state.clone();
-    let facts = tokio::task::spawn_blocking(move || kh_host::collect(&st.host, &st.extra_addresses))
-        .await
-        .unwrap_or_default();
+    let facts =
+        tokio::task::spawn_blocking(move || kh_host::collect(&st.host, &st.extra_addresses))
+            .await
+            .unwrap_or_default();
     to_proto(facts)
 }
 
@@ -58,23 +64,36 @@ pub async fn run(state: Arc<AgentState>) {
             if SystemTime::now() >= at {
                 match renew(&state, &id).await {
                     Ok(()) => tracing::info!("renewed the node certificate"),
-                    Err(e) => tracing::warn!(error = %e, "certificate renewal failed; retrying next beat"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "certificate renewal failed; retrying next beat")
+                    }
                 }
             }
         }
         let id = state.identity();
         // A renewed certificate means a new channel.
-        if channel.as_ref().map(|(serial, _)| serial != &id.cert_pem).unwrap_or(true) {
+        if channel
+            .as_ref()
+            .map(|(serial, _)| serial != &id.cert_pem)
+            .unwrap_or(true)
+        {
             match channel_for(&id) {
                 Ok(c) => channel = Some((id.cert_pem.clone(), c)),
                 Err(e) => {
-                    record_failure(&state, format!("cannot set up the coordinator channel: {e}"));
+                    record_failure(
+                        &state,
+                        format!("cannot set up the coordinator channel: {e}"),
+                    );
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             }
         }
-        if facts.as_ref().map(|(at, _)| at.elapsed() >= FACTS_EVERY).unwrap_or(true) {
+        if facts
+            .as_ref()
+            .map(|(at, _)| at.elapsed() >= FACTS_EVERY)
+            .unwrap_or(true)
+        {
             facts = Some((Instant::now(), collect_facts(&state).await));
         }
         let req = HeartbeatRequest {
@@ -95,8 +114,17 @@ pub async fn run(state: Arc<AgentState>) {
                     hb.last_error = None;
                     hb.interval = Some(interval);
                 }
-                state.metrics.heartbeats.get_or_create(&ResultLabel { result: "success".into() }).inc();
-                state.metrics.last_heartbeat.set(unix_secs(SystemTime::now()));
+                state
+                    .metrics
+                    .heartbeats
+                    .get_or_create(&ResultLabel {
+                        result: "success".into(),
+                    })
+                    .inc();
+                state
+                    .metrics
+                    .last_heartbeat
+                    .set(unix_secs(SystemTime::now()));
                 interval
             }
             Err(status) => {
@@ -107,7 +135,11 @@ pub async fn run(state: Arc<AgentState>) {
                     format!("{:?}: {}", status.code(), status.message())
                 };
                 record_failure(&state, msg);
-                state.heartbeat_status().interval.unwrap_or(Duration::from_secs(2)).min(Duration::from_secs(5))
+                state
+                    .heartbeat_status()
+                    .interval
+                    .unwrap_or(Duration::from_secs(2))
+                    .min(Duration::from_secs(5))
             }
         };
         tokio::time::sleep(interval).await;
@@ -116,8 +148,18 @@ pub async fn run(state: Arc<AgentState>) {
 
 fn record_failure(state: &AgentState, msg: String) {
     tracing::warn!(error = %msg, "heartbeat failed");
-    state.heartbeat.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some(msg);
-    state.metrics.heartbeats.get_or_create(&ResultLabel { result: "failure".into() }).inc();
+    state
+        .heartbeat
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .last_error = Some(msg);
+    state
+        .metrics
+        .heartbeats
+        .get_or_create(&ResultLabel {
+            result: "failure".into(),
+        })
+        .inc();
 }
 
 async fn renew(state: &Arc<AgentState>, id: &AgentIdentity) -> anyhow::Result<()> {

@@ -61,7 +61,9 @@ pub struct Paths {
 
 impl Paths {
     pub fn new(dir: &Path) -> Self {
-        Paths { dir: dir.to_path_buf() }
+        Paths {
+            dir: dir.to_path_buf(),
+        }
     }
     fn enrollment(&self) -> PathBuf {
         self.dir.join("enrollment.yaml")
@@ -96,10 +98,11 @@ impl Paths {
                 }
             })
         };
-        let enrollment: Enrollment = serde_yaml::from_str(&read(self.enrollment())?).map_err(|e| IdentityError::Io {
-            path: self.enrollment().display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let enrollment: Enrollment =
+            serde_yaml::from_str(&read(self.enrollment())?).map_err(|e| IdentityError::Io {
+                path: self.enrollment().display().to_string(),
+                detail: e.to_string(),
+            })?;
         Ok(AgentIdentity {
             enrollment,
             ca_pem: read(self.ca())?,
@@ -126,7 +129,11 @@ pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
         path: dir.display().to_string(),
         detail: e.to_string(),
     };
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
@@ -165,7 +172,10 @@ mod tests {
     fn saves_private_files_and_loads_them_back() {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(&dir.path().join("agent"));
-        assert!(matches!(paths.load(), Err(IdentityError::NotEnrolled { .. })));
+        assert!(matches!(
+            paths.load(),
+            Err(IdentityError::NotEnrolled { .. })
+        ));
         let id = AgentIdentity {
             enrollment: Enrollment {
                 coordinator: "127.0.0.1:7443".into(),
@@ -177,7 +187,10 @@ mod tests {
         };
         paths.save(&id).unwrap();
         for f in ["enrollment.yaml", "node.key", "node.crt", "ca.crt"] {
-            let mode = std::fs::metadata(paths.dir.join(f)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(paths.dir.join(f))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{f}");
         }
         let back = paths.load().unwrap();

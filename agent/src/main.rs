@@ -82,7 +82,9 @@ struct ServeCmd {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KH_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KH_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
@@ -109,7 +111,8 @@ async fn enroll(c: EnrollCmd) -> anyhow::Result<()> {
     )
     .await?;
     let until = |t: Option<std::time::SystemTime>| {
-        t.map(|t| humantime::format_rfc3339_seconds(t).to_string()).unwrap_or_default()
+        t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default()
     };
     match outcome {
         EnrollOutcome::Enrolled { not_after } => println!(
@@ -136,11 +139,19 @@ async fn serve(c: ServeCmd) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .collect();
     let host = Host::new(&c.host_root, search);
-    let server_cert = ServerCert::new(tls::certified_key(&format!("{}{}", id.cert_pem, id.ca_pem), &id.key_pem)?);
+    let server_cert = ServerCert::new(tls::certified_key(
+        &format!("{}{}", id.cert_pem, id.ca_pem),
+        &id.key_pem,
+    )?);
     let tls_config = tls::server_config(&id.ca_pem, server_cert.clone(), ClientAuth::Required)?;
     let listener = tokio::net::TcpListener::bind(c.listen)
         .await
-        .with_context(|| format!("cannot listen on {} (--listen); is another agent running?", c.listen))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--listen); is another agent running?",
+                c.listen
+            )
+        })?;
     let health = tokio::net::TcpListener::bind(c.health_listen)
         .await
         .with_context(|| format!("cannot listen on {} (--health-listen)", c.health_listen))?;

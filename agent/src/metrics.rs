@@ -43,7 +43,11 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "kh-agent build information", build);
         let heartbeats = Family::<ResultLabel, Counter>::default();
-        registry.register("heartbeats", "Heartbeats sent to the coordinator, by result", heartbeats.clone());
+        registry.register(
+            "heartbeats",
+            "Heartbeats sent to the coordinator, by result",
+            heartbeats.clone(),
+        );
         // Both results exist from the start, so rate() queries work at once.
         for r in ["success", "failure"] {
             let _ = heartbeats.get_or_create(&ResultLabel { result: r.into() });
@@ -91,7 +95,11 @@ mod tests {
     #[test]
     fn exposes_the_documented_series() {
         let m = Metrics::new();
-        m.heartbeats.get_or_create(&ResultLabel { result: "success".into() }).inc();
+        m.heartbeats
+            .get_or_create(&ResultLabel {
+                result: "success".into(),
+            })
+            .inc();
         let text = m.encode();
         for needle in [
             "kh_agent_build_info{version=",

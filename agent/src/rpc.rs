@@ -14,6 +14,8 @@ pub struct AgentService(pub Arc<AgentState>);
 #[tonic::async_trait]
 impl Agent for AgentService {
     async fn get_facts(&self, _req: Request<GetFactsRequest>) -> Result<Response<Facts>, Status> {
-        Ok(Response::new(crate::heartbeat::collect_facts(&self.0).await))
+        Ok(Response::new(
+            crate::heartbeat::collect_facts(&self.0).await,
+        ))
     }
 }

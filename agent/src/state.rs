@@ -58,15 +58,20 @@ impl AgentState {
     }
 
     pub fn identity(&self) -> AgentIdentity {
-        self.identity.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.identity
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Installs a renewed identity for both directions: the server presents
     /// it to the coordinator at once, and the heartbeat loop rebuilds its
     /// channel from it.
     pub fn replace_identity(&self, id: AgentIdentity) -> anyhow::Result<()> {
-        self.server_cert
-            .replace(kh::tls::certified_key(&format!("{}{}", id.cert_pem, id.ca_pem), &id.key_pem)?);
+        self.server_cert.replace(kh::tls::certified_key(
+            &format!("{}{}", id.cert_pem, id.ca_pem),
+            &id.key_pem,
+        )?);
         if let Some(t) = id.not_after() {
             self.metrics.cert_expiry.set(unix_secs(t));
         }
@@ -75,7 +80,10 @@ impl AgentState {
     }
 
     pub fn heartbeat_status(&self) -> HeartbeatStatus {
-        self.heartbeat.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Readiness: each failing check as "name: why". Empty means ready.
@@ -83,7 +91,9 @@ impl AgentState {
         let mut problems = vec![];
         let id = self.identity();
         match id.not_after() {
-            None => problems.push("identity: the node certificate cannot be parsed; re-enroll this agent".into()),
+            None => problems.push(
+                "identity: the node certificate cannot be parsed; re-enroll this agent".into(),
+            ),
             Some(t) if t <= SystemTime::now() => problems.push(format!(
                 "identity: the node certificate expired at {}; re-enroll this agent",
                 humantime::format_rfc3339_seconds(t)
@@ -98,23 +108,35 @@ impl AgentState {
                 "coordinator: last heartbeat accepted {}s ago, more than the {}s window{}",
                 t.elapsed().as_secs(),
                 window.as_secs(),
-                hb.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                hb.last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
             )),
             None => problems.push(format!(
                 "coordinator: no heartbeat accepted yet by {}{}",
                 id.enrollment.coordinator,
-                hb.last_error.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                hb.last_error
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
             )),
         }
         match self.host.read_dir("/") {
             Ok(Some(_)) => {}
-            Ok(None) => problems.push(format!("host root: {} does not exist", self.host.root().display())),
-            Err(e) => problems.push(format!("host root: {} is not usable: {e}", self.host.root().display())),
+            Ok(None) => problems.push(format!(
+                "host root: {} does not exist",
+                self.host.root().display()
+            )),
+            Err(e) => problems.push(format!(
+                "host root: {} is not usable: {e}",
+                self.host.root().display()
+            )),
         }
         problems
     }
 }
 
 pub fn unix_secs(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

@@ -14,11 +14,20 @@ pub struct Config {
     /// they become the SANs of its serving certificate.
     #[serde(default)]
     pub advertise: Vec<String>,
-    #[serde(default = "defaults::heartbeat_interval", with = "kh::time::serde_duration")]
+    #[serde(
+        default = "defaults::heartbeat_interval",
+        with = "kh::time::serde_duration"
+    )]
     pub heartbeat_interval: Duration,
-    #[serde(default = "defaults::node_cert_validity", with = "kh::time::serde_duration")]
+    #[serde(
+        default = "defaults::node_cert_validity",
+        with = "kh::time::serde_duration"
+    )]
     pub node_cert_validity: Duration,
-    #[serde(default = "defaults::admin_cert_validity", with = "kh::time::serde_duration")]
+    #[serde(
+        default = "defaults::admin_cert_validity",
+        with = "kh::time::serde_duration"
+    )]
     pub admin_cert_validity: Duration,
     #[serde(default = "defaults::token_ttl", with = "kh::time::serde_duration")]
     pub default_token_ttl: Duration,
@@ -58,10 +67,14 @@ impl Config {
         }
         for a in &self.advertise {
             if a.is_empty() || a.contains('/') || a.contains(' ') {
-                return Err(format!("--advertise {a:?} is not a host name or IP address"));
+                return Err(format!(
+                    "--advertise {a:?} is not a host name or IP address"
+                ));
             }
             if a.ends_with(".node.kh") {
-                return Err(format!("--advertise {a:?}: names under .node.kh are reserved for node certificates"));
+                return Err(format!(
+                    "--advertise {a:?}: names under .node.kh are reserved for node certificates"
+                ));
             }
         }
         Ok(())

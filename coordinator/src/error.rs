@@ -33,8 +33,12 @@ impl CoordError {
     pub fn code(&self) -> Code {
         match self {
             CoordError::Store(StoreError::Locked { .. }) => Code::Unavailable,
-            CoordError::Store(_) | CoordError::Pki(PkiError::KeyGen(_) | PkiError::Sign(_)) => Code::Internal,
-            CoordError::Pki(_) | CoordError::Name(_) | CoordError::InvalidArgument(_) => Code::InvalidArgument,
+            CoordError::Store(_) | CoordError::Pki(PkiError::KeyGen(_) | PkiError::Sign(_)) => {
+                Code::Internal
+            }
+            CoordError::Pki(_) | CoordError::Name(_) | CoordError::InvalidArgument(_) => {
+                Code::InvalidArgument
+            }
             CoordError::TokenRefused(_) => Code::PermissionDenied,
             CoordError::AlreadyExists(_) => Code::AlreadyExists,
             CoordError::NotFound(_) => Code::NotFound,

@@ -55,13 +55,27 @@ impl Coordinator {
 
     /// The `host:port` agents and khctl use to reach this coordinator.
     pub fn public_address(&self) -> String {
-        let host = self.config.advertise.first().cloned().unwrap_or_else(|| self.config.listen.ip().to_string());
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let host = self
+            .config
+            .advertise
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.config.listen.ip().to_string());
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         format!("{host}:{}", self.config.listen.port())
     }
 
     /// Enrollment: token, node name and CSR in; a node certificate out.
-    pub fn enroll(&self, token: &str, node_name: &str, csr_pem: &str) -> Result<kh::pki::Issued, CoordError> {
+    pub fn enroll(
+        &self,
+        token: &str,
+        node_name: &str,
+        csr_pem: &str,
+    ) -> Result<kh::pki::Issued, CoordError> {
         let node = NodeName::new(node_name)?;
         let now = self.clock.now();
         let rec = tokens::check(&self.db, self.clock.as_ref(), token, &node)?;
@@ -75,12 +89,14 @@ impl Coordinator {
         }
         // The CSR is validated before the token is spent, so a broken agent
         // does not burn the operator's token.
-        let issued = self
-            .pki
-            .ca()
-            .sign_csr(csr_pem, &Profile::node(&node, self.config.node_cert_validity), now)?;
+        let issued = self.pki.ca().sign_csr(
+            csr_pem,
+            &Profile::node(&node, self.config.node_cert_validity),
+            now,
+        )?;
         tokens::spend(&self.db, self.clock.as_ref(), &rec)?;
-        self.registry.enroll(&node, &issued.identity, unix_ms(now))?;
+        self.registry
+            .enroll(&node, &issued.identity, unix_ms(now))?;
         tracing::info!(node = %node, serial = %issued.identity.serial, "node enrolled");
         Ok(issued)
     }
@@ -100,8 +116,17 @@ impl Coordinator {
 
 pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), CoordError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let io = |e: std::io::Error| CoordError::Store(store::StoreError::Io(format!("data dir {}: {e}", dir.display())));
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io)?;
+    let io = |e: std::io::Error| {
+        CoordError::Store(store::StoreError::Io(format!(
+            "data dir {}: {e}",
+            dir.display()
+        )))
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     Ok(())
 }

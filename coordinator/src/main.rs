@@ -69,14 +69,19 @@ struct FileConfig {
 }
 
 fn duration(field: &str, v: Option<String>) -> anyhow::Result<Option<Duration>> {
-    v.map(|s| humantime::parse_duration(&s).with_context(|| format!("config field {field}: {s:?} is not a duration like 10s or 24h")))
-        .transpose()
+    v.map(|s| {
+        humantime::parse_duration(&s).with_context(|| {
+            format!("config field {field}: {s:?} is not a duration like 10s or 24h")
+        })
+    })
+    .transpose()
 }
 
 fn config(args: ServeArgs) -> anyhow::Result<Config> {
     let file: FileConfig = match &args.config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             serde_yaml::from_str(&text).with_context(|| format!("config file {}", p.display()))?
         }
         None => FileConfig::default(),
@@ -90,7 +95,11 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| defaults::LISTEN.parse().expect("valid default")),
-        advertise: if args.advertise.is_empty() { file.advertise } else { args.advertise },
+        advertise: if args.advertise.is_empty() {
+            file.advertise
+        } else {
+            args.advertise
+        },
         heartbeat_interval: args
             .heartbeat_interval
             .or(duration("heartbeatInterval", file.heartbeat_interval)?)
@@ -101,7 +110,8 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             .unwrap_or_else(defaults::node_cert_validity),
         admin_cert_validity: duration("adminCertValidity", file.admin_cert_validity)?
             .unwrap_or_else(defaults::admin_cert_validity),
-        default_token_ttl: duration("defaultTokenTtl", file.default_token_ttl)?.unwrap_or_else(defaults::token_ttl),
+        default_token_ttl: duration("defaultTokenTtl", file.default_token_ttl)?
+            .unwrap_or_else(defaults::token_ttl),
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok(cfg)
@@ -130,11 +140,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = cfg.data_dir.clone();
     let listen = cfg.listen;
     let validity = cfg.admin_cert_validity;
-    let coord = tokio::task::spawn_blocking(move || Coordinator::open(cfg, Arc::new(kh::time::SystemClock)))
-        .await??;
-    let wrote = coord
-        .pki
-        .ensure_admin_config(&data_dir, &coord.public_address(), validity, coord.clock.now())?;
+    let coord = tokio::task::spawn_blocking(move || {
+        Coordinator::open(cfg, Arc::new(kh::time::SystemClock))
+    })
+    .await??;
+    let wrote = coord.pki.ensure_admin_config(
+        &data_dir,
+        &coord.public_address(),
+        validity,
+        coord.clock.now(),
+    )?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;

@@ -61,9 +61,12 @@ impl Pki {
         let key = db.get_secret(SERVER_KEY)?;
         let renew_at = unix_ms(now) + SERVER_VALIDITY.as_millis() as u64 / 3;
         let (cert_pem, key) = match (current, key) {
-            (Some(rec), Some(key)) if rec.sans == sans && rec.expires_ms > renew_at => (rec.cert_pem, key),
+            (Some(rec), Some(key)) if rec.sans == sans && rec.expires_ms > renew_at => {
+                (rec.cert_pem, key)
+            }
             _ => {
-                let (issued, key) = ca.issue_with_new_key(&Profile::coordinator(&sans, SERVER_VALIDITY), now)?;
+                let (issued, key) =
+                    ca.issue_with_new_key(&Profile::coordinator(&sans, SERVER_VALIDITY), now)?;
                 db.put_secret(SERVER_KEY, &key)?;
                 db.put_json(
                     SERVER,
@@ -89,12 +92,20 @@ impl Pki {
     }
 
     /// Writes `admin.khconfig` (0600) unless it exists.
-    pub fn ensure_admin_config(&self, dir: &Path, coordinator: &str, validity: Duration, now: SystemTime) -> Result<bool, CoordError> {
+    pub fn ensure_admin_config(
+        &self,
+        dir: &Path,
+        coordinator: &str,
+        validity: Duration,
+        now: SystemTime,
+    ) -> Result<bool, CoordError> {
         let path = admin_config_path(dir);
         if path.exists() {
             return Ok(false);
         }
-        let (issued, key) = self.ca.issue_with_new_key(&Profile::admin("admin", validity), now)?;
+        let (issued, key) = self
+            .ca
+            .issue_with_new_key(&Profile::admin("admin", validity), now)?;
         let cfg = KhConfig {
             coordinator: coordinator.to_string(),
             ca: self.ca.cert_pem().to_string(),
@@ -111,7 +122,12 @@ impl Pki {
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CoordError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: std::io::Error| CoordError::Store(crate::store::StoreError::Io(format!("{}: {e}", path.display())));
+    let io = |e: std::io::Error| {
+        CoordError::Store(crate::store::StoreError::Io(format!(
+            "{}: {e}",
+            path.display()
+        )))
+    };
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()

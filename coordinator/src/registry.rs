@@ -72,7 +72,12 @@ impl Registry {
     }
 
     /// Records a (re-)enrollment. Facts and role survive a re-enrollment.
-    pub fn enroll(&self, name: &NodeName, identity: &Identity, now_ms: u64) -> Result<NodeRecord, CoordError> {
+    pub fn enroll(
+        &self,
+        name: &NodeName,
+        identity: &Identity,
+        now_ms: u64,
+    ) -> Result<NodeRecord, CoordError> {
         let rec = match self.get(name)? {
             Some(old) => NodeRecord {
                 enrolled_ms: now_ms,
@@ -125,7 +130,10 @@ impl Registry {
     }
 
     pub fn renewed(&self, mut rec: NodeRecord, identity: &Identity) -> Result<(), CoordError> {
-        rec.prev_serial = Some(std::mem::replace(&mut rec.cert_serial, identity.serial.clone()));
+        rec.prev_serial = Some(std::mem::replace(
+            &mut rec.cert_serial,
+            identity.serial.clone(),
+        ));
         rec.cert_expires_ms = unix_ms(identity.not_after);
         self.db.put_json(&key(rec.name.as_str()), &rec)?;
         Ok(())
@@ -174,8 +182,17 @@ impl Registry {
 
     /// Every node with its health and the problems an operator must fix.
     pub fn list(&self, now_ms: u64, interval: Duration) -> Result<Vec<NodeView>, CoordError> {
-        let records: Vec<NodeRecord> = self.db.scan_json(PREFIX)?.into_iter().map(|(_, r)| r).collect();
-        let seen = self.last_seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let records: Vec<NodeRecord> = self
+            .db
+            .scan_json(PREFIX)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect();
+        let seen = self
+            .last_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let window = interval.as_millis() as u64 * MISSED_HEARTBEATS as u64;
         let warnings = duplicate_warnings(&records);
         Ok(records
@@ -187,7 +204,10 @@ impl Registry {
                     .unwrap_or(0)
                     .max(record.last_seen_ms);
                 let ready = last_seen_ms > 0 && now_ms.saturating_sub(last_seen_ms) <= window;
-                let warnings = warnings.get(record.name.as_str()).cloned().unwrap_or_default();
+                let warnings = warnings
+                    .get(record.name.as_str())
+                    .cloned()
+                    .unwrap_or_default();
                 NodeView {
                     record,
                     last_seen_ms,
@@ -207,7 +227,10 @@ fn duplicate_warnings(records: &[NodeRecord]) -> HashMap<String, Vec<String>> {
     for r in records {
         let Some(f) = &r.facts else { continue };
         if !f.product_uuid.is_empty() {
-            by_uuid.entry(&f.product_uuid).or_default().push(r.name.as_str());
+            by_uuid
+                .entry(&f.product_uuid)
+                .or_default()
+                .push(r.name.as_str());
         }
         for mac in &f.mac_addresses {
             by_mac.entry(mac).or_default().push(r.name.as_str());
@@ -252,11 +275,18 @@ mod tests {
         let n = NodeName::new("cp-1").unwrap();
         let rec = reg.enroll(&n, &ident("cp-1", "01"), 1000).unwrap();
         let iv = Duration::from_secs(1);
-        assert!(!reg.list(1000, iv).unwrap()[0].ready, "never seen is NotReady");
-        reg.heartbeat(rec, None, "127.0.0.11:7444".into(), "0.1.0".into(), 2000).unwrap();
+        assert!(
+            !reg.list(1000, iv).unwrap()[0].ready,
+            "never seen is NotReady"
+        );
+        reg.heartbeat(rec, None, "127.0.0.11:7444".into(), "0.1.0".into(), 2000)
+            .unwrap();
         assert!(reg.list(4000, iv).unwrap()[0].ready);
         assert!(!reg.list(5001, iv).unwrap()[0].ready, "three missed beats");
-        assert_eq!(reg.list(4000, iv).unwrap()[0].record.endpoint, "127.0.0.11:7444");
+        assert_eq!(
+            reg.list(4000, iv).unwrap()[0].record.endpoint,
+            "127.0.0.11:7444"
+        );
     }
 
     #[test]
@@ -266,19 +296,36 @@ mod tests {
         reg.enroll(&n, &ident("w-1", "aa"), 1).unwrap();
         let rec = reg.authenticate(&ident("w-1", "aa")).unwrap();
         reg.renewed(rec, &ident("w-1", "bb")).unwrap();
-        assert!(reg.authenticate(&ident("w-1", "aa")).is_ok(), "old serial still accepted");
+        assert!(
+            reg.authenticate(&ident("w-1", "aa")).is_ok(),
+            "old serial still accepted"
+        );
         assert!(reg.authenticate(&ident("w-1", "bb")).is_ok());
-        let err = reg.authenticate(&ident("w-1", "aa")).unwrap_err().to_string();
+        let err = reg
+            .authenticate(&ident("w-1", "aa"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("superseded"), "{err}");
         reg.enroll(&n, &ident("w-1", "cc"), 2).unwrap();
-        assert!(reg.authenticate(&ident("w-1", "bb")).is_err(), "re-enrollment revokes");
-        assert!(reg.authenticate(&ident("ghost", "cc")).unwrap_err().to_string().contains("not enrolled"));
+        assert!(
+            reg.authenticate(&ident("w-1", "bb")).is_err(),
+            "re-enrollment revokes"
+        );
+        assert!(reg
+            .authenticate(&ident("ghost", "cc"))
+            .unwrap_err()
+            .to_string()
+            .contains("not enrolled"));
     }
 
     #[test]
     fn duplicate_product_uuid_and_mac_are_flagged_on_each_node() {
         let reg = Registry::new(Db::in_memory());
-        for (name, uuid, mac) in [("a", "u-1", "02:00:00:00:00:01"), ("b", "u-1", "02:00:00:00:00:02"), ("c", "u-3", "02:00:00:00:00:02")] {
+        for (name, uuid, mac) in [
+            ("a", "u-1", "02:00:00:00:00:01"),
+            ("b", "u-1", "02:00:00:00:00:02"),
+            ("c", "u-3", "02:00:00:00:00:02"),
+        ] {
             let n = NodeName::new(name).unwrap();
             let rec = reg.enroll(&n, &ident(name, "01"), 1).unwrap();
             let facts = Facts {
@@ -286,10 +333,18 @@ mod tests {
                 mac_addresses: vec![mac.into()],
                 ..Default::default()
             };
-            reg.heartbeat(rec, Some(facts), String::new(), String::new(), 1).unwrap();
+            reg.heartbeat(rec, Some(facts), String::new(), String::new(), 1)
+                .unwrap();
         }
         let views = reg.list(1, Duration::from_secs(1)).unwrap();
-        let w = |n: &str| views.iter().find(|v| v.record.name.as_str() == n).unwrap().warnings.clone();
+        let w = |n: &str| {
+            views
+                .iter()
+                .find(|v| v.record.name.as_str() == n)
+                .unwrap()
+                .warnings
+                .clone()
+        };
         assert_eq!(w("a"), vec!["duplicate product_uuid u-1 (also on b): kubeadm requires it unique; regenerate it on cloned machines"]);
         assert_eq!(w("b").len(), 2);
         assert_eq!(w("c"), vec!["duplicate MAC address 02:00:00:00:00:02 (also on b): kubeadm requires it unique; regenerate it on cloned machines"]);

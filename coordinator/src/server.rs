@@ -13,8 +13,15 @@ use tokio::net::TcpListener;
 use crate::rpc::{admin::AdminService, enrollment::EnrollmentService, node::NodeService};
 use crate::Coordinator;
 
-pub async fn serve(coord: Arc<Coordinator>, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-    let cert = ServerCert::new(tls::certified_key(&coord.pki.serving_chain_pem, &coord.pki.serving_key)?);
+pub async fn serve(
+    coord: Arc<Coordinator>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let cert = ServerCert::new(tls::certified_key(
+        &coord.pki.serving_chain_pem,
+        &coord.pki.serving_key,
+    )?);
     // Optional client auth: enrollment must be reachable without a
     // certificate; the layer keeps every other RPC behind one.
     let config = tls::server_config(coord.pki.ca().cert_pem(), cert, ClientAuth::Optional)?;

@@ -42,7 +42,12 @@ pub trait Store: Send + Sync + 'static {
     fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Sets `key` to `new` (or removes it when `None`) only if its current
     /// value equals `expected`. Returns whether the swap happened.
-    fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError>;
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError>;
 }
 
 pub struct SledStore {
@@ -52,7 +57,10 @@ pub struct SledStore {
 impl SledStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            sled::Error::Io(ref io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
                 StoreError::Locked {
                     path: path.display().to_string(),
                 }
@@ -97,8 +105,17 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
-        let swapped = self.db.compare_and_swap(key, expected, new).map_err(io)?.is_ok();
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        let swapped = self
+            .db
+            .compare_and_swap(key, expected, new)
+            .map_err(io)?
+            .is_ok();
         if swapped {
             self.flush()?;
         }
@@ -135,7 +152,12 @@ impl Store for MemStore {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
     }
-    fn compare_and_swap(&self, key: &str, expected: Option<&[u8]>, new: Option<Vec<u8>>) -> Result<bool, StoreError> {
+    fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
         let mut map = self.map();
         if map.get(key).map(|v| v.as_slice()) != expected {
             return Ok(false);
@@ -199,7 +221,11 @@ impl Sealer {
         let nonce_bytes = kh::token::random_bytes::<NONCE_LEN>();
         let mut buf = plain.to_vec();
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce_bytes), Aad::from(slot.as_bytes()), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(slot.as_bytes()),
+                &mut buf,
+            )
             .expect("sealing cannot fail for in-memory buffers");
         let mut out = nonce_bytes.to_vec();
         out.extend(buf);
@@ -267,8 +293,11 @@ impl Db {
 
     pub fn in_memory() -> Self {
         let key = kh::token::random_bytes::<32>();
-        Db::new(Arc::new(MemStore::default()), Sealer::from_key(&key, "<memory>".into()))
-            .expect("a fresh in-memory store always opens")
+        Db::new(
+            Arc::new(MemStore::default()),
+            Sealer::from_key(&key, "<memory>".into()),
+        )
+        .expect("a fresh in-memory store always opens")
     }
 
     pub fn raw(&self) -> &dyn Store {
@@ -276,10 +305,7 @@ impl Db {
     }
 
     pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        self.store
-            .get(key)?
-            .map(|v| decode(key, &v))
-            .transpose()
+        self.store.get(key)?.map(|v| decode(key, &v)).transpose()
     }
 
     pub fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
@@ -290,7 +316,10 @@ impl Db {
         self.store.delete(key)
     }
 
-    pub fn scan_json<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>, StoreError> {
+    pub fn scan_json<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         self.store
             .scan_prefix(prefix)?
             .into_iter()
@@ -299,7 +328,12 @@ impl Db {
     }
 
     /// JSON compare-and-swap against the exact bytes of `expected`.
-    pub fn cas_json<T: Serialize>(&self, key: &str, expected: Option<&T>, new: Option<&T>) -> Result<bool, StoreError> {
+    pub fn cas_json<T: Serialize>(
+        &self,
+        key: &str,
+        expected: Option<&T>,
+        new: Option<&T>,
+    ) -> Result<bool, StoreError> {
         let expected = expected.map(encode);
         self.store
             .compare_and_swap(key, expected.as_deref(), new.map(encode))
@@ -319,7 +353,8 @@ impl Db {
     }
 
     pub fn put_secret(&self, key: &str, value: &Secret<String>) -> Result<(), StoreError> {
-        self.store.put(key, self.sealer.seal(key, value.expose().as_bytes()))
+        self.store
+            .put(key, self.sealer.seal(key, value.expose().as_bytes()))
     }
 }
 
@@ -359,13 +394,37 @@ mod tests {
             s.put("a/1", b"x".to_vec()).unwrap();
             s.put("a/2", b"y".to_vec()).unwrap();
             s.put("b/1", b"z".to_vec()).unwrap();
-            let keys: Vec<_> = s.scan_prefix("a/").unwrap().into_iter().map(|(k, _)| k).collect();
+            let keys: Vec<_> = s
+                .scan_prefix("a/")
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
             assert_eq!(keys, vec!["a/1", "a/2"], "{name}");
-            assert!(!s.compare_and_swap("a/1", Some(b"nope"), Some(b"w".to_vec())).unwrap(), "{name}");
-            assert!(s.compare_and_swap("a/1", Some(b"x"), Some(b"w".to_vec())).unwrap(), "{name}");
-            assert!(s.compare_and_swap("c", None, Some(b"new".to_vec())).unwrap(), "{name}");
-            assert!(!s.compare_and_swap("c", None, Some(b"again".to_vec())).unwrap(), "{name}");
-            assert!(s.compare_and_swap("c", Some(b"new"), None).unwrap(), "{name}");
+            assert!(
+                !s.compare_and_swap("a/1", Some(b"nope"), Some(b"w".to_vec()))
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                s.compare_and_swap("a/1", Some(b"x"), Some(b"w".to_vec()))
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                s.compare_and_swap("c", None, Some(b"new".to_vec()))
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                !s.compare_and_swap("c", None, Some(b"again".to_vec()))
+                    .unwrap(),
+                "{name}"
+            );
+            assert!(
+                s.compare_and_swap("c", Some(b"new"), None).unwrap(),
+                "{name}"
+            );
             assert!(s.delete("a/2").unwrap(), "{name}");
             assert!(!s.delete("a/2").unwrap(), "{name}");
         }
@@ -374,13 +433,20 @@ mod tests {
     #[test]
     fn secrets_are_sealed_at_rest_and_bound_to_their_slot() {
         let db = Db::in_memory();
-        db.put_secret("ca/key", &Secret::new("PRIVATE KEY".into())).unwrap();
+        db.put_secret("ca/key", &Secret::new("PRIVATE KEY".into()))
+            .unwrap();
         let raw = db.raw().get("ca/key").unwrap().unwrap();
         assert!(!String::from_utf8_lossy(&raw).contains("PRIVATE"));
-        assert_eq!(db.get_secret("ca/key").unwrap().unwrap().expose(), "PRIVATE KEY");
+        assert_eq!(
+            db.get_secret("ca/key").unwrap().unwrap().expose(),
+            "PRIVATE KEY"
+        );
         // Moving the sealed bytes to another slot must not open.
         db.raw().put("other", raw).unwrap();
-        assert!(matches!(db.get_secret("other"), Err(StoreError::WrongKey { .. })));
+        assert!(matches!(
+            db.get_secret("other"),
+            Err(StoreError::WrongKey { .. })
+        ));
     }
 
     #[test]
@@ -402,7 +468,9 @@ mod tests {
     fn a_newer_format_is_refused() {
         let store: Arc<dyn Store> = Arc::new(MemStore::default());
         store.put(FORMAT_KEY, b"99".to_vec()).unwrap();
-        let err = Db::new(store, Sealer::from_key(&[1; 32], "k".into())).err().unwrap();
+        let err = Db::new(store, Sealer::from_key(&[1; 32], "k".into()))
+            .err()
+            .unwrap();
         assert!(matches!(err, StoreError::TooNew { found: 99 }));
     }
 }

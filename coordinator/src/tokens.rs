@@ -38,9 +38,17 @@ impl TokenRecord {
     }
 }
 
-pub fn create(db: &Db, clock: &dyn Clock, node: NodeName, ttl: Duration, force: bool) -> Result<(EnrollToken, TokenRecord), CoordError> {
+pub fn create(
+    db: &Db,
+    clock: &dyn Clock,
+    node: NodeName,
+    ttl: Duration,
+    force: bool,
+) -> Result<(EnrollToken, TokenRecord), CoordError> {
     if ttl.is_zero() {
-        return Err(CoordError::InvalidArgument("--ttl must be longer than zero".into()));
+        return Err(CoordError::InvalidArgument(
+            "--ttl must be longer than zero".into(),
+        ));
     }
     prune(db, clock)?;
     let now = unix_ms(clock.now());
@@ -75,12 +83,19 @@ pub fn delete(db: &Db, id_or_token: &str) -> Result<(), CoordError> {
     if db.delete(&key(id))? {
         Ok(())
     } else {
-        Err(CoordError::NotFound(format!("no token with id {id:?}; see `khctl token list`")))
+        Err(CoordError::NotFound(format!(
+            "no token with id {id:?}; see `khctl token list`"
+        )))
     }
 }
 
 /// Checks a presented token for `node` without spending it.
-pub fn check(db: &Db, clock: &dyn Clock, text: &str, node: &NodeName) -> Result<TokenRecord, CoordError> {
+pub fn check(
+    db: &Db,
+    clock: &dyn Clock,
+    text: &str,
+    node: &NodeName,
+) -> Result<TokenRecord, CoordError> {
     let token = EnrollToken::parse(text).map_err(|e| CoordError::TokenRefused(e.to_string()))?;
     let unknown = || {
         CoordError::TokenRefused(format!(
@@ -164,11 +179,18 @@ mod tests {
         let clock = ManualClock::at_unix_ms(1_000_000);
         let (tok, _) = create(&db, &clock, node("cp-1"), Duration::from_secs(60), false).unwrap();
         let text = tok.reveal();
-        let err = check(&db, &clock, &text, &node("cp-2")).unwrap_err().to_string();
-        assert!(err.contains("was created for node \"cp-1\", not \"cp-2\""), "{err}");
+        let err = check(&db, &clock, &text, &node("cp-2"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("was created for node \"cp-1\", not \"cp-2\""),
+            "{err}"
+        );
         let rec = check(&db, &clock, &text, &node("cp-1")).unwrap();
         spend(&db, &clock, &rec).unwrap();
-        let err = check(&db, &clock, &text, &node("cp-1")).unwrap_err().to_string();
+        let err = check(&db, &clock, &text, &node("cp-1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("already used"), "{err}");
         // A stale check result cannot be spent twice.
         assert!(spend(&db, &clock, &rec).is_err());
@@ -180,14 +202,22 @@ mod tests {
         let clock = ManualClock::at_unix_ms(1_000_000);
         let (tok, _) = create(&db, &clock, node("w-1"), Duration::from_secs(60), false).unwrap();
         clock.advance(Duration::from_secs(61));
-        let err = check(&db, &clock, &tok.reveal(), &node("w-1")).unwrap_err().to_string();
+        let err = check(&db, &clock, &tok.reveal(), &node("w-1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("expired at"), "{err}");
         let forged = format!("{}.0000000000000000", tok.id);
-        let err = check(&db, &clock, &forged, &node("w-1")).unwrap_err().to_string();
+        let err = check(&db, &clock, &forged, &node("w-1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not valid"), "{err}");
-        let err = check(&db, &clock, "zzzzzz.0000000000000000", &node("w-1")).unwrap_err().to_string();
+        let err = check(&db, &clock, "zzzzzz.0000000000000000", &node("w-1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not valid"), "{err}");
-        let err = check(&db, &clock, "nonsense", &node("w-1")).unwrap_err().to_string();
+        let err = check(&db, &clock, "nonsense", &node("w-1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("malformed"), "{err}");
     }
 
@@ -216,6 +246,9 @@ mod tests {
         let (b, _) = create(&db, &clock, node("b"), Duration::from_secs(60), false).unwrap();
         delete(&db, &a.id).unwrap();
         delete(&db, &b.reveal()).unwrap();
-        assert!(delete(&db, &a.id).unwrap_err().to_string().contains("no token"));
+        assert!(delete(&db, &a.id)
+            .unwrap_err()
+            .to_string()
+            .contains("no token"));
     }
 }

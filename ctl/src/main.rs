@@ -75,7 +75,8 @@ fn config_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("KHCONFIG").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    let home = std::env::var_os("HOME").context("no --config, no $KHCONFIG and no $HOME to find ~/.config/kh/config")?;
+    let home = std::env::var_os("HOME")
+        .context("no --config, no $KHCONFIG and no $HOME to find ~/.config/kh/config")?;
     Ok(PathBuf::from(home).join(".config/kh/config"))
 }
 
@@ -85,7 +86,12 @@ async fn admin(flag: Option<PathBuf>) -> anyhow::Result<(AdminClient<Channel>, S
         "khctl needs admin credentials: pass --config DATA_DIR/admin.khconfig (written by kh-coordinator on first start), or set $KHCONFIG"
     })?;
     let creds = cfg.creds();
-    let channel = kh::tls::channel(&cfg.coordinator, kh::tls::host_of(&cfg.coordinator), Some(&creds), &cfg.ca)?;
+    let channel = kh::tls::channel(
+        &cfg.coordinator,
+        kh::tls::host_of(&cfg.coordinator),
+        Some(&creds),
+        &cfg.ca,
+    )?;
     Ok((AdminClient::new(channel), cfg.coordinator))
 }
 
@@ -190,7 +196,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.output == Format::Json {
                 print_json(&serde_json::json!({ "deleted": id.split('.').next() }));
             } else {
-                println!("Deleted token {}.", id.split('.').next().unwrap_or_default());
+                println!(
+                    "Deleted token {}.",
+                    id.split('.').next().unwrap_or_default()
+                );
             }
         }
         Command::Nodes => {
@@ -205,7 +214,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_nodes(r: &ListNodesResponse, format: Format, now: std::time::SystemTime) -> anyhow::Result<()> {
+fn print_nodes(
+    r: &ListNodesResponse,
+    format: Format,
+    now: std::time::SystemTime,
+) -> anyhow::Result<()> {
     if format == Format::Json {
         let rows: Vec<_> = r
             .nodes
@@ -225,16 +238,38 @@ fn print_nodes(r: &ListNodesResponse, format: Format, now: std::time::SystemTime
                 })
             })
             .collect();
-        print_json(&serde_json::json!({ "nodes": rows, "heartbeatIntervalMs": r.heartbeat_interval_ms }));
+        print_json(
+            &serde_json::json!({ "nodes": rows, "heartbeatIntervalMs": r.heartbeat_interval_ms }),
+        );
         return Ok(());
     }
-    let mut t = Table::new(&["NAME", "ROLE", "ADDRESS", "HEALTH", "LAST SEEN", "OS", "KERNEL", "CONTAINERD", "KUBELET"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "ROLE",
+        "ADDRESS",
+        "HEALTH",
+        "LAST SEEN",
+        "OS",
+        "KERNEL",
+        "CONTAINERD",
+        "KUBELET",
+    ]);
     for n in &r.nodes {
         let f = n.facts.clone().unwrap_or_default();
-        let dash = |s: &str| if s.is_empty() { "-".to_string() } else { s.to_string() };
+        let dash = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
         t.row(vec![
             n.name.clone(),
-            if n.role.is_empty() { "<none>".into() } else { n.role.clone() },
+            if n.role.is_empty() {
+                "<none>".into()
+            } else {
+                n.role.clone()
+            },
             dash(&n.endpoint),
             n.health.clone(),
             kh::time::relative(now, n.last_seen_unix_ms),

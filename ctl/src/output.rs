@@ -66,6 +66,9 @@ mod tests {
         let mut t = Table::new(&["NAME", "HEALTH"]);
         t.row(vec!["cp-1".into(), "Ready".into()]);
         t.row(vec!["worker-10".into(), "NotReady".into()]);
-        assert_eq!(t.render(), "NAME        HEALTH\ncp-1        Ready\nworker-10   NotReady");
+        assert_eq!(
+            t.render(),
+            "NAME        HEALTH\ncp-1        Ready\nworker-10   NotReady"
+        );
     }
 }

@@ -26,7 +26,10 @@ fn token_info(r: &TokenRecord, now_ms: u64) -> TokenInfo {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
         let r = req.into_inner();
         let c = &self.0;
         let node = NodeName::new(&r.node_name).map_err(CoordError::from)?;
@@ -49,7 +52,10 @@ impl Admin for AdminService {
         }))
     }
 
-    async fn list_tokens(&self, _req: Request<ListTokensRequest>) -> Result<Response<ListTokensResponse>, Status> {
+    async fn list_tokens(
+        &self,
+        _req: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
         let c = &self.0;
         let now = unix_ms(c.clock.now());
         let tokens = tokens::list(&c.db, c.clock.as_ref())?
@@ -59,14 +65,22 @@ impl Admin for AdminService {
         Ok(Response::new(ListTokensResponse { tokens }))
     }
 
-    async fn delete_token(&self, req: Request<DeleteTokenRequest>) -> Result<Response<DeleteTokenResponse>, Status> {
+    async fn delete_token(
+        &self,
+        req: Request<DeleteTokenRequest>,
+    ) -> Result<Response<DeleteTokenResponse>, Status> {
         tokens::delete(&self.0.db, &req.into_inner().id)?;
         Ok(Response::new(DeleteTokenResponse {}))
     }
 
-    async fn list_nodes(&self, _req: Request<ListNodesRequest>) -> Result<Response<ListNodesResponse>, Status> {
+    async fn list_nodes(
+        &self,
+        _req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
         let c = &self.0;
-        let views = c.registry.list(unix_ms(c.clock.now()), c.config.heartbeat_interval)?;
+        let views = c
+            .registry
+            .list(unix_ms(c.clock.now()), c.config.heartbeat_interval)?;
         let nodes = views
             .into_iter()
             .map(|v| NodeInfo {

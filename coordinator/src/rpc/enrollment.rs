@@ -10,13 +10,17 @@ pub struct EnrollmentService(pub Arc<Coordinator>);
 
 #[tonic::async_trait]
 impl Enrollment for EnrollmentService {
-    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
         let r = req.into_inner();
         let coord = self.0.clone();
         // Signing and the store's fsync block; keep them off the reactor.
-        let issued = tokio::task::spawn_blocking(move || coord.enroll(&r.token, &r.node_name, &r.csr_pem))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let issued =
+            tokio::task::spawn_blocking(move || coord.enroll(&r.token, &r.node_name, &r.csr_pem))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(EnrollResponse {
             certificate_pem: issued.cert_pem,
             ca_pem: self.0.pki.ca().cert_pem().to_string(),

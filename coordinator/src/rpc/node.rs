@@ -12,13 +12,21 @@ pub struct NodeService(pub Arc<Coordinator>);
 
 #[tonic::async_trait]
 impl Node for NodeService {
-    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         let id = caller(&req)?.clone();
         let r = req.into_inner();
         let c = &self.0;
         let rec = c.registry.authenticate(&id)?;
-        c.registry
-            .heartbeat(rec, r.facts, r.endpoint, r.agent_version, unix_ms(c.clock.now()))?;
+        c.registry.heartbeat(
+            rec,
+            r.facts,
+            r.endpoint,
+            r.agent_version,
+            unix_ms(c.clock.now()),
+        )?;
         Ok(Response::new(HeartbeatResponse {
             interval_ms: c.config.heartbeat_interval.as_millis() as u64,
         }))

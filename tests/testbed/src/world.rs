@@ -1,0 +1,393 @@
+//! A coordinator and its agents, as real processes on loopback.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::hostroot::{self, HostSpec};
+use crate::net;
+use crate::proc::Proc;
+use crate::{bin, eventually};
+
+/// The result of a finished command.
+#[derive(Debug, Clone)]
+pub struct Out {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with both streams unless the command succeeded.
+    pub fn expect_ok(self, what: &str) -> Out {
+        assert!(
+            self.ok(),
+            "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+pub fn run(mut cmd: Command) -> Out {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
+    Out {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub struct CoordinatorProc {
+    pub proc: Option<Proc>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub admin: PathBuf,
+    pub args: Vec<String>,
+    log: PathBuf,
+}
+
+impl CoordinatorProc {
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("kh-coordinator"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .args(&self.args)
+            .env("KH_LOG", "info");
+        cmd
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.proc.is_none(), "coordinator already running");
+        self.proc = Some(Proc::spawn("kh-coordinator", self.command(), &self.log));
+        self.wait_listening();
+    }
+
+    /// Waits until the process accepts TCP and its admin credentials exist.
+    pub fn wait_listening(&mut self) {
+        let addr = self.addr;
+        let admin = self.admin.clone();
+        let log = self.log.clone();
+        let proc = self.proc.as_mut().expect("started");
+        eventually("the coordinator to listen", Duration::from_secs(20), || {
+            if !proc.is_running() {
+                panic!(
+                    "kh-coordinator exited:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if admin.exists()
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
+                Ok(())
+            } else {
+                Err("not listening yet".into())
+            }
+        });
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct AgentProc {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub data_dir: PathBuf,
+    pub root: PathBuf,
+    pub grpc: SocketAddr,
+    pub health: SocketAddr,
+    pub proc: Option<Proc>,
+    pub search_path: String,
+    log: PathBuf,
+}
+
+impl AgentProc {
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("kh-agent"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.grpc.to_string())
+            .arg("--health-listen")
+            .arg(self.health.to_string())
+            .arg("--host-root")
+            .arg(&self.root)
+            .arg("--path")
+            .arg(&self.search_path)
+            .env("KH_LOG", "info");
+        cmd
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.proc.is_none(), "agent {} already running", self.name);
+        self.proc = Some(Proc::spawn(
+            &format!("kh-agent {}", self.name),
+            self.command(),
+            &self.log,
+        ));
+        let health = self.health;
+        let log = self.log.clone();
+        let proc = self.proc.as_mut().expect("started");
+        eventually(
+            &format!("agent {} to listen", self.name),
+            Duration::from_secs(20),
+            || {
+                if !proc.is_running() {
+                    panic!(
+                        "kh-agent exited:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+                TcpStream::connect_timeout(&health, Duration::from_millis(200))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        );
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET on the health endpoint: (status code, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String), String> {
+        http_get(self.health, path)
+    }
+}
+
+/// A minimal HTTP/1.1 GET, enough for the health endpoint.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not HTTP: {buf:?}"))?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// How the world lays out its hosts.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub dir: PathBuf,
+    pub coordinator: SocketAddr,
+    pub coordinator_args: Vec<String>,
+    /// The loopback address of agent `n` (0-based); `None` picks a fresh one.
+    pub agent_ip: fn(u32) -> Option<Ipv4Addr>,
+    /// Fixed (grpc, health) ports, or `None` for free ones.
+    pub agent_ports: Option<(u16, u16)>,
+}
+
+impl Layout {
+    /// Private addresses and ports in `dir`, for a test.
+    pub fn for_test(dir: &Path, coordinator_args: &[&str]) -> Layout {
+        Layout {
+            dir: dir.to_path_buf(),
+            coordinator: net::fresh_addr(),
+            coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
+            agent_ip: |_| None,
+            agent_ports: None,
+        }
+    }
+}
+
+pub struct World {
+    pub layout: Layout,
+    pub coordinator: CoordinatorProc,
+    pub agents: Vec<AgentProc>,
+    /// Keeps a test's temp dir alive as long as the world.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl World {
+    /// A running coordinator in a fresh temp dir, with fast heartbeats.
+    pub fn new(coordinator_args: &[&str]) -> World {
+        let tmp = tempfile::Builder::new()
+            .prefix("kh-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let mut args = vec!["--heartbeat-interval", "300ms"];
+        args.extend_from_slice(coordinator_args);
+        let mut w = World::with_layout(Layout::for_test(tmp.path(), &args));
+        w._tmp = Some(tmp);
+        w.coordinator.start();
+        w
+    }
+
+    /// A world whose coordinator is not started yet.
+    pub fn with_layout(layout: Layout) -> World {
+        std::fs::create_dir_all(&layout.dir).expect("world dir");
+        let data_dir = layout.dir.join("coordinator");
+        let coordinator = CoordinatorProc {
+            proc: None,
+            addr: layout.coordinator,
+            admin: data_dir.join("admin.khconfig"),
+            data_dir,
+            args: layout.coordinator_args.clone(),
+            log: layout.dir.join("coordinator.log"),
+        };
+        World {
+            layout,
+            coordinator,
+            agents: vec![],
+            _tmp: None,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.layout.dir
+    }
+
+    pub fn khctl(&self, args: &[&str]) -> Out {
+        let mut cmd = Command::new(bin("khctl"));
+        cmd.arg("--config").arg(&self.coordinator.admin).args(args);
+        run(cmd)
+    }
+
+    pub fn khctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self
+            .khctl(&all)
+            .expect_ok(&format!("khctl {}", args.join(" ")));
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("khctl printed no JSON ({e}): {}", out.stdout))
+    }
+
+    /// A fresh token for `node`: (token, ca hash, coordinator address).
+    pub fn token(&self, node: &str, extra: &[&str]) -> (String, String, String) {
+        let mut args = vec!["token", "create", "--node", node];
+        args.extend_from_slice(extra);
+        let v = self.khctl_json(&args);
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        (s("token"), s("caCertHash"), s("coordinator"))
+    }
+
+    /// Declares agent `name` (host root, addresses) without enrolling it.
+    pub fn declare_agent(&mut self, name: &str) -> usize {
+        let n = self.agents.len() as u32;
+        let ip = (self.layout.agent_ip)(n).unwrap_or_else(net::fresh_ip);
+        let (g, h) = self
+            .layout
+            .agent_ports
+            .unwrap_or_else(|| (net::free_port(ip), net::free_port(ip)));
+        let base = self.layout.dir.join("nodes").join(name);
+        let root = base.join("root");
+        hostroot::create(&root, &HostSpec::numbered(name, n + 1)).expect("host root");
+        self.agents.push(AgentProc {
+            name: name.to_string(),
+            ip,
+            data_dir: base.join("agent"),
+            root,
+            grpc: SocketAddr::from((ip, g)),
+            health: SocketAddr::from((ip, h)),
+            proc: None,
+            search_path: "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            log: base.join("agent.log"),
+        });
+        self.agents.len() - 1
+    }
+
+    /// `kh-agent enroll` for a declared agent.
+    pub fn enroll(
+        &self,
+        idx: usize,
+        token: &str,
+        hash: &str,
+        coordinator: &str,
+        extra: &[&str],
+    ) -> Out {
+        let a = &self.agents[idx];
+        let mut cmd = Command::new(bin("kh-agent"));
+        cmd.arg("enroll")
+            .args([
+                "--coordinator",
+                coordinator,
+                "--token",
+                token,
+                "--ca-cert-hash",
+                hash,
+                "--node-name",
+                &a.name,
+            ])
+            .arg("--data-dir")
+            .arg(&a.data_dir)
+            .args(extra);
+        run(cmd)
+    }
+
+    /// Declares, enrolls and starts an agent.
+    pub fn add_agent(&mut self, name: &str) -> usize {
+        let idx = self.declare_agent(name);
+        let (tok, hash, addr) = self.token(name, &[]);
+        self.enroll(idx, &tok, &hash, &addr, &[])
+            .expect_ok(&format!("enroll {name}"));
+        self.agents[idx].start();
+        idx
+    }
+
+    pub fn agent(&mut self, name: &str) -> &mut AgentProc {
+        self.agents
+            .iter_mut()
+            .find(|a| a.name == name)
+            .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// The node entry from `khctl nodes -o json`.
+    pub fn node(&self, name: &str) -> Option<serde_json::Value> {
+        self.khctl_json(&["nodes"])["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+    }
+
+    pub fn wait_health(&self, name: &str, health: &str, timeout: Duration) {
+        eventually(&format!("{name} to be {health}"), timeout, || {
+            match self.node(name) {
+                Some(n) if n["health"] == health => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+}
