@@ -5,6 +5,7 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/kh/v1/types.proto",
+        "proto/kh/v1/steps.proto",
         "proto/kh/v1/enrollment.proto",
         "proto/kh/v1/node.proto",
         "proto/kh/v1/admin.proto",

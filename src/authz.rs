@@ -31,7 +31,11 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/ListTokens", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/DeleteToken", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/ListNodes", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Prepare", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Preflight", Access::Role(Role::Admin)),
     ("/kh.v1.Agent/GetFacts", Access::Role(Role::Coordinator)),
+    ("/kh.v1.Agent/RunStep", Access::Role(Role::Coordinator)),
+    ("/kh.v1.Agent/Preflight", Access::Role(Role::Coordinator)),
 ];
 
 /// The services a server exposes; the coordinator and the agent differ.

@@ -13,3 +13,4 @@ pub mod identity;
 pub mod metrics;
 pub mod rpc;
 pub mod state;
+pub mod steps;

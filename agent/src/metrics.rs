@@ -60,6 +60,14 @@ impl Metrics {
         );
         let steps = Family::<StepLabels, Counter>::default();
         registry.register("steps", "Host steps run, by step and result", steps.clone());
+        for step in crate::steps::ALL_STEPS {
+            for result in ["changed", "unchanged", "failed"] {
+                let _ = steps.get_or_create(&StepLabels {
+                    step: step.to_string(),
+                    result: result.into(),
+                });
+            }
+        }
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -107,6 +115,7 @@ mod tests {
             "kh_agent_heartbeats_total{result=\"failure\"} 0",
             "kh_agent_last_heartbeat_timestamp_seconds",
             "# TYPE kh_agent_steps counter",
+            "kh_agent_steps_total{step=\"containerd-cgroup\",result=\"failed\"} 0",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

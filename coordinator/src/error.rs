@@ -24,6 +24,10 @@ pub enum CoordError {
     AlreadyExists(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
     /// A certificate that was valid once but has been replaced.
     #[error("{0}")]
     Superseded(String),
@@ -42,6 +46,8 @@ impl CoordError {
             CoordError::TokenRefused(_) => Code::PermissionDenied,
             CoordError::AlreadyExists(_) => Code::AlreadyExists,
             CoordError::NotFound(_) => Code::NotFound,
+            CoordError::FailedPrecondition(_) => Code::FailedPrecondition,
+            CoordError::Unavailable(_) => Code::Unavailable,
             CoordError::Superseded(_) => Code::Unauthenticated,
         }
     }

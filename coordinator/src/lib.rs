@@ -6,9 +6,11 @@
 //! asks an agent to perform. Only `store` knows sled; only `rpc` and `server`
 //! know tonic.
 
+pub mod agents;
 pub mod config;
 pub mod error;
 pub mod pki;
+pub mod prepare;
 pub mod registry;
 pub mod rpc;
 pub mod server;
@@ -33,6 +35,7 @@ pub struct Coordinator {
     pub pki: pki::Pki,
     pub registry: Registry,
     pub clock: Arc<dyn Clock>,
+    pub agents: agents::Agents,
 }
 
 impl Coordinator {
@@ -44,7 +47,13 @@ impl Coordinator {
 
     pub fn with_db(config: Config, db: Db, clock: Arc<dyn Clock>) -> Result<Arc<Self>, CoordError> {
         let pki = pki::Pki::load_or_create(&db, &config, clock.now())?;
+        let agents = agents::Agents::new(kh::tls::ClientCreds {
+            ca_pem: pki.ca().cert_pem().to_string(),
+            cert_pem: pki.serving_chain_pem.clone(),
+            key_pem: pki.serving_key.clone(),
+        });
         Ok(Arc::new(Coordinator {
+            agents,
             registry: Registry::new(db.clone()),
             config,
             db,

@@ -2,6 +2,7 @@
 //! the admin credentials of a khconfig file, and never to agents.
 
 mod output;
+mod prepare;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use output::{print_json, Table};
     name = "khctl",
     version,
     about = "Operate a kh cluster through its coordinator.",
-    after_help = "Credentials are read from --config, else $KHCONFIG, else ~/.config/kh/config.\nThe coordinator writes them to DATA_DIR/admin.khconfig on first start."
+    after_help = "Credentials are read from --config, else $KHCONFIG, else ~/.config/kh/config.\nThe coordinator writes them to DATA_DIR/admin.khconfig on first start.\n\nExit codes: 0 success, 1 error (unreachable coordinator, bad credentials, bad flags),\n2 the cluster spec is invalid, 3 preflight failed, 4 the operation failed on a node."
 )]
 struct Cli {
     /// Path to a khconfig file with admin credentials.
@@ -34,7 +35,7 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
+pub enum Format {
     Table,
     Json,
 }
@@ -46,6 +47,47 @@ enum Command {
     Token(TokenCmd),
     /// List enrolled nodes with their health.
     Nodes,
+    /// Prepare hosts for kubeadm: swap off, overlay and br_netfilter, sysctls,
+    /// containerd's systemd cgroup driver. Safe to re-run; --dry-run shows the plan.
+    Prepare {
+        /// A cluster spec; all its nodes are prepared and their roles recorded.
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        /// A node to prepare (repeatable), instead of -f.
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+        /// Show what would change on every node and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Read-only checks of what kubeadm needs, on every node.
+    Preflight {
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        #[arg(long = "node")]
+        nodes: Vec<String>,
+    },
+}
+
+/// Failures with their own exit codes, so scripts can branch on them.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    SpecInvalid(String),
+    #[error("{0}")]
+    Preflight(String),
+    #[error("{0}")]
+    Operation(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> i32 {
+        match self {
+            Failure::SpecInvalid(_) => 2,
+            Failure::Preflight(_) => 3,
+            Failure::Operation(_) => 4,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -96,7 +138,12 @@ async fn admin(flag: Option<PathBuf>) -> anyhow::Result<(AdminClient<Channel>, S
 }
 
 /// Turns a gRPC failure into what the operator should know and do.
-fn explain(coordinator: &str, s: tonic::Status) -> anyhow::Error {
+pub fn explain(coordinator: &str, s: tonic::Status) -> anyhow::Error {
+    if s.code() == tonic::Code::InvalidArgument
+        && s.message().starts_with("the cluster spec is invalid")
+    {
+        return anyhow::Error::new(Failure::SpecInvalid(s.message().to_string()));
+    }
     match s.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
             "cannot reach the coordinator at {coordinator}: {}. Is kh-coordinator running there, and is the address in your khconfig right?",
@@ -115,7 +162,11 @@ async fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli).await {
         eprintln!("khctl: error: {e:#}");
-        std::process::exit(1);
+        let code = e
+            .downcast_ref::<Failure>()
+            .map(Failure::exit_code)
+            .unwrap_or(1);
+        std::process::exit(code);
     }
 }
 
@@ -145,14 +196,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "enrollCommand": r.enroll_command,
                 }));
             } else {
-                println!(
+                outln!(
                     "Token for node {} (single use, expires {}, {}):\n",
                     info.node_name,
                     kh::time::relative(now, info.expires_unix_ms),
                     kh::time::rfc3339(info.expires_unix_ms)
                 );
-                println!("  {}\n", r.enroll_command);
-                println!("Run it on the node as root. The token is shown only now.");
+                outln!("  {}\n", r.enroll_command);
+                outln!("Run it on the node as root. The token is shown only now.");
             }
         }
         Command::Token(TokenCmd::List) => {
@@ -196,11 +247,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.output == Format::Json {
                 print_json(&serde_json::json!({ "deleted": id.split('.').next() }));
             } else {
-                println!(
+                outln!(
                     "Deleted token {}.",
                     id.split('.').next().unwrap_or_default()
                 );
             }
+        }
+        Command::Prepare {
+            file,
+            nodes,
+            dry_run,
+        } => {
+            let targets = prepare::targets(file, nodes)?;
+            prepare::prepare(&mut client, &addr, targets, dry_run, cli.output).await?;
+        }
+        Command::Preflight { file, nodes } => {
+            let targets = prepare::targets(file, nodes)?;
+            prepare::preflight(&mut client, &addr, targets, cli.output).await?;
         }
         Command::Nodes => {
             let r = client
@@ -282,16 +345,16 @@ fn print_nodes(
     t.print_or("No nodes enrolled. Create a token with `khctl token create --node NAME` and run the printed command on the node.");
     let warned: Vec<_> = r.nodes.iter().filter(|n| !n.warnings.is_empty()).collect();
     if !warned.is_empty() {
-        println!();
+        outln!();
         for n in warned {
             for w in &n.warnings {
-                println!("WARNING {}: {w}", n.name);
+                outln!("WARNING {}: {w}", n.name);
             }
         }
     }
     if r.nodes.iter().any(|n| n.health != "Ready") {
         let window = Duration::from_millis(r.heartbeat_interval_ms * 3);
-        println!(
+        outln!(
             "\nNotReady: no heartbeat within {}. Check `systemctl status kh-agent` on those nodes and that they can reach the coordinator.",
             humantime::format_duration(window)
         );

@@ -46,15 +46,38 @@ impl Table {
     /// Prints the table, or `empty` when there are no rows.
     pub fn print_or(&self, empty: &str) {
         if self.rows.is_empty() {
-            println!("{empty}");
+            crate::outln!("{empty}");
         } else {
-            println!("{}", self.render());
+            crate::outln!("{}", self.render());
         }
     }
 }
 
 pub fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    crate::outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Writes to stdout. A closed pipe (`khctl ... | head`) ends khctl quietly
+/// instead of panicking, as Unix tools do.
+pub fn emit(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(text).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::emit(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::output::emit(format_args!("{}\n", format_args!($($t)*))) };
+}
+
+#[macro_export]
+macro_rules! out {
+    ($($t:tt)*) => { $crate::output::emit(format_args!($($t)*)) };
 }
 
 #[cfg(test)]

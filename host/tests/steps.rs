@@ -340,6 +340,29 @@ fn a_failing_restart_reports_argv_status_and_stderr() {
     // The file was written and verified before the restart failed.
     assert_eq!(report.files.len(), 1);
     assert!(t.read(CONTAINERD_CONFIG).contains("SystemdCgroup = true"));
+
+    // containerd still runs the old driver, so the next run must not report
+    // Unchanged: it restarts without touching the file again.
+    t.heal("systemctl");
+    let plan = ContainerdCgroup.plan(&t.host()).unwrap();
+    assert!(plan.files.is_empty(), "{plan:#?}");
+    assert_eq!(
+        plan.commands,
+        vec![vec!["systemctl", "restart", "containerd"]]
+    );
+    let again = ContainerdCgroup.run(&t.host(), false);
+    assert_eq!(again.outcome, Outcome::Changed, "{again:#?}");
+    assert_eq!(
+        t.calls(),
+        vec![
+            "systemctl restart containerd",
+            "systemctl restart containerd"
+        ]
+    );
+    // Done: a third run has nothing left to do.
+    let third = ContainerdCgroup.run(&t.host(), false);
+    assert_eq!(third.outcome, Outcome::Unchanged, "{third:#?}");
+    assert_eq!(t.calls().len(), 2);
 }
 
 #[test]

@@ -5,6 +5,7 @@ use kh::names::NodeName;
 use kh::proto::admin_server::Admin;
 use kh::proto::*;
 use kh::time::unix_ms;
+use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use crate::error::CoordError;
@@ -24,8 +25,36 @@ fn token_info(r: &TokenRecord, now_ms: u64) -> TokenInfo {
     }
 }
 
+type EventStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<PrepareEvent, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type PrepareStream = EventStream;
+
+    async fn prepare(
+        &self,
+        req: Request<PrepareRequest>,
+    ) -> Result<Response<Self::PrepareStream>, Status> {
+        let r = req.into_inner();
+        let coord = self.0.clone();
+        let (_spec, targets) = crate::prepare::resolve(&coord, r.targets)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(crate::prepare::prepare(coord, targets, r.dry_run, tx));
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn preflight(
+        &self,
+        req: Request<AdminPreflightRequest>,
+    ) -> Result<Response<AdminPreflightResponse>, Status> {
+        let coord = self.0.clone();
+        let (spec, targets) = crate::prepare::resolve(&coord, req.into_inner().targets)?;
+        let nodes = crate::prepare::preflight(coord, spec, targets).await;
+        Ok(Response::new(AdminPreflightResponse { nodes }))
+    }
+
     async fn create_token(
         &self,
         req: Request<CreateTokenRequest>,

@@ -373,6 +373,18 @@ pub fn containerd_cgroup_driver(host: &Host) -> Result<CgroupDriverState, StepEr
     })
 }
 
+/// Present while a config change awaits a successful containerd restart.
+pub const RESTART_PENDING: &str = "/var/lib/kh-agent/containerd-restart-pending";
+const RESTART_PENDING_DIR: &str = "/var/lib/kh-agent";
+
+fn restart_argv() -> Vec<String> {
+    vec![
+        "systemctl".to_string(),
+        "restart".to_string(),
+        "containerd".to_string(),
+    ]
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContainerdCgroup;
 
@@ -423,6 +435,15 @@ impl Step for ContainerdCgroup {
         let edit = set_systemd_cgroup(CONTAINERD_CONFIG, &start)?;
         plan.notes.extend(edit.notes);
         if before.as_deref() == Some(edit.text.as_str()) {
+            // The file is right; but if an earlier run changed it and its
+            // restart failed (or the agent died before restarting), containerd
+            // still runs the old driver. Finish that restart now.
+            if host.exists(RESTART_PENDING)? {
+                plan.notes.push(format!(
+                    "an earlier change to {CONTAINERD_CONFIG} was never followed by a successful restart ({RESTART_PENDING} exists); restarting containerd now"
+                ));
+                plan.commands.push(restart_argv());
+            }
             return Ok(plan);
         }
         plan.files.push(FileChange::compute(
@@ -440,11 +461,7 @@ impl Step for ContainerdCgroup {
             "config".to_string(),
             "dump".to_string(),
         ]);
-        plan.commands.push(vec![
-            "systemctl".to_string(),
-            "restart".to_string(),
-            "containerd".to_string(),
-        ]);
+        plan.commands.push(restart_argv());
         Ok(plan)
     }
 
@@ -500,7 +517,17 @@ impl Step for ContainerdCgroup {
                         verified = true;
                     }
                     Some("systemctl") => {
+                        // Recorded before the restart and cleared only after
+                        // it succeeds, so a failed restart or a crash here is
+                        // retried by the next run instead of reported Unchanged.
+                        applier.host().create_dir_all(RESTART_PENDING_DIR)?;
+                        applier.host().write_atomic(
+                            RESTART_PENDING,
+                            b"containerd config changed by kh; restart pending\n",
+                            0o600,
+                        )?;
                         applier.run(argv, RESTART_TIMEOUT)?.check()?;
+                        applier.host().remove_file(RESTART_PENDING)?;
                         restarted = true;
                     }
                     _ => {
@@ -511,7 +538,11 @@ impl Step for ContainerdCgroup {
                     }
                 }
             }
-            let mut message = format!("set SystemdCgroup = true in {CONTAINERD_CONFIG}");
+            let mut message = if plan.files.is_empty() {
+                format!("{CONTAINERD_CONFIG} already sets SystemdCgroup = true")
+            } else {
+                format!("set SystemdCgroup = true in {CONTAINERD_CONFIG}")
+            };
             if verified {
                 message.push_str(", verified with `containerd config dump`");
             }

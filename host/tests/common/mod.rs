@@ -111,6 +111,11 @@ impl TestHost {
         fs::write(self.tmp().join(format!("fail-{tool}")), stderr).expect("write failure file");
     }
 
+    /// Lets `tool` succeed again.
+    pub fn heal(&self, tool: &str) {
+        let _ = fs::remove_file(self.tmp().join(format!("fail-{tool}")));
+    }
+
     /// Every argv the doubles saw, in order.
     pub fn calls(&self) -> Vec<String> {
         fs::read_to_string(self.tmp().join("calls.log"))

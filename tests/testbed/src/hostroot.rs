@@ -81,23 +81,31 @@ pub fn create(root: &Path, spec: &HostSpec) -> std::io::Result<()> {
             spec.mem_kib / 2
         ),
     )?;
+    // A swap file in use, as on a stock cloud image.
     write(
         root,
         "/proc/swaps",
-        "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n",
+        "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/swapfile                               file\t\t1048572\t\t0\t\t-2\n",
     )?;
-    write(root, "/proc/modules", "")?;
     write(
         root,
         "/etc/fstab",
-        "# /etc/fstab: static file system information.\nUUID=6a3c0b5e-0000-4000-8000-000000000001 / ext4 errors=remount-ro 0 1\n",
+        "# /etc/fstab: static file system information.\nUUID=6a3c0b5e-0000-4000-8000-000000000001 / ext4 errors=remount-ro 0 1\n/swapfile none swap sw 0 0\n",
     )?;
-    for key in [
-        "net/bridge/bridge-nf-call-iptables",
-        "net/bridge/bridge-nf-call-ip6tables",
-        "net/ipv4/ip_forward",
-    ] {
-        write(root, &format!("/proc/sys/{key}"), "0\n")?;
-    }
+    // Neither module is loaded; both are loadable. /proc/sys/net/bridge
+    // appears only once br_netfilter is loaded, as on a real kernel.
+    write(root, "/proc/modules", "")?;
+    let kmod = "/lib/modules/6.1.0-kh-testbed";
+    write(
+        root,
+        &format!("{kmod}/modules.dep"),
+        "kernel/fs/overlayfs/overlay.ko:\nkernel/net/bridge/br_netfilter.ko: kernel/net/bridge/bridge.ko\nkernel/net/bridge/bridge.ko:\n",
+    )?;
+    write(
+        root,
+        &format!("{kmod}/modules.builtin"),
+        "kernel/fs/ext4/ext4.ko\n",
+    )?;
+    write(root, "/proc/sys/net/ipv4/ip_forward", "0\n")?;
     Ok(())
 }

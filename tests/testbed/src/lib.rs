@@ -16,6 +16,9 @@ pub mod world;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Host tools the testbed replaces with `kh-testbed-double`.
+pub const DOUBLES: &[&str] = &["systemctl", "modprobe", "swapoff"];
+
 /// The directory holding the workspace's built binaries. Tests run from
 /// `target/<profile>/deps`, the sandbox from `target/<profile>`.
 pub fn bin_dir() -> PathBuf {

@@ -135,8 +135,33 @@ impl AgentProc {
             .arg(&self.root)
             .arg("--path")
             .arg(&self.search_path)
-            .env("KH_LOG", "info");
+            .env("KH_LOG", "info")
+            // Only the testbed doubles read these; the agent passes its
+            // environment to the commands it runs, as on a real host.
+            .env("KH_TESTBED_ROOT", &self.root)
+            .env("KH_TESTBED_NODE_DIR", self.node_dir());
         cmd
+    }
+
+    /// The node's testbed dir: doubles' call log, failure switches, bin/.
+    pub fn node_dir(&self) -> PathBuf {
+        self.root.parent().expect("root has a parent").to_path_buf()
+    }
+
+    /// Every double call recorded on this node, one per line.
+    pub fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.node_dir().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    }
+
+    /// Makes the double `tool` fail with `stderr` from now on.
+    pub fn fail_tool(&self, tool: &str, stderr: &str) {
+        let dir = self.node_dir().join("fail");
+        std::fs::create_dir_all(&dir).expect("fail dir");
+        std::fs::write(dir.join(tool), stderr).expect("fail switch");
     }
 
     pub fn start(&mut self) {
@@ -316,6 +341,14 @@ impl World {
         let base = self.layout.dir.join("nodes").join(name);
         let root = base.join("root");
         hostroot::create(&root, &HostSpec::numbered(name, n + 1)).expect("host root");
+        let bin_dir = base.join("bin");
+        std::fs::create_dir_all(&bin_dir).expect("node bin dir");
+        for tool in crate::DOUBLES {
+            let link = bin_dir.join(tool);
+            if !link.exists() {
+                std::os::unix::fs::symlink(bin("kh-testbed-double"), &link).expect("link a double");
+            }
+        }
         self.agents.push(AgentProc {
             name: name.to_string(),
             ip,
@@ -324,7 +357,8 @@ impl World {
             grpc: SocketAddr::from((ip, g)),
             health: SocketAddr::from((ip, h)),
             proc: None,
-            search_path: "/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            // The doubles first, then the real tools (containerd).
+            search_path: format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir.display()),
             log: base.join("agent.log"),
         });
         self.agents.len() - 1
@@ -365,6 +399,9 @@ impl World {
         self.enroll(idx, &tok, &hash, &addr, &[])
             .expect_ok(&format!("enroll {name}"));
         self.agents[idx].start();
+        // Until its first heartbeat the coordinator does not know the
+        // agent's address; callers want a node they can use.
+        self.wait_health(name, "Ready", Duration::from_secs(30));
         idx
     }
 
