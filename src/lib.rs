@@ -9,6 +9,7 @@
 
 pub mod authz;
 pub mod khconfig;
+pub mod kubeadm;
 pub mod names;
 pub mod pki;
 pub mod secret;

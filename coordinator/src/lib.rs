@@ -9,6 +9,7 @@
 pub mod agents;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod pki;
 pub mod prepare;
 pub mod registry;

@@ -73,7 +73,8 @@ pub fn create(
 pub fn list(db: &Db, clock: &dyn Clock) -> Result<Vec<TokenRecord>, CoordError> {
     prune(db, clock)?;
     let mut all: Vec<TokenRecord> = db.scan_json(PREFIX)?.into_iter().map(|(_, r)| r).collect();
-    all.sort_by_key(|r| r.created_ms);
+    // Ties (same millisecond) fall back to node and id, so the listing is stable.
+    all.sort_by(|a, b| (a.created_ms, &a.node, &a.id).cmp(&(b.created_ms, &b.node, &b.id)));
     Ok(all)
 }
 

@@ -1,0 +1,1 @@
+//! kubeadm configuration rendering; being written.
