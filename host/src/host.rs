@@ -7,7 +7,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{display_argv, HostError};
+use crate::secret::{scrub, SecretString, REDACTED};
 
 /// How many lines of stderr a [`CommandRecord`] keeps.
 const STDERR_TAIL_LINES: usize = 20;
@@ -91,23 +92,33 @@ impl From<SysctlKey> for String {
 }
 
 /// A command line to run: an argv vector, never a shell string.
+///
+/// Secret arguments ([`Cmd::secret_arg`]) reach the process but nothing
+/// else: [`Cmd::argv`], the [`CommandRecord`], every error and every log line
+/// carry `<redacted>` in their place, and the command's output is scrubbed
+/// of them (and of any [`Cmd::redact_output`] value) before it is recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmd {
+    /// The argv as records show it: secret arguments are `<redacted>`.
     argv: Vec<String>,
+    /// The real values of the secret arguments, by argv index.
+    secret_args: Vec<(usize, SecretString)>,
+    /// Values to scrub from the output that are not arguments, such as the
+    /// token inside a config file the command reads.
+    redactions: Vec<SecretString>,
     timeout: Option<Duration>,
 }
 
 impl Cmd {
     pub fn new(program: impl Into<String>) -> Self {
-        Self {
-            argv: vec![program.into()],
-            timeout: None,
-        }
+        Self::from_argv(vec![program.into()])
     }
 
     pub fn from_argv(argv: Vec<String>) -> Self {
         Self {
             argv,
+            secret_args: Vec::new(),
+            redactions: Vec::new(),
             timeout: None,
         }
     }
@@ -126,14 +137,53 @@ impl Cmd {
         self
     }
 
+    /// Appends an argument that only the process sees; records show
+    /// `<redacted>` and the output is scrubbed of the value.
+    pub fn secret_arg(mut self, value: &SecretString) -> Self {
+        self.secret_args.push((self.argv.len(), value.clone()));
+        self.argv.push(REDACTED.to_string());
+        self
+    }
+
+    /// Scrubs `value` from the recorded output without passing it: for
+    /// secrets a command reads from a file and may echo.
+    pub fn redact_output(mut self, value: &SecretString) -> Self {
+        self.redactions.push(value.clone());
+        self
+    }
+
     /// Kills the command when it runs longer than `timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
+    /// The argv as records show it, with `<redacted>` for secret arguments.
     pub fn argv(&self) -> &[String] {
         &self.argv
+    }
+
+    /// Whether any argument is secret.
+    pub fn has_secrets(&self) -> bool {
+        !self.secret_args.is_empty()
+    }
+
+    /// The argv the process gets. Private: only the runner may see it.
+    fn exposed_argv(&self) -> Vec<String> {
+        let mut argv = self.argv.clone();
+        for (index, value) in &self.secret_args {
+            argv[*index] = value.expose().to_string();
+        }
+        argv
+    }
+
+    /// Every value the recorded output must not contain.
+    fn secrets(&self) -> Vec<&SecretString> {
+        self.secret_args
+            .iter()
+            .map(|(_, value)| value)
+            .chain(self.redactions.iter())
+            .collect()
     }
 }
 
@@ -437,7 +487,7 @@ impl Host {
             })?;
         tracing::debug!(argv = %display_argv(argv), "running host command");
 
-        let mut child = self.spawn(argv, &resolved)?;
+        let mut child = self.spawn(argv, &cmd.exposed_argv(), &resolved)?;
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let stdout_buf = Arc::new(Mutex::new(Vec::new()));
@@ -470,8 +520,15 @@ impl Host {
             }
         }
 
-        let stdout = String::from_utf8_lossy(&take_buffer(&stdout_buf)).into_owned();
-        let stderr = String::from_utf8_lossy(&take_buffer(&stderr_buf)).into_owned();
+        let secrets = cmd.secrets();
+        let stdout = scrub(
+            &String::from_utf8_lossy(&take_buffer(&stdout_buf)),
+            &secrets,
+        );
+        let stderr = scrub(
+            &String::from_utf8_lossy(&take_buffer(&stderr_buf)),
+            &secrets,
+        );
         let record = CommandRecord {
             argv: argv.to_vec(),
             exit_code: if timed_out { None } else { status.code() },
@@ -483,11 +540,18 @@ impl Host {
         Ok(record)
     }
 
-    fn spawn(&self, argv: &[String], resolved: &Path) -> Result<Child, HostError> {
+    /// Starts the process with the real argv (`exposed`); errors carry the
+    /// redacted `argv`.
+    fn spawn(
+        &self,
+        argv: &[String],
+        exposed: &[String],
+        resolved: &Path,
+    ) -> Result<Child, HostError> {
         let mut attempt = 0u32;
         loop {
             let spawned = Command::new(resolved)
-                .args(&argv[1..])
+                .args(&exposed[1..])
                 .env("PATH", self.path_env())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -557,6 +621,59 @@ impl Host {
     pub fn port_free(&self, ip: IpAddr, port: u16) -> bool {
         self.try_bind(ip, port).is_ok()
     }
+
+    /// Tries a TCP connection to `addr` (`host:port`, `[v6]:port`) and says
+    /// how it went, in the terms the kubeadm HA guide uses to tell a load
+    /// balancer that is not listening (refused) from one that is unreachable
+    /// (timed out). Every resolved address is tried, each with `timeout`; the
+    /// first that accepts wins, otherwise the first address's failure is
+    /// reported.
+    pub fn tcp_probe(&self, addr: &str, timeout: Duration) -> TcpProbe {
+        let resolved: Vec<SocketAddr> = match addr.to_socket_addrs() {
+            Ok(addrs) => addrs.collect(),
+            Err(err) if err.kind() == io::ErrorKind::InvalidInput => {
+                return TcpProbe::Other(format!(
+                    "`{addr}` is not host:port ({err}); write it like lb.example.internal:6443"
+                ))
+            }
+            Err(err) => return TcpProbe::Unresolvable(format!("cannot resolve `{addr}`: {err}")),
+        };
+        if resolved.is_empty() {
+            return TcpProbe::Unresolvable(format!("`{addr}` resolves to no address"));
+        }
+        let mut first_failure = None;
+        for target in resolved {
+            let outcome = match TcpStream::connect_timeout(&target, timeout) {
+                Ok(_) => return TcpProbe::Open,
+                Err(err) => match err.kind() {
+                    io::ErrorKind::ConnectionRefused => TcpProbe::Refused,
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => TcpProbe::TimedOut,
+                    _ => TcpProbe::Other(format!("connecting to {target}: {err}")),
+                },
+            };
+            first_failure.get_or_insert(outcome);
+        }
+        first_failure.unwrap_or(TcpProbe::Other(format!("no address of `{addr}` was tried")))
+    }
+}
+
+/// What a TCP connection attempt found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state", content = "detail")]
+pub enum TcpProbe {
+    /// Something accepted the connection.
+    Open,
+    /// The host answered with a reset: it is reachable but nothing listens
+    /// on the port (or a firewall rejects it).
+    Refused,
+    /// No answer within the timeout: a wrong address, a routing problem or a
+    /// firewall that drops packets.
+    TimedOut,
+    /// The name does not resolve.
+    Unresolvable(String),
+    /// Any other failure (no route to host, network unreachable, a bad
+    /// address), with the system's words.
+    Other(String),
 }
 
 fn spawn_reader<R: Read + Send + 'static>(
@@ -864,6 +981,68 @@ mod tests {
         assert!(!host.port_free(ip, port));
         drop(listener);
         assert!(host.port_free(ip, port));
+    }
+
+    #[test]
+    fn secret_arguments_reach_the_process_but_no_record() {
+        let host = host(Path::new("/"));
+        let secret = SecretString::new("s3cr3t-value");
+        let cmd = Cmd::new("sh")
+            .args(["-c", "echo \"got $1\"; echo \"err $1\" >&2; exit $2", "sh"])
+            .secret_arg(&secret)
+            .arg("0");
+        assert_eq!(cmd.argv()[4], "<redacted>");
+        assert!(cmd.has_secrets());
+        assert!(!format!("{cmd:?}").contains("s3cr3t"));
+        let record = host.run(&cmd).unwrap();
+        // The process printed the value it got; the record shows the marker,
+        // which proves both that the value arrived and that it was scrubbed.
+        assert_eq!(record.stdout, "got <redacted>\n");
+        assert_eq!(record.stderr_tail, "err <redacted>");
+        assert_eq!(record.argv[4], "<redacted>");
+
+        let failing = Cmd::new("sh")
+            .args(["-c", "echo \"bad $1\" >&2; exit 3", "sh"])
+            .secret_arg(&secret);
+        let err = host.run_checked(&failing).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("bad <redacted>"), "{text}");
+        assert!(text.contains("exit status 3"), "{text}");
+    }
+
+    #[test]
+    fn redacted_output_values_are_scrubbed_without_being_passed() {
+        let host = host(Path::new("/"));
+        let token = SecretString::new("abcdef.0123456789abcdef");
+        let record = host
+            .run(
+                &Cmd::new("sh")
+                    .args(["-c", "echo kubeadm join --token abcdef.0123456789abcdef"])
+                    .redact_output(&token),
+            )
+            .unwrap();
+        assert_eq!(record.stdout, "kubeadm join --token <redacted>\n");
+        assert_eq!(record.argv.len(), 3, "redactions add no argument");
+    }
+
+    #[test]
+    fn tcp_probes_tell_open_from_refused_and_unresolvable() {
+        let host = host(Path::new("/"));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let timeout = Duration::from_secs(2);
+        assert_eq!(host.tcp_probe(&addr, timeout), TcpProbe::Open);
+        drop(listener);
+        assert_eq!(host.tcp_probe(&addr, timeout), TcpProbe::Refused);
+        assert!(matches!(
+            host.tcp_probe("kh-no-such-host.invalid:6443", timeout),
+            TcpProbe::Unresolvable(_)
+        ));
+        match host.tcp_probe("no-port-here", timeout) {
+            TcpProbe::Other(why) => assert!(why.contains("host:port"), "{why}"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

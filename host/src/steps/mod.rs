@@ -32,6 +32,15 @@ pub enum StepKind {
     KernelModules,
     Sysctl,
     ContainerdCgroup,
+    KubeadmInit,
+    KubeadmJoin,
+    KubeadmReset,
+    TokenCreate,
+    TokenDelete,
+    UploadCerts,
+    KubectlApply,
+    KubectlDeleteNode,
+    PlaceFiles,
 }
 
 /// One file a plan writes.

@@ -232,3 +232,180 @@ pub fn diff_changes(diff: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// The `kubeadm` double's canned join-command hash, as init prints it.
+pub const CA_CERT_HASH: &str =
+    "sha256:2b1ab9a4a3b1d1c0e5f7a0c4b8e6d2f9a1c3e5b7d9f1a3c5e7b9d1f3a5c7e9b1";
+
+impl TestHost {
+    /// Doubles for `kubeadm` and `kubectl` that honour the subset of their
+    /// command lines kh uses, print what the real tools print, and keep
+    /// cluster state (tokens, nodes, the last applied manifest) in files
+    /// under the temp dir.
+    ///
+    /// Besides `fail-<tool>` (which fails before anything happens), a
+    /// `<tmp>/kubeadm-fails` file makes kubeadm init/join fail *after* it
+    /// has looked at its config, printing that file to stderr with `TOKEN`
+    /// replaced by the token it read, so tests can check that a failing
+    /// command still had a 0600 file and that its echoed token is scrubbed.
+    /// Every config or manifest file a double reads has its mode appended to
+    /// `<tmp>/modes.log` and its content copied to `<tmp>/seen-<verb>.yaml`.
+    pub fn install_kube_doubles(&self) {
+        let root = self.root();
+        let root = root.display();
+        let tmp = self.tmp().display();
+        self.double(
+            "kubeadm",
+            &format!(
+                r#"root='{root}'
+tmp='{tmp}'
+seen() {{
+  stat -c '%a' "$2" >> "$tmp/modes.log"
+  cp "$2" "$tmp/seen-$1.yaml"
+}}
+failing() {{
+  if [ -f "$tmp/kubeadm-fails" ]; then
+    sed "s/TOKEN/$1/g" "$tmp/kubeadm-fails" >&2
+    exit 1
+  fi
+}}
+arg_after() {{
+  want="$1"; shift; prev=""
+  for a in "$@"; do if [ "$prev" = "$want" ]; then printf '%s' "$a"; return; fi; prev="$a"; done
+}}
+case "$1" in
+init)
+  if [ "$2" = phase ]; then
+    key=$(arg_after --certificate-key "$@")
+    echo '[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace'
+    echo '[upload-certs] Using certificate key:'
+    echo "$key"
+    exit 0
+  fi
+  config=$(arg_after --config "$@")
+  seen init "$config"
+  token=$(sed -n 's/^- token: *//p' "$config" | head -n 1)
+  key=$(sed -n 's/^certificateKey: *//p' "$config" | head -n 1)
+  failing "$token"
+  mkdir -p "$root/etc/kubernetes/manifests" "$root/etc/kubernetes/pki/etcd"
+  echo 'apiVersion: v1' > "$root/etc/kubernetes/admin.conf"
+  echo 'apiVersion: v1' > "$root/etc/kubernetes/kubelet.conf"
+  echo 'kind: Pod' > "$root/etc/kubernetes/manifests/kube-apiserver.yaml"
+  echo 'kind: Pod' > "$root/etc/kubernetes/manifests/etcd.yaml"
+  cat <<EOF
+[init] Using Kubernetes version: v1.32.0
+[preflight] Running pre-flight checks
+[certs] Using certificateDir folder "/etc/kubernetes/pki"
+[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace
+[upload-certs] Using certificate key:
+$key
+[bootstrap-token] Using token: $token
+
+Your Kubernetes control-plane has initialized successfully!
+
+You can now join any number of control-plane nodes running the following command on each as root:
+
+  kubeadm join lb.example.internal:6443 --token $token \\
+	--discovery-token-ca-cert-hash {CA_CERT_HASH} \\
+	--control-plane --certificate-key $key
+EOF
+  ;;
+join)
+  config=$(arg_after --config "$@")
+  seen join "$config"
+  token=$(sed -n 's/^ *token: *//p' "$config" | head -n 1)
+  failing "$token"
+  mkdir -p "$root/etc/kubernetes/manifests"
+  echo 'apiVersion: v1' > "$root/etc/kubernetes/kubelet.conf"
+  if grep -q '^controlPlane:' "$config"; then
+    echo 'apiVersion: v1' > "$root/etc/kubernetes/admin.conf"
+    echo 'kind: Pod' > "$root/etc/kubernetes/manifests/kube-apiserver.yaml"
+    echo 'kind: Pod' > "$root/etc/kubernetes/manifests/etcd.yaml"
+  fi
+  echo '[preflight] Running pre-flight checks'
+  echo 'This node has joined the cluster:'
+  ;;
+reset)
+  rm -f "$root/etc/kubernetes/admin.conf" "$root/etc/kubernetes/kubelet.conf"
+  rm -rf "$root/etc/kubernetes/manifests"
+  echo '[reset] Deleted contents of the etcd data directory: /var/lib/etcd'
+  echo '[reset] Deleting contents of directories: [/etc/kubernetes/manifests /var/lib/kubelet /etc/kubernetes/pki]'
+  ;;
+token)
+  mkdir -p "$tmp/tokens"
+  case "$2" in
+  create)
+    id=${{3%%.*}}
+    if [ -f "$tmp/tokens/$id" ]; then
+      echo "a token with id \"$id\" already exists" >&2
+      echo 'To see the stack trace of this error execute with --v=5 or higher' >&2
+      exit 1
+    fi
+    arg_after --ttl "$@" > "$tmp/tokens/$id"
+    echo "$3"
+    ;;
+  delete)
+    if [ -f "$tmp/tokens/$3" ]; then
+      rm -f "$tmp/tokens/$3"
+      echo "bootstrap token \"$3\" deleted"
+    else
+      echo "failed to delete bootstrap token \"$3\": secrets \"bootstrap-token-$3\" not found" >&2
+      echo 'To see the stack trace of this error execute with --v=5 or higher' >&2
+      exit 1
+    fi
+    ;;
+  esac
+  ;;
+*)
+  echo "unknown command \"$1\" for \"kubeadm\"" >&2
+  exit 1
+  ;;
+esac"#
+            ),
+        );
+        self.double(
+            "kubectl",
+            &format!(
+                r#"tmp='{tmp}'
+if [ "$1" != --kubeconfig ] || [ ! -f "$2" ]; then
+  echo 'error: stat '"$2"': no such file or directory' >&2
+  exit 1
+fi
+shift 2
+mkdir -p "$tmp/nodes"
+case "$1" in
+apply)
+  stat -c '%a' "$3" >> "$tmp/modes.log"
+  if [ -f "$tmp/applied.yaml" ] && cmp -s "$3" "$tmp/applied.yaml"; then verb=unchanged; else verb=created; fi
+  cp "$3" "$tmp/applied.yaml"
+  echo "namespace/kube-flannel $verb"
+  echo "daemonset.apps/kube-flannel-ds $verb"
+  ;;
+get)
+  cat "$tmp/nodes.json"
+  ;;
+delete)
+  if [ -f "$tmp/nodes/$3" ]; then
+    rm -f "$tmp/nodes/$3"
+    echo "node \"$3\" deleted"
+  else
+    echo "Error from server (NotFound): nodes \"$3\" not found" >&2
+    exit 1
+  fi
+  ;;
+esac"#
+            ),
+        );
+    }
+
+    /// Lines of `<tmp>/modes.log`: the mode of every file a double read.
+    pub fn modes_seen(&self) -> Vec<String> {
+        fs::read_to_string(self.tmp().join("modes.log"))
+            .map(|text| text.lines().map(str::to_string).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn tmp_file(&self, name: &str) -> Option<String> {
+        fs::read_to_string(self.tmp().join(name)).ok()
+    }
+}
