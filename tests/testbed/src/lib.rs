@@ -7,17 +7,33 @@
 //!
 //! Nothing here is linked into the product: the agent and coordinator are
 //! started as the real binaries, with real TLS, on real sockets.
+//!
+//! The Kubernetes side (`kube`, `doubles`, `kubelet`, `apiserver`) stands in
+//! for kubeadm, kubelet, kubectl and kube-apiserver, which cannot run here;
+//! the etcd it drives is the real one. Its contract is CONTRACT.md.
 
+pub mod apiserver;
+pub mod clock;
+pub mod doubles;
 pub mod hostroot;
+pub mod kube;
+pub mod kubelet;
 pub mod net;
 pub mod proc;
+pub mod spec;
 pub mod world;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// Host tools the testbed replaces with `kh-testbed-double`.
+/// Host tools the testbed replaces with `kh-testbed-double` on every host.
 pub const DOUBLES: &[&str] = &["systemctl", "modprobe", "swapoff"];
+
+/// The Kubernetes tools `kh-testbed-double` also stands in for; a host gets
+/// them when it is declared as a Kubernetes host (see
+/// `world::World::declare_kube_host`), as if the kubeadm, kubelet and kubectl
+/// packages were installed.
+pub const KUBE_DOUBLES: &[&str] = &["kubeadm", "kubelet", "kubectl"];
 
 /// The directory holding the workspace's built binaries. Tests run from
 /// `target/<profile>/deps`, the sandbox from `target/<profile>`.

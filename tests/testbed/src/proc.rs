@@ -10,6 +10,11 @@ pub struct Proc {
     pub name: String,
     child: Option<Child>,
     pub log: PathBuf,
+    /// Kill the whole process group, not just the leader: the kubelet
+    /// double's static pods and the commands an agent runs live in the group
+    /// of the process that started them, and a host losing power takes them
+    /// all.
+    group: bool,
 }
 
 impl Proc {
@@ -32,7 +37,16 @@ impl Proc {
             name: name.to_string(),
             child: Some(child),
             log: log.to_path_buf(),
+            group: false,
         }
+    }
+
+    /// Like [`Proc::spawn`], but killing it kills its whole process group:
+    /// everything it started that did not leave the group.
+    pub fn spawn_group(name: &str, cmd: Command, log: &Path) -> Proc {
+        let mut p = Proc::spawn(name, cmd, log);
+        p.group = true;
+        p
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -42,6 +56,9 @@ impl Proc {
     /// Like a host losing power: SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            if self.group {
+                kill_group(c.id(), "KILL");
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -66,6 +83,20 @@ impl Proc {
         None
     }
 
+    /// SIGTERM to the whole group (or the process), then SIGKILL to the
+    /// group after `grace`.
+    pub fn terminate_group(&mut self, grace: Duration) -> Option<i32> {
+        let pid = self.pid()?;
+        if self.group {
+            kill_group(pid, "TERM");
+        }
+        let code = self.terminate(grace);
+        if self.group {
+            kill_group(pid, "KILL");
+        }
+        code
+    }
+
     /// Lets the process outlive this guard (for kh-sandbox); returns its pid.
     pub fn detach(mut self) -> Option<u32> {
         self.child.take().map(|c| c.id())
@@ -84,4 +115,66 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Sends `signal` (a name such as `KILL`) to process group `pgid`. Errors
+/// (an empty group) are ignored: the point is that nothing is left.
+pub fn kill_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), "--", &format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Sends `signal` to one process.
+pub fn kill_pid(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether `pid` is a live process (not a zombie) whose command line
+/// contains `needle`.
+pub fn alive_with(pid: u32, needle: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    // A zombie has an empty command line.
+    !cmdline.is_empty()
+        && String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(needle)
+}
+
+/// Every live process whose command line contains `needle`, with its
+/// process group: (pid, pgid).
+pub fn processes_naming(needle: &str) -> Vec<(u32, u32)> {
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == std::process::id() || !alive_with(pid, needle) {
+            continue;
+        }
+        if let Some(pgid) = pgid_of(pid) {
+            out.push((pid, pgid));
+        }
+    }
+    out
+}
+
+/// The process group of `pid`, from /proc/PID/stat.
+pub fn pgid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses; fields after the
+    // last ')' are: state ppid pgrp ...
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(2)?.parse().ok()
 }

@@ -109,6 +109,8 @@ impl CoordinatorProc {
     }
 }
 
+/// One testbed host: its agent and, on a Kubernetes host, its kubelet
+/// double (which runs the host's static pods: etcd, the apiserver double).
 pub struct AgentProc {
     pub name: String,
     pub ip: Ipv4Addr,
@@ -117,7 +119,11 @@ pub struct AgentProc {
     pub grpc: SocketAddr,
     pub health: SocketAddr,
     pub proc: Option<Proc>,
+    /// The kubelet double, when started.
+    pub kubelet: Option<Proc>,
     pub search_path: String,
+    /// The world dir, for the clock (`KH_TESTBED_DIR`).
+    pub world_dir: PathBuf,
     log: PathBuf,
 }
 
@@ -139,8 +145,173 @@ impl AgentProc {
             // Only the testbed doubles read these; the agent passes its
             // environment to the commands it runs, as on a real host.
             .env("KH_TESTBED_ROOT", &self.root)
-            .env("KH_TESTBED_NODE_DIR", self.node_dir());
+            .env("KH_TESTBED_NODE_DIR", self.node_dir())
+            .env(crate::clock::WORLD_DIR_ENV, &self.world_dir);
         cmd
+    }
+
+    /// Sets the env a double reads on `cmd`: the node's root, node dir and
+    /// world dir, and the node's search path.
+    pub fn double_env(&self, cmd: &mut Command) {
+        cmd.env("KH_TESTBED_ROOT", &self.root)
+            .env("KH_TESTBED_NODE_DIR", self.node_dir())
+            .env(crate::clock::WORLD_DIR_ENV, &self.world_dir)
+            .env("PATH", &self.search_path);
+    }
+
+    /// A tool as the agent would run it on this host: resolved through the
+    /// host's search path (doubles first), with the host's env.
+    pub fn tool(&self, name: &str) -> Command {
+        let program = self
+            .search_path
+            .split(':')
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from(name));
+        let mut cmd = Command::new(program);
+        self.double_env(&mut cmd);
+        cmd
+    }
+
+    /// Runs `kubeadm ARGS` on this host (the kubeadm double).
+    pub fn kubeadm(&self, args: &[&str]) -> Out {
+        let mut cmd = self.tool("kubeadm");
+        cmd.args(args);
+        run(cmd)
+    }
+
+    /// Runs `kubectl --kubeconfig /etc/kubernetes/admin.conf ARGS` on this host.
+    pub fn kubectl(&self, args: &[&str]) -> Out {
+        let mut cmd = self.tool("kubectl");
+        cmd.args(["--kubeconfig", "/etc/kubernetes/admin.conf"])
+            .args(args);
+        run(cmd)
+    }
+
+    /// A file of this host by its absolute host path.
+    pub fn path(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+
+    /// The real etcdctl against `endpoints` (this host's member when
+    /// empty), authenticated with this host's etcd healthcheck client
+    /// certificate, as an operator on a control plane would run it.
+    pub fn etcdctl(&self, endpoints: &[String], args: &[&str]) -> Out {
+        let eps = if endpoints.is_empty() {
+            self.etcd_endpoint()
+        } else {
+            endpoints.join(",")
+        };
+        let mut cmd = Command::new(crate::kube::ETCDCTL_BIN);
+        cmd.env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={eps}"))
+            .arg("--cacert")
+            .arg(self.path("/etc/kubernetes/pki/etcd/ca.crt"))
+            .arg("--cert")
+            .arg(self.path("/etc/kubernetes/pki/etcd/healthcheck-client.crt"))
+            .arg("--key")
+            .arg(self.path("/etc/kubernetes/pki/etcd/healthcheck-client.key"))
+            .arg("--dial-timeout=1s")
+            .arg("--command-timeout=5s")
+            .args(args);
+        run(cmd)
+    }
+
+    /// An anonymous HTTPS GET on this host's apiserver (`https://IP:6443`),
+    /// trusting the cluster CA in its `pki/`: (status, body).
+    pub fn apiserver_get(&self, path: &str) -> Result<(u16, String), String> {
+        use crate::kube::http::{Client, Credentials, Trust};
+        let ca = std::fs::read_to_string(self.path("/etc/kubernetes/pki/ca.crt"))
+            .map_err(|e| format!("no cluster CA on {}: {e}", self.name))?;
+        let c = Client::new(
+            &format!("https://{}:6443", self.ip),
+            &Trust::Ca(ca),
+            &Credentials::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        c.get(path)
+            .map(|r| (r.status, r.body))
+            .map_err(|e| e.to_string())
+    }
+
+    /// `https://IP:2379`.
+    pub fn etcd_endpoint(&self) -> String {
+        format!("https://{}:2379", self.ip)
+    }
+
+    /// Gives this host kubeadm, kubelet and kubectl (the doubles), as if
+    /// their packages were installed.
+    pub fn install_kube_doubles(&self) {
+        let bin_dir = self.node_dir().join("bin");
+        for tool in crate::KUBE_DOUBLES {
+            let link = bin_dir.join(tool);
+            if !link.exists() {
+                std::os::unix::fs::symlink(bin("kh-testbed-double"), &link)
+                    .expect("link a kube double");
+            }
+        }
+    }
+
+    pub fn kubelet_command(&self) -> Command {
+        let mut cmd = Command::new(bin("kh-testbed-kubelet"));
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--node-dir")
+            .arg(self.node_dir());
+        self.double_env(&mut cmd);
+        cmd
+    }
+
+    /// Starts the kubelet double (as systemd starts kubelet at boot) and
+    /// waits until it runs.
+    pub fn start_kubelet(&mut self) {
+        assert!(
+            self.kubelet.is_none(),
+            "kubelet on {} already running",
+            self.name
+        );
+        let pid_file = self.node_dir().join(crate::kube::KUBELET_PID_FILE);
+        let _ = std::fs::remove_file(&pid_file);
+        let mut p = Proc::spawn_group(
+            &format!("kubelet {}", self.name),
+            self.kubelet_command(),
+            &self.node_dir().join("kubelet.log"),
+        );
+        let pid = p.pid().expect("started");
+        eventually(
+            &format!("the kubelet double on {} to start", self.name),
+            Duration::from_secs(10),
+            || {
+                if !p.is_running() {
+                    panic!("kh-testbed-kubelet exited:\n{}", p.log_text());
+                }
+                match std::fs::read_to_string(&pid_file) {
+                    Ok(s) if s.trim() == pid.to_string() => Ok(()),
+                    _ => Err("no pid file yet".into()),
+                }
+            },
+        );
+        self.kubelet = Some(p);
+    }
+
+    /// Kills the kubelet double and every static pod it runs.
+    pub fn kill_kubelet(&mut self) {
+        if let Some(mut p) = self.kubelet.take() {
+            p.kill9();
+        }
+    }
+
+    /// Like a host losing power: the agent, whatever it was running, the
+    /// kubelet double and the static pods (etcd, apiserver) all die at once.
+    pub fn power_off(&mut self) {
+        self.kill9();
+        self.kill_kubelet();
+    }
+
+    /// The log of static pod `pod` (`etcd`, `kube-apiserver`).
+    pub fn pod_log(&self, pod: &str) -> String {
+        std::fs::read_to_string(self.node_dir().join("pods").join(format!("{pod}.log")))
+            .unwrap_or_default()
     }
 
     /// The node's testbed dir: doubles' call log, failure switches, bin/.
@@ -166,7 +337,7 @@ impl AgentProc {
 
     pub fn start(&mut self) {
         assert!(self.proc.is_none(), "agent {} already running", self.name);
-        self.proc = Some(Proc::spawn(
+        self.proc = Some(Proc::spawn_group(
             &format!("kh-agent {}", self.name),
             self.command(),
             &self.log,
@@ -239,8 +410,9 @@ pub struct Layout {
     pub dir: PathBuf,
     pub coordinator: SocketAddr,
     pub coordinator_args: Vec<String>,
-    /// The loopback address of agent `n` (0-based); `None` picks a fresh one.
-    pub agent_ip: fn(u32) -> Option<Ipv4Addr>,
+    /// The address of the first agent; agent `n` (0-based) gets this
+    /// address plus `n`. `None` picks a fresh address per agent.
+    pub first_agent_ip: Option<Ipv4Addr>,
     /// Fixed (grpc, health) ports, or `None` for free ones.
     pub agent_ports: Option<(u16, u16)>,
 }
@@ -252,7 +424,7 @@ impl Layout {
             dir: dir.to_path_buf(),
             coordinator: net::fresh_addr(),
             coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
-            agent_ip: |_| None,
+            first_agent_ip: None,
             agent_ports: None,
         }
     }
@@ -278,6 +450,18 @@ impl World {
         let mut w = World::with_layout(Layout::for_test(tmp.path(), &args));
         w._tmp = Some(tmp);
         w.coordinator.start();
+        w
+    }
+
+    /// A world in a fresh temp dir whose coordinator is not started: for
+    /// tests that drive the Kubernetes doubles on hosts directly.
+    pub fn offline() -> World {
+        let tmp = tempfile::Builder::new()
+            .prefix("kh-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let mut w = World::with_layout(Layout::for_test(tmp.path(), &[]));
+        w._tmp = Some(tmp);
         w
     }
 
@@ -333,15 +517,19 @@ impl World {
     /// Declares agent `name` (host root, addresses) without enrolling it.
     pub fn declare_agent(&mut self, name: &str) -> usize {
         let n = self.agents.len() as u32;
-        let ip = (self.layout.agent_ip)(n).unwrap_or_else(net::fresh_ip);
+        let ip = self
+            .layout
+            .first_agent_ip
+            .map(|first| Ipv4Addr::from(u32::from(first) + n))
+            .unwrap_or_else(net::fresh_ip);
         let (g, h) = self
             .layout
             .agent_ports
             .unwrap_or_else(|| (net::free_port(ip), net::free_port(ip)));
-        let base = self.layout.dir.join("nodes").join(name);
-        let root = base.join("root");
-        hostroot::create(&root, &HostSpec::numbered(name, n + 1)).expect("host root");
-        let bin_dir = base.join("bin");
+        let idx = self.attach_agent(name, ip, g, h);
+        let a = &self.agents[idx];
+        hostroot::create(&a.root, &HostSpec::numbered(name, n + 1)).expect("host root");
+        let bin_dir = a.node_dir().join("bin");
         std::fs::create_dir_all(&bin_dir).expect("node bin dir");
         for tool in crate::DOUBLES {
             let link = bin_dir.join(tool);
@@ -349,19 +537,83 @@ impl World {
                 std::os::unix::fs::symlink(bin("kh-testbed-double"), &link).expect("link a double");
             }
         }
+        std::fs::write(
+            a.node_dir().join(crate::kube::NODE_IP_FILE),
+            format!("{ip}\n"),
+        )
+        .expect("node ip file");
+        idx
+    }
+
+    /// Declares a Kubernetes host: an agent host that also has the kubeadm,
+    /// kubelet and kubectl doubles. Nothing is started.
+    pub fn declare_kube_host(&mut self, name: &str) -> usize {
+        let idx = self.declare_agent(name);
+        self.agents[idx].install_kube_doubles();
+        idx
+    }
+
+    /// A Kubernetes host with its kubelet double running, and no agent:
+    /// for tests that drive the doubles directly.
+    pub fn add_kube_host(&mut self, name: &str) -> usize {
+        let idx = self.declare_kube_host(name);
+        self.agents[idx].start_kubelet();
+        idx
+    }
+
+    /// A Kubernetes host with its kubelet double running and an enrolled,
+    /// started agent: what a rollout test starts from.
+    pub fn add_kube_node(&mut self, name: &str) -> usize {
+        let idx = self.declare_kube_host(name);
+        self.agents[idx].start_kubelet();
+        let (tok, hash, addr) = self.token(name, &[]);
+        self.enroll(idx, &tok, &hash, &addr, &[])
+            .expect_ok(&format!("enroll {name}"));
+        self.agents[idx].start();
+        self.wait_health(name, "Ready", Duration::from_secs(30));
+        idx
+    }
+
+    /// Registers a host whose files already exist (a restarted sandbox);
+    /// touches nothing on disk.
+    pub fn attach_agent(
+        &mut self,
+        name: &str,
+        ip: Ipv4Addr,
+        grpc_port: u16,
+        health_port: u16,
+    ) -> usize {
+        let base = self.layout.dir.join("nodes").join(name);
+        let bin_dir = base.join("bin");
         self.agents.push(AgentProc {
             name: name.to_string(),
             ip,
             data_dir: base.join("agent"),
-            root,
-            grpc: SocketAddr::from((ip, g)),
-            health: SocketAddr::from((ip, h)),
+            root: base.join("root"),
+            grpc: SocketAddr::from((ip, grpc_port)),
+            health: SocketAddr::from((ip, health_port)),
             proc: None,
-            // The doubles first, then the real tools (containerd).
+            kubelet: None,
+            // The doubles first, then the real tools (containerd, etcd).
             search_path: format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir.display()),
+            world_dir: self.layout.dir.clone(),
             log: base.join("agent.log"),
         });
         self.agents.len() - 1
+    }
+
+    /// The testbed clock's offset from real time, in seconds.
+    pub fn clock_offset(&self) -> i64 {
+        crate::clock::offset_secs(Some(self.dir()))
+    }
+
+    pub fn set_clock_offset(&self, secs: i64) {
+        crate::clock::set_offset_secs(self.dir(), secs).expect("write the clock offset");
+    }
+
+    /// Moves the testbed clock forward by `by`, for every double at once.
+    pub fn advance_clock(&self, by: Duration) {
+        self.set_clock_offset(self.clock_offset() + by.as_secs() as i64);
     }
 
     /// `kh-agent enroll` for a declared agent.

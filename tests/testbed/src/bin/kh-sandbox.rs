@@ -1,8 +1,11 @@
 //! kh-sandbox: a local kh cluster on loopback for a first look and for manual
-//! testing. `up` starts a coordinator and enrolled agents as detached
-//! processes with pid files; `down` stops every one of them, even after the
-//! sandbox command itself crashed.
+//! testing. `up` starts a coordinator, and per host an enrolled agent and a
+//! kubelet double, all as detached processes with pid files, and writes a
+//! cluster spec and khctl credentials; `down` stops every process the sandbox
+//! started (and everything those started), even after the sandbox command
+//! itself crashed.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,12 +13,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use kh_testbed::proc::{alive_with, kill_group, kill_pid, processes_naming};
 use kh_testbed::world::{Layout, World};
+use serde::{Deserialize, Serialize};
 
 #[derive(Parser)]
 #[command(
     name = "kh-sandbox",
-    about = "A local kh cluster on loopback addresses 127.0.0.10-127.0.0.99."
+    about = "A local kh cluster on loopback addresses: a coordinator on <prefix>.10, hosts on <prefix>.11 and up."
 )]
 struct Cli {
     /// Where the sandbox keeps its state, logs and pid files.
@@ -27,15 +32,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start a coordinator and enrolled agents (replacing a previous sandbox in --dir).
+    /// Start a coordinator, agents and kubelet doubles, enroll every agent and
+    /// write DIR/cluster.yaml and DIR/admin.khconfig (replacing a previous
+    /// sandbox in --dir).
     Up {
         #[arg(long, default_value_t = 3)]
         control_planes: u32,
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 2)]
         workers: u32,
+        /// The first three octets of the sandbox's addresses (127.x.y).
+        #[arg(long, default_value = "127.0.0")]
+        ip_prefix: String,
     },
-    /// Show the sandbox's processes and `khctl nodes`.
+    /// Show the sandbox's hosts, processes and `khctl nodes`.
     Status,
+    /// Start and enroll one more host that is not in the cluster spec.
+    AddNode {
+        name: String,
+        #[arg(long, default_value = "worker")]
+        role: String,
+    },
+    /// Kill a host's agent, kubelet double and static pods at once, like a
+    /// host losing power.
+    KillNode { name: String },
+    /// Start a killed host again (kubelet double, then agent).
+    StartNode { name: String },
     /// Stop everything the sandbox started.
     Down,
 }
@@ -44,11 +65,24 @@ fn default_dir() -> PathBuf {
     std::env::temp_dir().join("kh-sandbox")
 }
 
-const COORDINATOR: &str = "127.0.0.10:7443";
-
-fn agent_ip(n: u32) -> Option<Ipv4Addr> {
-    Some(Ipv4Addr::new(127, 0, 0, 11 + n as u8))
+/// What `up` and `add-node` record, so later commands can find every host.
+#[derive(Serialize, Deserialize)]
+struct State {
+    ip_prefix: String,
+    coordinator: SocketAddr,
+    nodes: Vec<NodeState>,
 }
+
+#[derive(Serialize, Deserialize, Clone)]
+struct NodeState {
+    name: String,
+    role: String,
+    ip: Ipv4Addr,
+    in_spec: bool,
+}
+
+const COORDINATOR_PORT: u16 = 7443;
+const AGENT_PORTS: (u16, u16) = (7444, 7445);
 
 fn main() {
     let cli = Cli::parse();
@@ -56,8 +90,12 @@ fn main() {
         Cmd::Up {
             control_planes,
             workers,
-        } => up(&cli.dir, control_planes, workers),
+            ip_prefix,
+        } => up(&cli.dir, control_planes, workers, &ip_prefix),
         Cmd::Status => status(&cli.dir),
+        Cmd::AddNode { name, role } => add_node(&cli.dir, &name, &role),
+        Cmd::KillNode { name } => kill_node(&cli.dir, &name),
+        Cmd::StartNode { name } => start_node(&cli.dir, &name),
         Cmd::Down => down(&cli.dir).map(|n| println!("Stopped {n} sandbox processes.")),
     };
     if let Err(e) = r {
@@ -66,12 +104,68 @@ fn main() {
     }
 }
 
+fn parse_prefix(prefix: &str) -> anyhow::Result<[u8; 3]> {
+    let parts: Vec<u8> = prefix
+        .split('.')
+        .map(|p| p.parse::<u8>())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--ip-prefix {prefix:?} is not three octets such as 127.0.0"))?;
+    match parts[..] {
+        [127, b, c] => Ok([127, b, c]),
+        _ => bail!("--ip-prefix {prefix:?} must be three octets in 127.0.0.0/8, such as 127.0.0"),
+    }
+}
+
+fn layout(dir: &Path, prefix: [u8; 3]) -> Layout {
+    Layout {
+        dir: dir.to_path_buf(),
+        coordinator: SocketAddr::from((
+            Ipv4Addr::new(prefix[0], prefix[1], prefix[2], 10),
+            COORDINATOR_PORT,
+        )),
+        coordinator_args: vec!["--heartbeat-interval".into(), "2s".into()],
+        first_agent_ip: Some(Ipv4Addr::new(prefix[0], prefix[1], prefix[2], 11)),
+        agent_ports: Some(AGENT_PORTS),
+    }
+}
+
+fn state_file(dir: &Path) -> PathBuf {
+    dir.join("sandbox.json")
+}
+
+fn load_state(dir: &Path) -> anyhow::Result<State> {
+    let text = std::fs::read_to_string(state_file(dir)).with_context(|| {
+        format!(
+            "no sandbox in {}; start one with `kh-sandbox --dir {} up`",
+            dir.display(),
+            dir.display()
+        )
+    })?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn save_state(dir: &Path, s: &State) -> anyhow::Result<()> {
+    std::fs::write(state_file(dir), serde_json::to_string_pretty(s)?)?;
+    Ok(())
+}
+
+/// A world for an existing sandbox: every recorded host attached, nothing
+/// started or touched.
+fn reattach(dir: &Path, state: &State) -> anyhow::Result<World> {
+    let mut w = World::with_layout(layout(dir, parse_prefix(&state.ip_prefix)?));
+    for n in &state.nodes {
+        w.attach_agent(&n.name, n.ip, AGENT_PORTS.0, AGENT_PORTS.1);
+    }
+    Ok(w)
+}
+
 fn pid_dir(dir: &Path) -> PathBuf {
     dir.join("pids")
 }
 
 /// Detaches a started process: it keeps running after kh-sandbox exits, and
-/// its pid file lets `down` find it.
+/// its pid file (its pid is also its process group) lets `down` find it and
+/// everything it started.
 fn record(dir: &Path, name: &str, proc: kh_testbed::proc::Proc) -> anyhow::Result<()> {
     let pid = proc.detach().context("process already gone")?;
     std::fs::create_dir_all(pid_dir(dir))?;
@@ -79,9 +173,47 @@ fn record(dir: &Path, name: &str, proc: kh_testbed::proc::Proc) -> anyhow::Resul
     Ok(())
 }
 
-fn up(dir: &Path, control_planes: u32, workers: u32) -> anyhow::Result<()> {
-    if control_planes + workers == 0 || control_planes + workers > 80 {
-        bail!("--control-planes plus --workers must be between 1 and 80");
+/// Starts a declared host: kubelet double (Kubernetes hosts), enrollment
+/// when `token` is given, agent; then detaches both.
+fn boot(dir: &Path, w: &mut World, idx: usize, kube: bool, enroll: bool) -> anyhow::Result<()> {
+    let name = w.agents[idx].name.clone();
+    if kube {
+        w.agents[idx].start_kubelet();
+    }
+    if enroll {
+        let (tok, hash, addr) = w.token(&name, &[]);
+        let out = w.enroll(idx, &tok, &hash, &addr, &[]);
+        if !out.ok() {
+            bail!("enrolling {name} failed:\n{}{}", out.stdout, out.stderr);
+        }
+    }
+    w.agents[idx].start();
+    if let Some(p) = w.agents[idx].kubelet.take() {
+        record(dir, &format!("kubelet-{name}"), p)?;
+    }
+    if let Some(p) = w.agents[idx].proc.take() {
+        record(dir, &format!("agent-{name}"), p)?;
+    }
+    Ok(())
+}
+
+fn cluster_yaml(nodes: &[NodeState]) -> String {
+    let spec_nodes: Vec<kh_testbed::spec::SpecNode> = nodes
+        .iter()
+        .filter(|n| n.in_spec)
+        .map(|n| kh_testbed::spec::SpecNode {
+            name: n.name.clone(),
+            role: n.role.clone(),
+            ip: n.ip.to_string(),
+        })
+        .collect();
+    kh_testbed::spec::cluster_yaml("sandbox", &spec_nodes, "")
+}
+
+fn up(dir: &Path, control_planes: u32, workers: u32, ip_prefix: &str) -> anyhow::Result<()> {
+    let prefix = parse_prefix(ip_prefix)?;
+    if control_planes + workers == 0 || control_planes + workers > 200 {
+        bail!("--control-planes plus --workers must be between 1 and 200");
     }
     let stopped = down(dir)?;
     if stopped > 0 {
@@ -90,90 +222,201 @@ fn up(dir: &Path, control_planes: u32, workers: u32) -> anyhow::Result<()> {
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cleaning {}", dir.display()))?;
     }
-    let layout = Layout {
-        dir: dir.to_path_buf(),
-        coordinator: COORDINATOR.parse::<SocketAddr>()?,
-        coordinator_args: vec!["--heartbeat-interval".into(), "2s".into()],
-        agent_ip,
-        agent_ports: Some((7444, 7445)),
-    };
-    let mut w = World::with_layout(layout);
-    println!("Starting the coordinator on {COORDINATOR} ...");
+    let mut w = World::with_layout(layout(dir, prefix));
+    println!("Starting the coordinator on {} ...", w.coordinator.addr);
     w.coordinator.start();
-    let names: Vec<String> = (1..=control_planes)
-        .map(|i| format!("cp-{i}"))
-        .chain((1..=workers).map(|i| format!("w-{i}")))
+    let mut nodes = vec![];
+    let names: Vec<(String, &str)> = (1..=control_planes)
+        .map(|i| (format!("cp-{i}"), "control-plane"))
+        .chain((1..=workers).map(|i| (format!("w-{i}"), "worker")))
         .collect();
-    for name in &names {
-        let idx = w.add_agent(name);
-        let a = &w.agents[idx];
-        println!(
-            "Enrolled {name} on {} (host root {})",
-            a.ip,
-            a.root.display()
-        );
-    }
-    for name in &names {
-        w.wait_health(name, "Ready", Duration::from_secs(30));
-    }
+    // The state file first, so `down` finds everything even if `up` dies.
+    save_state(
+        dir,
+        &State {
+            ip_prefix: ip_prefix.to_string(),
+            coordinator: w.coordinator.addr,
+            nodes: vec![],
+        },
+    )?;
     if let Some(p) = w.coordinator.proc.take() {
         record(dir, "coordinator", p)?;
     }
-    for a in &mut w.agents {
-        if let Some(p) = a.proc.take() {
-            record(dir, &format!("agent-{}", a.name), p)?;
-        }
+    for (name, role) in &names {
+        let idx = w.declare_kube_host(name);
+        boot(dir, &mut w, idx, true, true)?;
+        let a = &w.agents[idx];
+        println!(
+            "Enrolled {name} ({role}) on {} (host root {})",
+            a.ip,
+            a.root.display()
+        );
+        nodes.push(NodeState {
+            name: name.clone(),
+            role: role.to_string(),
+            ip: a.ip,
+            in_spec: true,
+        });
+        save_state(
+            dir,
+            &State {
+                ip_prefix: ip_prefix.to_string(),
+                coordinator: w.coordinator.addr,
+                nodes: nodes.clone(),
+            },
+        )?;
     }
+    for (name, _) in &names {
+        w.wait_health(name, "Ready", Duration::from_secs(30));
+    }
+    kh_testbed::spec::write(dir, "cluster.yaml", &cluster_yaml(&nodes))?;
+    std::fs::copy(&w.coordinator.admin, dir.join("admin.khconfig"))?;
     println!();
     print!("{}", w.khctl(&["nodes"]).stdout);
     let khctl = kh_testbed::bin("khctl");
+    let sandbox = kh_testbed::bin("kh-sandbox");
     println!(
-        "\nThe sandbox is up in {dir}.\n  Use it:   {khctl} --config {admin} nodes\n  Logs:     {dir}/coordinator.log, {dir}/nodes/*/agent.log\n  Stop it:  {sandbox} --dir {dir} down",
+        "\nThe sandbox is up in {dir}.\n  Next:     {khctl} --config {dir}/admin.khconfig rollout -f {dir}/cluster.yaml\n  Logs:     {dir}/coordinator.log, {dir}/nodes/*/agent.log, {dir}/nodes/*/kubelet.log, {dir}/nodes/*/pods/*.log\n  Hosts:    {sandbox} --dir {dir} status | add-node NAME | kill-node NAME | start-node NAME\n  Stop it:  {sandbox} --dir {dir} down",
         dir = dir.display(),
         khctl = khctl.display(),
-        admin = w.coordinator.admin.display(),
-        sandbox = kh_testbed::bin("kh-sandbox").display(),
+        sandbox = sandbox.display(),
     );
     Ok(())
 }
 
-/// The pid in `file`, if that process is still one the sandbox started: its
-/// command line names the sandbox dir, so a recycled pid is left alone.
-fn live_pid(file: &Path, dir: &Path) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    cmdline.contains(&*dir.to_string_lossy()).then_some(pid)
+fn add_node(dir: &Path, name: &str, role: &str) -> anyhow::Result<()> {
+    if !matches!(role, "control-plane" | "worker" | "loadbalancer") {
+        bail!("--role must be control-plane, worker or loadbalancer, not {role:?}");
+    }
+    let mut state = load_state(dir)?;
+    if state.nodes.iter().any(|n| n.name == name) {
+        bail!("the sandbox already has a host named {name}");
+    }
+    if kh::names::NodeName::new(name).is_err() {
+        bail!("{name:?} is not a valid node name");
+    }
+    let mut w = reattach(dir, &state)?;
+    let kube = role != "loadbalancer";
+    let idx = if kube {
+        w.declare_kube_host(name)
+    } else {
+        w.declare_agent(name)
+    };
+    let ip = w.agents[idx].ip;
+    state.nodes.push(NodeState {
+        name: name.to_string(),
+        role: role.to_string(),
+        ip,
+        in_spec: false,
+    });
+    save_state(dir, &state)?;
+    boot(dir, &mut w, idx, kube, true)?;
+    w.wait_health(name, "Ready", Duration::from_secs(30));
+    println!(
+        "Enrolled {name} ({role}) on {ip}; it is not in {}/cluster.yaml yet.",
+        dir.display()
+    );
+    Ok(())
 }
 
-fn pid_files(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(pid_dir(dir))
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
+fn node_state(state: &State, name: &str) -> anyhow::Result<(usize, NodeState)> {
+    state
+        .nodes
+        .iter()
+        .position(|n| n.name == name)
+        .map(|i| (i, state.nodes[i].clone()))
+        .with_context(|| format!("the sandbox has no host named {name}"))
+}
+
+/// The pid recorded for `name`, if that process group still has a member
+/// that the sandbox started (its command line names the sandbox dir).
+fn live_group(dir: &Path, name: &str, procs: &[(u32, u32)]) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_dir(dir).join(format!("{name}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let needle = dir.to_string_lossy();
+    (alive_with(pid, &needle) || procs.iter().any(|(_, g)| *g == pid)).then_some(pid)
+}
+
+fn kill_node(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let state = load_state(dir)?;
+    node_state(&state, name)?;
+    let procs = processes_naming(&dir.to_string_lossy());
+    let mut killed = 0;
+    for what in ["agent", "kubelet"] {
+        if let Some(pgid) = live_group(dir, &format!("{what}-{name}"), &procs) {
+            kill_group(pgid, "KILL");
+            killed += 1;
+        }
+    }
+    // Wait until the host's ports are closed, as after a power loss.
+    let host_dir = dir.join("nodes").join(name);
+    let needle = host_dir.to_string_lossy().into_owned();
+    let start = Instant::now();
+    while !processes_naming(&needle).is_empty() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if killed == 0 {
+        println!("{name} was not running.");
+    } else {
+        println!("Killed {name} (agent, kubelet double and its static pods).");
+    }
+    Ok(())
+}
+
+fn start_node(dir: &Path, name: &str) -> anyhow::Result<()> {
+    let state = load_state(dir)?;
+    let (idx, n) = node_state(&state, name)?;
+    let procs = processes_naming(&dir.to_string_lossy());
+    if live_group(dir, &format!("agent-{name}"), &procs).is_some()
+        || live_group(dir, &format!("kubelet-{name}"), &procs).is_some()
+    {
+        bail!("{name} is running; kill it first with `kh-sandbox kill-node {name}`");
+    }
+    let mut w = reattach(dir, &state)?;
+    boot(dir, &mut w, idx, n.role != "loadbalancer", false)?;
+    println!("Started {name} on {}.", n.ip);
+    Ok(())
 }
 
 fn status(dir: &Path) -> anyhow::Result<()> {
-    let files = pid_files(dir);
-    if files.is_empty() {
-        println!(
-            "No sandbox in {}. Start one with `kh-sandbox up`.",
-            dir.display()
-        );
-        return Ok(());
-    }
-    for f in &files {
-        let name = f.file_stem().unwrap_or_default().to_string_lossy();
-        match live_pid(f, dir) {
-            Some(pid) => println!("{name:<20} running (pid {pid})"),
-            None => println!("{name:<20} stopped"),
+    let state = match load_state(dir) {
+        Ok(s) => s,
+        Err(_) => {
+            println!(
+                "No sandbox in {}. Start one with `kh-sandbox up`.",
+                dir.display()
+            );
+            return Ok(());
         }
+    };
+    let procs = processes_naming(&dir.to_string_lossy());
+    let run = |name: &str| match live_group(dir, name, &procs) {
+        Some(pid) => format!("running (pid {pid})"),
+        None => "stopped".to_string(),
+    };
+    println!("coordinator {}  {}", state.coordinator, run("coordinator"));
+    println!();
+    println!(
+        "{:<12} {:<14} {:<14} {:<22} {:<22} in spec",
+        "HOST", "ROLE", "ADDRESS", "AGENT", "KUBELET"
+    );
+    for n in &state.nodes {
+        println!(
+            "{:<12} {:<14} {:<14} {:<22} {:<22} {}",
+            n.name,
+            n.role,
+            n.ip,
+            run(&format!("agent-{}", n.name)),
+            run(&format!("kubelet-{}", n.name)),
+            if n.in_spec { "yes" } else { "no" }
+        );
     }
-    let admin = dir.join("coordinator/admin.khconfig");
     let out = Command::new(kh_testbed::bin("khctl"))
         .arg("--config")
-        .arg(&admin)
+        .arg(dir.join("coordinator/admin.khconfig"))
         .arg("nodes")
         .output()?;
     println!();
@@ -185,31 +428,69 @@ fn status(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stops every process of the sandbox in `dir`: the recorded process groups
+/// (coordinator, agents with whatever they run, kubelet doubles with their
+/// static pods) and any other process whose command line names the dir.
+/// Returns how many recorded or found processes it stopped.
 fn down(dir: &Path) -> anyhow::Result<usize> {
-    let mut stopped = 0;
-    let mut pending = vec![];
-    for f in pid_files(dir) {
-        if let Some(pid) = live_pid(&f, dir) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            pending.push((f, pid));
-        } else {
-            let _ = std::fs::remove_file(&f);
+    let needle = dir.to_string_lossy().into_owned();
+    let procs = processes_naming(&needle);
+    let mut groups = BTreeSet::new();
+    let pid_files: Vec<PathBuf> = std::fs::read_dir(pid_dir(dir))
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    for f in &pid_files {
+        let name = f
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        if let Some(pgid) = live_group(dir, &name, &procs) {
+            groups.insert(pgid);
         }
     }
-    let start = Instant::now();
-    for (f, pid) in pending {
-        while live_pid(&f, dir).is_some() && start.elapsed() < Duration::from_secs(10) {
+    let stray: BTreeSet<u32> = procs.iter().map(|(p, _)| *p).collect();
+    let stopped = groups.len().max(stray.len());
+    for g in &groups {
+        kill_group(*g, "TERM");
+    }
+    for p in &stray {
+        kill_pid(*p, "TERM");
+    }
+    let gone = |limit: Duration| {
+        let start = Instant::now();
+        loop {
+            let left = processes_naming(&needle);
+            let groups_left = groups.iter().any(|g| alive_with(*g, &needle));
+            if left.is_empty() && !groups_left {
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        if live_pid(&f, dir).is_some() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+    };
+    if !gone(Duration::from_secs(5)) {
+        for g in &groups {
+            kill_group(*g, "KILL");
         }
-        let _ = std::fs::remove_file(&f);
-        stopped += 1;
+        for (p, _) in processes_naming(&needle) {
+            kill_pid(p, "KILL");
+        }
+        if !gone(Duration::from_secs(5)) {
+            bail!(
+                "some sandbox processes survived SIGKILL: {:?}",
+                processes_naming(&needle)
+            );
+        }
+    }
+    // Group members that do not name the dir (kubeadm run by an agent).
+    for g in &groups {
+        kill_group(*g, "KILL");
+    }
+    for f in pid_files {
+        let _ = std::fs::remove_file(f);
     }
     Ok(stopped)
 }

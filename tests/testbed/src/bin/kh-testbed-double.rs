@@ -1,6 +1,8 @@
 //! The testbed's stand-ins for host tools that cannot run here: `systemctl`,
-//! `modprobe` and `swapoff`. One binary, dispatched on the name it is called
-//! by (the testbed links each name to it in a node's `bin/`).
+//! `modprobe`, `swapoff`, `kubeadm`, `kubectl` and `kubelet --version`. One
+//! binary, dispatched on the name it is called by (the testbed links each
+//! name to it in a node's `bin/`). The Kubernetes tools live in the
+//! library's `doubles` module.
 //!
 //! Each keeps to the real tool's command line and output for the subset kh
 //! uses (see tests/testbed/CONTRACT.md), acts on the node's host root the way
@@ -34,6 +36,19 @@ fn main() -> ExitCode {
         "systemctl" => systemctl(&root, &node, rest),
         "modprobe" => modprobe(&root, rest),
         "swapoff" => swapoff(&root, rest),
+        "kubeadm" | "kubectl" | "kubelet" => {
+            let env = kh_testbed::kube::NodeEnv::new(
+                &root,
+                &node,
+                kh_testbed::clock::world_dir_from_env().as_deref(),
+            );
+            let code = match tool.as_str() {
+                "kubeadm" => kh_testbed::doubles::kubeadm::main(&env, rest),
+                "kubectl" => kh_testbed::doubles::kubectl::main(&env, rest),
+                _ => kh_testbed::doubles::kubelet(&env, rest),
+            };
+            code.clamp(0, 255) as u8
+        }
         other => {
             eprintln!("kh-testbed-double: unknown tool name {other:?}");
             2

@@ -1,0 +1,190 @@
+//! kh-sandbox end to end: `up` writes a valid cluster spec and khctl
+//! credentials, hosts can be added, killed and started, and `down` leaves no
+//! process and no listening port behind.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use kh_testbed::eventually;
+use kh_testbed::world::{run, Out};
+
+/// Runs `kh-sandbox down` when dropped, so a failing test leaves nothing.
+struct Sandbox {
+    dir: PathBuf,
+    prefix: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let tmp = tempfile::Builder::new()
+            .prefix("kh-e2e-sandbox-")
+            .tempdir()
+            .unwrap();
+        // A block of its own: the second octet this test process owns (see
+        // net::fresh_ip), a third octet fresh_ip does not reach.
+        let o = kh_testbed::net::fresh_ip().octets();
+        Sandbox {
+            dir: tmp.path().join("sb"),
+            prefix: format!("127.{}.240", o[1]),
+            _tmp: tmp,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        let mut cmd = Command::new(kh_testbed::bin("kh-sandbox"));
+        cmd.arg("--dir").arg(&self.dir).args(args);
+        run(cmd)
+    }
+
+    fn ip(&self, last: u8) -> Ipv4Addr {
+        format!("{}.{last}", self.prefix).parse().unwrap()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+fn listening(ip: Ipv4Addr, port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(200)).is_ok()
+}
+
+fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
+    kh_testbed::proc::processes_naming(&dir.to_string_lossy())
+        .into_iter()
+        .map(|(pid, _)| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            (pid, cmd)
+        })
+        .collect()
+}
+
+/// The env and path a double on sandbox host `name` runs with.
+fn host_tool(sb: &Sandbox, name: &str, tool: &str) -> Command {
+    let node = sb.dir.join("nodes").join(name);
+    let mut cmd = Command::new(node.join("bin").join(tool));
+    cmd.env("KH_TESTBED_ROOT", node.join("root"))
+        .env("KH_TESTBED_NODE_DIR", &node)
+        .env("KH_TESTBED_DIR", &sb.dir);
+    cmd
+}
+
+#[test]
+fn sandbox_up_add_node_kill_start_and_down_leave_nothing_behind() {
+    let sb = Sandbox::new();
+    let out = sb
+        .run(&[
+            "up",
+            "--control-planes",
+            "1",
+            "--workers",
+            "1",
+            "--ip-prefix",
+            &sb.prefix,
+        ])
+        .expect_ok("kh-sandbox up");
+    let d = sb.dir.display();
+    assert!(
+        out.stdout.contains(&format!(
+            "khctl --config {d}/admin.khconfig rollout -f {d}/cluster.yaml"
+        )),
+        "{}",
+        out.stdout
+    );
+    let spec = kh::spec::parse(&std::fs::read_to_string(sb.dir.join("cluster.yaml")).unwrap())
+        .unwrap_or_else(|e| panic!("cluster.yaml is invalid:\n{e}"));
+    let cp1 = sb.ip(11);
+    assert_eq!(
+        spec.control_plane_endpoint.as_ref().map(|e| e.to_string()),
+        Some(format!("{cp1}:6443"))
+    );
+    let roles: Vec<(String, String, String)> = spec
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.role.to_string(), n.address.to_string()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("cp-1".into(), "control-plane".into(), cp1.to_string()),
+            ("w-1".into(), "worker".into(), sb.ip(12).to_string()),
+        ]
+    );
+    assert!(sb.dir.join("cni.yaml").exists());
+    // The khctl credentials work.
+    let nodes = run({
+        let mut c = Command::new(kh_testbed::bin("khctl"));
+        c.arg("--config")
+            .arg(sb.dir.join("admin.khconfig"))
+            .arg("nodes");
+        c
+    })
+    .expect_ok("khctl nodes");
+    assert!(
+        nodes.stdout.contains("cp-1") && nodes.stdout.contains("w-1"),
+        "{}",
+        nodes.stdout
+    );
+
+    // A replacement control plane outside the spec.
+    sb.run(&["add-node", "cp-2", "--role", "control-plane"])
+        .expect_ok("add-node");
+    let status = sb.run(&["status"]).expect_ok("status");
+    assert!(status.stdout.contains("cp-2"), "{}", status.stdout);
+    assert!(listening(sb.ip(13), 7445), "cp-2's agent listens");
+
+    // Give cp-1 static pods, so down has an etcd and an apiserver to stop.
+    let cfg = sb.dir.join("kubeadm.yaml");
+    std::fs::write(
+        &cfg,
+        format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\ncontrolPlaneEndpoint: {cp1}:6443\n"),
+    )
+    .unwrap();
+    let mut init = host_tool(&sb, "cp-1", "kubeadm");
+    init.args(["init", "--config", cfg.to_str().unwrap()]);
+    run(init).expect_ok("kubeadm init on cp-1");
+    assert!(listening(cp1, 2379) && listening(cp1, 6443));
+
+    // A host losing power, and coming back: its static pods return.
+    sb.run(&["kill-node", "cp-1"]).expect_ok("kill-node");
+    for port in [7444, 7445, 2379, 2380, 6443] {
+        assert!(!listening(cp1, port), "cp-1 still listens on {port}");
+    }
+    sb.run(&["start-node", "cp-1"]).expect_ok("start-node");
+    eventually(
+        "cp-1's apiserver and etcd to return",
+        Duration::from_secs(30),
+        || {
+            if listening(cp1, 6443) && listening(cp1, 2379) && listening(cp1, 7445) {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
+
+    let out = sb.run(&["down"]).expect_ok("down");
+    assert!(out.stdout.starts_with("Stopped "), "{}", out.stdout);
+    let left = processes_naming(&sb.dir);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    let mut ports = vec![(sb.ip(10), 7443)];
+    for host in 11..=13 {
+        ports.extend([(sb.ip(host), 7444), (sb.ip(host), 7445)]);
+    }
+    ports.extend([(cp1, 2379), (cp1, 2380), (cp1, 6443)]);
+    for (ip, port) in ports {
+        assert!(
+            !listening(ip, port),
+            "{ip}:{port} still accepts connections"
+        );
+    }
+    let status = sb.run(&["status"]).expect_ok("status after down");
+    assert!(!status.stdout.contains("running (pid"), "{}", status.stdout);
+}

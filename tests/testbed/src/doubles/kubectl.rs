@@ -1,0 +1,291 @@
+//! The kubectl double: `get nodes`, `delete node`, `apply -f` and
+//! `version --client` against the apiserver double, with kubectl's output
+//! and error texts.
+
+use serde_json::{json, Value};
+
+use super::args::{self, boolean, short, value, Flag};
+use super::client::{self, ApiError};
+use crate::clock;
+use crate::kube::kubeconfig;
+use crate::kube::NodeEnv;
+
+const FLAGS: &[Flag] = &[
+    value("kubeconfig"),
+    short(value("output"), 'o'),
+    short(value("filename"), 'f'),
+    short(value("namespace"), 'n'),
+    boolean("client"),
+    value("request-timeout"),
+    short(value("v"), 'v'),
+    boolean("short"),
+];
+
+pub fn main(env: &NodeEnv, argv: &[String]) -> i32 {
+    match run(env, argv) {
+        Ok(()) => 0,
+        Err(msg) => {
+            eprintln!("{msg}");
+            1
+        }
+    }
+}
+
+fn version(env: &NodeEnv, p: &args::Parsed) -> Result<(), String> {
+    let v = env.version();
+    let (major, minor) = crate::kube::minor_of(&v).unwrap_or((1, 0));
+    let info = json!({
+        "major": major.to_string(),
+        "minor": minor.to_string(),
+        "gitVersion": v,
+        "gitCommit": "0000000000000000000000000000000000000000",
+        "gitTreeState": "clean",
+        "buildDate": "2024-12-11T18:04:20Z",
+        "goVersion": "go1.23.3",
+        "compiler": "gc",
+        "platform": "linux/amd64",
+    });
+    if !p.flag("client") {
+        return Err(
+            "error: the kh testbed kubectl double supports only `kubectl version --client`".into(),
+        );
+    }
+    match p.get("output") {
+        Some("json") => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"clientVersion": info, "kustomizeVersion": "v5.5.0"})
+            )
+            .unwrap_or_default()
+        ),
+        Some("yaml") => print!(
+            "{}",
+            serde_yaml::to_string(&json!({"clientVersion": info, "kustomizeVersion": "v5.5.0"}))
+                .unwrap_or_default()
+        ),
+        None => println!("Client Version: {v}\nKustomize Version: v5.5.0"),
+        Some(o) => return Err(format!("error: --output {o} is not available")),
+    }
+    Ok(())
+}
+
+/// kubectl's rendering of an API error.
+fn server_error(e: ApiError, server: &str) -> String {
+    match e {
+        ApiError::Transport { refused: true, .. } => format!(
+            "The connection to the server {server} was refused - did you specify the right host or port?"
+        ),
+        ApiError::Transport { text, .. } => format!("Unable to connect to the server: {text}"),
+        ApiError::Status { code: 401, .. } => {
+            "error: You must be logged in to the server (Unauthorized)".into()
+        }
+        ApiError::Status { reason, message, .. } if !reason.is_empty() && reason != "InternalError" => {
+            format!("Error from server ({reason}): {message}")
+        }
+        ApiError::Status { message, .. } => format!("Error from server: {message}"),
+    }
+}
+
+fn run(env: &NodeEnv, argv: &[String]) -> Result<(), String> {
+    let p = args::parse(argv, FLAGS)
+        .map_err(|e| format!("error: {e}\nSee 'kubectl --help' for usage."))?;
+    let pos: Vec<&str> = p.positional.iter().map(String::as_str).collect();
+    if pos.first() == Some(&"version") {
+        return version(env, &p);
+    }
+    let file = p
+        .get("kubeconfig")
+        .map(str::to_string)
+        .or_else(|| std::env::var("KUBECONFIG").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "/root/.kube/config".into());
+    let path = if std::path::Path::new(&file).starts_with(&env.root) {
+        std::path::PathBuf::from(&file)
+    } else {
+        env.path(&file)
+    };
+    let target = match kubeconfig::load(env, &path) {
+        Ok(t) => t,
+        Err(_) => return Err(format!("error: stat {file}: no such file or directory")),
+    };
+    let c = target.client().map_err(|e| format!("error: {e}"))?;
+    let server = c.host_port();
+    let err = |e: ApiError| server_error(e, &server);
+    match pos.as_slice() {
+        ["get", "nodes" | "node" | "no", rest @ ..] => {
+            let nodes = match rest.first() {
+                Some(n) => vec![client::get(&c, &format!("/api/v1/nodes/{n}")).map_err(err)?],
+                None => client::get(&c, "/api/v1/nodes").map_err(err)?["items"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            print_nodes(env, &nodes, rest.is_empty(), p.get("output"))
+        }
+        ["delete", "node" | "nodes" | "no", names @ ..] if !names.is_empty() => {
+            for n in names {
+                client::delete(&c, &format!("/api/v1/nodes/{n}")).map_err(err)?;
+                println!("node \"{n}\" deleted");
+            }
+            Ok(())
+        }
+        ["apply"] => {
+            let f = p
+                .get("filename")
+                .ok_or("error: must specify one of -f and -k")?;
+            apply(&c, f, &server)
+        }
+        _ => Err(format!(
+            "error: the kh testbed kubectl double does not support `kubectl {}`; see tests/testbed/CONTRACT.md",
+            p.positional.join(" ")
+        )),
+    }
+}
+
+fn ready(n: &Value) -> bool {
+    n["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn print_nodes(
+    env: &NodeEnv,
+    nodes: &[Value],
+    list: bool,
+    output: Option<&str>,
+) -> Result<(), String> {
+    match output {
+        Some("json") => {
+            let v = if list {
+                json!({"apiVersion": "v1", "items": nodes, "kind": "List", "metadata": {"resourceVersion": ""}})
+            } else {
+                nodes[0].clone()
+            };
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return Ok(());
+        }
+        Some("yaml") => {
+            let v = if list {
+                json!({"apiVersion": "v1", "items": nodes, "kind": "List", "metadata": {"resourceVersion": ""}})
+            } else {
+                nodes[0].clone()
+            };
+            print!("{}", serde_yaml::to_string(&v).unwrap_or_default());
+            return Ok(());
+        }
+        Some("name") => {
+            for n in nodes {
+                println!("node/{}", n["metadata"]["name"].as_str().unwrap_or_default());
+            }
+            return Ok(());
+        }
+        None | Some("wide") => {}
+        Some(o) => {
+            return Err(format!(
+                "error: unable to match a printer suitable for the output format \"{o}\", allowed formats are: custom-columns,custom-columns-file,go-template,go-template-file,json,jsonpath,jsonpath-as-json,jsonpath-file,name,template,templatefile,wide,yaml"
+            ))
+        }
+    }
+    if nodes.is_empty() {
+        eprintln!("No resources found");
+        return Ok(());
+    }
+    let now = env.now();
+    let rows: Vec<[String; 5]> = nodes
+        .iter()
+        .map(|n| {
+            let labels = n["metadata"]["labels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            let mut roles: Vec<String> = labels
+                .keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .map(str::to_string)
+                .collect();
+            roles.sort();
+            let age = n["metadata"]["creationTimestamp"]
+                .as_str()
+                .and_then(clock::parse_rfc3339)
+                .and_then(|t| now.duration_since(t).ok())
+                .map(clock::human_duration)
+                .unwrap_or_else(|| "<unknown>".into());
+            [
+                n["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                if ready(n) {
+                    "Ready".into()
+                } else {
+                    "NotReady".into()
+                },
+                if roles.is_empty() {
+                    "<none>".into()
+                } else {
+                    roles.join(",")
+                },
+                age,
+                n["status"]["nodeInfo"]["kubeletVersion"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "STATUS", "ROLES", "AGE", "VERSION"].map(String::from);
+    print!("{}", super::kubeadm::table(&header, &rows));
+    Ok(())
+}
+
+fn apply(c: &crate::kube::http::Client, file: &str, server: &str) -> Result<(), String> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| e.to_string())?;
+        s
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|_| format!("error: the path \"{file}\" does not exist"))?
+    };
+    let mut objects = vec![];
+    for de in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(de).map_err(|e| {
+            format!("error: error parsing {file}: error converting YAML to JSON: {e}")
+        })?;
+        if v.is_null() {
+            continue;
+        }
+        if v["kind"] == "List" {
+            objects.extend(v["items"].as_array().cloned().unwrap_or_default());
+        } else {
+            objects.push(v);
+        }
+    }
+    if objects.is_empty() {
+        return Err("error: no objects passed to apply".into());
+    }
+    for o in objects {
+        let kind = o["kind"].as_str().unwrap_or_default();
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        if kind.is_empty() || o["apiVersion"].as_str().unwrap_or_default().is_empty() {
+            return Err(format!("error: error validating \"{file}\": error validating data: [apiVersion not set, kind not set]; if you choose to ignore these errors, turn validation off with --validate=false"));
+        }
+        let r = client::post(c, "/apis/testbed.kh.io/v1/apply", &json!({"object": o}))
+            .map_err(|e| server_error(e, server))?;
+        let group = o["apiVersion"]
+            .as_str()
+            .and_then(|a| a.split_once('/').map(|(g, _)| g.to_string()))
+            .unwrap_or_default();
+        let res = kind.to_lowercase();
+        let what = if group.is_empty() {
+            res
+        } else {
+            format!("{res}.{group}")
+        };
+        println!(
+            "{what}/{name} {}",
+            r["result"].as_str().unwrap_or("configured")
+        );
+    }
+    Ok(())
+}
