@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the scripts in this directory: makes sure the tools kh's tests and
 # sandbox need are installed, installing Debian packages when they are missing.
 

@@ -33,9 +33,25 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/ListNodes", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/Prepare", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/Preflight", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Rollout", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/RolloutStatus", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Kubeconfig", Access::Role(Role::Admin)),
     ("/kh.v1.Agent/GetFacts", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/RunStep", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/Preflight", Access::Role(Role::Coordinator)),
+    ("/kh.v1.Agent/NodeStatus", Access::Role(Role::Coordinator)),
+    ("/kh.v1.Agent/EtcdMembers", Access::Role(Role::Coordinator)),
+    ("/kh.v1.Agent/EtcdHealth", Access::Role(Role::Coordinator)),
+    ("/kh.v1.Agent/KubeNodes", Access::Role(Role::Coordinator)),
+    (
+        "/kh.v1.Agent/ApiserverReady",
+        Access::Role(Role::Coordinator),
+    ),
+    ("/kh.v1.Agent/TcpProbe", Access::Role(Role::Coordinator)),
+    (
+        "/kh.v1.Agent/ReadClusterFiles",
+        Access::Role(Role::Coordinator),
+    ),
 ];
 
 /// The services a server exposes; the coordinator and the agent differ.

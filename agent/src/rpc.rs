@@ -5,14 +5,19 @@
 use std::sync::Arc;
 
 use kh::proto::agent_server::Agent;
-use kh::proto::{
-    Facts, GetFactsRequest, PreflightReport, PreflightRequest, RunStepRequest, StepReport,
-};
+use kh::proto::*;
 use tonic::{Request, Response, Status};
 
 use crate::state::AgentState;
+use crate::steps;
 
 pub struct AgentService(pub Arc<AgentState>);
+
+/// Host-side failures of queries reach the coordinator as FailedPrecondition
+/// with the tool's own message (etcdctl's, kubectl's).
+fn failed(e: String) -> Status {
+    Status::failed_precondition(e)
+}
 
 #[tonic::async_trait]
 impl Agent for AgentService {
@@ -29,18 +34,86 @@ impl Agent for AgentService {
                 "RunStep needs a step; this coordinator may be newer than the agent",
             )
         })?;
-        Ok(Response::new(
-            crate::steps::run(&self.0, step, r.dry_run).await,
-        ))
+        Ok(Response::new(steps::run(&self.0, step, r.dry_run).await))
     }
 
     async fn preflight(
         &self,
         req: Request<PreflightRequest>,
     ) -> Result<Response<PreflightReport>, Status> {
-        crate::steps::preflight(&self.0, req.into_inner())
+        steps::preflight(&self.0, req.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::invalid_argument)
+    }
+
+    async fn node_status(
+        &self,
+        _req: Request<NodeStatusRequest>,
+    ) -> Result<Response<NodeStatusResponse>, Status> {
+        steps::node_status(&self.0)
+            .await
+            .map(Response::new)
+            .map_err(failed)
+    }
+
+    async fn etcd_members(
+        &self,
+        req: Request<EtcdRequest>,
+    ) -> Result<Response<EtcdMembersResponse>, Status> {
+        steps::etcd_members(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(failed)
+    }
+
+    async fn etcd_health(
+        &self,
+        req: Request<EtcdRequest>,
+    ) -> Result<Response<EtcdHealthResponse>, Status> {
+        steps::etcd_health(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(failed)
+    }
+
+    async fn kube_nodes(
+        &self,
+        _req: Request<KubeNodesRequest>,
+    ) -> Result<Response<KubeNodesResponse>, Status> {
+        steps::kube_nodes(&self.0)
+            .await
+            .map(Response::new)
+            .map_err(failed)
+    }
+
+    async fn apiserver_ready(
+        &self,
+        req: Request<ApiserverReadyRequest>,
+    ) -> Result<Response<ApiserverReadyResponse>, Status> {
+        Ok(Response::new(
+            steps::apiserver_ready(&self.0, req.into_inner().url).await,
+        ))
+    }
+
+    async fn tcp_probe(
+        &self,
+        req: Request<TcpProbeRequest>,
+    ) -> Result<Response<TcpProbeResponse>, Status> {
+        Ok(Response::new(
+            steps::tcp_probe(&self.0, req.into_inner()).await,
+        ))
+    }
+
+    async fn read_cluster_files(
+        &self,
+        req: Request<ReadClusterFilesRequest>,
+    ) -> Result<Response<ReadClusterFilesResponse>, Status> {
+        let set = read_cluster_files_request::Set::try_from(req.into_inner().set)
+            .unwrap_or(read_cluster_files_request::Set::Unspecified);
+        steps::read_cluster_files(&self.0, set)
+            .await
+            .map(Response::new)
+            .map_err(failed)
     }
 }

@@ -27,6 +27,8 @@ pub struct AgentState {
     /// host:port where the Agent service is reachable.
     pub endpoint: String,
     pub extra_addresses: Vec<std::net::IpAddr>,
+    /// One host step at a time; queries about kubeadm's state wait for it.
+    pub steps_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Until the coordinator has named its interval, readiness allows this long.
@@ -54,6 +56,7 @@ impl AgentState {
             server_cert,
             endpoint,
             extra_addresses,
+            steps_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 

@@ -1,10 +1,13 @@
-//! Runs typed step requests through `kh-host` and converts its reports to
-//! the wire. The only place the agent maps between proto and host types.
+//! Runs typed step requests and queries through `kh-host` and converts the
+//! results to the wire. The only place the agent maps between proto and host
+//! types.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kh::proto::{self, run_step_request::Step as WireStep};
-use kh_host::{Step, StepKind};
+use kh_host::kube::{self, EtcdClient, KubeError, Scope};
+use kh_host::{SecretString, Step, StepKind};
 
 use crate::metrics::StepLabels;
 use crate::state::AgentState;
@@ -15,6 +18,16 @@ pub const ALL_STEPS: &[&str] = &[
     "kernel-modules",
     "sysctl",
     "containerd-cgroup",
+    "kubeadm-init",
+    "kubeadm-join",
+    "kubeadm-reset",
+    "token-create",
+    "token-delete",
+    "upload-certs",
+    "kubectl-apply",
+    "kubectl-delete-node",
+    "place-files",
+    "etcd-member-remove",
 ];
 
 pub fn step_name(kind: StepKind) -> &'static str {
@@ -23,35 +36,132 @@ pub fn step_name(kind: StepKind) -> &'static str {
         StepKind::KernelModules => "kernel-modules",
         StepKind::Sysctl => "sysctl",
         StepKind::ContainerdCgroup => "containerd-cgroup",
+        StepKind::KubeadmInit => "kubeadm-init",
+        StepKind::KubeadmJoin => "kubeadm-join",
+        StepKind::KubeadmReset => "kubeadm-reset",
+        StepKind::TokenCreate => "token-create",
+        StepKind::TokenDelete => "token-delete",
+        StepKind::UploadCerts => "upload-certs",
+        StepKind::KubectlApply => "kubectl-apply",
+        StepKind::KubectlDeleteNode => "kubectl-delete-node",
+        StepKind::PlaceFiles => "place-files",
     }
 }
 
-fn host_step(step: &WireStep) -> Box<dyn Step + Send + Sync> {
-    match step {
+fn secret(s: String) -> SecretString {
+    SecretString::new(s)
+}
+
+/// The host step for a wire step. Invalid input (a malformed token, a path
+/// outside /etc/kubernetes) is refused here with the reason.
+fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
+    let e = |e: KubeError| e.to_string();
+    Ok(match step {
         WireStep::DisableSwap(_) => Box::new(kh_host::DisableSwap),
         WireStep::KernelModules(_) => Box::new(kh_host::KernelModules::default()),
         WireStep::Sysctl(_) => Box::new(kh_host::Sysctl::default()),
         WireStep::ContainerdCgroup(_) => Box::new(kh_host::ContainerdCgroup),
+        WireStep::KubeadmInit(s) => Box::new(kube::KubeadmInit {
+            config: secret(s.config_yaml),
+            upload_certs: s.upload_certs,
+        }),
+        WireStep::KubeadmJoin(s) => Box::new(kube::KubeadmJoin {
+            config: secret(s.config_yaml),
+            control_plane: s.control_plane,
+        }),
+        WireStep::KubeadmReset(_) => Box::new(kube::KubeadmReset),
+        WireStep::TokenCreate(s) => Box::new(
+            kube::TokenCreate::new(secret(s.token), Duration::from_secs(s.ttl_seconds))
+                .map_err(e)?,
+        ),
+        WireStep::TokenDelete(s) => Box::new(kube::TokenDelete::new(&s.token_id).map_err(e)?),
+        WireStep::UploadCerts(s) => {
+            Box::new(kube::UploadCerts::new(secret(s.certificate_key)).map_err(e)?)
+        }
+        WireStep::KubectlApply(s) => {
+            Box::new(kube::KubectlApply::new(&s.name, &s.manifest).map_err(e)?)
+        }
+        WireStep::KubectlDeleteNode(s) => {
+            Box::new(kube::KubectlDeleteNode::new(&s.name).map_err(e)?)
+        }
+        WireStep::PlaceFiles(s) => Box::new(
+            kube::PlaceFiles::new(
+                s.files
+                    .into_iter()
+                    .map(|f| {
+                        (
+                            f.path,
+                            secret(String::from_utf8_lossy(&f.contents).into_owned()),
+                            f.mode,
+                        )
+                    })
+                    .collect(),
+            )
+            .map_err(e)?,
+        ),
+        WireStep::EtcdMemberRemove(_) => {
+            return Err("etcd member removal is not a host step".into())
+        }
+    })
+}
+
+fn failed(step: &str, error: String) -> proto::StepReport {
+    proto::StepReport {
+        step: step.to_string(),
+        outcome: proto::Outcome::Failed as i32,
+        message: format!("{step} failed"),
+        error,
+        ..Default::default()
+    }
+}
+
+fn wire_name(step: &WireStep) -> &'static str {
+    match step {
+        WireStep::DisableSwap(_) => "disable-swap",
+        WireStep::KernelModules(_) => "kernel-modules",
+        WireStep::Sysctl(_) => "sysctl",
+        WireStep::ContainerdCgroup(_) => "containerd-cgroup",
+        WireStep::KubeadmInit(_) => "kubeadm-init",
+        WireStep::KubeadmJoin(_) => "kubeadm-join",
+        WireStep::KubeadmReset(_) => "kubeadm-reset",
+        WireStep::TokenCreate(_) => "token-create",
+        WireStep::TokenDelete(_) => "token-delete",
+        WireStep::UploadCerts(_) => "upload-certs",
+        WireStep::KubectlApply(_) => "kubectl-apply",
+        WireStep::KubectlDeleteNode(_) => "kubectl-delete-node",
+        WireStep::PlaceFiles(_) => "place-files",
+        WireStep::EtcdMemberRemove(_) => "etcd-member-remove",
     }
 }
 
 /// Plans and applies (or only plans) one step; never panics the server.
+/// Steps run one at a time per agent: a resumed coordinator never runs a
+/// step beside one it started before a crash.
 pub async fn run(state: &Arc<AgentState>, step: WireStep, dry_run: bool) -> proto::StepReport {
+    let name = wire_name(&step);
+    // The guard moves into the blocking task: if the coordinator goes away
+    // mid-step, the RPC is dropped but the host work runs on, and the lock
+    // must stay held until that work has really ended. For the same reason
+    // the outcome is logged and counted in the task, not after the await.
+    let turn = state.steps_lock.clone().lock_owned().await;
     let st = state.clone();
-    let report = tokio::task::spawn_blocking(move || {
-        let s = host_step(&step);
-        s.run(&st.host, dry_run)
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        let report = match step {
+            WireStep::EtcdMemberRemove(r) => remove_member(&st, r, dry_run),
+            other => match host_step(other) {
+                Ok(s) => to_wire(s.run(&st.host, dry_run)),
+                Err(e) => failed(name, e),
+            },
+        };
+        record(&st, &report, dry_run);
+        report
     })
-    .await;
-    let report = match report {
-        Ok(r) => to_wire(r),
-        Err(e) => proto::StepReport {
-            step: "unknown".into(),
-            outcome: proto::Outcome::Failed as i32,
-            error: format!("the step panicked: {e}"),
-            ..Default::default()
-        },
-    };
+    .await
+    .unwrap_or_else(|e| failed(name, format!("the step panicked: {e}")))
+}
+
+fn record(state: &AgentState, report: &proto::StepReport, dry_run: bool) {
     let result =
         match proto::Outcome::try_from(report.outcome).unwrap_or(proto::Outcome::Unspecified) {
             proto::Outcome::Changed => "changed",
@@ -68,8 +178,44 @@ pub async fn run(state: &Arc<AgentState>, step: WireStep, dry_run: bool) -> prot
             })
             .inc();
     }
-    tracing::info!(step = %report.step, outcome = result, dry_run, "{}", report.message);
-    report
+    if result == "failed" {
+        tracing::warn!(step = %report.step, dry_run, error = %report.error, "{}", report.message);
+    } else {
+        tracing::info!(step = %report.step, outcome = result, dry_run, "{}", report.message);
+    }
+}
+
+fn remove_member(
+    state: &AgentState,
+    r: proto::EtcdMemberRemove,
+    dry_run: bool,
+) -> proto::StepReport {
+    let client = EtcdClient::stacked(r.endpoints);
+    let hex = format!("{:x}", r.member_id);
+    if dry_run {
+        return proto::StepReport {
+            step: "etcd-member-remove".into(),
+            outcome: proto::Outcome::Changed as i32,
+            message: format!("dry run: would remove etcd member {hex}"),
+            dry_run: true,
+            ..Default::default()
+        };
+    }
+    match client.remove_member(&state.host, r.member_id) {
+        Ok(true) => proto::StepReport {
+            step: "etcd-member-remove".into(),
+            outcome: proto::Outcome::Changed as i32,
+            message: format!("removed etcd member {hex}"),
+            ..Default::default()
+        },
+        Ok(false) => proto::StepReport {
+            step: "etcd-member-remove".into(),
+            outcome: proto::Outcome::Unchanged as i32,
+            message: format!("etcd member {hex} is not a member"),
+            ..Default::default()
+        },
+        Err(e) => failed("etcd-member-remove", e.to_string()),
+    }
 }
 
 pub fn to_wire(r: kh_host::StepReport) -> proto::StepReport {
@@ -142,22 +288,211 @@ pub async fn preflight(
         address,
         kubernetes_version: Some(req.kubernetes_version).filter(|v| !v.is_empty()),
     };
-    let st = state.clone();
-    let checks = tokio::task::spawn_blocking(move || kh_host::preflight(&st.host, &input))
+    blocking(state, move |st| Ok(kh_host::preflight(&st.host, &input)))
         .await
-        .map_err(|e| format!("preflight panicked: {e}"))?;
-    Ok(proto::PreflightReport {
-        checks: checks
+        .map(|checks| proto::PreflightReport {
+            checks: checks
+                .into_iter()
+                .map(|c| proto::Check {
+                    name: c.name,
+                    status: match c.status {
+                        kh_host::CheckStatus::Pass => proto::CheckStatus::Pass,
+                        kh_host::CheckStatus::Warn => proto::CheckStatus::Warn,
+                        kh_host::CheckStatus::Fail => proto::CheckStatus::Fail,
+                    } as i32,
+                    message: c.message,
+                    fix: c.fix,
+                })
+                .collect(),
+        })
+}
+
+/// Runs blocking host work off the reactor.
+async fn blocking<T: Send + 'static>(
+    state: &Arc<AgentState>,
+    f: impl FnOnce(&AgentState) -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || f(&st))
+        .await
+        .map_err(|e| format!("panicked: {e}"))?
+}
+
+pub async fn node_status(state: &Arc<AgentState>) -> Result<proto::NodeStatusResponse, String> {
+    // Waits for a step in flight, so the answer reflects where it ended.
+    let _turn = state.steps_lock.lock().await;
+    blocking(state, |st| {
+        kube::node_state(&st.host).map_err(|e| e.to_string())
+    })
+    .await
+    .map(|s| proto::NodeStatusResponse {
+        kubelet_conf: s.kubelet_conf,
+        admin_conf: s.admin_conf,
+        apiserver_manifest: s.apiserver_manifest,
+        etcd_manifest: s.etcd_manifest,
+    })
+}
+
+fn etcd_client(req: &proto::EtcdRequest) -> EtcdClient {
+    if req.external {
+        EtcdClient::external(req.endpoints.clone())
+    } else {
+        EtcdClient::stacked(req.endpoints.clone())
+    }
+}
+
+pub async fn etcd_members(
+    state: &Arc<AgentState>,
+    req: proto::EtcdRequest,
+) -> Result<proto::EtcdMembersResponse, String> {
+    blocking(state, move |st| {
+        etcd_client(&req)
+            .members(&st.host)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map(|ms| proto::EtcdMembersResponse {
+        members: ms
             .into_iter()
-            .map(|c| proto::Check {
-                name: c.name,
-                status: match c.status {
-                    kh_host::CheckStatus::Pass => proto::CheckStatus::Pass,
-                    kh_host::CheckStatus::Warn => proto::CheckStatus::Warn,
-                    kh_host::CheckStatus::Fail => proto::CheckStatus::Fail,
-                } as i32,
-                message: c.message,
-                fix: c.fix,
+            .map(|m| proto::EtcdMember {
+                id: m.id,
+                id_hex: m.id_hex,
+                name: m.name,
+                peer_urls: m.peer_urls,
+                client_urls: m.client_urls,
+                is_learner: m.is_learner,
+            })
+            .collect(),
+    })
+}
+
+pub async fn etcd_health(
+    state: &Arc<AgentState>,
+    req: proto::EtcdRequest,
+) -> Result<proto::EtcdHealthResponse, String> {
+    blocking(state, move |st| {
+        let c = etcd_client(&req);
+        let health = c
+            .endpoint_health(&st.host, Scope::Endpoints)
+            .map_err(|e| e.to_string())?;
+        let status = c
+            .endpoint_status(&st.host, Scope::Endpoints)
+            .map_err(|e| e.to_string())?;
+        Ok(proto::EtcdHealthResponse {
+            health: health
+                .into_iter()
+                .map(|h| proto::EtcdEndpointHealth {
+                    took_ms: parse_took(&h.took),
+                    endpoint: h.endpoint,
+                    healthy: h.healthy,
+                    error: h.error.unwrap_or_default(),
+                })
+                .collect(),
+            status: status
+                .statuses
+                .into_iter()
+                .map(|s| proto::EtcdEndpointStatus {
+                    endpoint: s.endpoint,
+                    member_id: s.member_id,
+                    leader_id: s.leader_id,
+                    db_size: s.db_size,
+                    is_learner: s.is_learner,
+                    raft_term: s.raft_term,
+                })
+                .collect(),
+        })
+    })
+    .await
+}
+
+/// etcdctl prints durations like `1.234ms` or `5.0s`.
+fn parse_took(t: &str) -> u64 {
+    humantime::parse_duration(t)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub async fn kube_nodes(state: &Arc<AgentState>) -> Result<proto::KubeNodesResponse, String> {
+    blocking(state, |st| {
+        kube::kubectl_nodes(&st.host).map_err(|e| e.to_string())
+    })
+    .await
+    .map(|ns| proto::KubeNodesResponse {
+        nodes: ns
+            .into_iter()
+            .map(|n| proto::KubeNode {
+                name: n.name,
+                ready: n.ready,
+                roles: n.roles,
+            })
+            .collect(),
+    })
+}
+
+pub async fn apiserver_ready(
+    state: &Arc<AgentState>,
+    url: String,
+) -> proto::ApiserverReadyResponse {
+    match blocking(state, move |st| kube::apiserver_readyz(&st.host, &url)).await {
+        Ok(()) => proto::ApiserverReadyResponse {
+            ready: true,
+            detail: String::new(),
+        },
+        Err(detail) => proto::ApiserverReadyResponse {
+            ready: false,
+            detail,
+        },
+    }
+}
+
+pub async fn tcp_probe(
+    state: &Arc<AgentState>,
+    req: proto::TcpProbeRequest,
+) -> proto::TcpProbeResponse {
+    use proto::tcp_probe_response::Result as R;
+    let timeout = Duration::from_millis(req.timeout_ms.clamp(100, 30_000) as u64);
+    let r = blocking(state, move |st| {
+        Ok(st.host.tcp_probe(&req.address, timeout))
+    })
+    .await;
+    let (result, detail) = match r {
+        Ok(kh_host::TcpProbe::Open) => (R::Open, String::new()),
+        Ok(kh_host::TcpProbe::Refused) => (R::Refused, "connection refused".into()),
+        Ok(kh_host::TcpProbe::TimedOut) => (R::TimedOut, "timed out".into()),
+        Ok(kh_host::TcpProbe::Unresolvable(e)) => (R::Unresolvable, e),
+        Ok(kh_host::TcpProbe::Other(e)) => (R::Other, e),
+        Err(e) => (R::Other, e),
+    };
+    proto::TcpProbeResponse {
+        result: result as i32,
+        detail,
+    }
+}
+
+pub async fn read_cluster_files(
+    state: &Arc<AgentState>,
+    set: proto::read_cluster_files_request::Set,
+) -> Result<proto::ReadClusterFilesResponse, String> {
+    use proto::read_cluster_files_request::Set;
+    let paths: Vec<&'static str> = match set {
+        Set::ClusterCa => vec![kube::CLUSTER_CA_CERT],
+        Set::SharedCa => kube::SHARED_CA_FILES.to_vec(),
+        Set::AdminKubeconfig => vec![kube::ADMIN_CONF],
+        Set::Unspecified => {
+            return Err("name a file set: cluster CA, shared CA or admin kubeconfig".into())
+        }
+    };
+    blocking(state, move |st| {
+        kube::read_files(&st.host, &paths).map_err(|e| e.to_string())
+    })
+    .await
+    .map(|files| proto::ReadClusterFilesResponse {
+        files: files
+            .into_iter()
+            .map(|(path, contents)| proto::PlacedFile {
+                path,
+                contents: contents.expose().as_bytes().to_vec(),
+                mode: 0o600,
             })
             .collect(),
     })

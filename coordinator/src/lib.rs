@@ -13,6 +13,7 @@ pub mod lease;
 pub mod pki;
 pub mod prepare;
 pub mod registry;
+pub mod rollout;
 pub mod rpc;
 pub mod server;
 pub mod store;
@@ -37,6 +38,7 @@ pub struct Coordinator {
     pub registry: Registry,
     pub clock: Arc<dyn Clock>,
     pub agents: agents::Agents,
+    pub rollouts: rollout::Running,
 }
 
 impl Coordinator {
@@ -55,6 +57,7 @@ impl Coordinator {
         });
         Ok(Arc::new(Coordinator {
             agents,
+            rollouts: rollout::Running::default(),
             registry: Registry::new(db.clone()),
             config,
             db,

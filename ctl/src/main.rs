@@ -3,12 +3,13 @@
 
 mod output;
 mod prepare;
+mod rollout;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use kh::khconfig::KhConfig;
 use kh::proto::admin_client::AdminClient;
 use kh::proto::*;
@@ -27,14 +28,14 @@ struct Cli {
     /// Path to a khconfig file with admin credentials.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
-    output: Format,
+    /// Output: `table` (default) or `json`; for `kubeconfig`, the file to write.
+    #[arg(short = 'o', long, global = true)]
+    output: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,
     Json,
@@ -66,6 +67,38 @@ enum Command {
         file: Option<PathBuf>,
         #[arg(long = "node")]
         nodes: Vec<String>,
+    },
+    /// Bring the cluster to the spec: preflight, prepare, init, CNI, control-plane
+    /// joins one at a time, workers, verify. Resumes where an earlier run stopped.
+    #[command(args_conflicts_with_subcommands = true)]
+    Rollout(RolloutArgs),
+    /// Write admin.conf from a healthy control plane (to stdout, or -o FILE with mode 0600).
+    Kubeconfig,
+}
+
+#[derive(clap::Args)]
+struct RolloutArgs {
+    #[command(subcommand)]
+    sub: Option<RolloutSub>,
+    /// The cluster spec (cluster.yaml).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Print the whole plan, with rendered kubeadm configuration (secrets
+    /// redacted), and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Allow an even number of control planes (etcd quorum gains nothing from it).
+    #[arg(long)]
+    allow_even: bool,
+}
+
+#[derive(Subcommand)]
+enum RolloutSub {
+    /// The running or last rollout.
+    Status {
+        /// Keep following a running rollout until it ends.
+        #[arg(long)]
+        follow: bool,
     },
 }
 
@@ -170,8 +203,24 @@ async fn main() {
     }
 }
 
+fn format(output: &Option<String>) -> anyhow::Result<Format> {
+    match output.as_deref() {
+        None | Some("table") => Ok(Format::Table),
+        Some("json") => Ok(Format::Json),
+        Some(other) => anyhow::bail!(
+            "-o {other}: use -o table or -o json (only `khctl kubeconfig -o FILE` takes a file)"
+        ),
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut client, addr) = admin(cli.config).await?;
+    // For kubeconfig, -o names the file to write; elsewhere it is the format.
+    let kubeconfig_file = cli.output.clone().filter(|o| o != "-").map(PathBuf::from);
+    let output = match cli.command {
+        Command::Kubeconfig => Format::Table,
+        _ => format(&cli.output)?,
+    };
     let now = std::time::SystemTime::now();
     match cli.command {
         Command::Token(TokenCmd::Create { node, ttl, force }) => {
@@ -185,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|s| explain(&addr, s))?
                 .into_inner();
             let info = r.info.unwrap_or_default();
-            if cli.output == Format::Json {
+            if output == Format::Json {
                 print_json(&serde_json::json!({
                     "token": r.token,
                     "node": info.node_name,
@@ -212,7 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| explain(&addr, s))?
                 .into_inner();
-            if cli.output == Format::Json {
+            if output == Format::Json {
                 let rows: Vec<_> = r
                     .tokens
                     .iter()
@@ -244,7 +293,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .delete_token(DeleteTokenRequest { id: id.clone() })
                 .await
                 .map_err(|s| explain(&addr, s))?;
-            if cli.output == Format::Json {
+            if output == Format::Json {
                 print_json(&serde_json::json!({ "deleted": id.split('.').next() }));
             } else {
                 outln!(
@@ -259,19 +308,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
         } => {
             let targets = prepare::targets(file, nodes)?;
-            prepare::prepare(&mut client, &addr, targets, dry_run, cli.output).await?;
+            prepare::prepare(&mut client, &addr, targets, dry_run, output).await?;
         }
         Command::Preflight { file, nodes } => {
             let targets = prepare::targets(file, nodes)?;
-            prepare::preflight(&mut client, &addr, targets, cli.output).await?;
+            prepare::preflight(&mut client, &addr, targets, output).await?;
         }
+        Command::Rollout(args) => match (args.sub, args.file) {
+            (Some(RolloutSub::Status { follow }), _) => {
+                rollout::status(&mut client, &addr, follow, output).await?
+            }
+            (None, Some(file)) => {
+                rollout::rollout(
+                    &mut client,
+                    &addr,
+                    &file,
+                    args.dry_run,
+                    args.allow_even,
+                    output,
+                )
+                .await?
+            }
+            (None, None) => {
+                anyhow::bail!("khctl rollout needs -f cluster.yaml (or `khctl rollout status`)")
+            }
+        },
+        Command::Kubeconfig => rollout::kubeconfig(&mut client, &addr, kubeconfig_file).await?,
         Command::Nodes => {
             let r = client
                 .list_nodes(ListNodesRequest {})
                 .await
                 .map_err(|s| explain(&addr, s))?
                 .into_inner();
-            print_nodes(&r, cli.output, now)?;
+            print_nodes(&r, output, now)?;
         }
     }
     Ok(())

@@ -25,12 +25,98 @@ fn token_info(r: &TokenRecord, now_ms: u64) -> TokenInfo {
     }
 }
 
-type EventStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<PrepareEvent, Status>> + Send>>;
+type EventStream<T> = std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
+
+/// Streams a rollout's backlog, then its live events up to the closing one.
+fn follow_stream(f: crate::rollout::Follow) -> EventStream<RolloutEvent> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        for ev in f.backlog {
+            let end = ev.kind == rollout_event::Kind::Finished as i32;
+            if tx.send(Ok(ev)).await.is_err() || end {
+                return;
+            }
+        }
+        let Some(mut live) = f.live else { return };
+        loop {
+            match live.recv().await {
+                Ok(ev) => {
+                    let end = ev.kind == rollout_event::Kind::Finished as i32;
+                    if tx.send(Ok(ev)).await.is_err() || end {
+                        return;
+                    }
+                }
+                // A slow follower skips what it missed; the journal keeps it.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    type PrepareStream = EventStream;
+    type PrepareStream = EventStream<PrepareEvent>;
+    type RolloutStream = EventStream<RolloutEvent>;
+    type RolloutStatusStream = EventStream<RolloutEvent>;
+
+    async fn rollout(
+        &self,
+        req: Request<RolloutRequest>,
+    ) -> Result<Response<Self::RolloutStream>, Status> {
+        let f = crate::rollout::start(self.0.clone(), req.into_inner()).await?;
+        Ok(Response::new(follow_stream(f)))
+    }
+
+    async fn rollout_status(
+        &self,
+        req: Request<RolloutStatusRequest>,
+    ) -> Result<Response<Self::RolloutStatusStream>, Status> {
+        let f = crate::rollout::status(&self.0, req.into_inner().follow).await?;
+        Ok(Response::new(follow_stream(f)))
+    }
+
+    async fn kubeconfig(
+        &self,
+        _req: Request<KubeconfigRequest>,
+    ) -> Result<Response<KubeconfigResponse>, Status> {
+        let c = &self.0;
+        let views = c
+            .registry
+            .list(unix_ms(c.clock.now()), c.config.heartbeat_interval)?;
+        let mut last = String::from(
+            "no node has the control-plane role; run `khctl rollout -f cluster.yaml` first",
+        );
+        for v in views
+            .into_iter()
+            .filter(|v| v.record.role.as_deref() == Some("control-plane"))
+        {
+            let Ok(mut client) = c.agents.client(&v.record) else {
+                continue;
+            };
+            let req = crate::agents::request(
+                ReadClusterFilesRequest {
+                    set: read_cluster_files_request::Set::AdminKubeconfig as i32,
+                },
+                std::time::Duration::from_secs(20),
+            );
+            match client.read_cluster_files(req).await {
+                Ok(r) => {
+                    if let Some(f) = r.into_inner().files.into_iter().next() {
+                        return Ok(Response::new(KubeconfigResponse {
+                            kubeconfig: String::from_utf8_lossy(&f.contents).into_owned(),
+                            from_node: v.record.name.to_string(),
+                        }));
+                    }
+                }
+                Err(s) => last = crate::agents::explain(v.record.name.as_str(), &s),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "no control plane could provide admin.conf: {last}"
+        )))
+    }
 
     async fn prepare(
         &self,

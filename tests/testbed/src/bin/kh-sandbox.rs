@@ -223,6 +223,14 @@ fn up(dir: &Path, control_planes: u32, workers: u32, ip_prefix: &str) -> anyhow:
         std::fs::remove_dir_all(dir).with_context(|| format!("cleaning {}", dir.display()))?;
     }
     let mut w = World::with_layout(layout(dir, prefix));
+    // Another sandbox (in another --dir) or another program may hold the
+    // block's addresses; say so instead of failing halfway.
+    if let Err(e) = std::net::TcpListener::bind(w.coordinator.addr) {
+        bail!(
+            "{} is not free ({e}): another kh-sandbox may be running in a different --dir (stop it with `kh-sandbox --dir DIR down`), or use another block with --ip-prefix 127.0.N",
+            w.coordinator.addr
+        );
+    }
     println!("Starting the coordinator on {} ...", w.coordinator.addr);
     w.coordinator.start();
     let mut nodes = vec![];

@@ -1,0 +1,1483 @@
+//! The rollout: a cluster spec becomes phases, run in order.
+//!
+//! preflight (parallel) → prepare (parallel) → endpoint check → kubeadm init
+//! on the first control plane → CNI → control-plane joins one at a time under
+//! the lease → workers in parallel (bounded) → verify → delete the token.
+//!
+//! Every node-step transition is persisted before and after it runs. Every
+//! step is also idempotent on the agent (init and join are Unchanged where
+//! kubeadm already ran), and each join first checks what is really there, so
+//! a rollout resumed after any crash finishes without repeating work and
+//! without a second etcd member for any node.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kh::kubeadm::{self, ControlPlaneJoin, EtcdConfig, InitParams, JoinParams};
+use kh::proto::{
+    self, read_cluster_files_request::Set, rollout_event::Kind, run_step_request::Step,
+    RolloutEvent,
+};
+use kh::secret::Secret;
+use kh::spec::{CertDistribution, ClusterSpec, Etcd, KubeVersion, NodeSpec};
+use kh::time::unix_ms;
+use tokio::sync::{broadcast, Mutex};
+
+use super::material::{self, Material};
+use super::ops::{url, Failure, Ops};
+use super::state::{Outcome, RolloutState, Status};
+use crate::lease;
+use crate::Coordinator;
+
+pub const PHASES: &[&str] = &[
+    "preflight",
+    "prepare",
+    "endpoint",
+    "init",
+    "cni",
+    "control-planes",
+    "workers",
+    "verify",
+    "cleanup",
+];
+
+const PROMOTE_TIMEOUT: Duration = Duration::from_secs(300);
+const READY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What the caller sends: a validated spec and the files it names.
+pub struct Input {
+    pub spec: ClusterSpec,
+    pub spec_yaml: String,
+    pub files: HashMap<String, Vec<u8>>,
+    pub dry_run: bool,
+}
+
+/// Sends progress to followers and records it with the persisted state.
+#[derive(Clone)]
+pub struct Reporter {
+    pub tx: broadcast::Sender<RolloutEvent>,
+    pub state: Arc<Mutex<RolloutState>>,
+    coord: Arc<Coordinator>,
+}
+
+impl Reporter {
+    pub fn new(coord: Arc<Coordinator>, state: RolloutState) -> Self {
+        let (tx, _) = broadcast::channel(1024);
+        Reporter {
+            tx,
+            state: Arc::new(Mutex::new(state)),
+            coord,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        unix_ms(self.coord.clock.now())
+    }
+
+    pub async fn emit(&self, mut ev: RolloutEvent) {
+        ev.unix_ms = self.now();
+        self.state.lock().await.record(&ev);
+        let _ = self.tx.send(ev);
+    }
+
+    async fn note(&self, phase: &str, node: &str, message: impl Into<String>) {
+        self.emit(RolloutEvent {
+            kind: Kind::Note as i32,
+            phase: phase.into(),
+            node: node.into(),
+            message: message.into(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn waiting(&self, phase: &str, node: &str, message: impl Into<String>) {
+        self.emit(RolloutEvent {
+            kind: Kind::Waiting as i32,
+            phase: phase.into(),
+            node: node.into(),
+            message: message.into(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn is_done(&self, key: &str) -> bool {
+        self.state.lock().await.is_done(key)
+    }
+
+    async fn mark(&self, key: &str, status: Status, message: &str) -> Result<(), Failure> {
+        let now = self.now();
+        let mut st = self.state.lock().await;
+        st.mark(&self.coord.db, key, status, message, now)
+            .map_err(Failure::from)
+    }
+
+    /// Runs one tracked node step: persisted as running, then as done or
+    /// failed, with events either side.
+    async fn tracked<T, F>(&self, phase: &str, node: &str, step: &str, f: F) -> Result<T, Failure>
+    where
+        F: std::future::Future<Output = Result<(T, String), Failure>>,
+    {
+        let key = format!("{node}/{step}");
+        self.mark(&key, Status::Running, "").await?;
+        self.emit(RolloutEvent {
+            kind: Kind::StepStarted as i32,
+            phase: phase.into(),
+            node: node.into(),
+            step: step.into(),
+            ..Default::default()
+        })
+        .await;
+        let t0 = Instant::now();
+        match f.await {
+            Ok((v, message)) => {
+                self.mark(&key, Status::Done, &message).await?;
+                self.emit(RolloutEvent {
+                    kind: Kind::StepFinished as i32,
+                    phase: phase.into(),
+                    node: node.into(),
+                    step: step.into(),
+                    message,
+                    elapsed_ms: t0.elapsed().as_millis() as u64,
+                    ..Default::default()
+                })
+                .await;
+                Ok(v)
+            }
+            Err(mut fail) => {
+                if fail.node.is_empty() {
+                    fail.node = node.to_string();
+                }
+                if fail.step.is_empty() || fail.step == "coordinator" {
+                    fail.step = step.to_string();
+                }
+                self.mark(&key, Status::Failed, &fail.message).await?;
+                self.emit(RolloutEvent {
+                    kind: Kind::StepFailed as i32,
+                    phase: phase.into(),
+                    node: node.into(),
+                    step: step.into(),
+                    message: fail.message.clone(),
+                    hint: fail.hint.clone(),
+                    report: fail.report.clone(),
+                    elapsed_ms: t0.elapsed().as_millis() as u64,
+                    ..Default::default()
+                })
+                .await;
+                Err(fail)
+            }
+        }
+    }
+
+    async fn phase(&self, phase: &str) {
+        self.emit(RolloutEvent {
+            kind: Kind::PhaseStarted as i32,
+            phase: phase.into(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Records the outcome and sends the closing event.
+    pub async fn finish(&self, result: &Result<(), Failure>) {
+        let now = self.now();
+        let (outcome, ev) = match result {
+            Ok(()) => (
+                Outcome {
+                    ok: true,
+                    failure: String::new(),
+                    message: "the cluster matches the spec".into(),
+                },
+                RolloutEvent {
+                    kind: Kind::Finished as i32,
+                    ok: true,
+                    message: "the cluster matches the spec".into(),
+                    ..Default::default()
+                },
+            ),
+            Err(f) => (
+                Outcome {
+                    ok: false,
+                    failure: f.class.to_string(),
+                    message: f.message.clone(),
+                },
+                RolloutEvent {
+                    kind: Kind::Finished as i32,
+                    ok: false,
+                    failure: f.class.to_string(),
+                    node: f.node.clone(),
+                    step: f.step.clone(),
+                    message: f.message.clone(),
+                    hint: f.hint.clone(),
+                    report: f.report.clone(),
+                    ..Default::default()
+                },
+            ),
+        };
+        {
+            let mut st = self.state.lock().await;
+            st.outcome = Some(outcome);
+            st.finished_ms = now;
+            if let Err(e) = st.save(&self.coord.db, now) {
+                tracing::error!(error = %e, "could not persist the rollout outcome");
+            }
+        }
+        self.emit(ev).await;
+    }
+}
+
+/// Where a node stands, as its agent reports it.
+#[derive(Debug, Clone, Default)]
+struct NodeView {
+    status: proto::NodeStatusResponse,
+}
+
+fn node_version(coord: &Coordinator, node: &str, fallback: &KubeVersion) -> KubeVersion {
+    kh::names::NodeName::new(node)
+        .ok()
+        .and_then(|n| coord.registry.get(&n).ok().flatten())
+        .and_then(|r| r.facts)
+        .and_then(|f| f.kubeadm_version.parse::<KubeVersion>().ok())
+        .unwrap_or_else(|| fallback.clone())
+}
+
+struct Ctx<'a> {
+    coord: &'a Arc<Coordinator>,
+    ops: Ops<'a>,
+    spec: &'a ClusterSpec,
+    rep: &'a Reporter,
+    version: KubeVersion,
+    endpoint: String,
+    first: &'a NodeSpec,
+    holder: String,
+    /// Serializes material refreshes between parallel worker joins.
+    material: Mutex<Material>,
+    external_etcd: bool,
+}
+
+impl Ctx<'_> {
+    fn cps(&self) -> Vec<&NodeSpec> {
+        self.spec.control_planes().collect()
+    }
+
+    fn etcd_endpoints(&self, joined: &[&NodeSpec]) -> Vec<String> {
+        match &self.spec.etcd {
+            Etcd::External { endpoints, .. } => endpoints.clone(),
+            Etcd::Stacked => joined.iter().map(|n| url(n.address, 2379)).collect(),
+        }
+    }
+
+    /// A control plane that answers, preferring the first.
+    async fn healthy_cp(&self, joined: &[&NodeSpec]) -> Result<String, Failure> {
+        let mut last = String::new();
+        for n in joined {
+            match self
+                .ops
+                .apiserver_ready(&n.name, &url(n.address, 6443))
+                .await
+            {
+                Ok(()) => return Ok(n.name.clone()),
+                Err(e) => last = format!("{}: {e}", n.name),
+            }
+        }
+        Err(Failure::at(
+            "",
+            "find-healthy-control-plane",
+            format!("no control plane answers /readyz ({last})"),
+            "check the control planes (`khctl nodes`); with etcd quorum lost, see etcd's disaster-recovery guide",
+        ))
+    }
+
+    /// Refreshes the token and the uploaded certificates when they are within
+    /// their margins of expiry, through a healthy control plane.
+    async fn refresh_material(
+        &self,
+        via: &str,
+        need_key: bool,
+        force_token: bool,
+        force_key: bool,
+    ) -> Result<Material, Failure> {
+        let mut m = self.material.lock().await;
+        let now = unix_ms(self.coord.clock.now());
+        if force_token || !m.token_fresh(now) {
+            let token = material::new_token(&self.coord.db)?;
+            m.token = token.clone();
+            self.rep
+                .note(
+                    "join-material",
+                    via,
+                    "creating a new bootstrap token (the last one is near expiry or was refused)",
+                )
+                .await;
+            self.ops
+                .step(
+                    via,
+                    "token-create",
+                    Step::TokenCreate(proto::TokenCreate {
+                        token: token.expose().clone(),
+                        ttl_seconds: material::TOKEN_TTL.as_secs(),
+                    }),
+                    false,
+                )
+                .await?;
+            material::token_created(&self.coord.db, self.coord.clock.as_ref(), &mut m)?;
+        }
+        if need_key && (force_key || !m.key_fresh(now)) {
+            self.rep
+                .note(
+                    "join-material",
+                    via,
+                    "uploading the certificates again (kubeadm-certs lasts 2h)",
+                )
+                .await;
+            self.ops
+                .step(
+                    via,
+                    "upload-certs",
+                    Step::UploadCerts(proto::UploadCerts {
+                        certificate_key: m.certificate_key.expose().clone(),
+                    }),
+                    false,
+                )
+                .await?;
+            material::key_uploaded(&self.coord.db, self.coord.clock.as_ref(), &mut m)?;
+        }
+        Ok(m.clone())
+    }
+
+    fn join_config(&self, node: &NodeSpec, m: &Material, control_plane: bool) -> Secret<String> {
+        let upload = self.spec.certificates == CertDistribution::UploadCerts;
+        kubeadm::render_join(
+            &JoinParams {
+                kubeadm_version: node_version(self.coord, &node.name, &self.version),
+                api_server_endpoint: self.endpoint.clone(),
+                token: m.token.clone(),
+                ca_cert_hash: m.meta.ca_cert_hash.clone().unwrap_or_default(),
+                node_name: node.name.clone(),
+                advertise_address: node.address,
+                control_plane: control_plane.then(|| ControlPlaneJoin {
+                    certificate_key: upload.then(|| m.certificate_key.clone()),
+                    bind_port: 6443,
+                }),
+            },
+            false,
+        )
+    }
+}
+
+fn is_key_error(msg: &str) -> bool {
+    msg.contains("kubeadm-certs")
+}
+
+fn is_token_error(msg: &str) -> bool {
+    let m = msg.to_lowercase();
+    m.contains("token")
+        && (m.contains("expired")
+            || m.contains("invalid")
+            || m.contains("not found")
+            || m.contains("unknown"))
+}
+
+/// Runs the rollout. Errors carry the node, step and what to do next.
+pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result<(), Failure> {
+    let spec = &input.spec;
+    let version = spec.kubernetes_version.clone().ok_or_else(|| {
+        Failure::spec("spec.kubernetesVersion: required for a rollout, e.g. v1.32.0")
+    })?;
+    let endpoint = spec
+        .control_plane_endpoint
+        .as_ref()
+        .map(|e| e.to_string())
+        .ok_or_else(|| {
+            Failure::spec(
+                "spec.controlPlaneEndpoint: required for a rollout, e.g. lb.example.internal:6443",
+            )
+        })?;
+    let first = spec
+        .control_planes()
+        .next()
+        .ok_or_else(|| Failure::spec("spec.nodes: no control-plane node"))?;
+    let holder = format!("rollout {}", spec.name);
+    let ctx = Ctx {
+        coord: &coord,
+        ops: Ops { coord: &coord },
+        spec,
+        rep: &rep,
+        version: version.clone(),
+        endpoint,
+        first,
+        holder,
+        material: Mutex::new(material::load_or_generate(&coord.db)?),
+        external_etcd: matches!(spec.etcd, Etcd::External { .. }),
+    };
+
+    // Where every node stands: the basis for skipping finished work.
+    let mut views: HashMap<String, NodeView> = HashMap::new();
+    for n in spec
+        .nodes
+        .iter()
+        .filter(|n| n.role != kh::spec::NodeRole::LoadBalancer)
+    {
+        let status = ctx.ops.node_status(&n.name).await.map_err(|mut f| {
+            f.class = "preflight";
+            f
+        })?;
+        views.insert(n.name.clone(), NodeView { status });
+    }
+    let joined = |name: &str, views: &HashMap<String, NodeView>| {
+        views.get(name).is_some_and(|v| v.status.kubelet_conf)
+    };
+    let todo: Vec<&NodeSpec> = spec
+        .nodes
+        .iter()
+        .filter(|n| n.role != kh::spec::NodeRole::LoadBalancer && !joined(&n.name, &views))
+        .collect();
+
+    rep.emit(RolloutEvent {
+        kind: Kind::Plan as i32,
+        plan: Some(plan(&ctx, &views, &todo, &input)),
+        ..Default::default()
+    })
+    .await;
+    if input.dry_run {
+        return Ok(());
+    }
+
+    // 1. Preflight, in parallel, on nodes kubeadm has not touched yet.
+    rep.phase("preflight").await;
+    preflight(&ctx, &todo).await?;
+
+    // 2. Prepare hosts, in parallel.
+    rep.phase("prepare").await;
+    let prepared = futures::future::join_all(todo.iter().map(|n| prepare_node(&ctx, n))).await;
+    if let Some(Err(f)) = prepared.into_iter().find(|r| r.is_err()) {
+        return Err(f);
+    }
+
+    // 3-4. The endpoint, then kubeadm init on the first control plane.
+    let initialized = views.get(&first.name).is_some_and(|v| v.status.admin_conf);
+    if !initialized {
+        rep.phase("endpoint").await;
+        check_endpoint(&ctx).await?;
+    }
+    rep.phase("init").await;
+    init(&ctx, initialized).await?;
+
+    // 5. CNI, once.
+    rep.phase("cni").await;
+    cni(&ctx, &input).await?;
+
+    // 6. Control planes, one at a time, under the lease.
+    rep.phase("control-planes").await;
+    let cps = ctx.cps();
+    for (i, cp) in cps.iter().enumerate().skip(1) {
+        let already: Vec<&NodeSpec> = cps[..i].to_vec();
+        join_control_plane(&ctx, cp, &already, joined(&cp.name, &views)).await?;
+    }
+
+    // 7. Workers, in parallel up to workerConcurrency.
+    rep.phase("workers").await;
+    let sem = Arc::new(tokio::sync::Semaphore::new(
+        spec.worker_concurrency.max(1) as usize
+    ));
+    let workers: Vec<&NodeSpec> = spec.workers().collect();
+    let cps = &cps;
+    let results = futures::future::join_all(workers.iter().map(|w| {
+        let sem = sem.clone();
+        let ctx = &ctx;
+        let done = joined(&w.name, &views);
+        async move {
+            let _permit = sem.acquire().await;
+            join_worker(ctx, w, cps, done).await
+        }
+    }))
+    .await;
+    if let Some(Err(f)) = results.into_iter().find(|r| r.is_err()) {
+        return Err(f);
+    }
+
+    // 8. Verify, then 9. remove the token this rollout created.
+    rep.phase("verify").await;
+    verify(&ctx).await?;
+    rep.phase("cleanup").await;
+    cleanup(&ctx).await?;
+    Ok(())
+}
+
+fn plan(
+    ctx: &Ctx<'_>,
+    views: &HashMap<String, NodeView>,
+    todo: &[&NodeSpec],
+    input: &Input,
+) -> proto::RolloutPlan {
+    let pending = |n: &str| todo.iter().any(|t| t.name == n);
+    let st = |n: &str| if pending(n) { "pending" } else { "done" }.to_string();
+    let mut phases = vec![];
+    let step = |node: &str, step: &str, state: String, detail: String| proto::PlannedStep {
+        node: node.into(),
+        step: step.into(),
+        state,
+        detail,
+    };
+    phases.push(proto::PlannedPhase {
+        name: "preflight".into(),
+        steps: todo
+            .iter()
+            .map(|n| {
+                step(
+                    &n.name,
+                    "preflight",
+                    "pending".into(),
+                    format!("read-only checks as a {}", n.role),
+                )
+            })
+            .collect(),
+    });
+    phases.push(proto::PlannedPhase {
+        name: "prepare".into(),
+        steps: todo
+            .iter()
+            .map(|n| {
+                step(
+                    &n.name,
+                    "prepare",
+                    "pending".into(),
+                    "disable-swap, kernel-modules, sysctl, containerd-cgroup".into(),
+                )
+            })
+            .collect(),
+    });
+    let initialized = views
+        .get(&ctx.first.name)
+        .is_some_and(|v| v.status.admin_conf);
+    phases.push(proto::PlannedPhase {
+        name: "init".into(),
+        steps: vec![step(
+            &ctx.first.name,
+            "kubeadm-init",
+            if initialized {
+                "done".into()
+            } else {
+                "pending".into()
+            },
+            format!(
+                "kubeadm init --config /var/lib/kh-agent/kubeadm-init.yaml{}",
+                if ctx.spec.certificates == CertDistribution::UploadCerts {
+                    " --upload-certs"
+                } else {
+                    ""
+                }
+            ),
+        )],
+    });
+    if let Some(cni) = &ctx.spec.cni {
+        phases.push(proto::PlannedPhase {
+            name: "cni".into(),
+            steps: vec![step(
+                &ctx.first.name,
+                "cni",
+                "pending".into(),
+                format!("kubectl apply -f {}", cni.manifest.display()),
+            )],
+        });
+    }
+    phases.push(proto::PlannedPhase {
+        name: "control-planes".into(),
+        steps: ctx
+            .cps()
+            .iter()
+            .skip(1)
+            .map(|n| step(&n.name, "join-control-plane", st(&n.name), "kubeadm join --config /var/lib/kh-agent/kubeadm-join.yaml (control plane, under the lease)".into()))
+            .collect(),
+    });
+    phases.push(proto::PlannedPhase {
+        name: "workers".into(),
+        steps: ctx
+            .spec
+            .workers()
+            .map(|n| step(&n.name, "join-worker", st(&n.name), format!("kubeadm join --config /var/lib/kh-agent/kubeadm-join.yaml (at most {} at once)", ctx.spec.worker_concurrency)))
+            .collect(),
+    });
+    phases.push(proto::PlannedPhase {
+        name: "verify".into(),
+        steps: vec![step(
+            "",
+            "verify",
+            "pending".into(),
+            "every node Ready; etcd members match the control planes; every apiserver ready".into(),
+        )],
+    });
+    let mut rendered = vec![];
+    if input.dry_run {
+        let m = material::Material {
+            meta: Default::default(),
+            token: Secret::new("<redacted>".into()),
+            certificate_key: Secret::new("<redacted>".into()),
+        };
+        rendered.push(proto::RenderedFile {
+            node: ctx.first.name.clone(),
+            path: "/var/lib/kh-agent/kubeadm-init.yaml".into(),
+            contents: kubeadm::render_init(&init_params(ctx, &m), true)
+                .expose()
+                .clone(),
+        });
+        for n in ctx
+            .spec
+            .nodes
+            .iter()
+            .filter(|n| n.name != ctx.first.name && n.role != kh::spec::NodeRole::LoadBalancer)
+        {
+            let cp = n.role == kh::spec::NodeRole::ControlPlane;
+            let mut p = join_params(ctx, n, &m, cp);
+            p.ca_cert_hash = "<computed from the cluster CA after init>".into();
+            rendered.push(proto::RenderedFile {
+                node: n.name.clone(),
+                path: "/var/lib/kh-agent/kubeadm-join.yaml".into(),
+                contents: kubeadm::render_join(&p, true).expose().clone(),
+            });
+        }
+    }
+    let mut notes = vec![];
+    if let Ok(Some(w)) = ctx.spec.control_plane_count_check(true) {
+        notes.push(w);
+    }
+    proto::RolloutPlan {
+        cluster: ctx.spec.name.clone(),
+        phases,
+        rendered,
+        notes,
+    }
+}
+
+fn init_params(ctx: &Ctx<'_>, m: &Material) -> InitParams {
+    let n = ctx.first;
+    InitParams {
+        kubeadm_version: node_version(ctx.coord, &n.name, &ctx.version),
+        kubernetes_version: ctx.version.clone(),
+        cluster_name: ctx.spec.name.clone(),
+        control_plane_endpoint: ctx.endpoint.clone(),
+        advertise_address: n.address,
+        bind_port: 6443,
+        node_name: n.name.clone(),
+        pod_subnet: ctx.spec.networking.pod_subnet.to_string(),
+        service_subnet: ctx.spec.networking.service_subnet.to_string(),
+        bootstrap_token: m.token.clone(),
+        token_ttl: material::TOKEN_TTL,
+        certificate_key: m.certificate_key.clone(),
+        etcd: match &ctx.spec.etcd {
+            Etcd::Stacked => EtcdConfig::Stacked,
+            Etcd::External { endpoints, .. } => EtcdConfig::External {
+                endpoints: endpoints.clone(),
+            },
+        },
+        cert_sans: vec![],
+    }
+}
+
+fn join_params(ctx: &Ctx<'_>, node: &NodeSpec, m: &Material, control_plane: bool) -> JoinParams {
+    let upload = ctx.spec.certificates == CertDistribution::UploadCerts;
+    JoinParams {
+        kubeadm_version: node_version(ctx.coord, &node.name, &ctx.version),
+        api_server_endpoint: ctx.endpoint.clone(),
+        token: m.token.clone(),
+        ca_cert_hash: m.meta.ca_cert_hash.clone().unwrap_or_default(),
+        node_name: node.name.clone(),
+        advertise_address: node.address,
+        control_plane: control_plane.then(|| ControlPlaneJoin {
+            certificate_key: upload.then(|| m.certificate_key.clone()),
+            bind_port: 6443,
+        }),
+    }
+}
+
+async fn preflight(ctx: &Ctx<'_>, todo: &[&NodeSpec]) -> Result<(), Failure> {
+    let targets: Vec<crate::prepare::Target> = todo
+        .iter()
+        .filter_map(|n| {
+            let name = kh::names::NodeName::new(&n.name).ok()?;
+            let record = ctx.coord.registry.get(&name).ok().flatten()?;
+            Some(crate::prepare::Target {
+                record,
+                role: Some(n.role),
+                address: Some(n.address),
+            })
+        })
+        .collect();
+    let results =
+        crate::prepare::preflight(ctx.coord.clone(), Some(ctx.spec.clone()), targets).await;
+    let mut problems = vec![];
+    for r in &results {
+        if !r.error.is_empty() {
+            problems.push(format!("{}: {}", r.node, r.error));
+        }
+        for c in r.report.iter().flat_map(|r| &r.checks) {
+            if c.status == proto::CheckStatus::Fail as i32 {
+                problems.push(format!(
+                    "{}: {} — {} (fix: {})",
+                    r.node, c.name, c.message, c.fix
+                ));
+            }
+        }
+        ctx.rep
+            .emit(RolloutEvent {
+                kind: Kind::StepFinished as i32,
+                phase: "preflight".into(),
+                node: r.node.clone(),
+                step: "preflight".into(),
+                message: match &r.report {
+                    Some(rep) => {
+                        let fails = rep
+                            .checks
+                            .iter()
+                            .filter(|c| c.status == proto::CheckStatus::Fail as i32)
+                            .count();
+                        let warns = rep
+                            .checks
+                            .iter()
+                            .filter(|c| c.status == proto::CheckStatus::Warn as i32)
+                            .count();
+                        format!(
+                            "{} checks, {fails} failed, {warns} warnings",
+                            rep.checks.len()
+                        )
+                    }
+                    None => r.error.clone(),
+                },
+                ..Default::default()
+            })
+            .await;
+    }
+    // kubeadm requires product_uuid and MACs unique across the cluster.
+    let names: Vec<&str> = ctx.spec.nodes.iter().map(|n| n.name.as_str()).collect();
+    for v in ctx.coord.registry.list(0, Duration::from_secs(1))? {
+        if names.contains(&v.record.name.as_str()) {
+            for w in v.warnings {
+                problems.push(format!("{}: {w}", v.record.name));
+            }
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(Failure {
+        class: "preflight",
+        node: String::new(),
+        step: "preflight".into(),
+        message: format!(
+            "preflight failed; nothing was changed:\n{}",
+            problems.join("\n")
+        ),
+        hint:
+            "fix each item (or see `khctl preflight -f cluster.yaml`), then run the rollout again"
+                .into(),
+        report: None,
+    })
+}
+
+async fn prepare_node(ctx: &Ctx<'_>, n: &NodeSpec) -> Result<(), Failure> {
+    for step in crate::prepare::steps_for(Some(n.role)) {
+        let name = crate::prepare::step_name(&step);
+        ctx.rep
+            .tracked("prepare", &n.name, name, async {
+                let r = ctx.ops.step(&n.name, name, step.clone(), false).await?;
+                Ok(((), r.message))
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn check_endpoint(ctx: &Ctx<'_>) -> Result<(), Failure> {
+    use proto::tcp_probe_response::Result as R;
+    let first = &ctx.first.name;
+    ctx.rep
+        .tracked("endpoint", first, "endpoint-check", async {
+            let r = ctx.ops.tcp_probe(first, &ctx.endpoint).await?;
+            match R::try_from(r.result).unwrap_or(R::Unspecified) {
+                R::Open => Ok(((), format!("{} accepts TCP", ctx.endpoint))),
+                // As the kubeadm HA guide says: before the first apiserver is
+                // up, "connection refused" is expected.
+                R::Refused => Ok(((), format!("{} answers (connection refused is expected before the first apiserver starts)", ctx.endpoint))),
+                R::TimedOut => Err(Failure::at(
+                    first,
+                    "endpoint-check",
+                    format!("connecting to the control-plane endpoint {} from {first} timed out", ctx.endpoint),
+                    "a timeout means the load balancer cannot reach the control plane or drops the traffic: check the load balancer and any firewall between them (a refused connection would have been fine)",
+                )),
+                R::Unresolvable => Err(Failure::at(first, "endpoint-check", format!("{} does not resolve on {first}: {}", ctx.endpoint, r.detail), "fix DNS for the endpoint name, or use an IP")),
+                _ => Err(Failure::at(first, "endpoint-check", format!("cannot connect to {}: {}", ctx.endpoint, r.detail), "check the endpoint address and port")),
+            }
+        })
+        .await
+}
+
+async fn init(ctx: &Ctx<'_>, initialized: bool) -> Result<(), Failure> {
+    let first = &ctx.first.name;
+    let upload = ctx.spec.certificates == CertDistribution::UploadCerts;
+    if !initialized {
+        ctx.rep
+            .tracked("init", first, "kubeadm-init", async {
+                let mut m = ctx.material.lock().await;
+                let config = kubeadm::render_init(&init_params(ctx, &m), false);
+                let r = ctx
+                    .ops
+                    .step(
+                        first,
+                        "kubeadm-init",
+                        Step::KubeadmInit(proto::KubeadmInit {
+                            config_yaml: config.expose().clone(),
+                            upload_certs: upload,
+                        }),
+                        false,
+                    )
+                    .await?;
+                material::token_created(&ctx.coord.db, ctx.coord.clock.as_ref(), &mut m)?;
+                if upload {
+                    material::key_uploaded(&ctx.coord.db, ctx.coord.clock.as_ref(), &mut m)?;
+                }
+                Ok(((), r.message))
+            })
+            .await?;
+    }
+    // The discovery hash comes from the cluster CA itself, never from text.
+    let needs_hash = ctx.material.lock().await.meta.ca_cert_hash.is_none();
+    let needs_shared = ctx.spec.certificates == CertDistribution::Coordinator
+        && material::load_shared_ca(&ctx.coord.db)?.is_none();
+    if needs_hash || needs_shared {
+        ctx.rep
+            .tracked("init", first, "collect-cluster-ca", async {
+                let files = ctx
+                    .ops
+                    .read_files(first, Set::ClusterCa)
+                    .await
+                    .map_err(|e| {
+                        Failure::at(
+                            first,
+                            "collect-cluster-ca",
+                            format!("cannot read /etc/kubernetes/pki/ca.crt: {e}"),
+                            "check that kubeadm init finished on this node",
+                        )
+                    })?;
+                let ca = files.first().ok_or_else(|| {
+                    Failure::at(first, "collect-cluster-ca", "no cluster CA returned", "")
+                })?;
+                let hash = kh::pki::spki_hash_pem(&String::from_utf8_lossy(&ca.contents)).map_err(
+                    |e| {
+                        Failure::at(
+                            first,
+                            "collect-cluster-ca",
+                            format!("the cluster CA does not parse: {e}"),
+                            "",
+                        )
+                    },
+                )?;
+                {
+                    let mut m = ctx.material.lock().await;
+                    m.meta.ca_cert_hash = Some(hash.clone());
+                    material::save_meta(&ctx.coord.db, &m.meta)?;
+                }
+                let mut note = format!("discovery hash {hash}");
+                if ctx.spec.certificates == CertDistribution::Coordinator {
+                    let set = ctx
+                        .ops
+                        .read_files(first, Set::SharedCa)
+                        .await
+                        .map_err(|e| {
+                            Failure::at(
+                                first,
+                                "collect-cluster-ca",
+                                format!("cannot read the shared CA set: {e}"),
+                                "",
+                            )
+                        })?;
+                    let files: Vec<(String, Secret<String>)> = set
+                        .into_iter()
+                        .map(|f| {
+                            (
+                                f.path,
+                                Secret::new(String::from_utf8_lossy(&f.contents).into_owned()),
+                            )
+                        })
+                        .collect();
+                    material::save_shared_ca(&ctx.coord.db, &files)?;
+                    note.push_str("; stored the shared CA set (encrypted)");
+                }
+                Ok(((), note))
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn cni(ctx: &Ctx<'_>, input: &Input) -> Result<(), Failure> {
+    let Some(cni) = &ctx.spec.cni else {
+        ctx.rep
+            .note(
+                "cni",
+                "",
+                "no cni.manifest in the spec: nodes stay NotReady until you apply a CNI",
+            )
+            .await;
+        return Ok(());
+    };
+    let first = &ctx.first.name;
+    if ctx.rep.is_done(&format!("{first}/cni")).await {
+        return Ok(());
+    }
+    let manifest = input.files.get("cni.manifest").ok_or_else(|| {
+        Failure::spec(format!(
+            "spec.cni.manifest: {} was not sent; khctl reads it relative to the spec file",
+            cni.manifest.display()
+        ))
+    })?;
+    ctx.rep
+        .tracked("cni", first, "cni", async {
+            let r = ctx
+                .ops
+                .step(
+                    first,
+                    "cni",
+                    Step::KubectlApply(proto::KubectlApply {
+                        name: "cni".into(),
+                        manifest: String::from_utf8_lossy(manifest).into_owned(),
+                    }),
+                    false,
+                )
+                .await?;
+            Ok(((), r.message))
+        })
+        .await
+}
+
+/// Holds the control-plane lease for the duration of `f`, renewing it.
+async fn with_lease<T>(
+    ctx: &Ctx<'_>,
+    node: &str,
+    purpose: &str,
+    f: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    let db = &ctx.coord.db;
+    let clock = ctx.coord.clock.clone();
+    let waited = Instant::now();
+    loop {
+        match lease::acquire(db, clock.as_ref(), &ctx.holder, purpose)? {
+            Ok(_) => break,
+            Err(other) => {
+                if waited.elapsed() > Duration::from_secs(600) {
+                    return Err(Failure::at(
+                        node,
+                        "lease",
+                        lease::describe(&other),
+                        "wait for that operation to finish, then run the rollout again",
+                    ));
+                }
+                ctx.rep
+                    .waiting(
+                        "control-planes",
+                        node,
+                        format!(
+                            "waiting for the control-plane lease: {}",
+                            lease::describe(&other)
+                        ),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    let renewer = {
+        let (db, holder, purpose) = (db.clone(), ctx.holder.clone(), purpose.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease::TTL / 4).await;
+                if let Err(e) = lease::renew(&db, clock.as_ref(), &holder, &purpose) {
+                    tracing::error!(error = %e, "control-plane lease renewal failed");
+                }
+            }
+        })
+    };
+    let r = f.await;
+    renewer.abort();
+    lease::release(db, &ctx.holder)?;
+    r
+}
+
+async fn join_control_plane(
+    ctx: &Ctx<'_>,
+    node: &NodeSpec,
+    already: &[&NodeSpec],
+    kubelet_conf: bool,
+) -> Result<(), Failure> {
+    let name = &node.name;
+    let peer = url(node.address, 2380);
+    let endpoints = ctx.etcd_endpoints(already);
+    let first = &ctx.first.name;
+    // Joined means: kubelet.conf on the node AND (stacked etcd) a voting member.
+    if kubelet_conf {
+        if ctx.external_etcd {
+            return Ok(());
+        }
+        let members = ctx
+            .ops
+            .etcd_members(first, &endpoints, false)
+            .await
+            .unwrap_or_default();
+        if members
+            .iter()
+            .any(|m| (m.name == *name || m.peer_urls.contains(&peer)) && !m.is_learner)
+        {
+            ctx.rep
+                .note("control-planes", name, "already joined; skipping")
+                .await;
+            return Ok(());
+        }
+    }
+    with_lease(ctx, name, &format!("joining control plane {name}"), async {
+        ctx.rep
+            .tracked("control-planes", name, "join-control-plane", async {
+                let mut force_token = false;
+                let mut force_key = false;
+                for attempt in 0..2 {
+                    let via = ctx.healthy_cp(already).await?;
+                    if !ctx.external_etcd {
+                        remove_stale_member(ctx, node, &via, &endpoints).await?;
+                    }
+                    let status = ctx.ops.node_status(name).await?;
+                    if status.kubelet_conf || status.etcd_manifest || status.apiserver_manifest {
+                        // A join that died halfway left files; start clean.
+                        ctx.rep.note("control-planes", name, "a previous join attempt left kubeadm files here; running kubeadm reset -f first").await;
+                        ctx.ops.step(name, "kubeadm-reset", Step::KubeadmReset(proto::KubeadmReset {}), false).await?;
+                    }
+                    let upload = ctx.spec.certificates == CertDistribution::UploadCerts;
+                    let m = ctx.refresh_material(&via, upload, force_token, force_key).await?;
+                    if !upload {
+                        place_shared_ca(ctx, name).await?;
+                    }
+                    let config = ctx.join_config(node, &m, true);
+                    let result = ctx
+                        .ops
+                        .step(
+                            name,
+                            "kubeadm-join",
+                            Step::KubeadmJoin(proto::KubeadmJoin {
+                                config_yaml: config.expose().clone(),
+                                control_plane: true,
+                            }),
+                            false,
+                        )
+                        .await;
+                    match result {
+                        Ok(_) => break,
+                        Err(f) if attempt == 0 && upload && is_key_error(&f.message) => {
+                            // The Secret expired by the cluster's clock even
+                            // if not by ours: upload again and retry once.
+                            ctx.rep.note("control-planes", name, "kubeadm-certs was gone; uploading the certificates again and retrying").await;
+                            force_key = true;
+                        }
+                        Err(f) if attempt == 0 && is_token_error(&f.message) => {
+                            ctx.rep.note("control-planes", name, "the bootstrap token was refused; creating a new one and retrying").await;
+                            force_token = true;
+                        }
+                        Err(f) => return Err(f),
+                    }
+                }
+                wait_member_promoted(ctx, node, &endpoints).await?;
+                wait_apiserver(ctx, node).await?;
+                Ok(((), format!("joined as a control plane; etcd member promoted; apiserver at {} ready", url(node.address, 6443))))
+            })
+            .await
+    })
+    .await
+}
+
+/// Removes an etcd member left by an earlier failed attempt (same name or
+/// peer URL), but only while the cluster keeps quorum without it.
+async fn remove_stale_member(
+    ctx: &Ctx<'_>,
+    node: &NodeSpec,
+    via: &str,
+    endpoints: &[String],
+) -> Result<(), Failure> {
+    let name = &node.name;
+    let peer = url(node.address, 2380);
+    let members = ctx
+        .ops
+        .etcd_members(via, endpoints, false)
+        .await
+        .map_err(|e| {
+            Failure::at(
+                name,
+                "etcd-members",
+                format!("cannot list etcd members through {via}: {e}"),
+                "check etcd health with `khctl health`",
+            )
+        })?;
+    let Some(stale) = members
+        .iter()
+        .find(|m| m.name == *name || m.peer_urls.contains(&peer))
+    else {
+        return Ok(());
+    };
+    let health = ctx
+        .ops
+        .etcd_health(via, endpoints, false)
+        .await
+        .unwrap_or_default();
+    let healthy: std::collections::HashSet<&str> = health
+        .health
+        .iter()
+        .filter(|h| h.healthy)
+        .map(|h| h.endpoint.as_str())
+        .collect();
+    let voters: Vec<&proto::EtcdMember> = members
+        .iter()
+        .filter(|m| !m.is_learner && m.id != stale.id)
+        .collect();
+    let healthy_voters = voters
+        .iter()
+        .filter(|m| m.client_urls.iter().any(|u| healthy.contains(u.as_str())))
+        .count();
+    let needed = voters.len() / 2 + 1;
+    if healthy_voters < needed {
+        return Err(Failure::at(
+            name,
+            "remove-stale-member",
+            format!(
+                "a stale etcd member {} ({}) from an earlier attempt must go, but only {healthy_voters} of {} other voting members are healthy (quorum needs {needed})",
+                stale.id_hex,
+                stale.peer_urls.join(","),
+                voters.len()
+            ),
+            "restore quorum first (bring the other control planes back); removing a member now could lose the cluster",
+        ));
+    }
+    ctx.rep
+        .note(
+            "control-planes",
+            name,
+            format!(
+                "removing stale etcd member {} ({}) left by an earlier attempt",
+                stale.id_hex,
+                stale.peer_urls.join(",")
+            ),
+        )
+        .await;
+    ctx.ops
+        .step(
+            via,
+            "remove-stale-member",
+            Step::EtcdMemberRemove(proto::EtcdMemberRemove {
+                endpoints: endpoints.to_vec(),
+                member_id: stale.id,
+            }),
+            false,
+        )
+        .await?;
+    // etcd derives a member's ID from its peer URLs and the current second:
+    // re-adding the same URL within the second of its removal fails.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    Ok(())
+}
+
+async fn place_shared_ca(ctx: &Ctx<'_>, node: &str) -> Result<(), Failure> {
+    let set = material::load_shared_ca(&ctx.coord.db)?.ok_or_else(|| {
+        Failure::at(
+            node,
+            "place-shared-ca",
+            "the coordinator holds no shared CA set",
+            "run the rollout again: it collects the set from the first control plane after init",
+        )
+    })?;
+    let files = set
+        .into_iter()
+        .map(|(path, contents)| proto::PlacedFile {
+            mode: if path.ends_with(".crt") || path.ends_with(".pub") {
+                0o644
+            } else {
+                0o600
+            },
+            path,
+            contents: contents.expose().as_bytes().to_vec(),
+        })
+        .collect();
+    ctx.ops
+        .step(
+            node,
+            "place-shared-ca",
+            Step::PlaceFiles(proto::PlaceFiles { files }),
+            false,
+        )
+        .await?;
+    Ok(())
+}
+
+async fn wait_member_promoted(
+    ctx: &Ctx<'_>,
+    node: &NodeSpec,
+    already_endpoints: &[String],
+) -> Result<(), Failure> {
+    if ctx.external_etcd {
+        return Ok(());
+    }
+    let mut endpoints = already_endpoints.to_vec();
+    endpoints.push(url(node.address, 2379));
+    let peer = url(node.address, 2380);
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < PROMOTE_TIMEOUT {
+        match ctx.ops.etcd_members(&node.name, &endpoints, false).await {
+            Ok(members) => match members.iter().find(|m| m.peer_urls.contains(&peer)) {
+                Some(m) if !m.is_learner => {
+                    let health = ctx
+                        .ops
+                        .etcd_health(&node.name, &[url(node.address, 2379)], false)
+                        .await;
+                    match health {
+                        Ok(h) if h.health.iter().all(|e| e.healthy) && !h.health.is_empty() => {
+                            return Ok(())
+                        }
+                        Ok(h) => {
+                            last = format!(
+                                "member promoted but not healthy yet: {:?}",
+                                h.health.iter().map(|e| &e.error).collect::<Vec<_>>()
+                            )
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Some(_) => last = "still a learner".into(),
+                None => last = "not a member yet".into(),
+            },
+            Err(e) => last = e,
+        }
+        ctx.rep
+            .waiting(
+                "control-planes",
+                &node.name,
+                format!("waiting for the etcd member to be promoted and healthy ({last})"),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(Failure::at(
+        &node.name,
+        "wait-etcd-member",
+        format!(
+            "the etcd member of {} was not promoted and healthy within {}s: {last}",
+            node.name,
+            PROMOTE_TIMEOUT.as_secs()
+        ),
+        "check the etcd logs on the node; `khctl etcd members` shows the member list",
+    ))
+}
+
+async fn wait_apiserver(ctx: &Ctx<'_>, node: &NodeSpec) -> Result<(), Failure> {
+    let u = url(node.address, 6443);
+    let start = Instant::now();
+    let mut last = String::new();
+    while start.elapsed() < READY_TIMEOUT {
+        match ctx.ops.apiserver_ready(&node.name, &u).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(Failure::at(
+        &node.name,
+        "wait-apiserver",
+        format!(
+            "{u}/readyz did not answer ok within {}s: {last}",
+            READY_TIMEOUT.as_secs()
+        ),
+        "check the kube-apiserver logs on the node",
+    ))
+}
+
+async fn join_worker(
+    ctx: &Ctx<'_>,
+    node: &NodeSpec,
+    cps: &[&NodeSpec],
+    kubelet_conf: bool,
+) -> Result<(), Failure> {
+    if kubelet_conf {
+        return Ok(());
+    }
+    let name = &node.name;
+    ctx.rep
+        .tracked("workers", name, "join-worker", async {
+            let mut force_token = false;
+            for attempt in 0..2 {
+                let via = ctx.healthy_cp(cps).await?;
+                let m = ctx
+                    .refresh_material(&via, false, force_token, false)
+                    .await?;
+                let config = ctx.join_config(node, &m, false);
+                match ctx
+                    .ops
+                    .step(
+                        name,
+                        "kubeadm-join",
+                        Step::KubeadmJoin(proto::KubeadmJoin {
+                            config_yaml: config.expose().clone(),
+                            control_plane: false,
+                        }),
+                        false,
+                    )
+                    .await
+                {
+                    Ok(r) => return Ok(((), r.message)),
+                    Err(f) if attempt == 0 && is_token_error(&f.message) => force_token = true,
+                    Err(f) => return Err(f),
+                }
+            }
+            Err(Failure::at(
+                name,
+                "join-worker",
+                "the join failed twice",
+                "",
+            ))
+        })
+        .await
+}
+
+async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
+    let cps = ctx.cps();
+    ctx.rep
+        .tracked("verify", "cluster", "verify", async {
+            let via = ctx.healthy_cp(&cps).await?;
+            // Every node Ready (the CNI may need a moment).
+            let start = Instant::now();
+            loop {
+                let nodes = ctx.ops.kube_nodes(&via).await.map_err(|e| {
+                    Failure::at(&via, "verify", format!("kubectl get nodes failed: {e}"), "")
+                })?;
+                let missing: Vec<String> = ctx
+                    .spec
+                    .nodes
+                    .iter()
+                    .filter(|n| n.role != kh::spec::NodeRole::LoadBalancer)
+                    .filter(|n| !nodes.iter().any(|k| k.name == n.name && k.ready))
+                    .map(|n| n.name.clone())
+                    .collect();
+                if missing.is_empty() {
+                    break;
+                }
+                if start.elapsed() > READY_TIMEOUT {
+                    return Err(Failure::at(
+                        &via,
+                        "verify",
+                        format!("nodes not Ready: {}", missing.join(", ")),
+                        "check the CNI (spec.cni.manifest) and the kubelet on those nodes",
+                    ));
+                }
+                ctx.rep
+                    .waiting(
+                        "verify",
+                        "",
+                        format!("waiting for nodes to be Ready: {}", missing.join(", ")),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            // etcd members exactly match the control planes.
+            if !ctx.external_etcd {
+                let endpoints = ctx.etcd_endpoints(&cps);
+                let members = ctx
+                    .ops
+                    .etcd_members(&via, &endpoints, false)
+                    .await
+                    .map_err(|e| {
+                        Failure::at(&via, "verify", format!("cannot list etcd members: {e}"), "")
+                    })?;
+                let mut problems = vec![];
+                for cp in &cps {
+                    let peer = url(cp.address, 2380);
+                    match members.iter().find(|m| m.peer_urls.contains(&peer)) {
+                        Some(m) if m.is_learner => {
+                            problems.push(format!("{} is still a learner", cp.name))
+                        }
+                        Some(_) => {}
+                        None => problems.push(format!("{} has no etcd member", cp.name)),
+                    }
+                }
+                for m in &members {
+                    if !cps
+                        .iter()
+                        .any(|cp| m.peer_urls.contains(&url(cp.address, 2380)))
+                    {
+                        problems.push(format!(
+                            "etcd member {} ({}, {}) belongs to no control plane in the spec",
+                            m.id_hex,
+                            m.name,
+                            m.peer_urls.join(",")
+                        ));
+                    }
+                }
+                if !problems.is_empty() {
+                    return Err(Failure::at(
+                        &via,
+                        "verify",
+                        format!(
+                            "etcd membership does not match the control planes: {}",
+                            problems.join("; ")
+                        ),
+                        "see `khctl etcd members`",
+                    ));
+                }
+            }
+            for cp in &cps {
+                ctx.ops
+                    .apiserver_ready(&cp.name, &url(cp.address, 6443))
+                    .await
+                    .map_err(|e| {
+                        Failure::at(
+                            &cp.name,
+                            "verify",
+                            format!("apiserver not ready: {e}"),
+                            "check kube-apiserver on the node",
+                        )
+                    })?;
+            }
+            Ok((
+                (),
+                format!(
+                    "{} nodes Ready, {} etcd members, {} apiservers ready",
+                    ctx.spec.nodes.len(),
+                    cps.len(),
+                    cps.len()
+                ),
+            ))
+        })
+        .await
+}
+
+async fn cleanup(ctx: &Ctx<'_>) -> Result<(), Failure> {
+    let m = ctx.material.lock().await;
+    if m.meta.token_expires_ms == 0 {
+        return Ok(());
+    }
+    let cps = ctx.cps();
+    let via = ctx.healthy_cp(&cps).await?;
+    let id = m.meta.token_id.clone();
+    drop(m);
+    ctx.rep
+        .tracked("cleanup", &via, "delete-token", async {
+            ctx.ops
+                .step(
+                    &via,
+                    "token-delete",
+                    Step::TokenDelete(proto::TokenDelete {
+                        token_id: id.clone(),
+                    }),
+                    false,
+                )
+                .await?;
+            let mut m = ctx.material.lock().await;
+            material::token_deleted(&ctx.coord.db, &mut m)?;
+            Ok(((), format!("deleted bootstrap token {id}")))
+        })
+        .await?;
+    Ok(())
+}

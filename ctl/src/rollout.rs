@@ -1,0 +1,467 @@
+//! `khctl rollout`, `khctl rollout status` and `khctl kubeconfig`.
+//!
+//! On a terminal the rollout shows one line per node (its current step,
+//! elapsed time) under a bar for the phase, redrawn in place; piped, it prints
+//! one line per event, which reads well in CI logs.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kh::proto::admin_client::AdminClient;
+use kh::proto::{self, rollout_event::Kind, RolloutEvent};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+
+use crate::output::print_json;
+use crate::prepare::report_json;
+use crate::{explain, out, outln, Failure, Format};
+
+/// Reads the spec and the files it names. Spec errors end here, before any
+/// request, with exit code 2.
+pub fn load(file: &Path) -> anyhow::Result<(String, Vec<proto::SpecFile>)> {
+    let yaml = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the cluster spec {}", file.display()))?;
+    let mut spec = kh::spec::parse(&yaml).map_err(|e| {
+        anyhow::Error::new(Failure::SpecInvalid(format!(
+            "{} is invalid:\n{e}",
+            file.display()
+        )))
+    })?;
+    let dir = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    spec.resolve_relative_paths(&dir);
+    let mut files = vec![];
+    if let Some(cni) = &spec.cni {
+        let contents = std::fs::read(&cni.manifest).map_err(|e| {
+            anyhow::Error::new(Failure::SpecInvalid(format!(
+                "spec.cni.manifest: cannot read {}: {e}. The path is relative to the spec file",
+                cni.manifest.display()
+            )))
+        })?;
+        files.push(proto::SpecFile {
+            field: "cni.manifest".into(),
+            contents,
+        });
+    }
+    if let kh::spec::Etcd::External {
+        ca_file,
+        cert_file,
+        key_file,
+        ..
+    } = &spec.etcd
+    {
+        for (field, path) in [
+            ("etcd.caFile", ca_file),
+            ("etcd.certFile", cert_file),
+            ("etcd.keyFile", key_file),
+        ] {
+            let contents = std::fs::read(path).map_err(|e| {
+                anyhow::Error::new(Failure::SpecInvalid(format!(
+                    "spec.{field}: cannot read {}: {e}",
+                    path.display()
+                )))
+            })?;
+            files.push(proto::SpecFile {
+                field: field.into(),
+                contents,
+            });
+        }
+    }
+    Ok((yaml, files))
+}
+
+#[derive(Default, Clone)]
+struct Row {
+    role: String,
+    step: String,
+    state: &'static str,
+    since: Option<Instant>,
+    note: String,
+}
+
+struct View {
+    live: bool,
+    rows: BTreeMap<String, Row>,
+    order: Vec<String>,
+    phases: Vec<String>,
+    phase: String,
+    started: Instant,
+    drawn: usize,
+}
+
+impl View {
+    fn new(live: bool) -> Self {
+        View {
+            live,
+            rows: BTreeMap::new(),
+            order: vec![],
+            phases: vec![],
+            phase: String::new(),
+            started: Instant::now(),
+            drawn: 0,
+        }
+    }
+
+    fn plan(&mut self, plan: &proto::RolloutPlan, roles: &BTreeMap<String, String>) {
+        self.phases = plan.phases.iter().map(|p| p.name.clone()).collect();
+        for p in &plan.phases {
+            for s in &p.steps {
+                if s.node.is_empty() || self.rows.contains_key(&s.node) {
+                    continue;
+                }
+                self.order.push(s.node.clone());
+                self.rows.insert(
+                    s.node.clone(),
+                    Row {
+                        role: roles.get(&s.node).cloned().unwrap_or_default(),
+                        step: String::new(),
+                        state: if s.state == "done" { "done" } else { "pending" },
+                        since: None,
+                        note: String::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    fn line_for(&self, ev: &RolloutEvent) -> Option<String> {
+        let k = Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified);
+        let who = if ev.node.is_empty() {
+            String::new()
+        } else {
+            format!("{:<10} ", ev.node)
+        };
+        let secs = ev.elapsed_ms as f64 / 1000.0;
+        match k {
+            Kind::PhaseStarted => Some(format!("== {}", ev.phase)),
+            Kind::StepStarted => Some(format!("   {who}{} ...", ev.step)),
+            Kind::StepFinished => Some(format!(
+                "   {who}{} done ({secs:.1}s) {}",
+                ev.step, ev.message
+            )),
+            Kind::StepFailed => Some(format!("   {who}{} FAILED ({secs:.1}s)", ev.step)),
+            Kind::Waiting => Some(format!("   {who}{}", ev.message)),
+            Kind::Note => Some(format!("   {who}note: {}", ev.message)),
+            _ => None,
+        }
+    }
+
+    fn apply(&mut self, ev: &RolloutEvent) {
+        let k = Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified);
+        if k == Kind::PhaseStarted {
+            self.phase = ev.phase.clone();
+        }
+        if let Some(row) = self.rows.get_mut(&ev.node) {
+            match k {
+                Kind::StepStarted => {
+                    row.step = ev.step.clone();
+                    row.state = "running";
+                    row.since = Some(Instant::now());
+                    row.note.clear();
+                }
+                Kind::StepFinished => {
+                    row.step = ev.step.clone();
+                    row.state = "ok";
+                    row.since = None;
+                    row.note = ev.message.clone();
+                }
+                Kind::StepFailed => {
+                    row.step = ev.step.clone();
+                    row.state = "FAILED";
+                    row.since = None;
+                }
+                Kind::Waiting => row.note = ev.message.clone(),
+                _ => {}
+            }
+        }
+        if !self.live {
+            if let Some(l) = self.line_for(ev) {
+                outln!("{l}");
+            }
+        }
+    }
+
+    fn draw(&mut self) {
+        if !self.live || self.rows.is_empty() {
+            return;
+        }
+        let mut s = String::new();
+        if self.drawn > 0 {
+            s.push_str(&format!("\x1b[{}A", self.drawn));
+        }
+        let idx = self
+            .phases
+            .iter()
+            .position(|p| *p == self.phase)
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let total = self.phases.len().max(1);
+        let filled = idx * 20 / total;
+        s.push_str(&format!(
+            "\x1b[2K{:<16} [{}{}] {}/{}  {}s\n",
+            if self.phase.is_empty() {
+                "starting"
+            } else {
+                &self.phase
+            },
+            "#".repeat(filled),
+            "-".repeat(20 - filled),
+            idx,
+            total,
+            self.started.elapsed().as_secs()
+        ));
+        let width = self.order.iter().map(|n| n.len()).max().unwrap_or(4);
+        for n in &self.order {
+            let r = &self.rows[n];
+            let elapsed = r
+                .since
+                .map(|t| format!("{:>5.1}s", t.elapsed().as_secs_f64()))
+                .unwrap_or_else(|| "      ".into());
+            let mut note = r.note.clone();
+            note.truncate(70);
+            s.push_str(&format!(
+                "\x1b[2K  {n:<width$}  {:<13} {:<8} {:<20} {elapsed}  {note}\n",
+                r.role, r.state, r.step
+            ));
+        }
+        self.drawn = self.order.len() + 1;
+        out!("{s}");
+    }
+}
+
+fn print_failure(ev: &RolloutEvent) {
+    outln!();
+    outln!("Rollout FAILED ({}).", ev.failure);
+    if !ev.node.is_empty() {
+        outln!("  node:    {}", ev.node);
+    }
+    if !ev.step.is_empty() {
+        outln!("  step:    {}", ev.step);
+    }
+    if let Some(r) = &ev.report {
+        if let Some(c) = r.commands.last() {
+            outln!("  command: {}", c.argv.join(" "));
+            if !c.stderr_tail.trim().is_empty() {
+                outln!("  stderr:");
+                for l in c.stderr_tail.lines() {
+                    outln!("    {l}");
+                }
+            }
+        }
+    }
+    outln!("  error:   {}", ev.message.replace('\n', "\n           "));
+    if !ev.hint.is_empty() {
+        outln!("  next:    {}", ev.hint);
+    }
+}
+
+fn print_plan(plan: &proto::RolloutPlan) {
+    outln!("Plan for cluster {}:", plan.cluster);
+    for p in &plan.phases {
+        outln!("  {}:", p.name);
+        if p.steps.is_empty() {
+            outln!("    (nothing)");
+        }
+        for s in &p.steps {
+            let node = if s.node.is_empty() {
+                "cluster"
+            } else {
+                &s.node
+            };
+            outln!(
+                "    [{:<7}] {:<10} {:<20} {}",
+                s.state,
+                node,
+                s.step,
+                s.detail
+            );
+        }
+    }
+    for n in &plan.notes {
+        outln!("  note: {n}");
+    }
+    for f in &plan.rendered {
+        outln!("\n--- {} on {} (secrets redacted):", f.path, f.node);
+        out!("{}", f.contents);
+    }
+}
+
+fn event_json(ev: &RolloutEvent) -> Value {
+    json!({
+        "kind": Kind::try_from(ev.kind).map(|k| k.as_str_name()).unwrap_or("?"),
+        "phase": ev.phase, "node": ev.node, "step": ev.step, "message": ev.message,
+        "elapsedMs": ev.elapsed_ms, "hint": ev.hint, "time": kh::time::rfc3339(ev.unix_ms),
+        "report": ev.report.as_ref().map(report_json),
+    })
+}
+
+fn plan_json(p: &proto::RolloutPlan) -> Value {
+    json!({
+        "cluster": p.cluster,
+        "phases": p.phases.iter().map(|ph| json!({"name": ph.name, "steps": ph.steps.iter().map(|s| json!({"node": s.node, "step": s.step, "state": s.state, "detail": s.detail})).collect::<Vec<_>>()})).collect::<Vec<_>>(),
+        "rendered": p.rendered.iter().map(|f| json!({"node": f.node, "path": f.path, "contents": f.contents})).collect::<Vec<_>>(),
+        "notes": p.notes,
+    })
+}
+
+/// Follows a stream of rollout events to its end; the exit code follows the
+/// outcome.
+async fn follow(
+    mut stream: tonic::Streaming<RolloutEvent>,
+    addr: &str,
+    format: Format,
+    dry_run: bool,
+    roles: BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let human = format == Format::Table;
+    let mut view = View::new(human && std::io::stdout().is_terminal() && !dry_run);
+    let mut events = vec![];
+    let mut plan = None;
+    let mut finished: Option<RolloutEvent> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let Some(ev) = msg.map_err(|s| explain(addr, s))? else { break };
+                let k = Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified);
+                if k == Kind::Plan {
+                    if let Some(p) = &ev.plan {
+                        view.plan(p, &roles);
+                        plan = Some(p.clone());
+                        if human && dry_run {
+                            print_plan(p);
+                        }
+                    }
+                } else if human {
+                    view.apply(&ev);
+                }
+                if k == Kind::Finished {
+                    finished = Some(ev.clone());
+                }
+                events.push(ev);
+                if finished.is_some() {
+                    break;
+                }
+            }
+            _ = tick.tick() => view.draw(),
+        }
+    }
+    view.draw();
+    let fin = finished.unwrap_or(RolloutEvent {
+        ok: false,
+        failure: "rollout".into(),
+        message: "the coordinator closed the stream before the rollout finished; see `khctl rollout status`".into(),
+        ..Default::default()
+    });
+    if !human {
+        print_json(&json!({
+            "ok": fin.ok, "failure": fin.failure, "node": fin.node, "step": fin.step,
+            "message": fin.message, "hint": fin.hint, "dryRun": dry_run,
+            "plan": plan.as_ref().map(plan_json),
+            "events": events.iter().map(event_json).collect::<Vec<_>>(),
+        }));
+    } else if fin.ok {
+        outln!(
+            "\n{}",
+            if dry_run {
+                "Dry run: nothing was changed."
+            } else {
+                "Rollout complete: the cluster matches the spec."
+            }
+        );
+    } else {
+        print_failure(&fin);
+    }
+    if fin.ok {
+        return Ok(());
+    }
+    let msg = format!(
+        "rollout failed at {} {}: {}",
+        fin.node,
+        fin.step,
+        fin.message.lines().next().unwrap_or_default()
+    );
+    Err(anyhow::Error::new(match fin.failure.as_str() {
+        "spec" => Failure::SpecInvalid(msg),
+        "preflight" => Failure::Preflight(msg),
+        _ => Failure::Operation(msg),
+    }))
+}
+
+pub async fn rollout(
+    client: &mut AdminClient<Channel>,
+    addr: &str,
+    file: &Path,
+    dry_run: bool,
+    allow_even: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let (spec_yaml, files) = load(file)?;
+    let roles: BTreeMap<String, String> = kh::spec::parse(&spec_yaml)
+        .map(|s| {
+            s.nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.role.as_str().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let stream = client
+        .rollout(proto::RolloutRequest {
+            spec_yaml,
+            files,
+            dry_run,
+            allow_even,
+        })
+        .await
+        .map_err(|s| explain(addr, s))?
+        .into_inner();
+    follow(stream, addr, format, dry_run, roles).await
+}
+
+pub async fn status(
+    client: &mut AdminClient<Channel>,
+    addr: &str,
+    follow_it: bool,
+    format: Format,
+) -> anyhow::Result<()> {
+    let stream = client
+        .rollout_status(proto::RolloutStatusRequest { follow: follow_it })
+        .await
+        .map_err(|s| explain(addr, s))?
+        .into_inner();
+    follow(stream, addr, format, false, BTreeMap::new()).await
+}
+
+pub async fn kubeconfig(
+    client: &mut AdminClient<Channel>,
+    addr: &str,
+    output: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let r = client
+        .kubeconfig(proto::KubeconfigRequest {})
+        .await
+        .map_err(|s| explain(addr, s))?
+        .into_inner();
+    match output {
+        None => out!("{}", r.kubeconfig),
+        Some(path) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            f.write_all(r.kubeconfig.as_bytes())?;
+            eprintln!("Wrote {} (admin.conf from {}, mode 0600). Use it with: kubectl --kubeconfig {} get nodes", path.display(), r.from_node, path.display());
+        }
+    }
+    Ok(())
+}
