@@ -28,6 +28,7 @@ pub const ALL_STEPS: &[&str] = &[
     "kubectl-delete-node",
     "place-files",
     "etcd-member-remove",
+    "etcd-move-leader",
 ];
 
 pub fn step_name(kind: StepKind) -> &'static str {
@@ -99,8 +100,8 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
             )
             .map_err(e)?,
         ),
-        WireStep::EtcdMemberRemove(_) => {
-            return Err("etcd member removal is not a host step".into())
+        WireStep::EtcdMemberRemove(_) | WireStep::EtcdMoveLeader(_) => {
+            return Err("etcd membership changes are not host steps".into())
         }
     })
 }
@@ -131,6 +132,7 @@ fn wire_name(step: &WireStep) -> &'static str {
         WireStep::KubectlDeleteNode(_) => "kubectl-delete-node",
         WireStep::PlaceFiles(_) => "place-files",
         WireStep::EtcdMemberRemove(_) => "etcd-member-remove",
+        WireStep::EtcdMoveLeader(_) => "etcd-move-leader",
     }
 }
 
@@ -149,6 +151,7 @@ pub async fn run(state: &Arc<AgentState>, step: WireStep, dry_run: bool) -> prot
         let _turn = turn;
         let report = match step {
             WireStep::EtcdMemberRemove(r) => remove_member(&st, r, dry_run),
+            WireStep::EtcdMoveLeader(r) => move_leader(&st, r, dry_run),
             other => match host_step(other) {
                 Ok(s) => to_wire(s.run(&st.host, dry_run)),
                 Err(e) => failed(name, e),
@@ -185,6 +188,50 @@ fn record(state: &AgentState, report: &proto::StepReport, dry_run: bool) {
     }
 }
 
+/// etcd refuses membership changes for a few seconds after the last one
+/// ("unhealthy cluster") and while a leader is elected. Those refusals are
+/// retried for a bounded time, as kubeadm does; anything else fails at once.
+fn settle<T>(mut f: impl FnMut() -> Result<T, KubeError>) -> Result<T, KubeError> {
+    let start = std::time::Instant::now();
+    loop {
+        match f() {
+            Err(e)
+                if e.is_transient()
+                    && !e.timed_out()
+                    && start.elapsed() < Duration::from_secs(20) =>
+            {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn move_leader(state: &AgentState, r: proto::EtcdMoveLeader, dry_run: bool) -> proto::StepReport {
+    let hex = format!("{:x}", r.target_id);
+    let report = |outcome: proto::Outcome, message: String| proto::StepReport {
+        step: "etcd-move-leader".into(),
+        outcome: outcome as i32,
+        message,
+        dry_run,
+        ..Default::default()
+    };
+    if dry_run {
+        return report(
+            proto::Outcome::Changed,
+            format!("dry run: would move etcd leadership to {hex}"),
+        );
+    }
+    let client = EtcdClient::stacked(r.endpoints);
+    match settle(|| client.move_leader(&state.host, r.target_id)) {
+        Ok(()) => report(
+            proto::Outcome::Changed,
+            format!("moved etcd leadership to {hex}"),
+        ),
+        Err(e) => failed("etcd-move-leader", e.to_string()),
+    }
+}
+
 fn remove_member(
     state: &AgentState,
     r: proto::EtcdMemberRemove,
@@ -201,7 +248,7 @@ fn remove_member(
             ..Default::default()
         };
     }
-    match client.remove_member(&state.host, r.member_id) {
+    match settle(|| client.remove_member(&state.host, r.member_id)) {
         Ok(true) => proto::StepReport {
             step: "etcd-member-remove".into(),
             outcome: proto::Outcome::Changed as i32,

@@ -7,8 +7,10 @@
 //! know tonic.
 
 pub mod agents;
+pub mod audit;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod lease;
 pub mod pki;
 pub mod prepare;

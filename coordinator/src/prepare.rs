@@ -127,6 +127,7 @@ pub fn step_name(s: &Step) -> &'static str {
         Step::KubectlDeleteNode(_) => "kubectl-delete-node",
         Step::PlaceFiles(_) => "place-files",
         Step::EtcdMemberRemove(_) => "etcd-member-remove",
+        Step::EtcdMoveLeader(_) => "etcd-move-leader",
     }
 }
 

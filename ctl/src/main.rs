@@ -1,6 +1,7 @@
 //! khctl: the operator's command line. It talks only to the coordinator, with
 //! the admin credentials of a khconfig file, and never to agents.
 
+mod etcd;
 mod output;
 mod prepare;
 mod rollout;
@@ -74,6 +75,47 @@ enum Command {
     Rollout(RolloutArgs),
     /// Write admin.conf from a healthy control plane (to stdout, or -o FILE with mode 0600).
     Kubeconfig,
+    /// etcd members, member removal and control-plane replacement.
+    #[command(subcommand)]
+    Etcd(EtcdCmd),
+    /// Check the whole cluster: agents, etcd quorum and membership, apiservers,
+    /// nodes. Exits non-zero with each problem and the command that fixes it.
+    Health,
+    /// Every step of every operation, from the audit log.
+    History {
+        /// How many entries, newest last.
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum EtcdCmd {
+    /// Members with hex IDs, learner/voter, leader, health, DB size and kh node.
+    Members,
+    /// Remove one member by kh node name or hex ID, keeping quorum.
+    RemoveMember {
+        member: String,
+        /// Allow removing a healthy member when the rest could then not lose another.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Replace a failed control plane: remove its member, join the new node
+    /// under fresh join material, verify. `--with` the same name re-joins a
+    /// rebuilt host in place. Resumable.
+    Replace {
+        #[arg(long)]
+        failed: String,
+        #[arg(long)]
+        with: String,
+        /// Accept leaving the cluster unable to lose one more member until
+        /// the new one has joined (when the failed member is still healthy).
+        #[arg(long)]
+        force: bool,
+        /// The new node's cluster address [default: its agent's address].
+        #[arg(long)]
+        address: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -334,6 +376,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Kubeconfig => rollout::kubeconfig(&mut client, &addr, kubeconfig_file).await?,
+        Command::Etcd(EtcdCmd::Members) => etcd::members(&mut client, &addr, output).await?,
+        Command::Etcd(EtcdCmd::RemoveMember { member, force }) => {
+            etcd::remove_member(&mut client, &addr, member, force, output).await?
+        }
+        Command::Etcd(EtcdCmd::Replace {
+            failed,
+            with,
+            force,
+            address,
+        }) => {
+            let req = kh::proto::EtcdReplaceRequest {
+                failed,
+                with,
+                force,
+                address: address.unwrap_or_default(),
+            };
+            etcd::replace(&mut client, &addr, req, output).await?
+        }
+        Command::Health => etcd::health(&mut client, &addr, output).await?,
+        Command::History { limit } => etcd::history(&mut client, &addr, limit, output).await?,
         Command::Nodes => {
             let r = client
                 .list_nodes(ListNodesRequest {})

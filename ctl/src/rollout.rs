@@ -236,7 +236,7 @@ impl View {
 
 fn print_failure(ev: &RolloutEvent) {
     outln!();
-    outln!("Rollout FAILED ({}).", ev.failure);
+    outln!("FAILED ({}).", ev.failure);
     if !ev.node.is_empty() {
         outln!("  node:    {}", ev.node);
     }
@@ -317,6 +317,7 @@ async fn follow(
     format: Format,
     dry_run: bool,
     roles: BTreeMap<String, String>,
+    label: &str,
 ) -> anyhow::Result<()> {
     let human = format == Format::Table;
     let mut view = View::new(human && std::io::stdout().is_terminal() && !dry_run);
@@ -366,14 +367,11 @@ async fn follow(
             "events": events.iter().map(event_json).collect::<Vec<_>>(),
         }));
     } else if fin.ok {
-        outln!(
-            "\n{}",
-            if dry_run {
-                "Dry run: nothing was changed."
-            } else {
-                "Rollout complete: the cluster matches the spec."
-            }
-        );
+        if dry_run {
+            outln!("\nDry run: nothing was changed.");
+        } else {
+            outln!("\n{label} complete: {}.", fin.message);
+        }
     } else {
         print_failure(&fin);
     }
@@ -420,7 +418,17 @@ pub async fn rollout(
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    follow(stream, addr, format, dry_run, roles).await
+    follow(stream, addr, format, dry_run, roles, "Rollout").await
+}
+
+/// Follows any stream of rollout-shaped events (an etcd replacement too).
+pub async fn follow_events(
+    stream: tonic::Streaming<RolloutEvent>,
+    addr: &str,
+    format: Format,
+    label: &str,
+) -> anyhow::Result<()> {
+    follow(stream, addr, format, false, BTreeMap::new(), label).await
 }
 
 pub async fn status(
@@ -434,7 +442,7 @@ pub async fn status(
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    follow(stream, addr, format, false, BTreeMap::new()).await
+    follow(stream, addr, format, false, BTreeMap::new(), "Rollout").await
 }
 
 pub async fn kubeconfig(

@@ -81,7 +81,7 @@ impl Reporter {
         let _ = self.tx.send(ev);
     }
 
-    async fn note(&self, phase: &str, node: &str, message: impl Into<String>) {
+    pub(crate) async fn note(&self, phase: &str, node: &str, message: impl Into<String>) {
         self.emit(RolloutEvent {
             kind: Kind::Note as i32,
             phase: phase.into(),
@@ -103,7 +103,7 @@ impl Reporter {
         .await;
     }
 
-    async fn is_done(&self, key: &str) -> bool {
+    pub(crate) async fn is_done(&self, key: &str) -> bool {
         self.state.lock().await.is_done(key)
     }
 
@@ -111,12 +111,36 @@ impl Reporter {
         let now = self.now();
         let mut st = self.state.lock().await;
         st.mark(&self.coord.db, key, status, message, now)
-            .map_err(Failure::from)
+            .map_err(Failure::from)?;
+        if status != Status::Running {
+            let (node, step) = key.split_once('/').unwrap_or(("", key));
+            let outcome = if status == Status::Done {
+                "done"
+            } else {
+                "failed"
+            };
+            crate::audit::append(
+                &self.coord.db,
+                self.coord.clock.as_ref(),
+                &st.operation,
+                node,
+                step,
+                outcome,
+                message,
+            )?;
+        }
+        Ok(())
     }
 
     /// Runs one tracked node step: persisted as running, then as done or
     /// failed, with events either side.
-    async fn tracked<T, F>(&self, phase: &str, node: &str, step: &str, f: F) -> Result<T, Failure>
+    pub(crate) async fn tracked<T, F>(
+        &self,
+        phase: &str,
+        node: &str,
+        step: &str,
+        f: F,
+    ) -> Result<T, Failure>
     where
         F: std::future::Future<Output = Result<(T, String), Failure>>,
     {
@@ -171,7 +195,7 @@ impl Reporter {
         }
     }
 
-    async fn phase(&self, phase: &str) {
+    pub(crate) async fn phase(&self, phase: &str) {
         self.emit(RolloutEvent {
             kind: Kind::PhaseStarted as i32,
             phase: phase.into(),
@@ -243,7 +267,7 @@ fn node_version(coord: &Coordinator, node: &str, fallback: &KubeVersion) -> Kube
         .unwrap_or_else(|| fallback.clone())
 }
 
-struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     coord: &'a Arc<Coordinator>,
     ops: Ops<'a>,
     spec: &'a ClusterSpec,
@@ -255,6 +279,46 @@ struct Ctx<'a> {
     /// Serializes material refreshes between parallel worker joins.
     material: Mutex<Material>,
     external_etcd: bool,
+    /// The caller holds the control-plane lease for the whole operation (an
+    /// etcd replacement), so joins must neither take nor release it.
+    lease_held: bool,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for operations other than a rollout (etcd replacement).
+    pub(crate) fn for_operation(
+        coord: &'a Arc<Coordinator>,
+        spec: &'a ClusterSpec,
+        rep: &'a Reporter,
+        holder: String,
+    ) -> Result<Self, Failure> {
+        let version = spec
+            .kubernetes_version
+            .clone()
+            .ok_or_else(|| Failure::spec("spec.kubernetesVersion: required, e.g. v1.32.0"))?;
+        let endpoint = spec
+            .control_plane_endpoint
+            .as_ref()
+            .map(|e| e.to_string())
+            .ok_or_else(|| Failure::spec("spec.controlPlaneEndpoint: required"))?;
+        let first = spec
+            .control_planes()
+            .next()
+            .ok_or_else(|| Failure::spec("spec.nodes: no control-plane node"))?;
+        Ok(Ctx {
+            coord,
+            ops: Ops { coord },
+            spec,
+            rep,
+            version,
+            endpoint,
+            first,
+            holder,
+            material: Mutex::new(material::load_or_generate(&coord.db)?),
+            external_etcd: matches!(spec.etcd, Etcd::External { .. }),
+            lease_held: true,
+        })
+    }
 }
 
 impl Ctx<'_> {
@@ -411,6 +475,7 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
         holder,
         material: Mutex::new(material::load_or_generate(&coord.db)?),
         external_etcd: matches!(spec.etcd, Etcd::External { .. }),
+        lease_held: false,
     };
 
     // Where every node stands: the basis for skipping finished work.
@@ -776,7 +841,7 @@ async fn preflight(ctx: &Ctx<'_>, todo: &[&NodeSpec]) -> Result<(), Failure> {
     })
 }
 
-async fn prepare_node(ctx: &Ctx<'_>, n: &NodeSpec) -> Result<(), Failure> {
+pub(crate) async fn prepare_node(ctx: &Ctx<'_>, n: &NodeSpec) -> Result<(), Failure> {
     for step in crate::prepare::steps_for(Some(n.role)) {
         let name = crate::prepare::step_name(&step);
         ctx.rep
@@ -958,6 +1023,9 @@ async fn with_lease<T>(
     purpose: &str,
     f: impl std::future::Future<Output = Result<T, Failure>>,
 ) -> Result<T, Failure> {
+    if ctx.lease_held {
+        return f.await;
+    }
     let db = &ctx.coord.db;
     let clock = ctx.coord.clock.clone();
     let waited = Instant::now();
@@ -1004,7 +1072,7 @@ async fn with_lease<T>(
     r
 }
 
-async fn join_control_plane(
+pub(crate) async fn join_control_plane(
     ctx: &Ctx<'_>,
     node: &NodeSpec,
     already: &[&NodeSpec],

@@ -12,6 +12,7 @@
 pub mod engine;
 pub mod material;
 pub mod ops;
+pub mod replace;
 pub mod state;
 
 use std::collections::HashMap;
@@ -105,6 +106,7 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
             ..Default::default()
         },
     };
+    state.operation = format!("rollout {}", spec.name);
     if !req.dry_run {
         state.save(&coord.db, now)?;
     }

@@ -53,6 +53,12 @@ pub struct EventRecord {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RolloutState {
+    /// Where this state lives: rollouts and etcd replacements each have one.
+    #[serde(default)]
+    pub key: String,
+    /// What the audit log calls this operation, e.g. "rollout prod".
+    #[serde(default)]
+    pub operation: String,
     pub cluster: String,
     pub spec_yaml: String,
     pub started_ms: u64,
@@ -66,12 +72,21 @@ pub struct RolloutState {
 
 impl RolloutState {
     pub fn load(db: &Db) -> Result<Option<RolloutState>, CoordError> {
-        Ok(db.get_json(KEY)?)
+        Self::load_at(db, KEY)
+    }
+
+    pub fn load_at(db: &Db, key: &str) -> Result<Option<RolloutState>, CoordError> {
+        Ok(db.get_json(key)?)
     }
 
     pub fn save(&mut self, db: &Db, now_ms: u64) -> Result<(), CoordError> {
         self.updated_ms = now_ms;
-        Ok(db.put_json(KEY, self)?)
+        let key = if self.key.is_empty() {
+            KEY.to_string()
+        } else {
+            self.key.clone()
+        };
+        Ok(db.put_json(&key, self)?)
     }
 
     pub fn is_done(&self, key: &str) -> bool {

@@ -60,6 +60,66 @@ impl Admin for AdminService {
     type PrepareStream = EventStream<PrepareEvent>;
     type RolloutStream = EventStream<RolloutEvent>;
     type RolloutStatusStream = EventStream<RolloutEvent>;
+    type EtcdReplaceStream = EventStream<RolloutEvent>;
+
+    async fn etcd_members(
+        &self,
+        _req: Request<AdminEtcdMembersRequest>,
+    ) -> Result<Response<AdminEtcdMembersResponse>, Status> {
+        let spec = crate::etcd::held_spec(&self.0)?;
+        let view = crate::etcd::membership(&self.0, &spec, None).await?;
+        Ok(Response::new(AdminEtcdMembersResponse {
+            members: view.members,
+            via: view.via,
+        }))
+    }
+
+    async fn health(
+        &self,
+        _req: Request<HealthRequest>,
+    ) -> Result<Response<HealthResponse>, Status> {
+        Ok(Response::new(crate::etcd::health(&self.0).await?))
+    }
+
+    async fn etcd_remove_member(
+        &self,
+        req: Request<EtcdRemoveMemberRequest>,
+    ) -> Result<Response<EtcdRemoveMemberResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            crate::etcd::remove_member(&self.0, &r.member, r.force).await?,
+        ))
+    }
+
+    async fn etcd_replace(
+        &self,
+        req: Request<EtcdReplaceRequest>,
+    ) -> Result<Response<Self::EtcdReplaceStream>, Status> {
+        let f = crate::rollout::replace::start(self.0.clone(), req.into_inner()).await?;
+        Ok(Response::new(follow_stream(f)))
+    }
+
+    async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let limit = match req.into_inner().limit {
+            0 => 200,
+            n => n as usize,
+        };
+        let entries = crate::audit::list(&self.0.db, limit)?
+            .into_iter()
+            .map(|e| AuditEntry {
+                unix_ms: e.unix_ms,
+                operation: e.operation,
+                node: e.node,
+                step: e.step,
+                outcome: e.outcome,
+                message: e.message,
+            })
+            .collect();
+        Ok(Response::new(HistoryResponse { entries }))
+    }
 
     async fn rollout(
         &self,

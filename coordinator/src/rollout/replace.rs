@@ -1,0 +1,480 @@
+//! `khctl etcd replace --failed cp-2 --with cp-4`: replace a dead (or
+//! failing) control plane without losing quorum or data.
+//!
+//! Preconditions are checked before anything changes; then, holding the
+//! control-plane lease throughout: move leadership away from the failed
+//! member if it leads, remove its member, delete its Node, reset it if it is
+//! reachable, prepare the new node, join it under fresh join material, wait
+//! until it is promoted and healthy, update the spec the coordinator holds,
+//! and verify with the same checks as `khctl health`. Every step is persisted,
+//! so a replacement resumed after a crash never removes a second member.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kh::names::NodeName;
+use kh::proto::{self, run_step_request::Step, EtcdReplaceRequest};
+use kh::spec::{ClusterSpec, NodeRole, NodeSpec};
+use kh::time::unix_ms;
+
+use super::engine::{self, Ctx, Reporter};
+use super::ops::{url, Failure, Ops};
+use super::state::RolloutState;
+use super::Follow;
+use crate::error::CoordError;
+use crate::{etcd, lease, Coordinator};
+
+pub const KEY: &str = "etcd/replace";
+
+struct Plan {
+    spec: ClusterSpec,
+    spec_yaml: String,
+    failed: NodeSpec,
+    new: NodeSpec,
+    force: bool,
+}
+
+/// Validates the request and starts the replacement in the background.
+pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<Follow, CoordError> {
+    let spec = etcd::held_spec(&coord)?;
+    if etcd::is_external(&spec) {
+        return Err(CoordError::FailedPrecondition(etcd::external_refusal(
+            &spec,
+        )));
+    }
+    let failed = spec
+        .node(&req.failed)
+        .filter(|n| n.role == NodeRole::ControlPlane)
+        .cloned()
+        .ok_or_else(|| {
+            let cps: Vec<&str> = spec.control_planes().map(|n| n.name.as_str()).collect();
+            CoordError::InvalidArgument(format!(
+                "--failed {}: not a control plane of cluster {} (its control planes: {})",
+                req.failed,
+                spec.name,
+                cps.join(", ")
+            ))
+        })?;
+    let with = NodeName::new(&req.with)?;
+    let record = coord.registry.get(&with)?.ok_or_else(|| {
+        CoordError::FailedPrecondition(format!("--with {with}: not enrolled; enroll it first with `khctl token create --node {with}` and the printed command"))
+    })?;
+    if req.with != req.failed && spec.node(&req.with).is_some() {
+        return Err(CoordError::InvalidArgument(format!(
+            "--with {with}: already a node of cluster {}; name a new, enrolled host",
+            spec.name
+        )));
+    }
+    let address = match req.address.as_str() {
+        "" if req.with == req.failed => failed.address,
+        "" => record
+            .endpoint
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .map_err(|_| {
+                CoordError::FailedPrecondition(format!(
+                    "--with {with}: its agent has not reported an address yet; pass --address IP"
+                ))
+            })?,
+        a => a.parse().map_err(|_| {
+            CoordError::InvalidArgument(format!("--address {a:?} is not an IP address"))
+        })?,
+    };
+    let new = NodeSpec {
+        name: with.to_string(),
+        role: NodeRole::ControlPlane,
+        address,
+    };
+    let spec_yaml = RolloutState::load(&coord.db)?
+        .map(|s| s.spec_yaml)
+        .unwrap_or_default();
+    let operation = format!("etcd replace {} with {}", failed.name, new.name);
+
+    let mut guard = coord.rollouts.current.lock().await;
+    if let Some(rep) = guard.as_ref() {
+        let st = rep.state.lock().await;
+        if st.outcome.is_none() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "{} is running (started {}); wait for it or follow it with `khctl rollout status --follow`",
+                if st.operation.is_empty() { format!("a rollout of {}", st.cluster) } else { st.operation.clone() },
+                kh::time::rfc3339(st.started_ms)
+            )));
+        }
+    }
+    let now = unix_ms(coord.clock.now());
+    let mut state = match RolloutState::load_at(&coord.db, KEY)? {
+        // An unfinished replacement is resumed, and only by the same request.
+        Some(p) if !p.outcome.as_ref().is_some_and(|o| o.ok) => {
+            if p.operation != operation {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "an earlier {} did not finish; finish it first by running it again",
+                    p.operation
+                )));
+            }
+            RolloutState {
+                started_ms: now,
+                finished_ms: 0,
+                outcome: None,
+                ..p
+            }
+        }
+        _ => RolloutState {
+            key: KEY.into(),
+            operation: operation.clone(),
+            cluster: spec.name.clone(),
+            spec_yaml: spec_yaml.clone(),
+            started_ms: now,
+            ..Default::default()
+        },
+    };
+    state.save(&coord.db, now)?;
+    let rep = Reporter::new(coord.clone(), state);
+    let live = rep.tx.subscribe();
+    *guard = Some(rep.clone());
+    drop(guard);
+    let plan = Plan {
+        spec,
+        spec_yaml,
+        failed,
+        new,
+        force: req.force,
+    };
+    tokio::spawn(async move {
+        let result = run(coord, plan, rep.clone()).await;
+        if let Err(f) = &result {
+            tracing::warn!(node = %f.node, step = %f.step, error = %f.message, "etcd replacement failed");
+        }
+        rep.finish(&result).await;
+    });
+    Ok(Follow {
+        backlog: vec![],
+        live: Some(live),
+    })
+}
+
+async fn run(coord: Arc<Coordinator>, plan: Plan, rep: Reporter) -> Result<(), Failure> {
+    let holder = format!("etcd replace {}", plan.failed.name);
+    let purpose = format!(
+        "replacing control plane {} with {}",
+        plan.failed.name, plan.new.name
+    );
+    match lease::acquire(&coord.db, coord.clock.as_ref(), &holder, &purpose)? {
+        Ok(_) => {}
+        Err(other) => {
+            return Err(Failure {
+                class: "preflight",
+                node: plan.failed.name.clone(),
+                step: "lease".into(),
+                message: format!(
+                    "another control-plane change is in progress: {}; nothing was changed",
+                    lease::describe(&other)
+                ),
+                hint: "wait for it to finish, then run the replacement again".into(),
+                report: None,
+            })
+        }
+    }
+    let renewer = {
+        let (coord, holder, purpose) = (coord.clone(), holder.clone(), purpose.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease::TTL / 4).await;
+                if let Err(e) = lease::renew(&coord.db, coord.clock.as_ref(), &holder, &purpose) {
+                    tracing::error!(error = %e, "control-plane lease renewal failed");
+                }
+            }
+        })
+    };
+    let result = steps(&coord, &plan, &rep, holder.clone()).await;
+    renewer.abort();
+    lease::release(&coord.db, &holder)?;
+    result
+}
+
+async fn steps(
+    coord: &Arc<Coordinator>,
+    plan: &Plan,
+    rep: &Reporter,
+    holder: String,
+) -> Result<(), Failure> {
+    let failed = &plan.failed;
+    let new = &plan.new;
+    let ops = Ops { coord };
+    // The spec after the replacement: the new node in the failed one's place.
+    let mut new_spec = plan.spec.clone();
+    if let Some(n) = new_spec.nodes.iter_mut().find(|n| n.name == failed.name) {
+        *n = new.clone();
+    }
+    let others: Vec<&NodeSpec> = plan
+        .spec
+        .control_planes()
+        .filter(|n| n.name != failed.name)
+        .collect();
+    let other_endpoints: Vec<String> = others.iter().map(|n| url(n.address, 2379)).collect();
+    let removed = rep.is_done(&format!("{}/remove-member", failed.name)).await;
+    rep.emit(proto::RolloutEvent {
+        kind: proto::rollout_event::Kind::Plan as i32,
+        plan: Some(proto::RolloutPlan {
+            cluster: plan.spec.name.clone(),
+            phases: ["preconditions", "remove", "join", "verify"]
+                .iter()
+                .map(|p| proto::PlannedPhase {
+                    name: p.to_string(),
+                    steps: vec![],
+                })
+                .collect(),
+            notes: vec![],
+            rendered: vec![],
+        }),
+        ..Default::default()
+    })
+    .await;
+
+    // Preconditions: nothing changes unless they all hold. Once the member is
+    // removed (a resumed run) they describe a cluster that no longer exists.
+    let mut target: Option<proto::MemberInfo> = None;
+    if !removed {
+        rep.phase("preconditions").await;
+        target = rep
+            .tracked("preconditions", &failed.name, "preconditions", async {
+                let view = etcd::membership(coord, &plan.spec, Some(&failed.name)).await.map_err(|e| Failure {
+                    class: "preflight",
+                    node: failed.name.clone(),
+                    step: "preconditions".into(),
+                    message: format!(
+                        "etcd quorum is lost: no other control plane can list the members ({e}). A member cannot be removed or added without quorum, so nothing was changed"
+                    ),
+                    hint: "bring failed control planes back if you can; otherwise follow etcd's disaster-recovery guide: restore a snapshot with `etcdctl snapshot restore` into a new cluster".into(),
+                    report: None,
+                })?;
+                let member = view.members.iter().find(|m| m.node == failed.name).cloned();
+                let id = member.as_ref().map(|m| m.id).unwrap_or(0);
+                let q = etcd::quorum_without(&view.members, id);
+                let pre = |message: String, hint: &str| Failure {
+                    class: "preflight",
+                    node: failed.name.clone(),
+                    step: "preconditions".into(),
+                    message,
+                    hint: hint.into(),
+                    report: None,
+                };
+                if let Some(r) = etcd::quorum_refusal(&q, &format!("replace {}", failed.name)) {
+                    return Err(pre(r, "restore quorum first; see etcd's disaster-recovery guide (etcdctl snapshot restore)"));
+                }
+                if !plan.force {
+                    if let Some(r) = etcd::tolerance_refusal(&q, &format!("replace {}", failed.name)) {
+                        return Err(pre(r, "pass --force to accept the window, or replace it when the cluster can lose a member"));
+                    }
+                }
+                // The new node must pass preflight as a control plane.
+                let name = NodeName::new(&new.name).map_err(|e| pre(e.to_string(), ""))?;
+                let record = coord.registry.get(&name).map_err(Failure::from)?.ok_or_else(|| pre(format!("{} is not enrolled", new.name), ""))?;
+                let results = crate::prepare::preflight(
+                    coord.clone(),
+                    Some(plan.spec.clone()),
+                    vec![crate::prepare::Target {
+                        record,
+                        role: Some(NodeRole::ControlPlane),
+                        address: Some(new.address),
+                    }],
+                )
+                .await;
+                let fails: Vec<String> = results
+                    .iter()
+                    .flat_map(|r| {
+                        let mut v: Vec<String> = r.report.iter().flat_map(|rep| &rep.checks).filter(|c| c.status == proto::CheckStatus::Fail as i32).map(|c| format!("{} — {} (fix: {})", c.name, c.message, c.fix)).collect();
+                        if !r.error.is_empty() {
+                            v.push(r.error.clone());
+                        }
+                        v
+                    })
+                    .collect();
+                if !fails.is_empty() {
+                    return Err(pre(format!("{} fails preflight; nothing was changed:\n{}", new.name, fails.join("\n")), "fix each item, then run the replacement again"));
+                }
+                let note = match &member {
+                    Some(m) => format!("member {} of {} will be removed; {} of {} other voters healthy", m.id_hex, failed.name, q.healthy_after, q.voters_after),
+                    None => format!("{} has no etcd member", failed.name),
+                };
+                Ok((member, note))
+            })
+            .await?;
+    }
+
+    rep.phase("remove").await;
+    let via = others.first().map(|n| n.name.clone()).unwrap_or_default();
+    if let Some(m) = target.as_ref() {
+        if m.is_leader && m.healthy && !rep.is_done(&format!("{}/move-leader", failed.name)).await {
+            let next = etcd::membership(coord, &plan.spec, Some(&failed.name))
+                .await
+                .ok()
+                .and_then(|v| {
+                    v.members
+                        .into_iter()
+                        .find(|x| x.id != m.id && x.healthy && !x.is_learner)
+                });
+            if let Some(next) = next {
+                rep.tracked("remove", &failed.name, "move-leader", async {
+                    let r = ops
+                        .step(
+                            &via,
+                            "etcd-move-leader",
+                            Step::EtcdMoveLeader(proto::EtcdMoveLeader {
+                                endpoints: other_endpoints.clone(),
+                                target_id: next.id,
+                            }),
+                            false,
+                        )
+                        .await?;
+                    Ok(((), r.message))
+                })
+                .await?;
+            }
+        }
+    }
+    if !removed {
+        let member = target.clone();
+        rep.tracked("remove", &failed.name, "remove-member", async {
+            match member {
+                None => Ok(((), format!("{} had no etcd member", failed.name))),
+                Some(m) => {
+                    let r = ops
+                        .step(
+                            &via,
+                            "etcd-member-remove",
+                            Step::EtcdMemberRemove(proto::EtcdMemberRemove {
+                                endpoints: other_endpoints.clone(),
+                                member_id: m.id,
+                            }),
+                            false,
+                        )
+                        .await?;
+                    // etcd derives member IDs from the peer URLs and the second;
+                    // a same-address re-join must not land in the same second.
+                    tokio::time::sleep(Duration::from_millis(1100)).await;
+                    Ok(((), format!("{} ({})", r.message, m.peer_urls.join(","))))
+                }
+            }
+        })
+        .await?;
+    }
+    if !rep.is_done(&format!("{}/delete-node", failed.name)).await {
+        rep.tracked("remove", &failed.name, "delete-node", async {
+            let r = ops
+                .step(
+                    &via,
+                    "kubectl-delete-node",
+                    Step::KubectlDeleteNode(proto::KubectlDeleteNode {
+                        name: failed.name.clone(),
+                    }),
+                    false,
+                )
+                .await?;
+            Ok(((), r.message))
+        })
+        .await?;
+    }
+    if failed.name != new.name && !rep.is_done(&format!("{}/reset", failed.name)).await {
+        let reachable = NodeName::new(&failed.name)
+            .ok()
+            .and_then(|n| {
+                coord
+                    .registry
+                    .list(unix_ms(coord.clock.now()), coord.config.heartbeat_interval)
+                    .ok()
+                    .map(|v| v.into_iter().any(|x| x.record.name == n && x.ready))
+            })
+            .unwrap_or(false);
+        if reachable {
+            rep.tracked("remove", &failed.name, "reset", async {
+                let r = ops
+                    .step(
+                        &failed.name,
+                        "kubeadm-reset",
+                        Step::KubeadmReset(proto::KubeadmReset {}),
+                        false,
+                    )
+                    .await?;
+                Ok(((), r.message))
+            })
+            .await?;
+        } else {
+            rep.note(
+                "remove",
+                &failed.name,
+                "unreachable: not reset (reset it with `kubeadm reset -f` if it ever comes back)",
+            )
+            .await;
+        }
+    }
+
+    rep.phase("join").await;
+    let ctx = Ctx::for_operation(coord, &new_spec, rep, holder)?;
+    engine::prepare_node(&ctx, new).await?;
+    let status = ops.node_status(&new.name).await?;
+    engine::join_control_plane(&ctx, new, &others, status.kubelet_conf).await?;
+
+    rep.phase("verify").await;
+    rep.tracked("verify", "cluster", "update-spec", async {
+        update_held_spec(coord, &plan.spec_yaml, &failed.name, new)?;
+        if let Ok(n) = NodeName::new(&new.name) {
+            coord.registry.set_role(&n, Some("control-plane".into()))?;
+        }
+        if failed.name != new.name {
+            if let Ok(n) = NodeName::new(&failed.name) {
+                let _ = coord.registry.set_role(&n, None);
+            }
+        }
+        Ok(((), format!("the held spec now lists {} ({}) in place of {}; update your cluster.yaml the same way", new.name, new.address, failed.name)))
+    })
+    .await?;
+    rep.tracked("verify", "cluster", "verify", async {
+        etcd::wait_healthy(coord, Duration::from_secs(120)).await?;
+        Ok(((), "khctl health passes".to_string()))
+    })
+    .await?;
+    Ok(())
+}
+
+/// Rewrites the node entry in the held spec's YAML and stores it.
+fn update_held_spec(
+    coord: &Coordinator,
+    yaml: &str,
+    failed: &str,
+    new: &NodeSpec,
+) -> Result<(), Failure> {
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(yaml)
+        .map_err(|e| Failure::at("cluster", "update-spec", e.to_string(), ""))?;
+    let nodes = doc
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("nodes"))
+        .and_then(|n| n.as_sequence_mut())
+        .ok_or_else(|| {
+            Failure::at(
+                "cluster",
+                "update-spec",
+                "the held spec has no spec.nodes",
+                "",
+            )
+        })?;
+    for n in nodes.iter_mut() {
+        if n.get("name").and_then(|v| v.as_str()) == Some(failed) {
+            n["name"] = serde_yaml::Value::String(new.name.clone());
+            n["address"] = serde_yaml::Value::String(new.address.to_string());
+        }
+    }
+    let text = serde_yaml::to_string(&doc)
+        .map_err(|e| Failure::at("cluster", "update-spec", e.to_string(), ""))?;
+    kh::spec::parse(&text).map_err(|e| {
+        Failure::at(
+            "cluster",
+            "update-spec",
+            format!("the updated spec does not validate: {e}"),
+            "",
+        )
+    })?;
+    let mut st = RolloutState::load(&coord.db)?.unwrap_or_default();
+    st.spec_yaml = text;
+    st.save(&coord.db, unix_ms(coord.clock.now()))?;
+    Ok(())
+}
