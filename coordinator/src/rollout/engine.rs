@@ -618,6 +618,19 @@ fn plan(
         .get(&ctx.first.name)
         .is_some_and(|v| v.status.admin_conf);
     phases.push(proto::PlannedPhase {
+        name: "endpoint".into(),
+        steps: vec![step(
+            &ctx.first.name,
+            "endpoint-check",
+            if initialized {
+                "done".into()
+            } else {
+                "pending".into()
+            },
+            format!("TCP connect to {} from {}", ctx.endpoint, ctx.first.name),
+        )],
+    });
+    phases.push(proto::PlannedPhase {
         name: "init".into(),
         steps: vec![step(
             &ctx.first.name,
@@ -672,6 +685,15 @@ fn plan(
             "verify",
             "pending".into(),
             "every node Ready; etcd members match the control planes; every apiserver ready".into(),
+        )],
+    });
+    phases.push(proto::PlannedPhase {
+        name: "cleanup".into(),
+        steps: vec![step(
+            "",
+            "delete-token",
+            "pending".into(),
+            "kubeadm token delete (the token this rollout created)".into(),
         )],
     });
     let mut rendered = vec![];
