@@ -332,7 +332,12 @@ fn a_second_rollout_while_one_runs_is_refused() {
         "the first rollout to be under way",
         Duration::from_secs(60),
         || {
-            if w.agents[0].calls().iter().any(|c| c.starts_with("kubeadm")) {
+            // kubeadm init, not the agent's read-only `kubeadm version` probe.
+            if w.agents[0]
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("kubeadm init"))
+            {
                 Ok(())
             } else {
                 Err("not yet".into())
