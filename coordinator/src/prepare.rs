@@ -25,6 +25,27 @@ pub struct Target {
     pub address: Option<std::net::IpAddr>,
 }
 
+/// Refuses a spec naming a node that is not enrolled: a spec error (each
+/// line with its field path and the fix), as for any other invalid field.
+pub fn check_enrolled(coord: &Coordinator, spec: &ClusterSpec) -> Result<(), CoordError> {
+    let enrolled: Vec<String> = coord
+        .registry
+        .list(0, Duration::from_secs(1))?
+        .into_iter()
+        .map(|v| v.record.name.to_string())
+        .collect();
+    let names: Vec<&str> = enrolled.iter().map(|s| s.as_str()).collect();
+    let missing = spec.check_enrolled(&names);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = missing.iter().map(|e| e.to_string()).collect();
+    Err(CoordError::InvalidArgument(format!(
+        "the cluster spec is invalid:\n{}",
+        lines.join("\n")
+    )))
+}
+
 /// Turns a spec or a list of names into enrolled nodes. A spec is validated in
 /// full (every node enrolled) and its roles are recorded.
 pub fn resolve(
@@ -36,21 +57,7 @@ pub fn resolve(
         let spec = kh::spec::parse(&t.spec_yaml).map_err(|e| {
             CoordError::InvalidArgument(format!("the cluster spec is invalid:\n{e}"))
         })?;
-        let enrolled: Vec<String> = coord
-            .registry
-            .list(0, Duration::from_secs(1))?
-            .into_iter()
-            .map(|v| v.record.name.to_string())
-            .collect();
-        let names: Vec<&str> = enrolled.iter().map(|s| s.as_str()).collect();
-        let missing = spec.check_enrolled(&names);
-        if !missing.is_empty() {
-            let lines: Vec<String> = missing.iter().map(|e| e.to_string()).collect();
-            return Err(CoordError::FailedPrecondition(format!(
-                "the cluster spec names nodes that are not enrolled:\n{}",
-                lines.join("\n")
-            )));
-        }
+        check_enrolled(coord, &spec)?;
         let mut out = vec![];
         for n in &spec.nodes {
             let name = NodeName::new(&n.name)?;

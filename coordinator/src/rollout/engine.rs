@@ -412,22 +412,7 @@ impl Ctx<'_> {
     }
 
     fn join_config(&self, node: &NodeSpec, m: &Material, control_plane: bool) -> Secret<String> {
-        let upload = self.spec.certificates == CertDistribution::UploadCerts;
-        kubeadm::render_join(
-            &JoinParams {
-                kubeadm_version: node_version(self.coord, &node.name, &self.version),
-                api_server_endpoint: self.endpoint.clone(),
-                token: m.token.clone(),
-                ca_cert_hash: m.meta.ca_cert_hash.clone().unwrap_or_default(),
-                node_name: node.name.clone(),
-                advertise_address: node.address,
-                control_plane: control_plane.then(|| ControlPlaneJoin {
-                    certificate_key: upload.then(|| m.certificate_key.clone()),
-                    bind_port: 6443,
-                }),
-            },
-            false,
-        )
+        kubeadm::render_join(&join_params(self, node, m, control_plane), false)
     }
 }
 

@@ -48,21 +48,7 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
             "the cluster spec is invalid:\n{e}"
         )));
     }
-    let enrolled: Vec<String> = coord
-        .registry
-        .list(0, std::time::Duration::from_secs(1))?
-        .into_iter()
-        .map(|v| v.record.name.to_string())
-        .collect();
-    let names: Vec<&str> = enrolled.iter().map(|s| s.as_str()).collect();
-    let missing = spec.check_enrolled(&names);
-    if !missing.is_empty() {
-        let lines: Vec<String> = missing.iter().map(|e| e.to_string()).collect();
-        return Err(CoordError::InvalidArgument(format!(
-            "the cluster spec is invalid:\n{}",
-            lines.join("\n")
-        )));
-    }
+    crate::prepare::check_enrolled(&coord, &spec)?;
     for n in &spec.nodes {
         let name = kh::names::NodeName::new(&n.name)?;
         coord

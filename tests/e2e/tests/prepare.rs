@@ -299,7 +299,12 @@ fn bad_specs_and_unknown_nodes_are_refused_before_anything_runs() {
     )
     .unwrap();
     let out = w.khctl(&["prepare", "-f", f.to_str().unwrap()]);
-    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert_eq!(
+        out.code,
+        Some(2),
+        "an unenrolled node is a spec error\n{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("spec.nodes[1].name"), "{}", out.stderr);
     assert!(
         out.stderr.contains("khctl token create --node w-9"),
