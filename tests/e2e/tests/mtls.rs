@@ -185,6 +185,9 @@ fn a_node_cannot_heartbeat_as_another_node() {
     w.agent("cp-2").kill9();
     w.wait_health("cp-2", "NotReady", Duration::from_secs(20));
 
+    // cp-1's own agent stops too, so the forged beats below are the last
+    // ones its record sees; its credentials stay on disk for the test.
+    w.agent("cp-1").kill9();
     let cfg = admin_cfg(&w);
     let addr = cfg.coordinator.clone();
     let host = kh::tls::host_of(&addr).to_string();
