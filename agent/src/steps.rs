@@ -29,6 +29,7 @@ pub const ALL_STEPS: &[&str] = &[
     "place-files",
     "etcd-member-remove",
     "etcd-move-leader",
+    "load-balancer",
 ];
 
 pub fn step_name(kind: StepKind) -> &'static str {
@@ -46,6 +47,7 @@ pub fn step_name(kind: StepKind) -> &'static str {
         StepKind::KubectlApply => "kubectl-apply",
         StepKind::KubectlDeleteNode => "kubectl-delete-node",
         StepKind::PlaceFiles => "place-files",
+        StepKind::LoadBalancer => "load-balancer",
     }
 }
 
@@ -100,10 +102,40 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
             )
             .map_err(e)?,
         ),
+        WireStep::LoadBalancer(s) => Box::new(load_balancer(s)?),
         WireStep::EtcdMemberRemove(_) | WireStep::EtcdMoveLeader(_) => {
             return Err("etcd membership changes are not host steps".into())
         }
     })
+}
+
+/// The wire's load-balancer request as a validated host step.
+fn load_balancer(s: proto::LoadBalancerConfig) -> Result<kh_host::LoadBalancerConfig, String> {
+    let port = |what: &str, p: u32| {
+        u16::try_from(p).map_err(|_| format!("{what} {p} is not a TCP port (1-65535)"))
+    };
+    let bind = match s.bind_address.as_str() {
+        "" => None,
+        a => Some(
+            a.parse()
+                .map_err(|_| format!("bind address {a:?} is not an IP address"))?,
+        ),
+    };
+    let mut backends = Vec::with_capacity(s.backends.len());
+    for b in s.backends {
+        backends.push(kh_host::Backend {
+            address: b.address.parse().map_err(|_| {
+                format!(
+                    "backend {} address {:?} is not an IP address",
+                    b.name, b.address
+                )
+            })?,
+            port: port("backend port", b.port)?,
+            name: b.name,
+        });
+    }
+    kh_host::LoadBalancerConfig::new(bind, port("frontend port", s.frontend_port)?, backends)
+        .map_err(|e| e.to_string())
 }
 
 fn failed(step: &str, error: String) -> proto::StepReport {
@@ -133,6 +165,7 @@ fn wire_name(step: &WireStep) -> &'static str {
         WireStep::PlaceFiles(_) => "place-files",
         WireStep::EtcdMemberRemove(_) => "etcd-member-remove",
         WireStep::EtcdMoveLeader(_) => "etcd-move-leader",
+        WireStep::LoadBalancer(_) => "load-balancer",
     }
 }
 

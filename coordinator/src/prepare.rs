@@ -135,6 +135,7 @@ pub fn step_name(s: &Step) -> &'static str {
         Step::PlaceFiles(_) => "place-files",
         Step::EtcdMemberRemove(_) => "etcd-member-remove",
         Step::EtcdMoveLeader(_) => "etcd-move-leader",
+        Step::LoadBalancer(_) => "load-balancer",
     }
 }
 

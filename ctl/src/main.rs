@@ -4,6 +4,7 @@
 mod etcd;
 mod output;
 mod prepare;
+mod reset;
 mod rollout;
 
 use std::path::PathBuf;
@@ -81,6 +82,26 @@ enum Command {
     /// Check the whole cluster: agents, etcd quorum and membership, apiservers,
     /// nodes. Exits non-zero with each problem and the command that fixes it.
     Health,
+    /// Tear the cluster down: `kubeadm reset -f` on the workers, then on the
+    /// control planes one at a time (the first last); the coordinator forgets
+    /// its join material. Asks first unless --yes. With --node, reset one node,
+    /// keeping etcd quorum.
+    Reset {
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Reset only this node (a worker, or a control plane whose etcd
+        /// member can go without losing quorum).
+        #[arg(long)]
+        node: Option<String>,
+        /// With --node on a healthy control plane: accept that etcd cannot lose
+        /// another member afterwards.
+        #[arg(long)]
+        force: bool,
+        /// Show the order the nodes would be reset in; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Every step of every operation, from the audit log.
     History {
         /// How many entries, newest last.
@@ -395,6 +416,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             etcd::replace(&mut client, &addr, req, output).await?
         }
         Command::Health => etcd::health(&mut client, &addr, output).await?,
+        Command::Reset {
+            yes,
+            node,
+            force,
+            dry_run,
+        } => reset::reset(&mut client, &addr, node, yes, force, dry_run, output).await?,
         Command::History { limit } => etcd::history(&mut client, &addr, limit, output).await?,
         Command::Nodes => {
             let r = client

@@ -379,7 +379,8 @@ async fn follow(
         return Ok(());
     }
     let msg = format!(
-        "rollout failed at {} {}: {}",
+        "{} failed at {} {}: {}",
+        label.to_lowercase(),
         fin.node,
         fin.step,
         fin.message.lines().next().unwrap_or_default()

@@ -133,6 +133,9 @@ pub enum StepError {
     #[error(transparent)]
     Containerd(#[from] ContainerdConfigError),
 
+    #[error(transparent)]
+    LoadBalancer(#[from] crate::steps::haproxy::LoadBalancerError),
+
     #[error("kernel module `{module}` could not be loaded on kernel {kernel}: `{}` failed ({status}); stderr: {}. The module is neither loaded nor built into this kernel: install the modules package for this kernel (for example `linux-modules-extra-{kernel}` on Ubuntu) or rebuild the kernel with the option enabled, then run the step again", display_argv(argv), tail_or_empty(stderr_tail))]
     ModuleLoad {
         module: String,

@@ -381,6 +381,23 @@ impl Host {
             .map_err(|err| Self::io_error("fsync the directory of", abs, dir, err))
     }
 
+    /// Renames a file within the same directory tree, atomically replacing
+    /// `to`, and makes the rename durable. Readers of `to` see the old or the
+    /// new file, never a partial one: the way a validated candidate config
+    /// takes the place of the one a service runs on.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), HostError> {
+        let real_from = self.path(from)?;
+        let real_to = self.path(to)?;
+        fs::rename(&real_from, &real_to)
+            .map_err(|err| Self::io_error("rename into", to, &real_to, err))?;
+        let Some(dir) = real_to.parent() else {
+            return Ok(());
+        };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|err| Self::io_error("fsync the directory of", to, dir, err))
+    }
+
     /// Removes a file; `Ok(false)` when it did not exist.
     pub fn remove_file(&self, abs: &str) -> Result<bool, HostError> {
         let real = self.path(abs)?;

@@ -35,6 +35,6 @@ pub use steps::containerd::{containerd_cgroup_driver, CgroupDriverState};
 pub use steps::modules::ModuleName;
 pub use steps::swap::comment_out_swap;
 pub use steps::{
-    prepare_steps, ContainerdCgroup, DisableSwap, FileChange, KernelModules, Outcome, Plan, Step,
-    StepKind, StepReport, Sysctl, SysctlChange,
+    prepare_steps, Backend, ContainerdCgroup, DisableSwap, FileChange, KernelModules,
+    LoadBalancerConfig, Outcome, Plan, Step, StepKind, StepReport, Sysctl, SysctlChange,
 };

@@ -20,7 +20,7 @@ use kh::proto::{
     RolloutEvent,
 };
 use kh::secret::Secret;
-use kh::spec::{CertDistribution, ClusterSpec, Etcd, KubeVersion, NodeSpec};
+use kh::spec::{CertDistribution, ClusterSpec, Etcd, KubeVersion, LoadBalancerType, NodeSpec};
 use kh::time::unix_ms;
 use tokio::sync::{broadcast, Mutex};
 
@@ -494,6 +494,12 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     if input.dry_run {
         return Ok(());
     }
+    if ctx.external_etcd {
+        if spec.certificates == CertDistribution::Coordinator {
+            return Err(Failure::spec("spec.certificates.distribution: coordinator is not supported with etcd.topology: external yet (the shared CA set includes the stacked etcd CA); use upload-certs, the default"));
+        }
+        super::external_etcd::store_from_request(&coord.db, &input.files)?;
+    }
 
     // 1. Preflight, in parallel, on nodes kubeadm has not touched yet.
     rep.phase("preflight").await;
@@ -506,8 +512,21 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
         return Err(f);
     }
 
-    // 3-4. The endpoint, then kubeadm init on the first control plane.
+    // 3-4. The load balancers and the endpoint, then kubeadm init on the
+    // first control plane.
     let initialized = views.get(&first.name).is_some_and(|v| v.status.admin_conf);
+    if spec.load_balancer == LoadBalancerType::Haproxy {
+        rep.phase("load-balancer").await;
+        // The first control plane is a backend before init, which reaches
+        // its apiserver through the endpoint (the health check keeps it out
+        // of rotation until it answers); joined ones stay.
+        let serving: Vec<&NodeSpec> = ctx
+            .cps()
+            .into_iter()
+            .filter(|cp| cp.name == first.name || joined(&cp.name, &views))
+            .collect();
+        super::lb::configure(&coord, spec, &rep, "load-balancer", &serving).await?;
+    }
     if !initialized {
         rep.phase("endpoint").await;
         check_endpoint(&ctx).await?;
@@ -525,6 +544,8 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     for (i, cp) in cps.iter().enumerate().skip(1) {
         let already: Vec<&NodeSpec> = cps[..i].to_vec();
         join_control_plane(&ctx, cp, &already, joined(&cp.name, &views)).await?;
+        // Its apiserver is ready (the join waited for it): into the backends.
+        super::lb::configure(&coord, spec, &rep, "control-planes", &cps[..=i]).await?;
     }
 
     // 7. Workers, in parallel up to workerConcurrency.
@@ -602,6 +623,23 @@ fn plan(
     let initialized = views
         .get(&ctx.first.name)
         .is_some_and(|v| v.status.admin_conf);
+    if ctx.spec.load_balancer == kh::spec::LoadBalancerType::Haproxy {
+        phases.push(proto::PlannedPhase {
+            name: "load-balancer".into(),
+            steps: ctx
+                .spec
+                .load_balancers()
+                .map(|n| {
+                    step(
+                        &n.name,
+                        super::lb::STEP,
+                        "pending".into(),
+                        "HAProxy: frontend on the endpoint's port, control planes on 6443 as they become ready; checked with `haproxy -c`, reloaded on change".into(),
+                    )
+                })
+                .collect(),
+        });
+    }
     phases.push(proto::PlannedPhase {
         name: "endpoint".into(),
         steps: vec![step(
@@ -888,6 +926,17 @@ async fn check_endpoint(ctx: &Ctx<'_>) -> Result<(), Failure> {
 async fn init(ctx: &Ctx<'_>, initialized: bool) -> Result<(), Failure> {
     let first = &ctx.first.name;
     let upload = ctx.spec.certificates == CertDistribution::UploadCerts;
+    if !initialized && ctx.external_etcd {
+        ctx.rep
+            .tracked("init", first, "external-etcd", async {
+                super::external_etcd::place(&ctx.ops, &ctx.coord.db, first).await?;
+                let endpoints = ctx.etcd_endpoints(&[]);
+                let summary =
+                    super::external_etcd::check_health(&ctx.ops, first, &endpoints).await?;
+                Ok(((), format!("placed the etcd client files; {summary}")))
+            })
+            .await?;
+    }
     if !initialized {
         ctx.rep
             .tracked("init", first, "kubeadm-init", async {
@@ -1129,6 +1178,9 @@ pub(crate) async fn join_control_plane(
                     let m = ctx.refresh_material(&via, upload, force_token, force_key).await?;
                     if !upload {
                         place_shared_ca(ctx, name).await?;
+                    }
+                    if ctx.external_etcd {
+                        super::external_etcd::place(&ctx.ops, &ctx.coord.db, name).await?;
                     }
                     let config = ctx.join_config(node, &m, true);
                     let result = ctx
@@ -1502,6 +1554,25 @@ async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
                     ));
                 }
             }
+            if ctx.external_etcd {
+                let endpoints = ctx.etcd_endpoints(&cps);
+                super::external_etcd::check_health(&ctx.ops, &via, &endpoints).await?;
+            }
+            // What clients use: the endpoint, through the load balancer.
+            ctx.ops
+                .apiserver_ready(&via, &format!("https://{}", ctx.endpoint))
+                .await
+                .map_err(|e| {
+                    Failure::at(
+                        &via,
+                        "verify",
+                        format!(
+                            "the control-plane endpoint {} does not answer: {e}",
+                            ctx.endpoint
+                        ),
+                        "check the load balancer in front of the control planes",
+                    )
+                })?;
             for cp in &cps {
                 ctx.ops
                     .apiserver_ready(&cp.name, &url(cp.address, 6443))
@@ -1515,13 +1586,22 @@ async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
                         )
                     })?;
             }
+            let etcd = if ctx.external_etcd {
+                "external etcd healthy".to_string()
+            } else {
+                format!("{} etcd members", cps.len())
+            };
             Ok((
                 (),
                 format!(
-                    "{} nodes Ready, {} etcd members, {} apiservers ready",
-                    ctx.spec.nodes.len(),
+                    "{} nodes Ready, {etcd}, {} apiservers ready, endpoint {} answers",
+                    ctx.spec
+                        .nodes
+                        .iter()
+                        .filter(|n| n.role != kh::spec::NodeRole::LoadBalancer)
+                        .count(),
                     cps.len(),
-                    cps.len()
+                    ctx.endpoint
                 ),
             ))
         })

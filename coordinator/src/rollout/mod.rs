@@ -10,9 +10,12 @@
 #![allow(clippy::result_large_err)]
 
 pub mod engine;
+pub mod external_etcd;
+pub mod lb;
 pub mod material;
 pub mod ops;
 pub mod replace;
+pub mod reset;
 pub mod state;
 
 use std::collections::HashMap;

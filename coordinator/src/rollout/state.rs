@@ -79,6 +79,13 @@ impl RolloutState {
         Ok(db.get_json(key)?)
     }
 
+    /// Forgets the rollout's state and journal (`khctl reset`): the next
+    /// rollout starts from nothing.
+    pub fn clear(db: &Db) -> Result<(), CoordError> {
+        db.delete(KEY)?;
+        Ok(())
+    }
+
     pub fn save(&mut self, db: &Db, now_ms: u64) -> Result<(), CoordError> {
         self.updated_ms = now_ms;
         let key = if self.key.is_empty() {

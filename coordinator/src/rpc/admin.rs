@@ -60,6 +60,15 @@ impl Admin for AdminService {
     type PrepareStream = EventStream<PrepareEvent>;
     type RolloutStream = EventStream<RolloutEvent>;
     type RolloutStatusStream = EventStream<RolloutEvent>;
+    type ResetStream = EventStream<RolloutEvent>;
+
+    async fn reset(
+        &self,
+        req: Request<ResetRequest>,
+    ) -> Result<Response<Self::ResetStream>, Status> {
+        let f = crate::rollout::reset::start(self.0.clone(), req.into_inner()).await?;
+        Ok(Response::new(follow_stream(f)))
+    }
     type EtcdReplaceStream = EventStream<RolloutEvent>;
 
     async fn etcd_members(

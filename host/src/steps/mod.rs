@@ -12,11 +12,13 @@ use crate::error::{display_argv, StepError};
 use crate::host::{Cmd, CommandRecord, Host, SysctlKey};
 
 pub mod containerd;
+pub mod haproxy;
 pub mod modules;
 pub mod swap;
 pub mod sysctl;
 
 pub use containerd::ContainerdCgroup;
+pub use haproxy::{Backend, LoadBalancerConfig};
 pub use modules::KernelModules;
 pub use swap::DisableSwap;
 pub use sysctl::Sysctl;
@@ -41,6 +43,7 @@ pub enum StepKind {
     KubectlApply,
     KubectlDeleteNode,
     PlaceFiles,
+    LoadBalancer,
 }
 
 /// One file a plan writes.
@@ -311,6 +314,12 @@ impl<'a> Applier<'a> {
             .run(&Cmd::from_argv(argv.to_vec()).timeout(timeout))?;
         self.commands.push(record.clone());
         Ok(record)
+    }
+
+    /// Records a file the step wrote by other means than [`Self::write_file`]
+    /// (a validated candidate renamed into place).
+    pub(crate) fn record_file(&mut self, change: &FileChange) {
+        self.files.push(change.clone());
     }
 
     pub(crate) fn record_sysctl(&mut self, change: &SysctlChange) {

@@ -101,10 +101,13 @@ fn sandbox_up_add_node_kill_start_and_down_leave_nothing_behind() {
     let spec = kh::spec::parse(&std::fs::read_to_string(sb.dir.join("cluster.yaml")).unwrap())
         .unwrap_or_else(|e| panic!("cluster.yaml is invalid:\n{e}"));
     let cp1 = sb.ip(11);
+    // The endpoint is the load-balancer host, on its own address.
+    let lb = sb.ip(9);
     assert_eq!(
         spec.control_plane_endpoint.as_ref().map(|e| e.to_string()),
-        Some(format!("{cp1}:6443"))
+        Some(format!("{lb}:6443"))
     );
+    assert_eq!(spec.load_balancer, kh::spec::LoadBalancerType::Haproxy);
     let roles: Vec<(String, String, String)> = spec
         .nodes
         .iter()
@@ -115,6 +118,7 @@ fn sandbox_up_add_node_kill_start_and_down_leave_nothing_behind() {
         [
             ("cp-1".into(), "control-plane".into(), cp1.to_string()),
             ("w-1".into(), "worker".into(), sb.ip(12).to_string()),
+            ("lb-1".into(), "loadbalancer".into(), lb.to_string()),
         ]
     );
     assert!(sb.dir.join("cni.yaml").exists());
@@ -175,7 +179,7 @@ fn sandbox_up_add_node_kill_start_and_down_leave_nothing_behind() {
     let left = processes_naming(&sb.dir);
     assert!(left.is_empty(), "processes left behind: {left:?}");
     let mut ports = vec![(sb.ip(10), 7443)];
-    for host in 11..=13 {
+    for host in [9, 11, 12, 13] {
         ports.extend([(sb.ip(host), 7444), (sb.ip(host), 7445)]);
     }
     ports.extend([(cp1, 2379), (cp1, 2380), (cp1, 6443)]);

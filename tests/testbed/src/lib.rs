@@ -15,6 +15,7 @@
 pub mod apiserver;
 pub mod clock;
 pub mod doubles;
+pub mod external_etcd;
 pub mod hostroot;
 pub mod kube;
 pub mod kubelet;

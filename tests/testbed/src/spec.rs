@@ -14,17 +14,28 @@ pub struct SpecNode {
     pub ip: String,
 }
 
-/// cluster.yaml text: the first control plane is the endpoint (until a load
-/// balancer exists), v1.32.0, the stand-in CNI at ./cni.yaml. `extra` lines
-/// are appended inside `spec:` (two-space indented already).
+/// cluster.yaml text: v1.32.0, the stand-in CNI at ./cni.yaml, and as the
+/// endpoint the first load-balancer node's `IP:6443` (kh configures HAProxy
+/// there), or the first control plane's without one. `extra` lines are
+/// appended inside `spec:` (two-space indented already).
 pub fn cluster_yaml(name: &str, nodes: &[SpecNode], extra: &str) -> String {
-    let endpoint = nodes
-        .iter()
-        .find(|n| n.role == "control-plane")
-        .map(|n| format!("{}:6443", n.ip))
-        .unwrap_or_default();
+    let lb = nodes.iter().find(|n| n.role == "loadbalancer");
+    let (endpoint, comment) = match lb {
+        Some(lb) => (
+            format!("{}:6443", lb.ip),
+            format!("HAProxy on {}, configured by kh", lb.name),
+        ),
+        None => (
+            nodes
+                .iter()
+                .find(|n| n.role == "control-plane")
+                .map(|n| format!("{}:6443", n.ip))
+                .unwrap_or_default(),
+            "The first control plane: this cluster has no load balancer".to_string(),
+        ),
+    };
     let mut y = format!(
-        "apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n  kubernetesVersion: v1.32.0\n  # The first control plane until the sandbox runs a load balancer.\n  controlPlaneEndpoint: \"{endpoint}\"\n  networking:\n    podSubnet: 10.244.0.0/16\n    serviceSubnet: 10.96.0.0/12\n  cni:\n    manifest: ./cni.yaml\n{extra}  nodes:\n"
+        "apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n  kubernetesVersion: v1.32.0\n  # {comment}.\n  controlPlaneEndpoint: \"{endpoint}\"\n  networking:\n    podSubnet: 10.244.0.0/16\n    serviceSubnet: 10.96.0.0/12\n  cni:\n    manifest: ./cni.yaml\n{extra}  nodes:\n"
     );
     for n in nodes {
         y.push_str(&format!(

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use crate::external_etcd::ExternalEtcd;
 use crate::hostroot::{self, HostSpec};
 use crate::net;
 use crate::proc::Proc;
@@ -308,6 +309,12 @@ impl AgentProc {
         self.kill_kubelet();
     }
 
+    /// The pid of the HAProxy this host's systemctl double runs, if any.
+    pub fn haproxy_pid(&self) -> Option<u32> {
+        let env = crate::kube::NodeEnv::new(&self.root, &self.node_dir(), None);
+        crate::doubles::haproxy::running_pid(&env)
+    }
+
     /// The log of static pod `pod` (`etcd`, `kube-apiserver`).
     pub fn pod_log(&self, pod: &str) -> String {
         std::fs::read_to_string(self.node_dir().join("pods").join(format!("{pod}.log")))
@@ -434,8 +441,21 @@ pub struct World {
     pub layout: Layout,
     pub coordinator: CoordinatorProc,
     pub agents: Vec<AgentProc>,
+    /// A separate etcd cluster for the external topology, once started.
+    pub external_etcd: Option<ExternalEtcd>,
     /// Keeps a test's temp dir alive as long as the world.
     _tmp: Option<tempfile::TempDir>,
+}
+
+impl Drop for World {
+    /// HAProxy runs in the process group of the agent that started it, so
+    /// the agents' guards take it down; this also catches one started some
+    /// other way (a test calling the systemctl double itself).
+    fn drop(&mut self) {
+        for a in &self.agents {
+            crate::doubles::haproxy::kill(&a.node_dir(), &a.root);
+        }
+    }
 }
 
 impl World {
@@ -481,6 +501,7 @@ impl World {
             layout,
             coordinator,
             agents: vec![],
+            external_etcd: None,
             _tmp: None,
         }
     }
@@ -516,12 +537,19 @@ impl World {
 
     /// Declares agent `name` (host root, addresses) without enrolling it.
     pub fn declare_agent(&mut self, name: &str) -> usize {
+        self.declare_agent_at(name, None)
+    }
+
+    /// Declares agent `name` on `ip`, or on the layout's next address when
+    /// `None`.
+    pub fn declare_agent_at(&mut self, name: &str, ip: Option<Ipv4Addr>) -> usize {
         let n = self.agents.len() as u32;
-        let ip = self
-            .layout
-            .first_agent_ip
-            .map(|first| Ipv4Addr::from(u32::from(first) + n))
-            .unwrap_or_else(net::fresh_ip);
+        let ip = ip.unwrap_or_else(|| {
+            self.layout
+                .first_agent_ip
+                .map(|first| Ipv4Addr::from(u32::from(first) + n))
+                .unwrap_or_else(net::fresh_ip)
+        });
         let (g, h) = self
             .layout
             .agent_ports
@@ -574,6 +602,30 @@ impl World {
         idx
     }
 
+    /// A load-balancer host: an enrolled, started agent without the
+    /// Kubernetes doubles. The real HAProxy runs there once kh configures it
+    /// (the systemctl double's `haproxy` unit).
+    pub fn add_lb_node(&mut self, name: &str) -> usize {
+        let idx = self.declare_agent(name);
+        let (tok, hash, addr) = self.token(name, &[]);
+        self.enroll(idx, &tok, &hash, &addr, &[])
+            .expect_ok(&format!("enroll {name}"));
+        self.agents[idx].start();
+        self.wait_health(name, "Ready", Duration::from_secs(30));
+        idx
+    }
+
+    /// Starts a separate 3-member (or `members`) etcd cluster with TLS on
+    /// fresh addresses, for the external etcd topology; its files are under
+    /// `<world>/external-etcd`, its processes live as long as the world.
+    pub fn start_external_etcd(&mut self, members: usize) -> &ExternalEtcd {
+        let ips: Vec<Ipv4Addr> = (0..members).map(|_| net::fresh_ip()).collect();
+        let mut etcd = ExternalEtcd::create(&self.layout.dir.join("external-etcd"), &ips)
+            .expect("external etcd certificates");
+        etcd.start();
+        self.external_etcd.insert(etcd)
+    }
+
     /// Registers a host whose files already exist (a restarted sandbox);
     /// touches nothing on disk.
     pub fn attach_agent(
@@ -614,6 +666,13 @@ impl World {
     /// Moves the testbed clock forward by `by`, for every double at once.
     pub fn advance_clock(&self, by: Duration) {
         self.set_clock_offset(self.clock_offset() + by.as_secs() as i64);
+    }
+
+    /// Gives the kubeadm double a fixed latency per operation, for
+    /// benchmarks: `init`, control-plane `join`, worker `join`. Takes effect
+    /// for every later call on every host (see CONTRACT.md).
+    pub fn set_kubeadm_latency(&self, init: Duration, join_cp: Duration, join_worker: Duration) {
+        crate::doubles::latency::write(self.dir(), init, join_cp, join_worker);
     }
 
     /// `kh-agent enroll` for a declared agent.

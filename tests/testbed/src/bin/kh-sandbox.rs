@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Parser)]
 #[command(
     name = "kh-sandbox",
-    about = "A local kh cluster on loopback addresses: a coordinator on <prefix>.10, hosts on <prefix>.11 and up."
+    about = "A local kh cluster on loopback addresses: a coordinator on <prefix>.10, hosts on <prefix>.11 and up, the load balancer lb-1 on <prefix>.9, an external etcd (if asked for) on <prefix>.6-8."
 )]
 struct Cli {
     /// Where the sandbox keeps its state, logs and pid files.
@@ -43,6 +43,15 @@ enum Cmd {
         /// The first three octets of the sandbox's addresses (127.x.y).
         #[arg(long, default_value = "127.0.0")]
         ip_prefix: String,
+        /// `haproxy`: a load-balancer host lb-1 (real HAProxy, configured by
+        /// kh) is the control-plane endpoint; `none`: the first control plane
+        /// is.
+        #[arg(long, default_value = "haproxy", value_parser = ["haproxy", "none"])]
+        load_balancer: String,
+        /// `external`: a separate 3-member etcd cluster with TLS, and a spec
+        /// with etcd.topology external; `stacked`: etcd on the control planes.
+        #[arg(long, default_value = "stacked", value_parser = ["stacked", "external"])]
+        etcd: String,
     },
     /// Show the sandbox's hosts, processes and `khctl nodes`.
     Status,
@@ -71,6 +80,9 @@ struct State {
     ip_prefix: String,
     coordinator: SocketAddr,
     nodes: Vec<NodeState>,
+    /// The external etcd members' addresses, when there is one.
+    #[serde(default)]
+    external_etcd: Vec<Ipv4Addr>,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -91,7 +103,16 @@ fn main() {
             control_planes,
             workers,
             ip_prefix,
-        } => up(&cli.dir, control_planes, workers, &ip_prefix),
+            load_balancer,
+            etcd,
+        } => up(
+            &cli.dir,
+            control_planes,
+            workers,
+            &ip_prefix,
+            load_balancer == "haproxy",
+            etcd == "external",
+        ),
         Cmd::Status => status(&cli.dir),
         Cmd::AddNode { name, role } => add_node(&cli.dir, &name, &role),
         Cmd::KillNode { name } => kill_node(&cli.dir, &name),
@@ -197,7 +218,18 @@ fn boot(dir: &Path, w: &mut World, idx: usize, kube: bool, enroll: bool) -> anyh
     Ok(())
 }
 
-fn cluster_yaml(nodes: &[NodeState]) -> String {
+/// The load balancer's address: below the coordinator's, out of the hosts'
+/// range.
+const LB_OCTET: u8 = 9;
+/// The external etcd members' first address (three in a row, below the
+/// load balancer's).
+const ETCD_FIRST_OCTET: u8 = 6;
+
+fn octet(prefix: [u8; 3], last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(prefix[0], prefix[1], prefix[2], last)
+}
+
+fn cluster_yaml(nodes: &[NodeState], extra: &str) -> String {
     let spec_nodes: Vec<kh_testbed::spec::SpecNode> = nodes
         .iter()
         .filter(|n| n.in_spec)
@@ -207,10 +239,44 @@ fn cluster_yaml(nodes: &[NodeState]) -> String {
             ip: n.ip.to_string(),
         })
         .collect();
-    kh_testbed::spec::cluster_yaml("sandbox", &spec_nodes, "")
+    kh_testbed::spec::cluster_yaml("sandbox", &spec_nodes, extra)
 }
 
-fn up(dir: &Path, control_planes: u32, workers: u32, ip_prefix: &str) -> anyhow::Result<()> {
+/// Creates and starts the external etcd cluster, each member detached with
+/// a pid file; returns the spec's `etcd:` block.
+fn start_external_etcd(dir: &Path, prefix: [u8; 3]) -> anyhow::Result<String> {
+    let ips: Vec<Ipv4Addr> = (0..3)
+        .map(|i| octet(prefix, ETCD_FIRST_OCTET + i))
+        .collect();
+    let mut etcd =
+        kh_testbed::external_etcd::ExternalEtcd::create(&dir.join("external-etcd"), &ips)?;
+    for i in 0..ips.len() {
+        let name = etcd.members[i].name.clone();
+        let p = kh_testbed::proc::Proc::spawn(
+            &format!("external {name}"),
+            etcd.command(i),
+            &etcd.log(i),
+        );
+        record(dir, &name, p)?;
+    }
+    etcd.wait_healthy(Duration::from_secs(30));
+    println!(
+        "Started the external etcd cluster on {}",
+        etcd.endpoints().join(", ")
+    );
+    let block = etcd.spec_block(dir);
+    etcd.members.clear();
+    Ok(block)
+}
+
+fn up(
+    dir: &Path,
+    control_planes: u32,
+    workers: u32,
+    ip_prefix: &str,
+    load_balancer: bool,
+    external_etcd: bool,
+) -> anyhow::Result<()> {
     let prefix = parse_prefix(ip_prefix)?;
     if control_planes + workers == 0 || control_planes + workers > 200 {
         bail!("--control-planes plus --workers must be between 1 and 200");
@@ -238,6 +304,13 @@ fn up(dir: &Path, control_planes: u32, workers: u32, ip_prefix: &str) -> anyhow:
         .map(|i| (format!("cp-{i}"), "control-plane"))
         .chain((1..=workers).map(|i| (format!("w-{i}"), "worker")))
         .collect();
+    let etcd_ips: Vec<Ipv4Addr> = if external_etcd {
+        (0..3)
+            .map(|i| octet(prefix, ETCD_FIRST_OCTET + i))
+            .collect()
+    } else {
+        vec![]
+    };
     // The state file first, so `down` finds everything even if `up` dies.
     save_state(
         dir,
@@ -245,14 +318,29 @@ fn up(dir: &Path, control_planes: u32, workers: u32, ip_prefix: &str) -> anyhow:
             ip_prefix: ip_prefix.to_string(),
             coordinator: w.coordinator.addr,
             nodes: vec![],
+            external_etcd: etcd_ips.clone(),
         },
     )?;
     if let Some(p) = w.coordinator.proc.take() {
         record(dir, "coordinator", p)?;
     }
+    let extra = if external_etcd {
+        start_external_etcd(dir, prefix)?
+    } else {
+        String::new()
+    };
+    let mut names = names;
+    if load_balancer {
+        names.push(("lb-1".to_string(), "loadbalancer"));
+    }
     for (name, role) in &names {
-        let idx = w.declare_kube_host(name);
-        boot(dir, &mut w, idx, true, true)?;
+        let lb = *role == "loadbalancer";
+        let idx = if lb {
+            w.declare_agent_at(name, Some(octet(prefix, LB_OCTET)))
+        } else {
+            w.declare_kube_host(name)
+        };
+        boot(dir, &mut w, idx, !lb, true)?;
         let a = &w.agents[idx];
         println!(
             "Enrolled {name} ({role}) on {} (host root {})",
@@ -271,13 +359,14 @@ fn up(dir: &Path, control_planes: u32, workers: u32, ip_prefix: &str) -> anyhow:
                 ip_prefix: ip_prefix.to_string(),
                 coordinator: w.coordinator.addr,
                 nodes: nodes.clone(),
+                external_etcd: etcd_ips.clone(),
             },
         )?;
     }
     for (name, _) in &names {
         w.wait_health(name, "Ready", Duration::from_secs(30));
     }
-    kh_testbed::spec::write(dir, "cluster.yaml", &cluster_yaml(&nodes))?;
+    kh_testbed::spec::write(dir, "cluster.yaml", &cluster_yaml(&nodes, &extra))?;
     std::fs::copy(&w.coordinator.admin, dir.join("admin.khconfig"))?;
     println!();
     print!("{}", w.khctl(&["nodes"]).stdout);
@@ -305,10 +394,25 @@ fn add_node(dir: &Path, name: &str, role: &str) -> anyhow::Result<()> {
     }
     let mut w = reattach(dir, &state)?;
     let kube = role != "loadbalancer";
+    // The next address after the hosts in the <prefix>.11 block.
+    let prefix = parse_prefix(&state.ip_prefix)?;
+    let last = state
+        .nodes
+        .iter()
+        .map(|n| n.ip.octets()[3])
+        .filter(|o| *o >= 11)
+        .max()
+        .unwrap_or(10);
+    if last == 254 {
+        bail!("the sandbox's address block is full");
+    }
+    let ip = Some(octet(prefix, last + 1));
     let idx = if kube {
-        w.declare_kube_host(name)
+        let idx = w.declare_agent_at(name, ip);
+        w.agents[idx].install_kube_doubles();
+        idx
     } else {
-        w.declare_agent(name)
+        w.declare_agent_at(name, ip)
     };
     let ip = w.agents[idx].ip;
     state.nodes.push(NodeState {
@@ -353,17 +457,23 @@ fn kill_node(dir: &Path, name: &str) -> anyhow::Result<()> {
     node_state(&state, name)?;
     let procs = processes_naming(&dir.to_string_lossy());
     let mut killed = 0;
+    let mut dying: Vec<u32> = vec![];
     for what in ["agent", "kubelet"] {
         if let Some(pgid) = live_group(dir, &format!("{what}-{name}"), &procs) {
+            dying.extend(procs.iter().filter(|(_, g)| *g == pgid).map(|(p, _)| *p));
             kill_group(pgid, "KILL");
             killed += 1;
         }
     }
-    // Wait until the host's ports are closed, as after a power loss.
+    // Wait until the host's ports are closed, as after a power loss. A
+    // process's command line empties before its sockets close, so the
+    // killed ones are waited for until they are zombies or gone.
     let host_dir = dir.join("nodes").join(name);
     let needle = host_dir.to_string_lossy().into_owned();
     let start = Instant::now();
-    while !processes_naming(&needle).is_empty() && start.elapsed() < Duration::from_secs(10) {
+    while (!processes_naming(&needle).is_empty() || dying.iter().any(|p| exiting(*p)))
+        && start.elapsed() < Duration::from_secs(10)
+    {
         std::thread::sleep(Duration::from_millis(50));
     }
     if killed == 0 {
@@ -372,6 +482,26 @@ fn kill_node(dir: &Path, name: &str) -> anyhow::Result<()> {
         println!("Killed {name} (agent, kubelet double and its static pods).");
     }
     Ok(())
+}
+
+/// Whether `pid` exists and has not finished exiting. A process's files
+/// (its sockets) close when its last thread exits: the thread-group leader
+/// of a multithreaded process such as etcd can already be a zombie (`Z`)
+/// while other threads still hold them, so every thread is looked at.
+fn exiting(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|t| {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            return false;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .unwrap_or("X");
+        !matches!(state, "Z" | "X")
+    })
 }
 
 fn start_node(dir: &Path, name: &str) -> anyhow::Result<()> {
@@ -412,15 +542,30 @@ fn status(dir: &Path) -> anyhow::Result<()> {
         "HOST", "ROLE", "ADDRESS", "AGENT", "KUBELET"
     );
     for n in &state.nodes {
+        // A load balancer has no kubelet; its HAProxy is what runs there.
+        let second = if n.role == "loadbalancer" {
+            let node_dir = dir.join("nodes").join(&n.name);
+            let env = kh_testbed::kube::NodeEnv::new(&node_dir.join("root"), &node_dir, None);
+            match kh_testbed::doubles::haproxy::running_pid(&env) {
+                Some(pid) => format!("haproxy (pid {pid})"),
+                None => "haproxy stopped".to_string(),
+            }
+        } else {
+            run(&format!("kubelet-{}", n.name))
+        };
         println!(
             "{:<12} {:<14} {:<14} {:<22} {:<22} {}",
             n.name,
             n.role,
             n.ip,
             run(&format!("agent-{}", n.name)),
-            run(&format!("kubelet-{}", n.name)),
+            second,
             if n.in_spec { "yes" } else { "no" }
         );
+    }
+    for (i, ip) in state.external_etcd.iter().enumerate() {
+        let name = format!("etcd-{}", i + 1);
+        println!("{name:<12} {:<14} {ip:<14} {}", "external-etcd", run(&name));
     }
     let out = Command::new(kh_testbed::bin("khctl"))
         .arg("--config")
@@ -470,7 +615,9 @@ fn down(dir: &Path) -> anyhow::Result<usize> {
         loop {
             let left = processes_naming(&needle);
             let groups_left = groups.iter().any(|g| alive_with(*g, &needle));
-            if left.is_empty() && !groups_left {
+            // Until their last thread has exited, their ports stay open.
+            let exiting_left = procs.iter().any(|(p, _)| exiting(*p));
+            if left.is_empty() && !groups_left && !exiting_left {
                 return true;
             }
             if start.elapsed() >= limit {

@@ -78,20 +78,42 @@ fn under(root: &Path, abs: &str) -> PathBuf {
     root.join(abs.trim_start_matches('/'))
 }
 
-/// systemctl [--quiet] (start|stop|restart|reload|enable|disable|is-active|daemon-reload) [UNIT...]
-/// Units are tracked in `<node>/units/<unit>` ("active" / "inactive").
-fn systemctl(_root: &Path, node: &Path, args: &[String]) -> u8 {
+/// systemctl [--quiet] (start|stop|restart|reload|reload-or-restart|enable|disable|is-active|daemon-reload) [UNIT...]
+/// Units are tracked in `<node>/units/<unit>` ("active" / "inactive"); the
+/// `haproxy` unit runs a real HAProxy for the host (see
+/// `kh_testbed::doubles::haproxy`).
+fn systemctl(root: &Path, node: &Path, args: &[String]) -> u8 {
     let args: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let Some(verb) = args.first() else {
-        eprintln!("systemctl: this double needs a command (start, stop, restart, reload, enable, disable, is-active, daemon-reload)");
+        eprintln!("systemctl: this double needs a command (start, stop, restart, reload, reload-or-restart, enable, disable, is-active, daemon-reload)");
         return 1;
     };
+    let is_haproxy = |u: &&&String| u.trim_end_matches(".service") == "haproxy";
+    if args[1..].iter().any(|u| is_haproxy(&u)) {
+        let env = kh_testbed::kube::NodeEnv::new(
+            root,
+            node,
+            kh_testbed::clock::world_dir_from_env().as_deref(),
+        );
+        let code = kh_testbed::doubles::haproxy::systemctl(&env, verb);
+        let others: Vec<String> = args[1..]
+            .iter()
+            .filter(|u| !is_haproxy(u))
+            .map(|u| u.to_string())
+            .collect();
+        if others.is_empty() || code != 0 {
+            return code;
+        }
+        let mut rest = vec![verb.to_string()];
+        rest.extend(others);
+        return systemctl(root, node, &rest);
+    }
     let units_dir = node.join("units");
     let _ = std::fs::create_dir_all(&units_dir);
     let unit_file = |u: &str| units_dir.join(u.trim_end_matches(".service"));
     match verb.as_str() {
         "daemon-reload" => 0,
-        "start" | "restart" | "reload" | "enable" => {
+        "start" | "restart" | "reload" | "reload-or-restart" | "enable" => {
             if args.len() < 2 {
                 eprintln!("Too few arguments.");
                 return 1;

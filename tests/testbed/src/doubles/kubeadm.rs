@@ -874,6 +874,26 @@ fn wait_apiserver(env: &NodeEnv, ip: IpAddr, port: u16, phase_name: &str) -> R<(
     Ok(())
 }
 
+/// kubeadm's API calls through the control-plane endpoint are retried until
+/// its `kubernetesAPICall` timeout, so a load balancer that takes a new
+/// apiserver into service only once its health checks pass (HAProxy's
+/// `rise`) delays init instead of failing it. The double waits for the
+/// endpoint to answer `/healthz` once, silently, before its first call.
+fn wait_endpoint(env: &NodeEnv, endpoint: &str, phase_name: &str) -> R<()> {
+    let admin = admin_client(env, None)?;
+    wait_for(WAIT_LIMIT, || match admin.get("/healthz") {
+        Ok(r) if r.status == 200 => Ok(()),
+        Ok(r) => Err(format!("the API server returned {}: {}", r.status, r.body.trim())),
+        Err(e) => Err(e.to_string()),
+    })
+    .map_err(|e| {
+        phase(
+            phase_name,
+            format!("error uploading configuration: unable to reach the control-plane endpoint https://{endpoint}: {e}"),
+        )
+    })
+}
+
 fn token_secret(token: &str, spec: &TokenSpec, now: std::time::SystemTime) -> Value {
     let (id, secret) = token.split_once('.').unwrap_or((token, ""));
     let mut data = json!({
@@ -1153,6 +1173,8 @@ fn init(env: &NodeEnv, argv: &[String]) -> R<()> {
     let ip = cfg.advertise_address.unwrap_or(IpAddr::V4(node_ip));
     let name = cfg.node.name.clone().unwrap_or_else(|| env.hostname());
     let local_etcd = matches!(cluster.etcd, EtcdMode::Local { .. });
+    // Benchmarks only: a configured latency (none by default), see latency.rs.
+    let _timed = super::latency::begin(env, super::latency::Op::Init);
 
     println!(
         "[init] Using Kubernetes version: {}",
@@ -1213,6 +1235,9 @@ fn init(env: &NodeEnv, argv: &[String]) -> R<()> {
     println!("[wait-control-plane] Waiting for the kubelet to boot up the control plane as static Pods from directory \"{MANIFESTS_DIR}\"");
     kubelet_check(env, "wait-control-plane")?;
     wait_apiserver(env, ip, cfg.bind_port, "wait-control-plane")?;
+    if endpoint != local {
+        wait_endpoint(env, &endpoint, "upload-config/kubeadm")?;
+    }
 
     let admin = admin_client(env, None)?;
     let api = |phase_name: &'static str| move |e: String| phase(phase_name, e);
@@ -1526,6 +1551,15 @@ fn join(env: &NodeEnv, argv: &[String]) -> R<()> {
         .unwrap_or(IpAddr::V4(node_ip));
     let name = j.node.name.clone().unwrap_or_else(|| env.hostname());
     let cp = j.control_plane.clone();
+    // Benchmarks only: a configured latency (none by default), see latency.rs.
+    let _timed = super::latency::begin(
+        env,
+        if cp.is_some() {
+            super::latency::Op::JoinControlPlane
+        } else {
+            super::latency::Op::JoinWorker
+        },
+    );
 
     println!("[preflight] Running pre-flight checks");
     let mut pf = Preflight::new();
@@ -1785,6 +1819,11 @@ fn etcd_join(
     // join; kubeadm retries that. Other errors (a pending learner, a stale
     // member with this peer URL) fail at once.
     let start = Instant::now();
+    let mut refused: Option<Instant> = None;
+    // A call that timed out on our side may still have added the member;
+    // like kubeadm, a retry that then finds its own peer URL takes the
+    // member as added.
+    let mut timed_out = false;
     let out = loop {
         match ctl.run(&[
             "member",
@@ -1795,11 +1834,39 @@ fn etcd_join(
         ]) {
             Ok(out) => break out,
             Err(e) if e.contains("unhealthy cluster") && start.elapsed() < ADD_MEMBER_RETRY => {
+                refused.get_or_insert_with(Instant::now);
                 std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e)
+                if e.contains("context deadline exceeded")
+                    && start.elapsed() < ADD_MEMBER_RETRY =>
+            {
+                timed_out = true;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(e) if timed_out && e.contains("Peer URLs already exists") => {
+                let list = ctl.run(&["member", "list"]).map_err(fail)?;
+                let initial: Vec<String> = list
+                    .lines()
+                    .filter_map(|l| {
+                        let f: Vec<&str> = l.split(", ").collect();
+                        let (member, peers) = (*f.get(2)?, *f.get(3)?);
+                        let member = if member.is_empty() && peers == peer {
+                            name
+                        } else {
+                            member
+                        };
+                        (!member.is_empty()).then(|| format!("{member}={peers}"))
+                    })
+                    .collect();
+                break format!("ETCD_INITIAL_CLUSTER=\"{}\"", initial.join(","));
             }
             Err(e) => return Err(fail(e)),
         }
     };
+    if let Some(t) = refused {
+        super::latency::note_etcd_settle(t.elapsed());
+    }
     let initial = out
         .lines()
         .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))

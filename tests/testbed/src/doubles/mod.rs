@@ -5,8 +5,10 @@
 
 pub mod args;
 pub mod client;
+pub mod haproxy;
 pub mod kubeadm;
 pub mod kubectl;
+pub mod latency;
 
 /// `kubelet --version` (and `kubelet version`): `Kubernetes v1.32.0`.
 pub fn kubelet(env: &crate::kube::NodeEnv, args: &[String]) -> i32 {

@@ -1,0 +1,583 @@
+//! `khctl reset`: tear the cluster down in a safe order, or reset one node.
+//!
+//! The whole cluster: workers first (in parallel), then the control planes
+//! one at a time under the control-plane lease, the first control plane
+//! last, each with `kubeadm reset -f` (with stacked etcd, kubeadm removes
+//! the node's own member as it goes). Then the coordinator forgets the
+//! cluster: join material, external etcd client files and the rollout state,
+//! so the next rollout starts a new cluster with fresh material. A failure
+//! stops before the next group of nodes; the reset is re-runnable, since a
+//! node already reset reports Unchanged.
+//!
+//! One node (`--node`): a worker always; a control plane only when etcd
+//! keeps quorum without its member (the preconditions of `khctl etcd
+//! remove-member`), and never the spec's first control plane (a rollout
+//! would initialize a new cluster there) or the last one. A control plane
+//! leaves the load balancers' backends first, then is reset, its member is
+//! removed if kubeadm left it, and its Node object is deleted through
+//! another control plane.
+
+use std::sync::Arc;
+
+use kh::proto::{self, rollout_event::Kind, run_step_request::Step, ResetRequest, RolloutEvent};
+use kh::spec::{ClusterSpec, Etcd, NodeRole, NodeSpec};
+use kh::time::unix_ms;
+
+use super::engine::Reporter;
+use super::ops::{url, Failure, Ops};
+use super::state::{Outcome, RolloutState};
+use super::Follow;
+use crate::error::CoordError;
+use crate::{etcd, lease, Coordinator};
+
+/// Where the reset's own journal lives.
+pub const KEY: &str = "reset/state";
+
+#[derive(Clone)]
+enum Target {
+    Cluster,
+    Node(NodeSpec),
+}
+
+/// The order the whole cluster is reset in: workers (together), then the
+/// control planes one at a time, the first one last.
+pub fn order(spec: &ClusterSpec) -> (Vec<&NodeSpec>, Vec<&NodeSpec>) {
+    let workers = spec.workers().collect();
+    let mut cps: Vec<&NodeSpec> = spec.control_planes().collect();
+    cps.reverse();
+    (workers, cps)
+}
+
+fn planned(node: &str, step: &str, detail: &str) -> proto::PlannedStep {
+    proto::PlannedStep {
+        node: node.into(),
+        step: step.into(),
+        state: "pending".into(),
+        detail: detail.into(),
+    }
+}
+
+fn plan(spec: &ClusterSpec, target: &Target) -> proto::RolloutPlan {
+    let mut phases = vec![];
+    let mut notes = vec![];
+    match target {
+        Target::Cluster => {
+            let (workers, cps) = order(spec);
+            phases.push(proto::PlannedPhase {
+                name: "workers".into(),
+                steps: workers
+                    .iter()
+                    .map(|n| {
+                        planned(
+                            &n.name,
+                            "kubeadm-reset",
+                            "kubeadm reset -f (all workers at once)",
+                        )
+                    })
+                    .collect(),
+            });
+            phases.push(proto::PlannedPhase {
+                name: "control-planes".into(),
+                steps: cps
+                    .iter()
+                    .map(|n| planned(&n.name, "kubeadm-reset", "kubeadm reset -f, one at a time under the control-plane lease; the first control plane last"))
+                    .collect(),
+            });
+            phases.push(proto::PlannedPhase {
+                name: "cleanup".into(),
+                steps: vec![planned(
+                    "",
+                    "forget-cluster",
+                    "wipe the join material, external etcd client files and rollout state on the coordinator",
+                )],
+            });
+            if etcd::is_external(spec) {
+                notes.push(external_etcd_note(spec));
+            }
+            if spec.load_balancers().next().is_some() {
+                notes.push(
+                    "load-balancer nodes keep their HAProxy config; the next rollout rewrites it"
+                        .into(),
+                );
+            }
+        }
+        Target::Node(n) => {
+            let mut steps = vec![];
+            if n.role == NodeRole::ControlPlane {
+                steps.push(planned(
+                    &n.name,
+                    super::lb::STEP,
+                    "remove it from the load balancers' backends",
+                ));
+            }
+            steps.push(planned(&n.name, "kubeadm-reset", "kubeadm reset -f"));
+            if n.role == NodeRole::ControlPlane && !etcd::is_external(spec) {
+                steps.push(planned(
+                    &n.name,
+                    "etcd-member",
+                    "make sure its etcd member is gone",
+                ));
+            }
+            steps.push(planned(
+                &n.name,
+                "delete-node",
+                "kubectl delete node, through another control plane",
+            ));
+            phases.push(proto::PlannedPhase {
+                name: "reset".into(),
+                steps,
+            });
+            notes.push(format!(
+                "{} stays in the spec: the next `khctl rollout` joins it again",
+                n.name
+            ));
+        }
+    }
+    proto::RolloutPlan {
+        cluster: spec.name.clone(),
+        phases,
+        rendered: vec![],
+        notes,
+    }
+}
+
+/// kubeadm reset leaves an external etcd's data alone, and so does kh: the
+/// etcd cluster is the operator's. A new cluster on the same endpoints would
+/// find the old one's Nodes and Secrets.
+fn external_etcd_note(spec: &ClusterSpec) -> String {
+    format!(
+        "the external etcd cluster ({}) keeps this cluster's data under /registry; kh does not touch it. Before building a new cluster on it, delete it with `etcdctl --endpoints=... del /registry --prefix` (with the apiserver's client certificate)",
+        etcd::client_endpoints(spec).join(",")
+    )
+}
+
+/// Checks everything `--node` needs before anything changes.
+async fn node_preconditions(
+    coord: &Coordinator,
+    spec: &ClusterSpec,
+    node: &NodeSpec,
+    force: bool,
+) -> Result<(), CoordError> {
+    match node.role {
+        NodeRole::Worker => Ok(()),
+        NodeRole::LoadBalancer => Err(CoordError::InvalidArgument(format!(
+            "--node {}: a load balancer runs no kubeadm; stop HAProxy there yourself, or remove the node from the spec",
+            node.name
+        ))),
+        NodeRole::ControlPlane => {
+            let cps: Vec<&NodeSpec> = spec.control_planes().collect();
+            if cps.len() < 2 {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "refusing to reset {}: it is the only control plane; reset the whole cluster with `khctl reset`",
+                    node.name
+                )));
+            }
+            if cps[0].name == node.name {
+                return Err(CoordError::FailedPrecondition(format!(
+                    "refusing to reset {}: it is the spec's first control plane, where a rollout runs kubeadm init, so the next rollout would start a second cluster on it. Replace it with `khctl etcd replace --failed {} --with NEW`, or reset the whole cluster",
+                    node.name, node.name
+                )));
+            }
+            if etcd::is_external(spec) {
+                return Ok(());
+            }
+            let view = etcd::membership(coord, spec, Some(&node.name)).await?;
+            let Some(member) = view.members.iter().find(|m| m.node == node.name) else {
+                // No member left: nothing for etcd to lose.
+                return Ok(());
+            };
+            let q = etcd::quorum_without(&view.members, member.id);
+            let what = format!("reset control plane {} (etcd member {})", node.name, member.id_hex);
+            if let Some(r) = etcd::quorum_refusal(&q, &what) {
+                return Err(CoordError::FailedPrecondition(r));
+            }
+            if !force {
+                if let Some(r) = etcd::tolerance_refusal(&q, &what) {
+                    return Err(CoordError::FailedPrecondition(r));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Validates the request and starts the reset in the background; a dry run
+/// returns only the plan.
+pub async fn start(coord: Arc<Coordinator>, req: ResetRequest) -> Result<Follow, CoordError> {
+    let spec = etcd::held_spec(&coord)?;
+    let target = match req.node.as_str() {
+        "" => Target::Cluster,
+        name => Target::Node(spec.node(name).cloned().ok_or_else(|| {
+            let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
+            CoordError::InvalidArgument(format!(
+                "--node {name}: not a node of cluster {} (its nodes: {})",
+                spec.name,
+                names.join(", ")
+            ))
+        })?),
+    };
+    let plan_event = RolloutEvent {
+        kind: Kind::Plan as i32,
+        plan: Some(plan(&spec, &target)),
+        ..Default::default()
+    };
+    if req.dry_run {
+        return Ok(Follow {
+            backlog: vec![
+                plan_event,
+                RolloutEvent {
+                    kind: Kind::Finished as i32,
+                    ok: true,
+                    message: "dry run: nothing was changed".into(),
+                    ..Default::default()
+                },
+            ],
+            live: None,
+        });
+    }
+    if let Target::Node(n) = &target {
+        node_preconditions(&coord, &spec, n, req.force).await?;
+    }
+    let mut guard = coord.rollouts.current.lock().await;
+    if let Some(rep) = guard.as_ref() {
+        let st = rep.state.lock().await;
+        if st.outcome.is_none() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "{} is running (started {}); wait for it or follow it with `khctl rollout status --follow`",
+                if st.operation.is_empty() {
+                    format!("a rollout of {}", st.cluster)
+                } else {
+                    st.operation.clone()
+                },
+                kh::time::rfc3339(st.started_ms)
+            )));
+        }
+    }
+    let operation = match &target {
+        Target::Cluster => format!("reset {}", spec.name),
+        Target::Node(n) => format!("reset {} node {}", spec.name, n.name),
+    };
+    let now = unix_ms(coord.clock.now());
+    let mut state = RolloutState {
+        key: KEY.into(),
+        operation,
+        cluster: spec.name.clone(),
+        spec_yaml: RolloutState::load(&coord.db)?
+            .map(|s| s.spec_yaml)
+            .unwrap_or_default(),
+        started_ms: now,
+        ..Default::default()
+    };
+    state.save(&coord.db, now)?;
+    let rep = Reporter::new(coord.clone(), state);
+    let live = rep.tx.subscribe();
+    *guard = Some(rep.clone());
+    drop(guard);
+    tokio::spawn(async move {
+        rep.emit(plan_event).await;
+        let result = match &target {
+            Target::Cluster => reset_cluster(&coord, &spec, &rep).await,
+            Target::Node(n) => reset_node(&coord, &spec, n, req.force, &rep).await,
+        };
+        match result {
+            Err(f) => {
+                tracing::warn!(node = %f.node, step = %f.step, error = %f.message, "reset failed");
+                rep.finish(&Err(f)).await;
+            }
+            Ok(message) => finish_ok(&coord, &rep, &message).await,
+        }
+    });
+    Ok(Follow {
+        backlog: vec![],
+        live: Some(live),
+    })
+}
+
+async fn finish_ok(coord: &Coordinator, rep: &Reporter, message: &str) {
+    let now = unix_ms(coord.clock.now());
+    {
+        let mut st = rep.state.lock().await;
+        st.outcome = Some(Outcome {
+            ok: true,
+            failure: String::new(),
+            message: message.to_string(),
+        });
+        st.finished_ms = now;
+        if let Err(e) = st.save(&coord.db, now) {
+            tracing::error!(error = %e, "could not persist the reset outcome");
+        }
+    }
+    rep.emit(RolloutEvent {
+        kind: Kind::Finished as i32,
+        ok: true,
+        message: message.to_string(),
+        ..Default::default()
+    })
+    .await;
+}
+
+/// Holds the control-plane lease while `f` runs, renewing it.
+async fn with_lease<T>(
+    coord: &Coordinator,
+    holder: &str,
+    purpose: &str,
+    f: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    if let Err(other) = lease::acquire(&coord.db, coord.clock.as_ref(), holder, purpose)? {
+        return Err(Failure {
+            class: "preflight",
+            node: String::new(),
+            step: "lease".into(),
+            message: format!(
+                "another control-plane change is in progress: {}; no control plane was reset",
+                lease::describe(&other)
+            ),
+            hint: "wait for it to finish, then run the reset again".into(),
+            report: None,
+        });
+    }
+    let renewer = {
+        let (db, clock) = (coord.db.clone(), coord.clock.clone());
+        let (holder, purpose) = (holder.to_string(), purpose.to_string());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease::TTL / 4).await;
+                if let Err(e) = lease::renew(&db, clock.as_ref(), &holder, &purpose) {
+                    tracing::error!(error = %e, "control-plane lease renewal failed");
+                }
+            }
+        })
+    };
+    let r = f.await;
+    renewer.abort();
+    lease::release(&coord.db, holder)?;
+    r
+}
+
+/// `kubeadm reset -f` on `node` as a tracked step.
+async fn kubeadm_reset(
+    ops: &Ops<'_>,
+    rep: &Reporter,
+    phase: &str,
+    node: &str,
+) -> Result<(), Failure> {
+    rep.tracked(phase, node, "kubeadm-reset", async {
+        let r = ops
+            .step(node, "kubeadm-reset", Step::KubeadmReset(proto::KubeadmReset {}), false)
+            .await
+            .map_err(|mut f| {
+                f.hint = "fix the cause on the node, then run `khctl reset` again: nodes already reset are not touched".into();
+                f
+            })?;
+        Ok(((), r.message))
+    })
+    .await
+}
+
+async fn reset_cluster(
+    coord: &Coordinator,
+    spec: &ClusterSpec,
+    rep: &Reporter,
+) -> Result<String, Failure> {
+    let ops = Ops { coord };
+    let (workers, cps) = order(spec);
+    rep.phase("workers").await;
+    let results = futures::future::join_all(
+        workers
+            .iter()
+            .map(|w| kubeadm_reset(&ops, rep, "workers", &w.name)),
+    )
+    .await;
+    if let Some(f) = results.into_iter().find_map(Result::err) {
+        return Err(f);
+    }
+    rep.phase("control-planes").await;
+    let holder = format!("reset {}", spec.name);
+    with_lease(coord, &holder, "resetting the control planes", async {
+        for cp in &cps {
+            kubeadm_reset(&ops, rep, "control-planes", &cp.name).await?;
+        }
+        Ok(())
+    })
+    .await?;
+    rep.phase("cleanup").await;
+    rep.tracked("cleanup", "cluster", "forget-cluster", async {
+        super::material::wipe(&coord.db)?;
+        super::external_etcd::wipe(&coord.db)?;
+        super::state::RolloutState::clear(&coord.db)?;
+        Ok((
+            (),
+            "wiped the join material, external etcd client files and rollout state".to_string(),
+        ))
+    })
+    .await?;
+    let mut message = format!(
+        "cluster {} was reset: {} workers and {} control planes; run `khctl rollout -f cluster.yaml` to build it again",
+        spec.name,
+        workers.len(),
+        cps.len()
+    );
+    if etcd::is_external(spec) {
+        message.push_str(&format!(". Note: {}", external_etcd_note(spec)));
+    }
+    Ok(message)
+}
+
+/// A control plane other than `except` whose apiserver answers.
+async fn healthy_cp(ops: &Ops<'_>, spec: &ClusterSpec, except: &str) -> Option<String> {
+    for cp in spec.control_planes().filter(|c| c.name != except) {
+        if ops
+            .apiserver_ready(&cp.name, &url(cp.address, 6443))
+            .await
+            .is_ok()
+        {
+            return Some(cp.name.clone());
+        }
+    }
+    None
+}
+
+async fn reset_node(
+    coord: &Coordinator,
+    spec: &ClusterSpec,
+    node: &NodeSpec,
+    force: bool,
+    rep: &Reporter,
+) -> Result<String, Failure> {
+    let ops = Ops { coord };
+    rep.phase("reset").await;
+    let name = node.name.as_str();
+    if node.role == NodeRole::ControlPlane {
+        let holder = format!("reset {} node {name}", spec.name);
+        with_lease(
+            coord,
+            &holder,
+            &format!("resetting control plane {name}"),
+            async {
+                // Again under the lease: membership may have changed since the
+                // request was checked.
+                node_preconditions(coord, spec, node, force)
+                    .await
+                    .map_err(|e| Failure {
+                        class: "preflight",
+                        node: name.to_string(),
+                        step: "preconditions".into(),
+                        message: e.to_string(),
+                        hint: "nothing was changed".into(),
+                        report: None,
+                    })?;
+                let others: Vec<NodeSpec> = super::lb::ready_control_planes(coord, spec)
+                    .await
+                    .into_iter()
+                    .filter(|c| c.name != name)
+                    .collect();
+                let refs: Vec<&NodeSpec> = others.iter().collect();
+                super::lb::configure(coord, spec, rep, "reset", &refs).await?;
+                kubeadm_reset(&ops, rep, "reset", name).await?;
+                if matches!(spec.etcd, Etcd::Stacked) {
+                    remove_leftover_member(coord, spec, node, rep).await?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    } else {
+        kubeadm_reset(&ops, rep, "reset", name).await?;
+    }
+    rep.tracked("reset", name, "delete-node", async {
+        let via = healthy_cp(&ops, spec, name).await.ok_or_else(|| {
+            Failure::at(
+                name,
+                "delete-node",
+                "no other control plane answers, so the Node object could not be deleted",
+                format!("delete it later with `kubectl delete node {name}`"),
+            )
+        })?;
+        let r = ops
+            .step(
+                &via,
+                "kubectl-delete-node",
+                Step::KubectlDeleteNode(proto::KubectlDeleteNode { name: name.into() }),
+                false,
+            )
+            .await?;
+        Ok(((), format!("{} (through {via})", r.message)))
+    })
+    .await?;
+    forget_node(coord, name).await?;
+    Ok(format!(
+        "node {name} was reset and removed from the cluster; it stays in the spec, so `khctl rollout -f cluster.yaml` joins it again"
+    ))
+}
+
+/// kubeadm reset removes the node's own etcd member, but only warns when it
+/// cannot; a member left behind would make the cluster count a dead voter.
+async fn remove_leftover_member(
+    coord: &Coordinator,
+    spec: &ClusterSpec,
+    node: &NodeSpec,
+    rep: &Reporter,
+) -> Result<(), Failure> {
+    rep.tracked("reset", &node.name, "etcd-member", async {
+        let view = etcd::membership(coord, spec, Some(&node.name)).await?;
+        let left = etcd::members_of(&view.members, &node.name);
+        if left.is_empty() {
+            return Ok(((), "kubeadm reset removed its etcd member".to_string()));
+        }
+        let endpoints: Vec<String> = view
+            .members
+            .iter()
+            .filter(|m| !left.contains(&m.id) && m.healthy)
+            .flat_map(|m| m.client_urls.clone())
+            .collect();
+        let ops = Ops { coord };
+        for id in &left {
+            ops.step(
+                &view.via,
+                "etcd-member-remove",
+                Step::EtcdMemberRemove(proto::EtcdMemberRemove {
+                    endpoints: endpoints.clone(),
+                    member_id: *id,
+                }),
+                false,
+            )
+            .await?;
+        }
+        Ok((
+            (),
+            format!(
+                "removed the etcd member kubeadm reset left ({} of them)",
+                left.len()
+            ),
+        ))
+    })
+    .await
+}
+
+/// Drops the node's finished rollout steps, so the next rollout treats it
+/// as new.
+async fn forget_node(coord: &Coordinator, name: &str) -> Result<(), Failure> {
+    if let Some(mut st) = RolloutState::load(&coord.db)? {
+        let prefix = format!("{name}/");
+        st.steps.retain(|k, _| !k.starts_with(&prefix));
+        st.save(&coord.db, unix_ms(coord.clock.now()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_go_first_and_the_first_control_plane_last() {
+        let spec = kh::spec::parse("apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata: {name: t}\nspec:\n  nodes:\n    - {name: cp-1, role: control-plane, address: 10.0.0.11}\n    - {name: w-1, role: worker, address: 10.0.0.21}\n    - {name: cp-2, role: control-plane, address: 10.0.0.12}\n    - {name: cp-3, role: control-plane, address: 10.0.0.13}\n    - {name: w-2, role: worker, address: 10.0.0.22}\n").unwrap();
+        let (workers, cps) = order(&spec);
+        let names = |v: &[&NodeSpec]| v.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&workers), ["w-1", "w-2"]);
+        assert_eq!(names(&cps), ["cp-3", "cp-2", "cp-1"]);
+        let p = plan(&spec, &Target::Cluster);
+        let phases: Vec<&str> = p.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(phases, ["workers", "control-planes", "cleanup"]);
+    }
+}
