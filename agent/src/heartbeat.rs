@@ -58,6 +58,7 @@ pub fn to_proto(f: kh_host::Facts) -> kh::proto::Facts {
 pub async fn run(state: Arc<AgentState>) {
     let mut channel: Option<(String, Channel)> = None;
     let mut facts: Option<(Instant, kh::proto::Facts)> = None;
+    let mut etcd_checked: Option<Instant> = None;
     loop {
         let id = state.identity();
         if let Some(at) = id.renew_at() {
@@ -95,6 +96,20 @@ pub async fn run(state: Arc<AgentState>) {
             .unwrap_or(true)
         {
             facts = Some((Instant::now(), collect_facts(&state).await));
+        }
+        // The local etcd member's health, every five heartbeats (at most
+        // every 15 s): cheap, and soon enough for an alert's `for: 2m`.
+        let every = state
+            .heartbeat_status()
+            .interval
+            .map(|i| (i * 5).min(Duration::from_secs(15)))
+            .unwrap_or(Duration::from_secs(15));
+        if etcd_checked
+            .map(|t: Instant| t.elapsed() >= every)
+            .unwrap_or(true)
+        {
+            etcd_checked = Some(Instant::now());
+            check_local_etcd(&state).await;
         }
         let req = HeartbeatRequest {
             facts: facts.as_ref().map(|(_, f)| f.clone()),
@@ -143,6 +158,31 @@ pub async fn run(state: Arc<AgentState>) {
             }
         };
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Sets `kh_agent_etcd_member_healthy` for this host's stacked etcd member,
+/// if it runs one, so monitoring can alert on an unhealthy member.
+async fn check_local_etcd(state: &Arc<AgentState>) {
+    let st = state.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let endpoint = kh_host::kube::local_etcd_endpoint(&st.host)
+            .ok()
+            .flatten()?;
+        let client = kh_host::kube::EtcdClient::stacked(vec![endpoint.clone()]);
+        let healthy = client
+            .endpoint_health(&st.host, kh_host::kube::Scope::Endpoints)
+            .map(|h| h.iter().all(|e| e.healthy) && !h.is_empty())
+            .unwrap_or(false);
+        Some((endpoint, healthy))
+    })
+    .await;
+    let family = &state.metrics.etcd_member_healthy;
+    family.clear();
+    if let Ok(Some((endpoint, healthy))) = result {
+        family
+            .get_or_create(&crate::metrics::EndpointLabel { endpoint })
+            .set(healthy as i64);
     }
 }
 

@@ -20,6 +20,11 @@ pub struct StepLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -30,6 +35,9 @@ pub struct Metrics {
     pub last_heartbeat: Gauge<f64, AtomicU64>,
     pub steps: Family<StepLabels, Counter>,
     pub cert_expiry: Gauge<f64, AtomicU64>,
+    /// 1 while this host's stacked etcd member answers `endpoint health`, 0
+    /// when it does not; no series on hosts without a member.
+    pub etcd_member_healthy: Family<EndpointLabel, Gauge>,
 }
 
 impl Metrics {
@@ -74,7 +82,14 @@ impl Metrics {
             "Unix time when the agent's kh certificate expires",
             cert_expiry.clone(),
         );
+        let etcd_member_healthy = Family::<EndpointLabel, Gauge>::default();
+        registry.register(
+            "etcd_member_healthy",
+            "Whether this host's stacked etcd member answers a health check (1) or not (0)",
+            etcd_member_healthy.clone(),
+        );
         Metrics {
+            etcd_member_healthy,
             registry,
             heartbeats,
             last_heartbeat,

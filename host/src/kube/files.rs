@@ -210,3 +210,47 @@ impl Step for PlaceFiles {
         })
     }
 }
+
+/// The client URL of this host's stacked etcd member, read from the static
+/// pod manifest kubeadm wrote (`--advertise-client-urls`). `None` on hosts
+/// that run no etcd member.
+pub fn local_etcd_endpoint(host: &Host) -> Result<Option<String>, KubeError> {
+    let Some(manifest) = host.read_to_string(ETCD_MANIFEST)? else {
+        return Ok(None);
+    };
+    Ok(parse_advertise_client_url(&manifest))
+}
+
+/// The first URL of `--advertise-client-urls=` in an etcd manifest.
+pub fn parse_advertise_client_url(manifest: &str) -> Option<String> {
+    manifest.lines().find_map(|l| {
+        let rest = l.split("--advertise-client-urls=").nth(1)?;
+        let url = rest
+            .trim()
+            .trim_matches(|c| c == '"' || c == '\'')
+            .split(',')
+            .next()?;
+        (!url.is_empty()).then(|| url.to_string())
+    })
+}
+
+#[cfg(test)]
+mod local_etcd_tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_client_url_comes_from_the_manifest() {
+        let m = "spec:\n  containers:\n  - command:\n    - etcd\n    - --advertise-client-urls=https://10.0.0.11:2379\n    - --name=cp-1\n";
+        assert_eq!(
+            parse_advertise_client_url(m).as_deref(),
+            Some("https://10.0.0.11:2379")
+        );
+        let quoted =
+            "    - \"--advertise-client-urls=https://[fd00::1]:2379,https://10.0.0.1:2379\"\n";
+        assert_eq!(
+            parse_advertise_client_url(quoted).as_deref(),
+            Some("https://[fd00::1]:2379")
+        );
+        assert_eq!(parse_advertise_client_url("kind: Pod\n"), None);
+    }
+}

@@ -24,7 +24,9 @@ pub use etcd::{
     EndpointHealth, EndpointStatus, EndpointStatuses, EtcdClient, EtcdMember, EtcdTls, Scope,
     UnreachableEndpoint,
 };
-pub use files::{node_state, read_admin_conf, read_files, NodeState, PlaceFiles};
+pub use files::{
+    local_etcd_endpoint, node_state, read_admin_conf, read_files, NodeState, PlaceFiles,
+};
 pub use kubeadm::{KubeadmInit, KubeadmJoin, KubeadmReset, TokenCreate, TokenDelete, UploadCerts};
 pub use kubectl::{kubectl_delete_node, kubectl_nodes, KubeNode, KubectlApply, KubectlDeleteNode};
 pub use readyz::{apiserver_readyz, READYZ_TIMEOUT};

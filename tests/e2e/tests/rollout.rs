@@ -171,6 +171,28 @@ fn three_control_planes_and_two_workers_then_a_rerun_changes_nothing() {
         .collect();
     assert_eq!(skipped.len(), 2);
 
+    // Control planes export their etcd member's health for monitoring.
+    let cp1 = &w.agents[0];
+    let series = format!(
+        "kh_agent_etcd_member_healthy{{endpoint=\"https://{}:2379\"}} 1",
+        cp1.ip
+    );
+    kh_testbed::eventually(
+        "cp-1 to export its etcd member's health",
+        Duration::from_secs(30),
+        || {
+            let (_, m) = cp1.http_get("/metrics")?;
+            if m.contains(&series) {
+                Ok(())
+            } else {
+                Err(m
+                    .lines()
+                    .filter(|l| l.contains("etcd"))
+                    .collect::<Vec<_>>()
+                    .join("\n"))
+            }
+        },
+    );
     // The admin kubeconfig comes from a control plane, 0600.
     let kc = w.dir().join("kubeconfig");
     w.khctl(&["kubeconfig", "-o", kc.to_str().unwrap()])
