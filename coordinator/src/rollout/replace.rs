@@ -428,10 +428,16 @@ async fn steps(
         Ok(((), format!("the held spec now lists {} ({}) in place of {}; update your cluster.yaml the same way", new.name, new.address, failed.name)))
     })
     .await?;
-        if new_spec.load_balancer == kh::spec::LoadBalancerType::Haproxy {
+    if new_spec.load_balancer == kh::spec::LoadBalancerType::Haproxy {
         rep.tracked("verify", "cluster", "load-balancers", async {
             super::lb::refresh(coord, &new_spec).await?;
-            Ok(((), format!("load-balancer backends now list {} instead of {}", new.name, failed.name)))
+            Ok((
+                (),
+                format!(
+                    "load-balancer backends now list {} instead of {}",
+                    new.name, failed.name
+                ),
+            ))
         })
         .await?;
     }
