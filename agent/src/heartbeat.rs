@@ -58,7 +58,9 @@ pub fn to_proto(f: kh_host::Facts) -> kh::proto::Facts {
 pub async fn run(state: Arc<AgentState>) {
     let mut channel: Option<(String, Channel)> = None;
     let mut facts: Option<(Instant, kh::proto::Facts)> = None;
-    let mut etcd_checked: Option<Instant> = None;
+    // A slow etcdctl must never delay a heartbeat: the member check has a
+    // task of its own.
+    tokio::spawn(watch_local_etcd(state.clone()));
     loop {
         let id = state.identity();
         if let Some(at) = id.renew_at() {
@@ -96,20 +98,6 @@ pub async fn run(state: Arc<AgentState>) {
             .unwrap_or(true)
         {
             facts = Some((Instant::now(), collect_facts(&state).await));
-        }
-        // The local etcd member's health, every five heartbeats (at most
-        // every 15 s): cheap, and soon enough for an alert's `for: 2m`.
-        let every = state
-            .heartbeat_status()
-            .interval
-            .map(|i| (i * 5).min(Duration::from_secs(15)))
-            .unwrap_or(Duration::from_secs(15));
-        if etcd_checked
-            .map(|t: Instant| t.elapsed() >= every)
-            .unwrap_or(true)
-        {
-            etcd_checked = Some(Instant::now());
-            check_local_etcd(&state).await;
         }
         let req = HeartbeatRequest {
             facts: facts.as_ref().map(|(_, f)| f.clone()),
@@ -158,6 +146,20 @@ pub async fn run(state: Arc<AgentState>) {
             }
         };
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// Checks the local etcd member every five heartbeats (at most every 15 s):
+/// cheap, and soon enough for an alert's `for: 2m`.
+async fn watch_local_etcd(state: Arc<AgentState>) {
+    loop {
+        check_local_etcd(&state).await;
+        let every = state
+            .heartbeat_status()
+            .interval
+            .map(|i| (i * 5).min(Duration::from_secs(15)))
+            .unwrap_or(Duration::from_secs(15));
+        tokio::time::sleep(every).await;
     }
 }
 
