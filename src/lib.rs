@@ -23,6 +23,31 @@ pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("kh.v1");
 
+    impl run_step_request::Step {
+        /// The step's name on the wire and in reports, metrics and the audit log.
+        pub fn name(&self) -> &'static str {
+            use run_step_request::Step::*;
+            match self {
+                DisableSwap(_) => "disable-swap",
+                KernelModules(_) => "kernel-modules",
+                Sysctl(_) => "sysctl",
+                ContainerdCgroup(_) => "containerd-cgroup",
+                KubeadmInit(_) => "kubeadm-init",
+                KubeadmJoin(_) => "kubeadm-join",
+                KubeadmReset(_) => "kubeadm-reset",
+                TokenCreate(_) => "token-create",
+                TokenDelete(_) => "token-delete",
+                UploadCerts(_) => "upload-certs",
+                KubectlApply(_) => "kubectl-apply",
+                KubectlDeleteNode(_) => "kubectl-delete-node",
+                PlaceFiles(_) => "place-files",
+                EtcdMemberRemove(_) => "etcd-member-remove",
+                EtcdMoveLeader(_) => "etcd-move-leader",
+                LoadBalancer(_) => "load-balancer",
+            }
+        }
+    }
+
     /// The compiled descriptor set of every kh service, for tests and tooling.
     pub const DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/kh_descriptor.bin"));

@@ -149,24 +149,7 @@ fn failed(step: &str, error: String) -> proto::StepReport {
 }
 
 fn wire_name(step: &WireStep) -> &'static str {
-    match step {
-        WireStep::DisableSwap(_) => "disable-swap",
-        WireStep::KernelModules(_) => "kernel-modules",
-        WireStep::Sysctl(_) => "sysctl",
-        WireStep::ContainerdCgroup(_) => "containerd-cgroup",
-        WireStep::KubeadmInit(_) => "kubeadm-init",
-        WireStep::KubeadmJoin(_) => "kubeadm-join",
-        WireStep::KubeadmReset(_) => "kubeadm-reset",
-        WireStep::TokenCreate(_) => "token-create",
-        WireStep::TokenDelete(_) => "token-delete",
-        WireStep::UploadCerts(_) => "upload-certs",
-        WireStep::KubectlApply(_) => "kubectl-apply",
-        WireStep::KubectlDeleteNode(_) => "kubectl-delete-node",
-        WireStep::PlaceFiles(_) => "place-files",
-        WireStep::EtcdMemberRemove(_) => "etcd-member-remove",
-        WireStep::EtcdMoveLeader(_) => "etcd-move-leader",
-        WireStep::LoadBalancer(_) => "load-balancer",
-    }
+    step.name()
 }
 
 /// Plans and applies (or only plans) one step; never panics the server.

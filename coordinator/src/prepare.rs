@@ -119,24 +119,7 @@ pub fn steps_for(role: Option<NodeRole>) -> Vec<Step> {
 }
 
 pub fn step_name(s: &Step) -> &'static str {
-    match s {
-        Step::DisableSwap(_) => "disable-swap",
-        Step::KernelModules(_) => "kernel-modules",
-        Step::Sysctl(_) => "sysctl",
-        Step::ContainerdCgroup(_) => "containerd-cgroup",
-        Step::KubeadmInit(_) => "kubeadm-init",
-        Step::KubeadmJoin(_) => "kubeadm-join",
-        Step::KubeadmReset(_) => "kubeadm-reset",
-        Step::TokenCreate(_) => "token-create",
-        Step::TokenDelete(_) => "token-delete",
-        Step::UploadCerts(_) => "upload-certs",
-        Step::KubectlApply(_) => "kubectl-apply",
-        Step::KubectlDeleteNode(_) => "kubectl-delete-node",
-        Step::PlaceFiles(_) => "place-files",
-        Step::EtcdMemberRemove(_) => "etcd-member-remove",
-        Step::EtcdMoveLeader(_) => "etcd-move-leader",
-        Step::LoadBalancer(_) => "load-balancer",
-    }
+    s.name()
 }
 
 /// Prepares every target, sending progress to `tx`. Returns when all are done.
