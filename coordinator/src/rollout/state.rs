@@ -2,6 +2,14 @@
 //! and after each step runs), so a coordinator killed at any point resumes
 //! without redoing finished work. Also the event journal behind
 //! `khctl rollout status`.
+//!
+//! On disk a state is one record under its key (cluster, spec, outcome and
+//! the journal) plus one small record per step under `<key>#step/`. A step
+//! transition writes only its own step record, so its cost does not grow
+//! with the size of the rollout; the journal is written with the header at
+//! most once a second while steps run, and always at the start and the end.
+//! A coordinator killed in between loses at most that last second of
+//! journal, never a step's state.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +22,8 @@ use crate::store::Db;
 const KEY: &str = "rollout/state";
 /// Recent events kept with the state, for `rollout status` after a restart.
 const KEEP_EVENTS: usize = 400;
+/// How often a step transition also writes the journal.
+const JOURNAL_EVERY_MS: u64 = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -66,8 +76,18 @@ pub struct RolloutState {
     pub finished_ms: u64,
     pub outcome: Option<Outcome>,
     /// Keyed "node/step" (or "cluster/step"), so resuming finds its place.
+    /// Stored as records of their own; a header written before they were
+    /// (an older coordinator's) still carries them and is read as well.
+    #[serde(default, skip_serializing)]
     pub steps: BTreeMap<String, StepState>,
     pub events: Vec<EventRecord>,
+    /// When the header and journal were last written.
+    #[serde(skip)]
+    pub(super) journal_saved_ms: u64,
+}
+
+fn step_prefix(key: &str) -> String {
+    format!("{key}#step/")
 }
 
 impl RolloutState {
@@ -76,24 +96,62 @@ impl RolloutState {
     }
 
     pub fn load_at(db: &Db, key: &str) -> Result<Option<RolloutState>, CoordError> {
-        Ok(db.get_json(key)?)
+        let Some(mut st) = db.get_json::<RolloutState>(key)? else {
+            return Ok(None);
+        };
+        let prefix = step_prefix(key);
+        for (k, step) in db.scan_json::<StepState>(&prefix)? {
+            st.steps.insert(k[prefix.len()..].to_string(), step);
+        }
+        Ok(Some(st))
     }
 
     /// Forgets the rollout's state and journal (`khctl reset`): the next
     /// rollout starts from nothing.
     pub fn clear(db: &Db) -> Result<(), CoordError> {
+        // Steps first: a header without steps resumes nothing, which is safe.
+        for (k, _) in db.raw().scan_prefix(&step_prefix(KEY))? {
+            db.delete(&k)?;
+        }
         db.delete(KEY)?;
         Ok(())
     }
 
-    pub fn save(&mut self, db: &Db, now_ms: u64) -> Result<(), CoordError> {
-        self.updated_ms = now_ms;
-        let key = if self.key.is_empty() {
+    fn key(&self) -> String {
+        if self.key.is_empty() {
             KEY.to_string()
         } else {
             self.key.clone()
-        };
-        Ok(db.put_json(&key, self)?)
+        }
+    }
+
+    /// Writes the whole state: the step records that differ from what is
+    /// stored (none, usually; all of them when a state is replaced or was
+    /// written by an older coordinator), then the header and journal.
+    pub fn save(&mut self, db: &Db, now_ms: u64) -> Result<(), CoordError> {
+        let key = self.key();
+        let prefix = step_prefix(&key);
+        let stored: BTreeMap<String, StepState> = db
+            .scan_json::<StepState>(&prefix)?
+            .into_iter()
+            .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+            .collect();
+        for k in stored.keys().filter(|k| !self.steps.contains_key(*k)) {
+            db.delete(&format!("{prefix}{k}"))?;
+        }
+        for (k, step) in &self.steps {
+            if stored.get(k) != Some(step) {
+                db.put_json(&format!("{prefix}{k}"), step)?;
+            }
+        }
+        self.save_journal(db, now_ms)
+    }
+
+    /// The header and journal alone.
+    fn save_journal(&mut self, db: &Db, now_ms: u64) -> Result<(), CoordError> {
+        self.updated_ms = now_ms;
+        self.journal_saved_ms = now_ms;
+        Ok(db.put_json(&self.key(), self)?)
     }
 
     pub fn is_done(&self, key: &str) -> bool {
@@ -110,6 +168,7 @@ impl RolloutState {
         message: &str,
         now_ms: u64,
     ) -> Result<(), CoordError> {
+        let record = format!("{}{key}", step_prefix(&self.key()));
         let entry = self.steps.entry(key.to_string()).or_insert(StepState {
             status,
             started_ms: now_ms,
@@ -124,7 +183,14 @@ impl RolloutState {
         }
         entry.status = status;
         entry.message = message.to_string();
-        self.save(db, now_ms)
+        db.put_json(&record, entry)?;
+        if self.journal_saved_ms == 0 {
+            // Never written by this process: write it whole, steps included.
+            self.save(db, now_ms)?;
+        } else if now_ms.saturating_sub(self.journal_saved_ms) >= JOURNAL_EVERY_MS {
+            self.save_journal(db, now_ms)?;
+        }
+        Ok(())
     }
 
     pub fn record(&mut self, ev: &RolloutEvent) {
@@ -217,6 +283,84 @@ mod tests {
         assert!(back.is_done("cp-2/join"));
         assert_eq!(back.steps["cp-2/join"].started_ms, 10);
         assert_eq!(back.summary_event(false).failure, "interrupted");
+    }
+
+    #[test]
+    fn a_transition_writes_its_step_and_the_journal_at_most_once_a_second() {
+        let db = Db::in_memory();
+        let mut s = RolloutState {
+            cluster: "prod".into(),
+            ..Default::default()
+        };
+        s.save(&db, 1_000).unwrap();
+        s.record(&RolloutEvent {
+            message: "first".into(),
+            ..Default::default()
+        });
+        s.mark(&db, "w-1/join", Status::Running, "", 1_200).unwrap();
+        let back = RolloutState::load(&db).unwrap().unwrap();
+        assert_eq!(back.steps["w-1/join"].status, Status::Running);
+        assert!(
+            back.events.is_empty(),
+            "journal written again within a second"
+        );
+        s.mark(&db, "w-1/join", Status::Done, "joined", 2_000)
+            .unwrap();
+        let back = RolloutState::load(&db).unwrap().unwrap();
+        assert!(back.is_done("w-1/join"));
+        assert_eq!(back.events.len(), 1);
+        // The header no longer carries the steps.
+        let raw: serde_json::Value = db.get_json(KEY).unwrap().unwrap();
+        assert!(raw.get("steps").is_none(), "{raw}");
+    }
+
+    #[test]
+    fn an_older_header_with_its_steps_is_read_and_moved_out() {
+        let db = Db::in_memory();
+        let done = StepState {
+            status: Status::Done,
+            started_ms: 1,
+            finished_ms: 2,
+            message: "prepared".into(),
+        };
+        db.put_json(
+            KEY,
+            &serde_json::json!({
+                "cluster": "prod", "spec_yaml": "", "started_ms": 1, "updated_ms": 2,
+                "finished_ms": 0, "outcome": null, "events": [],
+                "steps": {"cp-1/prepare": done},
+            }),
+        )
+        .unwrap();
+        let mut s = RolloutState::load(&db).unwrap().unwrap();
+        assert!(s.is_done("cp-1/prepare"));
+        s.save(&db, 10).unwrap();
+        let back = RolloutState::load(&db).unwrap().unwrap();
+        assert_eq!(back.steps["cp-1/prepare"], done);
+        let raw: serde_json::Value = db.get_json(KEY).unwrap().unwrap();
+        assert!(raw.get("steps").is_none(), "{raw}");
+    }
+
+    #[test]
+    fn saving_a_new_state_drops_the_old_steps_and_clear_forgets_all() {
+        let db = Db::in_memory();
+        let mut old = RolloutState {
+            cluster: "old".into(),
+            ..Default::default()
+        };
+        old.save(&db, 1).unwrap();
+        old.mark(&db, "a/prepare", Status::Done, "", 2).unwrap();
+        let mut new = RolloutState {
+            cluster: "new".into(),
+            ..Default::default()
+        };
+        new.mark(&db, "b/prepare", Status::Running, "", 3).unwrap();
+        let back = RolloutState::load(&db).unwrap().unwrap();
+        assert_eq!(back.cluster, "new");
+        assert_eq!(back.steps.keys().collect::<Vec<_>>(), ["b/prepare"]);
+        RolloutState::clear(&db).unwrap();
+        assert!(RolloutState::load(&db).unwrap().is_none());
+        assert!(db.raw().scan_prefix(&step_prefix(KEY)).unwrap().is_empty());
     }
 
     #[test]
