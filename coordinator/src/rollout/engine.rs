@@ -44,6 +44,17 @@ pub const PHASES: &[&str] = &[
 
 const PROMOTE_TIMEOUT: Duration = Duration::from_secs(300);
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often a join polls for its etcd member and apiserver. Every control
+/// plane join waits on both, one join at a time, so the poll interval is
+/// paid on the critical path: half of it per wait, on average.
+const JOIN_POLL: Duration = Duration::from_millis(100);
+/// How often the same waiting message is repeated to followers.
+const WAITING_REPEAT: Duration = Duration::from_secs(5);
+/// How long a control plane's ready answer is trusted by worker joins, so a
+/// wave of workers probes once, not once per worker.
+const READY_ANSWER_AGE: Duration = Duration::from_secs(2);
+/// Nodes asked for their status at once when a rollout starts.
+const STATUS_PARALLEL: usize = 64;
 
 /// What the caller sends: a validated spec and the files it names.
 pub struct Input {
@@ -282,6 +293,9 @@ pub(crate) struct Ctx<'a> {
     /// The caller holds the control-plane lease for the whole operation (an
     /// etcd replacement), so joins must neither take nor release it.
     lease_held: bool,
+    /// The last control plane that answered /readyz for a worker join, and
+    /// when. Held while probing, so parallel workers wait for one probe.
+    ready_answer: Mutex<Option<(String, Instant)>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -317,6 +331,7 @@ impl<'a> Ctx<'a> {
             material: Mutex::new(material::load_or_generate(&coord.db)?),
             external_etcd: matches!(spec.etcd, Etcd::External { .. }),
             lease_held: true,
+            ready_answer: Mutex::new(None),
         })
     }
 }
@@ -352,6 +367,20 @@ impl Ctx<'_> {
             format!("no control plane answers /readyz ({last})"),
             "check the control planes (`khctl nodes`); with etcd quorum lost, see etcd's disaster-recovery guide",
         ))
+    }
+
+    /// [`Self::healthy_cp`] for worker joins: a control plane that answered
+    /// within [`READY_ANSWER_AGE`] is taken without asking again.
+    async fn recently_healthy_cp(&self, joined: &[&NodeSpec]) -> Result<String, Failure> {
+        let mut answer = self.ready_answer.lock().await;
+        if let Some((name, at)) = answer.as_ref() {
+            if at.elapsed() < READY_ANSWER_AGE {
+                return Ok(name.clone());
+            }
+        }
+        let name = self.healthy_cp(joined).await?;
+        *answer = Some((name.clone(), Instant::now()));
+        Ok(name)
     }
 
     /// Refreshes the token and the uploaded certificates when they are within
@@ -461,16 +490,27 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
         material: Mutex::new(material::load_or_generate(&coord.db)?),
         external_etcd: matches!(spec.etcd, Etcd::External { .. }),
         lease_held: false,
+        ready_answer: Mutex::new(None),
     };
 
     // Where every node stands: the basis for skipping finished work.
     let mut views: HashMap<String, NodeView> = HashMap::new();
-    for n in spec
-        .nodes
-        .iter()
-        .filter(|n| n.role != kh::spec::NodeRole::LoadBalancer)
-    {
-        let status = ctx.ops.node_status(&n.name).await.map_err(|mut f| {
+    let asking = tokio::sync::Semaphore::new(STATUS_PARALLEL);
+    let statuses = futures::future::join_all(
+        spec.nodes
+            .iter()
+            .filter(|n| n.role != kh::spec::NodeRole::LoadBalancer)
+            .map(|n| {
+                let (asking, ops) = (&asking, &ctx.ops);
+                async move {
+                    let _permit = asking.acquire().await;
+                    (n, ops.node_status(&n.name).await)
+                }
+            }),
+    )
+    .await;
+    for (n, status) in statuses {
+        let status = status.map_err(|mut f| {
             f.class = "preflight";
             f
         })?;
@@ -1353,6 +1393,7 @@ async fn wait_member_promoted(
     let peer = url(node.address, 2380);
     let start = Instant::now();
     let mut last = String::new();
+    let mut told: Option<(String, Instant)> = None;
     while start.elapsed() < PROMOTE_TIMEOUT {
         match ctx.ops.etcd_members(&node.name, &endpoints, false).await {
             Ok(members) => match members.iter().find(|m| m.peer_urls.contains(&peer)) {
@@ -1379,14 +1420,22 @@ async fn wait_member_promoted(
             },
             Err(e) => last = e,
         }
-        ctx.rep
-            .waiting(
-                "control-planes",
-                &node.name,
-                format!("waiting for the etcd member to be promoted and healthy ({last})"),
-            )
-            .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Followers hear of a new reason at once, of the same one every few
+        // seconds: the poll is fast, the journal stays readable.
+        if told
+            .as_ref()
+            .is_none_or(|(said, at)| *said != last || at.elapsed() >= WAITING_REPEAT)
+        {
+            ctx.rep
+                .waiting(
+                    "control-planes",
+                    &node.name,
+                    format!("waiting for the etcd member to be promoted and healthy ({last})"),
+                )
+                .await;
+            told = Some((last.clone(), Instant::now()));
+        }
+        tokio::time::sleep(JOIN_POLL).await;
     }
     Err(Failure::at(
         &node.name,
@@ -1409,7 +1458,7 @@ async fn wait_apiserver(ctx: &Ctx<'_>, node: &NodeSpec) -> Result<(), Failure> {
             Ok(()) => return Ok(()),
             Err(e) => last = e,
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(JOIN_POLL).await;
     }
     Err(Failure::at(
         &node.name,
@@ -1436,7 +1485,7 @@ async fn join_worker(
         .tracked("workers", name, "join-worker", async {
             let mut force_token = false;
             for attempt in 0..2 {
-                let via = ctx.healthy_cp(cps).await?;
+                let via = ctx.recently_healthy_cp(cps).await?;
                 let m = ctx
                     .refresh_material(&via, false, force_token, false)
                     .await?;
