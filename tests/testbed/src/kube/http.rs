@@ -152,6 +152,39 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// Client TLS: how the client trusts the server and which certificate it
+/// presents (`creds.bearer` is not TLS and is ignored here).
+pub fn client_config(trust: &Trust, creds: &Credentials) -> Result<Arc<ClientConfig>> {
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match trust {
+        Trust::Ca(pem) => {
+            let mut roots = RootCertStore::empty();
+            for c in certs(pem)? {
+                roots.add(c)?;
+            }
+            builder.with_root_certificates(roots)
+        }
+        Trust::Insecure => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAny(provider()))),
+    };
+    let config = match &creds.cert {
+        Some((c, k)) => builder.with_client_auth_cert(certs(c)?, key(k)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The TLS server name for a host: an IP address or a DNS name.
+pub fn server_name(host: &str) -> Result<ServerName<'static>> {
+    Ok(match host.parse::<IpAddr>() {
+        Ok(ip) => ServerName::IpAddress(ip.into()),
+        Err(_) => ServerName::try_from(host.to_string())
+            .map_err(|e| anyhow!("bad server name {host:?}: {e}"))?,
+    })
+}
+
 /// A client for one `https://host:port` server.
 #[derive(Clone)]
 pub struct Client {
@@ -177,29 +210,11 @@ impl Client {
             .trim_end_matches(']')
             .to_string();
         let port: u16 = port.parse().with_context(|| format!("port of {server}"))?;
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()?;
-        let builder = match trust {
-            Trust::Ca(pem) => {
-                let mut roots = RootCertStore::empty();
-                for c in certs(pem)? {
-                    roots.add(c)?;
-                }
-                builder.with_root_certificates(roots)
-            }
-            Trust::Insecure => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAny(provider()))),
-        };
-        let config = match &creds.cert {
-            Some((c, k)) => builder.with_client_auth_cert(certs(c)?, key(k)?)?,
-            None => builder.with_no_client_auth(),
-        };
         Ok(Client {
             server: format!("https://{rest}"),
             host,
             port,
-            config: Arc::new(config),
+            config: client_config(trust, creds)?,
             bearer: creds.bearer.clone(),
             timeout: Duration::from_secs(30),
         })
@@ -340,6 +355,131 @@ fn parse_reply(buf: &[u8]) -> Option<Reply> {
         status,
         body: String::from_utf8_lossy(body).into_owned(),
     })
+}
+
+/// One response read off a connection that may be kept alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawResponse {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// The server lets the connection carry another request: HTTP/1.1
+    /// without `Connection: close`, and a body whose end was framed
+    /// (`Content-Length` or chunked), not marked by closing.
+    pub keep_alive: bool,
+}
+
+/// Parses one HTTP/1.x response from the start of `buf`, with a
+/// `Content-Length` body, a chunked body (Go's net/http chunks every body
+/// it cannot buffer whole, such as etcd's larger ones), or, without either,
+/// a body that ends where the connection ended (`eof`). `Ok(None)`: more
+/// bytes are needed. `Ok(Some((response, used)))`: `used` bytes of `buf`
+/// were this response.
+pub fn parse_response(buf: &[u8], eof: bool) -> Result<Option<(RawResponse, usize)>, String> {
+    let Some(end) = find(buf, b"\r\n\r\n") else {
+        return if eof && !buf.is_empty() {
+            Err("connection closed in the response head".into())
+        } else {
+            Ok(None)
+        };
+    };
+    let head = String::from_utf8_lossy(&buf[..end]);
+    let mut lines = head.split("\r\n");
+    let first = lines.next().unwrap_or_default();
+    let mut parts = first.split_whitespace();
+    let version = parts.next().unwrap_or_default();
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .filter(|_| version.starts_with("HTTP/1."))
+        .ok_or_else(|| format!("malformed HTTP status line {first:?}"))?;
+    let mut length = None;
+    let mut chunked = false;
+    let mut keep_alive = version == "HTTP/1.1";
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("content-length") {
+            length = Some(
+                v.parse::<usize>()
+                    .map_err(|_| format!("bad Content-Length {v:?}"))?,
+            );
+        } else if k.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = v.to_ascii_lowercase().contains("chunked");
+        } else if k.eq_ignore_ascii_case("connection") {
+            let v = v.to_ascii_lowercase();
+            if v.contains("close") {
+                keep_alive = false;
+            } else if v.contains("keep-alive") {
+                keep_alive = true;
+            }
+        }
+    }
+    let start = end + 4;
+    let done = |body: Vec<u8>, used: usize, keep_alive: bool| {
+        Ok(Some((
+            RawResponse {
+                status,
+                body,
+                keep_alive,
+            },
+            used,
+        )))
+    };
+    if chunked {
+        let mut body = vec![];
+        let mut at = start;
+        loop {
+            let Some(nl) = find(&buf[at..], b"\r\n") else {
+                return incomplete(eof);
+            };
+            let line = String::from_utf8_lossy(&buf[at..at + nl]);
+            let size = line.split(';').next().unwrap_or_default().trim();
+            let size =
+                usize::from_str_radix(size, 16).map_err(|_| format!("bad chunk size {size:?}"))?;
+            at += nl + 2;
+            if size == 0 {
+                // Trailers, if any, end with an empty line.
+                loop {
+                    let Some(nl) = find(&buf[at..], b"\r\n") else {
+                        return incomplete(eof);
+                    };
+                    at += nl + 2;
+                    if nl == 0 {
+                        return done(body, at, keep_alive);
+                    }
+                }
+            }
+            if buf.len() < at + size + 2 {
+                return incomplete(eof);
+            }
+            body.extend_from_slice(&buf[at..at + size]);
+            if &buf[at + size..at + size + 2] != b"\r\n" {
+                return Err("chunk not followed by CRLF".into());
+            }
+            at += size + 2;
+        }
+    }
+    match length {
+        Some(n) if buf.len() >= start + n => {
+            done(buf[start..start + n].to_vec(), start + n, keep_alive)
+        }
+        Some(_) => incomplete(eof),
+        None if status == 204 || status == 304 || (100..200).contains(&status) => {
+            done(vec![], start, keep_alive)
+        }
+        None if eof => done(buf[start..].to_vec(), buf.len(), false),
+        None => Ok(None),
+    }
+}
+
+fn incomplete(eof: bool) -> Result<Option<(RawResponse, usize)>, String> {
+    if eof {
+        Err("connection closed in the response body".into())
+    } else {
+        Ok(None)
+    }
 }
 
 /// A request as the server sees it.
@@ -551,6 +691,57 @@ fn handle(
 mod tests {
     use super::*;
     use crate::kube::pki::{CaPair, Leaf};
+
+    #[test]
+    fn responses_parse_with_length_chunks_or_close() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1";
+        let (resp, used) = parse_response(r, false).unwrap().unwrap();
+        assert_eq!(
+            (resp.status, resp.body.as_slice(), resp.keep_alive),
+            (200, &b"{}"[..], true)
+        );
+        assert_eq!(used, r.len() - "HTTP/1.1".len());
+        // Every prefix is incomplete, or an error once the peer has closed.
+        for i in 0..used {
+            assert_eq!(parse_response(&r[..i], false), Ok(None), "prefix {i}");
+            assert!(
+                i == 0 || parse_response(&r[..i], true).is_err(),
+                "prefix {i}"
+            );
+        }
+
+        let c = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n7\r\n, world\r\n0\r\nGrpc-Status: 0\r\n\r\n";
+        let (resp, used) = parse_response(c, false).unwrap().unwrap();
+        assert_eq!(
+            (resp.status, resp.body.as_slice(), used),
+            (503, &b"hello, world"[..], c.len())
+        );
+        for i in 0..c.len() {
+            assert_eq!(parse_response(&c[..i], false), Ok(None), "prefix {i}");
+        }
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            false
+        )
+        .is_err());
+
+        let closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+        assert!(
+            !parse_response(closing, false)
+                .unwrap()
+                .unwrap()
+                .0
+                .keep_alive
+        );
+        let unframed = b"HTTP/1.0 200 OK\r\n\r\nall of it";
+        assert_eq!(parse_response(unframed, false), Ok(None));
+        let (resp, _) = parse_response(unframed, true).unwrap().unwrap();
+        assert_eq!(
+            (resp.body.as_slice(), resp.keep_alive),
+            (&b"all of it"[..], false)
+        );
+        assert!(parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", false).is_err());
+    }
 
     #[test]
     fn a_client_certificate_reaches_the_handler() {

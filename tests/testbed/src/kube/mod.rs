@@ -6,6 +6,7 @@
 //! cluster without quorum fails everywhere the way a real one does.
 
 pub mod config;
+pub mod etcd_client;
 pub mod etcdctl;
 pub mod http;
 pub mod kubeconfig;
@@ -29,8 +30,9 @@ pub const NODE_IP_FILE: &str = "ip";
 pub const NODE_VERSION_FILE: &str = "kube-version";
 pub const KUBELET_PID_FILE: &str = "kubelet.pid";
 
-/// The real etcd tools, used by the kubelet double (etcd) and by the doubles
-/// that stand in for kubeadm's and the apiserver's Go etcd clients (etcdctl).
+/// The real etcd tools, used by the kubelet double (etcd) and by the kubeadm
+/// double, as kubeadm's Go etcd client (etcdctl). The apiserver double keeps
+/// an in-process client instead (`etcd_client`).
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
 pub const ETCDCTL_BIN: &str = "/usr/bin/etcdctl";
 
