@@ -2,8 +2,9 @@
 //! `kube-apiserver.yaml` static pod. It serves HTTPS on
 //! `--bind-address:--secure-port` with `--tls-cert-file`, authenticates by
 //! client certificates from `--client-ca-file` or bootstrap tokens, and keeps
-//! every object in the real etcd cluster at `--etcd-servers` (through
-//! etcdctl, with `--etcd-cafile/--etcd-certfile/--etcd-keyfile`), under
+//! every object in the real etcd cluster at `--etcd-servers` (through one
+//! in-process client, `kube::etcd_client`, with
+//! `--etcd-cafile/--etcd-certfile/--etcd-keyfile`), under
 //! kube-apiserver's own key layout (`/registry/minions/<node>`,
 //! `/registry/secrets/<ns>/<name>`, ...), as JSON rather than protobuf.
 //!
@@ -17,13 +18,12 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use crate::clock;
-use crate::kube::etcdctl::Etcdctl;
+use crate::kube::etcd_client::EtcdClient;
 use crate::kube::http::{self, Request, Response};
 use crate::kube::pki::{self, CaPair, Leaf};
 use crate::kube::{b64, unb64};
@@ -50,7 +50,7 @@ impl Who {
 }
 
 pub struct ApiServer {
-    pub etcd: Etcdctl,
+    pub etcd: EtcdClient,
     pub ca_cert: PathBuf,
     pub ca_key: PathBuf,
     pub world_dir: Option<PathBuf>,
@@ -291,10 +291,8 @@ impl ApiServer {
     /// /healthz and /readyz: a linearizable etcd read with a short timeout,
     /// which fails while etcd has no quorum.
     fn etcd_check(&self, path: &str) -> Response {
-        let mut quick = self.etcd.clone();
-        quick.command_timeout = Duration::from_secs(2);
-        match quick.run(&["get", "/registry/health", "--consistency=l"]) {
-            Ok(_) => Response::text(200, "ok"),
+        match self.etcd.health() {
+            Ok(()) => Response::text(200, "ok"),
             Err(e) => {
                 let what = if path == "/readyz" {
                     "readyz"
@@ -780,15 +778,17 @@ pub fn main(args: Vec<String>) -> Result<()> {
     let key =
         std::fs::read_to_string(need("tls-private-key-file")?).context("--tls-private-key-file")?;
     let ca_pem = std::fs::read_to_string(&client_ca).context("--client-ca-file")?;
-    let etcd = Etcdctl::new(
-        need("etcd-servers")?
-            .split(',')
-            .map(str::to_string)
-            .collect(),
-        need("etcd-cafile")?.into(),
-        need("etcd-certfile")?.into(),
-        need("etcd-keyfile")?.into(),
-    );
+    let etcd_servers: Vec<String> = need("etcd-servers")?
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let etcd = EtcdClient::from_files(
+        &etcd_servers,
+        need("etcd-cafile")?.as_ref(),
+        need("etcd-certfile")?.as_ref(),
+        need("etcd-keyfile")?.as_ref(),
+    )
+    .context("the etcd client")?;
     let version = crate::kube::NodeEnv::from_env()
         .map(|e| e.version())
         .unwrap_or_else(|| crate::kube::DEFAULT_VERSION.to_string());
