@@ -1,7 +1,9 @@
-//! The real `etcdctl` (v3 API) as the doubles' etcd client. It stands in for
-//! the Go etcd client inside kube-apiserver and kubeadm: the errors it
-//! prints are etcd's own ("context deadline exceeded", "etcdserver: too many
-//! learner members in cluster", ...).
+//! The real `etcdctl` (v3 API) as the kubeadm double's etcd client. It
+//! stands in for the Go etcd client inside kubeadm, which dials once per
+//! operation (membership changes, `member list`): the errors it prints are
+//! etcd's own ("context deadline exceeded", "etcdserver: too many learner
+//! members in cluster", ...). The apiserver double, which makes many
+//! requests, keeps an in-process client instead (`etcd_client`).
 
 use std::io::Write;
 use std::path::PathBuf;
