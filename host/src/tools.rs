@@ -202,13 +202,24 @@ pub struct ToolVersions {
     pub containerd: ToolVersion,
 }
 
+/// Asks the four tools at once: each is a process start (a Go binary on a
+/// real host), and preflight waits for all of them.
 pub fn tool_versions(host: &Host) -> ToolVersions {
-    ToolVersions {
-        kubeadm: kubeadm_version(host),
-        kubelet: kubelet_version(host),
-        kubectl: kubectl_version(host),
-        containerd: containerd_version(host),
-    }
+    std::thread::scope(|s| {
+        let kubeadm = s.spawn(|| kubeadm_version(host));
+        let kubelet = s.spawn(|| kubelet_version(host));
+        let kubectl = s.spawn(|| kubectl_version(host));
+        let containerd = containerd_version(host);
+        let join = |h: std::thread::ScopedJoinHandle<'_, _>| {
+            h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        };
+        ToolVersions {
+            kubeadm: join(kubeadm),
+            kubelet: join(kubelet),
+            kubectl: join(kubectl),
+            containerd,
+        }
+    })
 }
 
 #[cfg(test)]

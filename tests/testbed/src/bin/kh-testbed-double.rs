@@ -70,7 +70,9 @@ fn record(node: &Path, tool: &str, args: &[String]) {
         .append(true)
         .open(node.join("calls.log"))
     {
-        let _ = writeln!(f, "{tool} {}", args.join(" "));
+        // One write per line: doubles run at once (preflight asks for the
+        // tools' versions in parallel), and O_APPEND keeps a single write whole.
+        let _ = f.write_all(format!("{tool} {}\n", args.join(" ")).as_bytes());
     }
 }
 

@@ -121,7 +121,7 @@ impl Drop for Timed {
             .append(true)
             .open(self.node_dir.join(TIMINGS_FILE))
         {
-            let _ = writeln!(f, "{line}");
+            let _ = f.write_all(format!("{line}\n").as_bytes());
         }
     }
 }
