@@ -1204,11 +1204,18 @@ pub(crate) async fn join_control_plane(
                 let mut force_token = false;
                 let mut force_key = false;
                 for attempt in 0..2 {
-                    let via = ctx.healthy_cp(already).await?;
-                    if !ctx.external_etcd {
-                        remove_stale_member(ctx, node, &via, &endpoints).await?;
-                    }
-                    let status = ctx.ops.node_status(name).await?;
+                    // The cluster side and the node side, asked at once.
+                    let (via, status) = futures::future::try_join(
+                        async {
+                            let via = ctx.healthy_cp(already).await?;
+                            if !ctx.external_etcd {
+                                remove_stale_member(ctx, node, &via, &endpoints).await?;
+                            }
+                            Ok::<_, Failure>(via)
+                        },
+                        ctx.ops.node_status(name),
+                    )
+                    .await?;
                     if status.kubelet_conf || status.etcd_manifest || status.apiserver_manifest {
                         // A join that died halfway left files; start clean.
                         ctx.rep.note("control-planes", name, "a previous join attempt left kubeadm files here; running kubeadm reset -f first").await;
@@ -1250,8 +1257,11 @@ pub(crate) async fn join_control_plane(
                         Err(f) => return Err(f),
                     }
                 }
-                wait_member_promoted(ctx, node, &endpoints).await?;
-                wait_apiserver(ctx, node).await?;
+                futures::future::try_join(
+                    wait_member_promoted(ctx, node, &endpoints),
+                    wait_apiserver(ctx, node),
+                )
+                .await?;
                 Ok(((), format!("joined as a control plane; etcd member promoted; apiserver at {} ready", url(node.address, 6443))))
             })
             .await
