@@ -118,29 +118,51 @@ impl Reporter {
         self.state.lock().await.is_done(key)
     }
 
+    /// Persists a step transition before the step goes on. The synced
+    /// writes run on the blocking pool, outside the state lock, so steps of
+    /// many nodes at once share sled's flushes instead of queueing for them.
     async fn mark(&self, key: &str, status: Status, message: &str) -> Result<(), Failure> {
         let now = self.now();
-        let mut st = self.state.lock().await;
-        st.mark(&self.coord.db, key, status, message, now)
-            .map_err(Failure::from)?;
-        if status != Status::Running {
-            let (node, step) = key.split_once('/').unwrap_or(("", key));
-            let outcome = if status == Status::Done {
-                "done"
-            } else {
-                "failed"
-            };
-            crate::audit::append(
-                &self.coord.db,
-                self.coord.clock.as_ref(),
-                &st.operation,
-                node,
-                step,
-                outcome,
-                message,
-            )?;
+        let (write, operation) = {
+            let mut st = self.state.lock().await;
+            let write = st
+                .transition(&self.coord.db, key, status, message, now)
+                .map_err(Failure::from)?;
+            (write, st.operation.clone())
+        };
+        let coord = self.coord.clone();
+        let (key, message) = (key.to_string(), message.to_string());
+        let persisted = tokio::task::spawn_blocking(move || {
+            write.write(&coord.db)?;
+            if status != Status::Running {
+                let (node, step) = key.split_once('/').unwrap_or(("", &key));
+                let outcome = if status == Status::Done {
+                    "done"
+                } else {
+                    "failed"
+                };
+                crate::audit::append(
+                    &coord.db,
+                    coord.clock.as_ref(),
+                    &operation,
+                    node,
+                    step,
+                    outcome,
+                    &message,
+                )?;
+            }
+            Ok::<_, crate::error::CoordError>(())
+        })
+        .await;
+        match persisted {
+            Ok(result) => result.map_err(Failure::from),
+            Err(e) => Err(Failure::at(
+                "",
+                "coordinator",
+                format!("persisting the step failed: {e}"),
+                "",
+            )),
         }
-        Ok(())
     }
 
     /// Runs one tracked node step: persisted as running, then as done or

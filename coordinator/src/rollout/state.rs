@@ -86,6 +86,20 @@ pub struct RolloutState {
     pub(super) journal_saved_ms: u64,
 }
 
+/// One step's record, to be written after [`RolloutState::transition`].
+#[derive(Debug, Clone)]
+pub struct StepWrite {
+    record: String,
+    step: StepState,
+}
+
+impl StepWrite {
+    /// A synced write of the step's own record.
+    pub fn write(&self, db: &Db) -> Result<(), CoordError> {
+        Ok(db.put_json(&self.record, &self.step)?)
+    }
+}
+
 fn step_prefix(key: &str) -> String {
     format!("{key}#step/")
 }
@@ -160,6 +174,7 @@ impl RolloutState {
             .is_some_and(|s| s.status == Status::Done)
     }
 
+    /// Records a step transition and writes it.
     pub fn mark(
         &mut self,
         db: &Db,
@@ -168,6 +183,22 @@ impl RolloutState {
         message: &str,
         now_ms: u64,
     ) -> Result<(), CoordError> {
+        self.transition(db, key, status, message, now_ms)?.write(db)
+    }
+
+    /// Records a step transition in memory and returns its write, for the
+    /// caller to make without holding this state (many steps run at once,
+    /// and their synced writes then share the disk's flushes). The journal is
+    /// written here when it is due, and the whole state when this process
+    /// has not written it yet.
+    pub fn transition(
+        &mut self,
+        db: &Db,
+        key: &str,
+        status: Status,
+        message: &str,
+        now_ms: u64,
+    ) -> Result<StepWrite, CoordError> {
         let record = format!("{}{key}", step_prefix(&self.key()));
         let entry = self.steps.entry(key.to_string()).or_insert(StepState {
             status,
@@ -183,14 +214,17 @@ impl RolloutState {
         }
         entry.status = status;
         entry.message = message.to_string();
-        db.put_json(&record, entry)?;
+        let write = StepWrite {
+            record,
+            step: entry.clone(),
+        };
         if self.journal_saved_ms == 0 {
             // Never written by this process: write it whole, steps included.
             self.save(db, now_ms)?;
         } else if now_ms.saturating_sub(self.journal_saved_ms) >= JOURNAL_EVERY_MS {
             self.save_journal(db, now_ms)?;
         }
-        Ok(())
+        Ok(write)
     }
 
     pub fn record(&mut self, ev: &RolloutEvent) {
