@@ -41,6 +41,8 @@ pub struct Coordinator {
     pub clock: Arc<dyn Clock>,
     pub agents: agents::Agents,
     pub rollouts: rollout::Running,
+    /// When creating a token may next sweep out old spent ones.
+    pub token_prune: tokens::PruneSchedule,
 }
 
 impl Coordinator {
@@ -60,6 +62,7 @@ impl Coordinator {
         Ok(Arc::new(Coordinator {
             agents,
             rollouts: rollout::Running::default(),
+            token_prune: tokens::PruneSchedule::default(),
             registry: Registry::new(db.clone()),
             config,
             db,

@@ -39,6 +39,9 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
     fn put(&self, key: &str, value: Vec<u8>) -> Result<(), StoreError>;
     fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Deletes every key in `keys` with one durable write, not one per key.
+    /// Returns how many existed.
+    fn delete_many(&self, keys: &[String]) -> Result<usize, StoreError>;
     fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Sets `key` to `new` (or removes it when `None`) only if its current
     /// value equals `expected`. Returns whether the swap happened.
@@ -95,6 +98,19 @@ impl Store for SledStore {
         Ok(existed)
     }
 
+    fn delete_many(&self, keys: &[String]) -> Result<usize, StoreError> {
+        let mut existed = 0;
+        for key in keys {
+            if self.db.remove(key).map_err(io)?.is_some() {
+                existed += 1;
+            }
+        }
+        if existed > 0 {
+            self.flush()?;
+        }
+        Ok(existed)
+    }
+
     fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.db
             .scan_prefix(prefix)
@@ -143,6 +159,10 @@ impl Store for MemStore {
     }
     fn delete(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.map().remove(key).is_some())
+    }
+    fn delete_many(&self, keys: &[String]) -> Result<usize, StoreError> {
+        let mut map = self.map();
+        Ok(keys.iter().filter(|k| map.remove(*k).is_some()).count())
     }
     fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         Ok(self
@@ -316,6 +336,10 @@ impl Db {
         self.store.delete(key)
     }
 
+    pub fn delete_many(&self, keys: &[String]) -> Result<usize, StoreError> {
+        self.store.delete_many(keys)
+    }
+
     pub fn scan_json<T: DeserializeOwned>(
         &self,
         prefix: &str,
@@ -427,6 +451,10 @@ mod tests {
             );
             assert!(s.delete("a/2").unwrap(), "{name}");
             assert!(!s.delete("a/2").unwrap(), "{name}");
+            let gone = ["a/1".to_string(), "a/2".to_string(), "b/1".to_string()];
+            assert_eq!(s.delete_many(&gone).unwrap(), 2, "{name}");
+            assert!(s.scan_prefix("").unwrap().is_empty(), "{name}");
+            assert_eq!(s.delete_many(&gone).unwrap(), 0, "{name}");
         }
     }
 

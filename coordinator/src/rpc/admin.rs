@@ -221,7 +221,16 @@ impl Admin for AdminService {
             0 => c.config.default_token_ttl,
             s => Duration::from_secs(s),
         };
-        let (token, rec) = tokens::create(&c.db, c.clock.as_ref(), node.clone(), ttl, r.force)?;
+        let (token, rec) = {
+            let (c, node) = (c.clone(), node.clone());
+            // A synced write, and now and then a sweep of old tokens: off the
+            // reactor.
+            tokio::task::spawn_blocking(move || {
+                tokens::create(&c.db, c.clock.as_ref(), &c.token_prune, node, ttl, r.force)
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??
+        };
         let hash = c.pki.ca().cert_hash();
         let addr = c.public_address();
         Ok(Response::new(CreateTokenResponse {
