@@ -17,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -203,6 +203,32 @@ impl AsyncWrite for PeerStream {
 
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The listen backlog servers ask for: how many connections the kernel holds,
+/// handshake done, until the accept loop takes them. Linux caps it at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4).
+///
+/// tokio's `TcpListener::bind` asks for 128 (mio's default, std's value). A
+/// burst of clients, such as a fleet of agents enrolling or reconnecting
+/// after a coordinator restart, fills that before the accept loop, which
+/// shares the runtime with hundreds of TLS handshakes, drains it; the kernel
+/// then drops SYNs (`TcpExtListenOverflows`), and each client waits for
+/// TCP's retransmission one second later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with [`LISTEN_BACKLOG`]. Must run inside a
+/// tokio runtime.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As std and tokio do: a restarted server can bind while connections of
+    // its previous run are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Accepts TCP connections and completes TLS handshakes concurrently, so a
 /// slow or hostile client never holds up the others. Failed handshakes are
@@ -403,6 +429,33 @@ impl rustls::client::danger::ServerCertVerifier for RecordingVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_connections_fits_the_backlog_without_accepting() {
+        // With the 128 tokio asks for by default, the kernel drops the SYNs
+        // beyond 129 and those connects stall for a second or more.
+        const BURST: usize = 500;
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok());
+        assert!(
+            somaxconn.is_some_and(|n| n > BURST),
+            "net.core.somaxconn is {somaxconn:?}; this test needs more than {BURST} (the Linux default is 4096)"
+        );
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connects = (0..BURST).map(|_| TcpStream::connect(addr));
+        let clients = tokio::time::timeout(
+            Duration::from_millis(900),
+            futures::future::try_join_all(connects),
+        )
+        .await
+        .expect("every connect completes without a SYN retransmission")
+        .unwrap();
+        assert_eq!(clients.len(), BURST);
+        let (_server, peer) = listener.accept().await.unwrap();
+        assert!(clients.iter().any(|c| c.local_addr().unwrap() == peer));
+    }
 
     #[test]
     fn host_of_handles_names_ips_and_v6() {

@@ -150,9 +150,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         validity,
         coord.clock.now(),
     )?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = kh::tls::listen(listen)
         .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;
+    warn_if_backlog_capped();
     let admin_path = kh_coordinator::store::admin_config_path(&data_dir);
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -167,6 +167,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("kh-coordinator stopped");
     Ok(())
+}
+
+/// The kernel silently caps a listen backlog at `net.core.somaxconn`. A low
+/// value makes a burst of agents connecting at once (many enrollments, or
+/// the fleet reconnecting after a restart) lose connection attempts, which
+/// each cost the agent a second.
+fn warn_if_backlog_capped() {
+    const SOMAXCONN: &str = "/proc/sys/net/core/somaxconn";
+    let Some(max) = std::fs::read_to_string(SOMAXCONN)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    else {
+        return;
+    };
+    if max < kh::tls::LISTEN_BACKLOG {
+        tracing::warn!(
+            somaxconn = max,
+            wanted = kh::tls::LISTEN_BACKLOG,
+            "net.core.somaxconn caps the listen backlog; with many agents, raise it (sysctl -w net.core.somaxconn={})",
+            kh::tls::LISTEN_BACKLOG
+        );
+    }
 }
 
 async fn shutdown_signal() {
