@@ -16,11 +16,12 @@ impl Enrollment for EnrollmentService {
     ) -> Result<Response<EnrollResponse>, Status> {
         let r = req.into_inner();
         let coord = self.0.clone();
-        // Signing and the store's fsync block; keep them off the reactor.
-        let issued =
-            tokio::task::spawn_blocking(move || coord.enroll(&r.token, &r.node_name, &r.csr_pem))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))??;
+        // Signing and the store's fsync block; keep them off the reactor, a
+        // bounded number at a time.
+        let issued = super::blocking(&self.0.signing, move || {
+            coord.enroll(&r.token, &r.node_name, &r.csr_pem)
+        })
+        .await?;
         Ok(Response::new(EnrollResponse {
             certificate_pem: issued.cert_pem,
             ca_pem: self.0.pki.ca().cert_pem().to_string(),

@@ -36,9 +36,7 @@ impl Node for NodeService {
         let id = caller(&req)?.clone();
         let csr = req.into_inner().csr_pem;
         let coord = self.0.clone();
-        let issued = tokio::task::spawn_blocking(move || coord.renew(&id, &csr))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+        let issued = super::blocking(&self.0.signing, move || coord.renew(&id, &csr)).await?;
         Ok(Response::new(RenewResponse {
             certificate_pem: issued.cert_pem,
             ca_pem: self.0.pki.ca().cert_pem().to_string(),
