@@ -46,6 +46,8 @@ pub struct Coordinator {
     pub token_prune: tokens::PruneSchedule,
     /// Enrollments and renewals in flight on the blocking pool.
     pub signing: Arc<Semaphore>,
+    /// Heartbeats' durable writes in flight on the blocking pool.
+    pub registry_writes: Arc<Semaphore>,
 }
 
 /// How many enrollments and renewals run at once. Each signs a certificate
@@ -55,6 +57,8 @@ pub struct Coordinator {
 /// writes in flight for the store to sync them together (500 at once then
 /// sign as fast as a steady stream, ~1,650 CSRs/s on 2 cores).
 pub const SIGNING_LIMIT: usize = 16;
+/// How many heartbeats' synced writes run at once, for the same reason.
+pub const REGISTRY_WRITE_LIMIT: usize = 8;
 
 impl Coordinator {
     pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Self>, CoordError> {
@@ -75,6 +79,7 @@ impl Coordinator {
             rollouts: rollout::Running::default(),
             token_prune: tokens::PruneSchedule::default(),
             signing: Arc::new(Semaphore::new(SIGNING_LIMIT)),
+            registry_writes: Arc::new(Semaphore::new(REGISTRY_WRITE_LIMIT)),
             registry: Registry::new(db.clone()),
             config,
             db,

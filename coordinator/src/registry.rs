@@ -105,7 +105,22 @@ impl Registry {
 
     /// The record of the calling node, after checking that its certificate is
     /// the current one. A certificate replaced by re-enrollment is refused.
+    /// The first use of a renewed certificate retires the previous one.
     pub fn authenticate(&self, caller: &Identity) -> Result<NodeRecord, CoordError> {
+        let (rec, retire) = self.check_caller(caller)?;
+        if !retire {
+            return Ok(rec);
+        }
+        let serial = caller.serial.as_str();
+        Ok(self
+            .update(&rec.name, |r| retire_prev_serial(r, serial))?
+            .unwrap_or(rec))
+    }
+
+    /// [`Registry::authenticate`] without the write: the caller's record, and
+    /// whether this is the first use of a renewed certificate, whose previous
+    /// serial must then be retired.
+    pub fn check_caller(&self, caller: &Identity) -> Result<(NodeRecord, bool), CoordError> {
         let name = NodeName::new(&caller.name)?;
         let rec = self.get(&name)?.ok_or_else(|| {
             CoordError::Superseded(format!(
@@ -113,15 +128,11 @@ impl Registry {
             ))
         })?;
         if rec.cert_serial == caller.serial {
-            if rec.prev_serial.is_some() {
-                let mut r = rec.clone();
-                r.prev_serial = None;
-                self.db.put_json(&key(name.as_str()), &r)?;
-            }
-            return Ok(rec);
+            let retire = rec.prev_serial.is_some();
+            return Ok((rec, retire));
         }
         if rec.prev_serial.as_deref() == Some(caller.serial.as_str()) {
-            return Ok(rec);
+            return Ok((rec, false));
         }
         Err(CoordError::Superseded(format!(
             "the certificate of node {name} (serial {}) was superseded by a newer enrollment or renewal; re-enroll this agent with `khctl token create --node {name} --force`",
@@ -139,44 +150,97 @@ impl Registry {
         Ok(())
     }
 
-    /// Applies a heartbeat. Writes the record only when something an operator
-    /// would see changed, or to refresh the durable last-seen time.
+    /// Applies a heartbeat from the node `caller` authenticated as (see
+    /// [`Registry::check_caller`]) and makes what changed durable.
     pub fn heartbeat(
         &self,
-        mut rec: NodeRecord,
-        facts: Option<Facts>,
-        endpoint: String,
-        agent_version: String,
-        now_ms: u64,
+        caller: &Identity,
+        rec: &NodeRecord,
+        retire_prev: bool,
+        beat: Beat,
     ) -> Result<(), CoordError> {
+        match self.observe(caller, rec, retire_prev, beat) {
+            Some(write) => self.save(&write),
+            None => Ok(()),
+        }
+    }
+
+    /// The in-memory half of a heartbeat: records the time the node was seen
+    /// and returns the write that must be made durable, if any. Only a change
+    /// an operator would see, the first use of a renewed certificate, or a
+    /// durable last-seen time older than a minute needs one, so most
+    /// heartbeats write nothing.
+    pub fn observe(
+        &self,
+        caller: &Identity,
+        rec: &NodeRecord,
+        retire_prev: bool,
+        beat: Beat,
+    ) -> Option<HeartbeatWrite> {
         self.last_seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(rec.name.to_string(), now_ms);
-        let before = rec.clone();
-        if facts.is_some() {
-            rec.facts = facts;
-        }
-        rec.endpoint = endpoint;
-        rec.agent_version = agent_version;
-        let stale = now_ms.saturating_sub(rec.last_seen_ms) > PERSIST_LAST_SEEN_EVERY_MS;
-        if stale {
-            rec.last_seen_ms = now_ms;
-        }
-        if rec != before {
-            self.db.put_json(&key(rec.name.as_str()), &rec)?;
-        }
+            .insert(rec.name.to_string(), beat.now_ms);
+        let stale = beat.now_ms.saturating_sub(rec.last_seen_ms) > PERSIST_LAST_SEEN_EVERY_MS;
+        let changed = beat
+            .facts
+            .as_ref()
+            .is_some_and(|f| rec.facts.as_ref() != Some(f))
+            || beat.endpoint != rec.endpoint
+            || beat.agent_version != rec.agent_version;
+        (stale || changed || retire_prev).then(|| HeartbeatWrite {
+            name: rec.name.clone(),
+            serial: caller.serial.clone(),
+            retire_prev,
+            beat,
+        })
+    }
+
+    /// The durable half of a heartbeat: one synced write. It merges the
+    /// heartbeat's fields into the record as stored now, with
+    /// compare-and-swap, so an enrollment, renewal or role change written
+    /// since the heartbeat was observed is kept, never overwritten.
+    pub fn save(&self, write: &HeartbeatWrite) -> Result<(), CoordError> {
+        let b = &write.beat;
+        self.update(&write.name, |r| {
+            if let Some(f) = &b.facts {
+                r.facts = Some(f.clone());
+            }
+            r.endpoint.clone_from(&b.endpoint);
+            r.agent_version.clone_from(&b.agent_version);
+            r.last_seen_ms = r.last_seen_ms.max(b.now_ms);
+            if write.retire_prev {
+                retire_prev_serial(r, &write.serial);
+            }
+        })?;
         Ok(())
     }
 
-    pub fn set_role(&self, name: &NodeName, role: Option<String>) -> Result<(), CoordError> {
-        let mut rec = self
-            .get(name)?
-            .ok_or_else(|| CoordError::NotFound(format!("node {name} is not enrolled")))?;
-        if rec.role != role {
-            rec.role = role;
-            self.db.put_json(&key(name.as_str()), &rec)?;
+    /// Read-modify-write of one node's record with compare-and-swap, retried
+    /// when another write got there first. Returns the record as written (or
+    /// as found, when `change` changed nothing); `None` when the node is not
+    /// enrolled.
+    fn update(
+        &self,
+        name: &NodeName,
+        change: impl Fn(&mut NodeRecord),
+    ) -> Result<Option<NodeRecord>, CoordError> {
+        let k = key(name.as_str());
+        loop {
+            let Some(current) = self.db.get_json::<NodeRecord>(&k)? else {
+                return Ok(None);
+            };
+            let mut next = current.clone();
+            change(&mut next);
+            if next == current || self.db.cas_json(&k, Some(&current), Some(&next))? {
+                return Ok(Some(next));
+            }
         }
+    }
+
+    pub fn set_role(&self, name: &NodeName, role: Option<String>) -> Result<(), CoordError> {
+        self.update(name, |r| r.role.clone_from(&role))?
+            .ok_or_else(|| CoordError::NotFound(format!("node {name} is not enrolled")))?;
         Ok(())
     }
 
@@ -216,6 +280,36 @@ impl Registry {
                 }
             })
             .collect())
+    }
+}
+
+/// What a node reported in a heartbeat.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    /// `None` when the agent sent none.
+    pub facts: Option<Facts>,
+    pub endpoint: String,
+    pub agent_version: String,
+    pub now_ms: u64,
+}
+
+/// A heartbeat's durable write, from [`Registry::observe`] to
+/// [`Registry::save`].
+#[derive(Debug, Clone)]
+pub struct HeartbeatWrite {
+    name: NodeName,
+    /// The serial of the certificate the heartbeat came with.
+    serial: String,
+    retire_prev: bool,
+    beat: Beat,
+}
+
+/// After the first use of a renewed certificate the previous one is no
+/// longer accepted, unless the record has moved on to another certificate
+/// since.
+fn retire_prev_serial(r: &mut NodeRecord, serial: &str) {
+    if r.cert_serial == serial {
+        r.prev_serial = None;
     }
 }
 
@@ -269,18 +363,32 @@ mod tests {
         }
     }
 
+    fn at(endpoint: &str, now_ms: u64) -> Beat {
+        Beat {
+            facts: None,
+            endpoint: endpoint.into(),
+            agent_version: "0.1.0".into(),
+            now_ms,
+        }
+    }
+
+    /// A heartbeat as the Node service applies it.
+    fn beat(reg: &Registry, id: &Identity, b: Beat) -> Result<(), CoordError> {
+        let (rec, retire) = reg.check_caller(id)?;
+        reg.heartbeat(id, &rec, retire, b)
+    }
+
     #[test]
     fn health_follows_heartbeats() {
         let reg = Registry::new(Db::in_memory());
         let n = NodeName::new("cp-1").unwrap();
-        let rec = reg.enroll(&n, &ident("cp-1", "01"), 1000).unwrap();
+        reg.enroll(&n, &ident("cp-1", "01"), 1000).unwrap();
         let iv = Duration::from_secs(1);
         assert!(
             !reg.list(1000, iv).unwrap()[0].ready,
             "never seen is NotReady"
         );
-        reg.heartbeat(rec, None, "127.0.0.11:7444".into(), "0.1.0".into(), 2000)
-            .unwrap();
+        beat(&reg, &ident("cp-1", "01"), at("127.0.0.11:7444", 2000)).unwrap();
         assert!(reg.list(4000, iv).unwrap()[0].ready);
         assert!(!reg.list(5001, iv).unwrap()[0].ready, "three missed beats");
         assert_eq!(
@@ -327,14 +435,17 @@ mod tests {
             ("c", "u-3", "02:00:00:00:00:02"),
         ] {
             let n = NodeName::new(name).unwrap();
-            let rec = reg.enroll(&n, &ident(name, "01"), 1).unwrap();
+            reg.enroll(&n, &ident(name, "01"), 1).unwrap();
             let facts = Facts {
                 product_uuid: uuid.into(),
                 mac_addresses: vec![mac.into()],
                 ..Default::default()
             };
-            reg.heartbeat(rec, Some(facts), String::new(), String::new(), 1)
-                .unwrap();
+            let b = Beat {
+                facts: Some(facts),
+                ..at("", 1)
+            };
+            beat(&reg, &ident(name, "01"), b).unwrap();
         }
         let views = reg.list(1, Duration::from_secs(1)).unwrap();
         let w = |n: &str| {
@@ -348,5 +459,72 @@ mod tests {
         assert_eq!(w("a"), vec!["duplicate product_uuid u-1 (also on b): kubeadm requires it unique; regenerate it on cloned machines"]);
         assert_eq!(w("b").len(), 2);
         assert_eq!(w("c"), vec!["duplicate MAC address 02:00:00:00:00:02 (also on b): kubeadm requires it unique; regenerate it on cloned machines"]);
+    }
+
+    #[test]
+    fn most_heartbeats_write_nothing() {
+        let reg = Registry::new(Db::in_memory());
+        let id = ident("w-1", "aa");
+        reg.enroll(&NodeName::new("w-1").unwrap(), &id, 0).unwrap();
+        let observe = |b: Beat| {
+            let (rec, retire) = reg.check_caller(&id).unwrap();
+            reg.observe(&id, &rec, retire, b)
+        };
+        let first = observe(at("10.0.0.1:7444", 1_000)).expect("new endpoint");
+        reg.save(&first).unwrap();
+        assert!(observe(at("10.0.0.1:7444", 11_000)).is_none());
+        assert!(observe(at("10.0.0.1:7444", 61_000)).is_none());
+        let stale = observe(at("10.0.0.1:7444", 61_001)).expect("last seen a minute ago");
+        reg.save(&stale).unwrap();
+        let rec = reg.get(&NodeName::new("w-1").unwrap()).unwrap().unwrap();
+        assert_eq!(rec.last_seen_ms, 61_001);
+        assert!(observe(at("10.0.0.2:7444", 62_000)).is_some(), "moved");
+    }
+
+    #[test]
+    fn a_heartbeat_write_keeps_what_was_written_since_it_was_observed() {
+        let reg = Registry::new(Db::in_memory());
+        let n = NodeName::new("w-1").unwrap();
+        let old = ident("w-1", "aa");
+        reg.enroll(&n, &old, 0).unwrap();
+        let (rec, retire) = reg.check_caller(&old).unwrap();
+        let write = reg
+            .observe(&old, &rec, retire, at("10.0.0.1:7444", 1_000))
+            .unwrap();
+        // A renewal and a role change land before the heartbeat's write.
+        reg.renewed(reg.authenticate(&old).unwrap(), &ident("w-1", "bb"))
+            .unwrap();
+        reg.set_role(&n, Some("worker".into())).unwrap();
+        reg.save(&write).unwrap();
+        let rec = reg.get(&n).unwrap().unwrap();
+        assert_eq!(rec.cert_serial, "bb");
+        assert_eq!(rec.prev_serial.as_deref(), Some("aa"));
+        assert_eq!(rec.role.as_deref(), Some("worker"));
+        assert_eq!(rec.endpoint, "10.0.0.1:7444");
+        assert_eq!(rec.last_seen_ms, 1_000);
+    }
+
+    #[test]
+    fn the_first_heartbeat_with_a_renewed_certificate_retires_the_old_one() {
+        let reg = Registry::new(Db::in_memory());
+        let n = NodeName::new("w-1").unwrap();
+        reg.enroll(&n, &ident("w-1", "aa"), 0).unwrap();
+        beat(&reg, &ident("w-1", "aa"), at("10.0.0.1:7444", 1_000)).unwrap();
+        reg.renewed(
+            reg.authenticate(&ident("w-1", "aa")).unwrap(),
+            &ident("w-1", "bb"),
+        )
+        .unwrap();
+        beat(&reg, &ident("w-1", "aa"), at("10.0.0.1:7444", 2_000)).unwrap();
+        // The first heartbeat with the new certificate also writes (its
+        // endpoint changed); the old serial must stay retired.
+        beat(&reg, &ident("w-1", "bb"), at("10.0.0.9:7444", 3_000)).unwrap();
+        let rec = reg.get(&n).unwrap().unwrap();
+        assert_eq!(rec.prev_serial, None);
+        assert_eq!(rec.endpoint, "10.0.0.9:7444");
+        let err = beat(&reg, &ident("w-1", "aa"), at("10.0.0.1:7444", 4_000))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("superseded"), "{err}");
     }
 }

@@ -6,6 +6,7 @@ use kh::proto::{HeartbeatRequest, HeartbeatResponse, RenewRequest, RenewResponse
 use kh::time::unix_ms;
 use tonic::{Request, Response, Status};
 
+use crate::registry::Beat;
 use crate::Coordinator;
 
 pub struct NodeService(pub Arc<Coordinator>);
@@ -19,14 +20,21 @@ impl Node for NodeService {
         let id = caller(&req)?.clone();
         let r = req.into_inner();
         let c = &self.0;
-        let rec = c.registry.authenticate(&id)?;
-        c.registry.heartbeat(
-            rec,
-            r.facts,
-            r.endpoint,
-            r.agent_version,
-            unix_ms(c.clock.now()),
-        )?;
+        let (rec, retire_prev) = c.registry.check_caller(&id)?;
+        let beat = Beat {
+            facts: r.facts,
+            endpoint: r.endpoint,
+            agent_version: r.agent_version,
+            now_ms: unix_ms(c.clock.now()),
+        };
+        // Most heartbeats only touch memory. The few that must be made
+        // durable (about one per node a minute) make a synced write, which
+        // can take tens of milliseconds: it runs on the blocking pool and the
+        // answer waits for it, so it stalls neither the reactor nor durability.
+        if let Some(write) = c.registry.observe(&id, &rec, retire_prev, beat) {
+            let coord = c.clone();
+            super::blocking(&c.registry_writes, move || coord.registry.save(&write)).await?;
+        }
         Ok(Response::new(HeartbeatResponse {
             interval_ms: c.config.heartbeat_interval.as_millis() as u64,
         }))
