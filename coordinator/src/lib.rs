@@ -5,6 +5,10 @@
 //! It never touches a cluster host itself: every host effect is a typed step it
 //! asks an agent to perform. Only `store` knows sled; only `rpc` and `server`
 //! know tonic.
+//!
+//! No unsafe code here: the package's lints only deny it, for the binary's
+//! one call into glibc (`main.rs`), so the library forbids it itself.
+#![forbid(unsafe_code)]
 
 pub mod agents;
 pub mod audit;
