@@ -2,7 +2,11 @@
 //! containerd), shared by preflight and facts. Probing only runs `version`
 //! style commands, which change nothing.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +14,77 @@ use crate::error::tail_or_empty;
 use crate::host::{Cmd, Host};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a probed version is trusted while its binary stays the same
+/// file. Facts probe every minute, so preflight finds them fresh.
+const VERSION_TRUST: Duration = Duration::from_secs(300);
+
+/// A binary as the file system sees it. Installing another version makes
+/// another file (new inode, size and change time), so an unchanged identity
+/// means an unchanged version. A wrapper that runs something else (snap's
+/// `/usr/bin/snap`) keeps its identity across updates, hence the time limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        size: m.size(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+struct Probed {
+    id: FileId,
+    at: Instant,
+    version: String,
+}
+
+/// Versions found recently, by the path the search found the tool at.
+static PROBED: Mutex<BTreeMap<PathBuf, Probed>> = Mutex::new(BTreeMap::new());
+
+/// The tool's version from `probe`, unless the same binary told it within
+/// [`VERSION_TRUST`]. A probe is a process start (a Go binary's, on a real
+/// host: tens of milliseconds, more on a Raspberry Pi), and preflight and
+/// facts both ask for all four tools.
+fn remembered(host: &Host, tool: &str, probe: impl FnOnce() -> ToolVersion) -> ToolVersion {
+    let Some(path) = host.which(tool) else {
+        return ToolVersion::Missing;
+    };
+    let id = file_id(&path);
+    let known = |p: &Probed| Some(p.id) == id && p.at.elapsed() < VERSION_TRUST;
+    if let Some(p) = PROBED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&path)
+        .filter(|p| known(p))
+    {
+        return ToolVersion::Found(p.version.clone());
+    }
+    let version = probe();
+    if let (Some(id), ToolVersion::Found(found)) = (id, &version) {
+        PROBED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                path,
+                Probed {
+                    id,
+                    at: Instant::now(),
+                    version: found.clone(),
+                },
+            );
+    }
+    version
+}
 
 /// What probing one tool found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,20 +228,28 @@ fn probe_parsed(host: &Host, argv: &[&str], parse: fn(&str) -> Option<String>) -
 }
 
 pub fn kubeadm_version(host: &Host) -> ToolVersion {
-    probe_parsed(
-        host,
-        &["kubeadm", "version", "-o", "short"],
-        parse_kubeadm_short,
-    )
+    remembered(host, "kubeadm", || {
+        probe_parsed(
+            host,
+            &["kubeadm", "version", "-o", "short"],
+            parse_kubeadm_short,
+        )
+    })
 }
 
 pub fn kubelet_version(host: &Host) -> ToolVersion {
-    probe_parsed(host, &["kubelet", "--version"], parse_kubelet_version)
+    remembered(host, "kubelet", || {
+        probe_parsed(host, &["kubelet", "--version"], parse_kubelet_version)
+    })
 }
 
 /// JSON output first; releases that lack it (or print it differently) get
 /// the text forms.
 pub fn kubectl_version(host: &Host) -> ToolVersion {
+    remembered(host, "kubectl", || kubectl_probe(host))
+}
+
+fn kubectl_probe(host: &Host) -> ToolVersion {
     let json = ["kubectl", "version", "--client", "-o", "json"];
     let first = match probe(host, &json) {
         Ok(stdout) => match parse_kubectl_json(&stdout) {
@@ -190,7 +273,9 @@ pub fn kubectl_version(host: &Host) -> ToolVersion {
 }
 
 pub fn containerd_version(host: &Host) -> ToolVersion {
-    probe_parsed(host, &["containerd", "--version"], parse_containerd_version)
+    remembered(host, "containerd", || {
+        probe_parsed(host, &["containerd", "--version"], parse_containerd_version)
+    })
 }
 
 /// All four tools at once.
@@ -285,6 +370,37 @@ mod tests {
         for (parse, output, want) in cases {
             assert_eq!(parse(output).as_deref(), *want, "{output:?}");
         }
+    }
+
+    #[test]
+    fn a_version_is_probed_again_only_when_the_binary_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let runs = dir.path().join("runs");
+        let install = |version: &str| {
+            let script = format!(
+                "#!/bin/sh\necho run >> {}\necho {version}\n",
+                runs.display()
+            );
+            // A package manager writes a new file and renames it into place.
+            let tmp = bin.join(".kubeadm.new");
+            std::fs::write(&tmp, script).unwrap();
+            std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            std::fs::rename(&tmp, bin.join("kubeadm")).unwrap();
+        };
+        let host = Host::new("/", vec![bin.clone()]);
+        let probes = || std::fs::read_to_string(&runs).unwrap().lines().count();
+        install("v1.32.0");
+        assert_eq!(kubeadm_version(&host), ToolVersion::Found("v1.32.0".into()));
+        assert_eq!(kubeadm_version(&host), ToolVersion::Found("v1.32.0".into()));
+        assert_eq!(probes(), 1, "the same binary was asked twice");
+        install("v1.32.1");
+        assert_eq!(kubeadm_version(&host), ToolVersion::Found("v1.32.1".into()));
+        assert_eq!(probes(), 2);
+        std::fs::remove_file(bin.join("kubeadm")).unwrap();
+        assert_eq!(kubeadm_version(&host), ToolVersion::Missing);
     }
 
     #[test]
