@@ -1427,26 +1427,28 @@ async fn wait_member_promoted(
     let mut last = String::new();
     let mut told: Option<(String, Instant)> = None;
     while start.elapsed() < PROMOTE_TIMEOUT {
-        match ctx.ops.etcd_members(&node.name, &endpoints, false).await {
+        // Membership and the member's health, asked at once: after a join
+        // both are usually fine already, and this is on the critical path.
+        let own = [url(node.address, 2379)];
+        let (members, health) = futures::future::join(
+            ctx.ops.etcd_members(&node.name, &endpoints, false),
+            ctx.ops.etcd_health(&node.name, &own, false),
+        )
+        .await;
+        match members {
             Ok(members) => match members.iter().find(|m| m.peer_urls.contains(&peer)) {
-                Some(m) if !m.is_learner => {
-                    let health = ctx
-                        .ops
-                        .etcd_health(&node.name, &[url(node.address, 2379)], false)
-                        .await;
-                    match health {
-                        Ok(h) if h.health.iter().all(|e| e.healthy) && !h.health.is_empty() => {
-                            return Ok(())
-                        }
-                        Ok(h) => {
-                            last = format!(
-                                "member promoted but not healthy yet: {:?}",
-                                h.health.iter().map(|e| &e.error).collect::<Vec<_>>()
-                            )
-                        }
-                        Err(e) => last = e,
+                Some(m) if !m.is_learner => match health {
+                    Ok(h) if h.health.iter().all(|e| e.healthy) && !h.health.is_empty() => {
+                        return Ok(())
                     }
-                }
+                    Ok(h) => {
+                        last = format!(
+                            "member promoted but not healthy yet: {:?}",
+                            h.health.iter().map(|e| &e.error).collect::<Vec<_>>()
+                        )
+                    }
+                    Err(e) => last = e,
+                },
                 Some(_) => last = "still a learner".into(),
                 None => last = "not a member yet".into(),
             },
