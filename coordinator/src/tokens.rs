@@ -223,20 +223,23 @@ mod tests {
         NodeName::new(n).unwrap()
     }
 
+    /// A token for `node` lasting `ttl_s` seconds, without --force.
+    fn make(
+        db: &Db,
+        clock: &dyn Clock,
+        sched: &PruneSchedule,
+        node: NodeName,
+        ttl_s: u64,
+    ) -> (EnrollToken, TokenRecord) {
+        create(db, clock, sched, node, Duration::from_secs(ttl_s), false).unwrap()
+    }
+
     #[test]
     fn a_token_works_once_for_its_node_only() {
         let db = Db::in_memory();
         let clock = ManualClock::at_unix_ms(1_000_000);
         let sched = PruneSchedule::default();
-        let (tok, _) = create(
-            &db,
-            &clock,
-            &sched,
-            node("cp-1"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
+        let (tok, _) = make(&db, &clock, &sched, node("cp-1"), 60);
         let text = tok.reveal();
         let err = check(&db, &clock, &text, &node("cp-2"))
             .unwrap_err()
@@ -260,15 +263,7 @@ mod tests {
         let db = Db::in_memory();
         let clock = ManualClock::at_unix_ms(1_000_000);
         let sched = PruneSchedule::default();
-        let (tok, _) = create(
-            &db,
-            &clock,
-            &sched,
-            node("w-1"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
+        let (tok, _) = make(&db, &clock, &sched, node("w-1"), 60);
         clock.advance(Duration::from_secs(61));
         let err = check(&db, &clock, &tok.reveal(), &node("w-1"))
             .unwrap_err()
@@ -294,15 +289,7 @@ mod tests {
         let db = Db::in_memory();
         let clock = ManualClock::at_unix_ms(1_000_000);
         let sched = PruneSchedule::default();
-        create(
-            &db,
-            &clock,
-            &sched,
-            node("a"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
+        make(&db, &clock, &sched, node("a"), 60);
         create(
             &db,
             &clock,
@@ -328,24 +315,8 @@ mod tests {
         let db = Db::in_memory();
         let clock = ManualClock::at_unix_ms(1);
         let sched = PruneSchedule::default();
-        let (a, _) = create(
-            &db,
-            &clock,
-            &sched,
-            node("a"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
-        let (b, _) = create(
-            &db,
-            &clock,
-            &sched,
-            node("b"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
+        let (a, _) = make(&db, &clock, &sched, node("a"), 60);
+        let (b, _) = make(&db, &clock, &sched, node("b"), 60);
         delete(&db, &a.id).unwrap();
         delete(&db, &b.reveal()).unwrap();
         assert!(delete(&db, &a.id)
@@ -414,26 +385,10 @@ mod tests {
         // 50 s of creations: one sweep, by the first, however many are stored.
         assert_eq!(store.scans.load(Ordering::Relaxed), 1);
         clock.advance(Duration::from_millis(9_900));
-        create(
-            &db,
-            &clock,
-            &sched,
-            node("late"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
+        make(&db, &clock, &sched, node("late"), 60);
         assert_eq!(store.scans.load(Ordering::Relaxed), 1, "59.9 s after");
         clock.advance(Duration::from_millis(200));
-        create(
-            &db,
-            &clock,
-            &sched,
-            node("later"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
+        make(&db, &clock, &sched, node("later"), 60);
         assert_eq!(store.scans.load(Ordering::Relaxed), 2, "60.1 s after");
     }
 
@@ -442,39 +397,15 @@ mod tests {
         let db = Db::in_memory();
         let clock = ManualClock::at_unix_ms(1_000_000);
         let sched = PruneSchedule::default();
-        let (old, _) = create(
-            &db,
-            &clock,
-            &sched,
-            node("w-1"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
-        let (used, rec) = create(
-            &db,
-            &clock,
-            &sched,
-            node("w-2"),
-            Duration::from_secs(600),
-            false,
-        )
-        .unwrap();
+        let (old, _) = make(&db, &clock, &sched, node("w-1"), 60);
+        let (used, rec) = make(&db, &clock, &sched, node("w-2"), 600);
         spend(&db, &clock, &rec).unwrap();
         // Past the time a sweep would delete them, but no sweep is due: both
         // records are still there, and still refused.
         clock.advance(KEEP_SPENT + Duration::from_secs(601));
         assert!(sched.next_ms.load(Ordering::Relaxed) > 0);
         sched.next_ms.store(u64::MAX, Ordering::Relaxed);
-        create(
-            &db,
-            &clock,
-            &sched,
-            node("w-3"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
+        make(&db, &clock, &sched, node("w-3"), 60);
         assert!(db.get_json::<TokenRecord>(&key(&old.id)).unwrap().is_some());
         let err = check(&db, &clock, &old.reveal(), &node("w-1"))
             .unwrap_err()
@@ -486,15 +417,7 @@ mod tests {
         assert!(err.contains("already used"), "{err}");
         // Once a sweep is due, the next creation deletes both.
         sched.next_ms.store(0, Ordering::Relaxed);
-        create(
-            &db,
-            &clock,
-            &sched,
-            node("w-4"),
-            Duration::from_secs(60),
-            false,
-        )
-        .unwrap();
+        make(&db, &clock, &sched, node("w-4"), 60);
         assert!(db.get_json::<TokenRecord>(&key(&old.id)).unwrap().is_none());
         for (tok, n) in [(&old, "w-1"), (&used, "w-2")] {
             let err = check(&db, &clock, &tok.reveal(), &node(n))

@@ -300,13 +300,17 @@ impl RolloutState {
 mod tests {
     use super::*;
 
+    fn of(cluster: &str) -> RolloutState {
+        RolloutState {
+            cluster: cluster.into(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn transitions_survive_a_reload() {
         let db = Db::in_memory();
-        let mut s = RolloutState {
-            cluster: "prod".into(),
-            ..Default::default()
-        };
+        let mut s = of("prod");
         s.mark(&db, "cp-2/join", Status::Running, "", 10).unwrap();
         let back = RolloutState::load(&db).unwrap().unwrap();
         assert_eq!(back.steps["cp-2/join"].status, Status::Running);
@@ -322,10 +326,7 @@ mod tests {
     #[test]
     fn a_transition_writes_its_step_and_the_journal_at_most_once_a_second() {
         let db = Db::in_memory();
-        let mut s = RolloutState {
-            cluster: "prod".into(),
-            ..Default::default()
-        };
+        let mut s = of("prod");
         s.save(&db, 1_000).unwrap();
         s.record(&RolloutEvent {
             message: "first".into(),
@@ -378,16 +379,10 @@ mod tests {
     #[test]
     fn saving_a_new_state_drops_the_old_steps_and_clear_forgets_all() {
         let db = Db::in_memory();
-        let mut old = RolloutState {
-            cluster: "old".into(),
-            ..Default::default()
-        };
+        let mut old = of("old");
         old.save(&db, 1).unwrap();
         old.mark(&db, "a/prepare", Status::Done, "", 2).unwrap();
-        let mut new = RolloutState {
-            cluster: "new".into(),
-            ..Default::default()
-        };
+        let mut new = of("new");
         new.mark(&db, "b/prepare", Status::Running, "", 3).unwrap();
         let back = RolloutState::load(&db).unwrap().unwrap();
         assert_eq!(back.cluster, "new");
