@@ -151,7 +151,10 @@ impl Registry {
     }
 
     /// Applies a heartbeat from the node `caller` authenticated as (see
-    /// [`Registry::check_caller`]) and makes what changed durable.
+    /// [`Registry::check_caller`]) and makes what changed durable, in one
+    /// call. The Node service makes the two halves itself, the write on the
+    /// blocking pool; tests use this.
+    #[cfg(test)]
     pub fn heartbeat(
         &self,
         caller: &Identity,

@@ -174,7 +174,9 @@ impl RolloutState {
             .is_some_and(|s| s.status == Status::Done)
     }
 
-    /// Records a step transition and writes it.
+    /// Records a step transition and writes it, in one call. The engine
+    /// makes the write itself, outside the state lock; tests use this.
+    #[cfg(test)]
     pub fn mark(
         &mut self,
         db: &Db,
