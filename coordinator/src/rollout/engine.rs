@@ -685,6 +685,7 @@ fn plan(
     let initialized = views
         .get(&ctx.first.name)
         .is_some_and(|v| v.status.admin_conf);
+    let init_state = || if initialized { "done" } else { "pending" }.to_string();
     if ctx.spec.load_balancer == kh::spec::LoadBalancerType::Haproxy {
         phases.push(proto::PlannedPhase {
             name: "load-balancer".into(),
@@ -707,11 +708,7 @@ fn plan(
         steps: vec![step(
             &ctx.first.name,
             "endpoint-check",
-            if initialized {
-                "done".into()
-            } else {
-                "pending".into()
-            },
+            init_state(),
             format!("TCP connect to {} from {}", ctx.endpoint, ctx.first.name),
         )],
     });
@@ -720,11 +717,7 @@ fn plan(
         steps: vec![step(
             &ctx.first.name,
             "kubeadm-init",
-            if initialized {
-                "done".into()
-            } else {
-                "pending".into()
-            },
+            init_state(),
             format!(
                 "kubeadm init --config /var/lib/kh-agent/kubeadm-init.yaml{}",
                 if ctx.spec.certificates == CertDistribution::UploadCerts {
