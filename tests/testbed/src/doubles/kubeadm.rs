@@ -1144,18 +1144,7 @@ fn init(env: &NodeEnv, argv: &[String]) -> R<()> {
     let version = env.version();
     let mut cfg = match p.get("config") {
         Some(file) => {
-            let others = p.others(MIXABLE);
-            if !others.is_empty() {
-                return Err(plain(format!(
-                    "can not mix '--config' with arguments {others:?}"
-                )));
-            }
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                plain(format!(
-                    "unable to read config from \"{file}\" : open {file}: {}",
-                    io_text(&e)
-                ))
-            })?;
+            let text = config_file(file, &p.others(MIXABLE))?;
             config::parse_init(&text, &version).map_err(plain)?
         }
         None => init_from_flags(&p, &version)?,
@@ -1317,6 +1306,22 @@ fn init(env: &NodeEnv, argv: &[String]) -> R<()> {
         join_command(&endpoint, &tokens[0], &hash, false, None)
     );
     Ok(())
+}
+
+/// The `--config` file's text, as kubeadm refuses it: mixed with other
+/// arguments, or unreadable.
+fn config_file(file: &str, others: &[String]) -> R<String> {
+    if !others.is_empty() {
+        return Err(plain(format!(
+            "can not mix '--config' with arguments {others:?}"
+        )));
+    }
+    std::fs::read_to_string(file).map_err(|e| {
+        plain(format!(
+            "unable to read config from \"{file}\" : open {file}: {}",
+            io_text(&e)
+        ))
+    })
 }
 
 fn io_text(e: &std::io::Error) -> String {
@@ -1525,17 +1530,7 @@ fn join(env: &NodeEnv, argv: &[String]) -> R<()> {
             if !p.positional.is_empty() {
                 others.extend(p.positional.iter().cloned());
             }
-            if !others.is_empty() {
-                return Err(plain(format!(
-                    "can not mix '--config' with arguments {others:?}"
-                )));
-            }
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                plain(format!(
-                    "unable to read config from \"{file}\" : open {file}: {}",
-                    io_text(&e)
-                ))
-            })?;
+            let text = config_file(file, &others)?;
             config::parse_join(&text, &version).map_err(plain)?
         }
         None => join_from_flags(&p)?,
