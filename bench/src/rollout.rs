@@ -590,6 +590,22 @@ fn print_run(r: &RunResult) {
     );
 }
 
+/// "median [min-max]" of one figure over runs, or "-" without runs.
+fn median_range(rs: &[&RunResult], f: &dyn Fn(&RunResult) -> f64) -> String {
+    let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
+    summarize(&v)
+        .map(|s| format!("{} [{}-{}]", f2(s.median), f2(s.min), f2(s.max)))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The median of one figure over runs, or "-" without runs.
+fn median_only(rs: &[&RunResult], f: &dyn Fn(&RunResult) -> f64) -> String {
+    let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
+    summarize(&v)
+        .map(|s| f2(s.median))
+        .unwrap_or_else(|| "-".into())
+}
+
 fn print_tables(all: &[RunResult], failed: &[Shape], args: &RolloutArgs) {
     println!("\n## Rollout overhead (medians of runs, [min-max])\n");
     println!(
@@ -598,12 +614,7 @@ fn print_tables(all: &[RunResult], failed: &[Shape], args: &RolloutArgs) {
     println!("|---|---|---|---|---|---|---|");
     for shape in &args.shapes {
         let rs: Vec<&RunResult> = all.iter().filter(|r| r.shape == Some(*shape)).collect();
-        let col = |f: &dyn Fn(&RunResult) -> f64| {
-            let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
-            summarize(&v)
-                .map(|s| format!("{} [{}-{}]", f2(s.median), f2(s.min), f2(s.max)))
-                .unwrap_or_else(|| "-".into())
-        };
+        let col = |f: &dyn Fn(&RunResult) -> f64| median_range(&rs, f);
         println!(
             "| {shape} | {}/{} | {} | {} | {} | {} | ratio <= 1.10 |",
             rs.len(),
@@ -618,12 +629,7 @@ fn print_tables(all: &[RunResult], failed: &[Shape], args: &RolloutArgs) {
     println!("|---|---|---|---|---|---|---|");
     for shape in &args.shapes {
         let rs: Vec<&RunResult> = all.iter().filter(|r| r.shape == Some(*shape)).collect();
-        let med = |f: &dyn Fn(&RunResult) -> f64| {
-            let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
-            summarize(&v)
-                .map(|s| f2(s.median))
-                .unwrap_or_else(|| "-".into())
-        };
+        let med = |f: &dyn Fn(&RunResult) -> f64| median_only(&rs, f);
         println!(
             "| {shape} | {} | {} ({} + {}) | {} | {} + {} + {} | {} | {} |",
             med(&|r| r.prepare_s),
@@ -642,12 +648,7 @@ fn print_tables(all: &[RunResult], failed: &[Shape], args: &RolloutArgs) {
     println!("|---|---|---|---|");
     for shape in &args.shapes {
         let rs: Vec<&RunResult> = all.iter().filter(|r| r.shape == Some(*shape)).collect();
-        let col = |f: &dyn Fn(&RunResult) -> f64| {
-            let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
-            summarize(&v)
-                .map(|s| format!("{} [{}-{}]", f2(s.median), f2(s.min), f2(s.max)))
-                .unwrap_or_else(|| "-".into())
-        };
+        let col = |f: &dyn Fn(&RunResult) -> f64| median_range(&rs, f);
         println!(
             "| {shape} | {} | {} | {} |",
             col(&|r| r.workers_phase_s),
@@ -689,12 +690,7 @@ fn print_breakdowns(all: &[RunResult], args: &RolloutArgs) {
             ),
             ("worker phase", |r: &RunResult| r.cpu_workers),
         ] {
-            let med = |f: &dyn Fn(Cpu) -> f64| {
-                let v: Vec<f64> = rs.iter().map(|r| f(get(r))).collect();
-                summarize(&v)
-                    .map(|s| f2(s.median))
-                    .unwrap_or_else(|| "-".into())
-            };
+            let med = |f: &dyn Fn(Cpu) -> f64| median_only(&rs, &|r| f(get(r)));
             println!(
                 "| {shape} | {what} | {} | {} | {} | {} | {} |",
                 med(&|c| c.agents),
