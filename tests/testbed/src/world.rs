@@ -125,6 +125,10 @@ pub struct AgentProc {
     pub search_path: String,
     /// The world dir, for the clock (`KH_TESTBED_DIR`).
     pub world_dir: PathBuf,
+    /// A host this world found running (kh-sandbox re-attaching to its
+    /// hosts) rather than declared: dropping the world leaves whatever runs
+    /// there, such as its HAProxy, alone.
+    pub attached: bool,
     log: PathBuf,
 }
 
@@ -450,9 +454,10 @@ pub struct World {
 impl Drop for World {
     /// HAProxy runs in the process group of the agent that started it, so
     /// the agents' guards take it down; this also catches one started some
-    /// other way (a test calling the systemctl double itself).
+    /// other way (a test calling the systemctl double itself). Hosts the
+    /// world only attached to are not its to stop.
     fn drop(&mut self) {
-        for a in &self.agents {
+        for a in self.agents.iter().filter(|a| !a.attached) {
             crate::doubles::haproxy::kill(&a.node_dir(), &a.root);
         }
     }
@@ -555,6 +560,8 @@ impl World {
             .agent_ports
             .unwrap_or_else(|| (net::free_port(ip), net::free_port(ip)));
         let idx = self.attach_agent(name, ip, g, h);
+        // Declared here, so this world owns what runs there.
+        self.agents[idx].attached = false;
         let a = &self.agents[idx];
         hostroot::create(&a.root, &HostSpec::numbered(name, n + 1)).expect("host root");
         let bin_dir = a.node_dir().join("bin");
@@ -627,7 +634,7 @@ impl World {
     }
 
     /// Registers a host whose files already exist (a restarted sandbox);
-    /// touches nothing on disk.
+    /// touches nothing on disk, and dropping the world stops nothing there.
     pub fn attach_agent(
         &mut self,
         name: &str,
@@ -649,6 +656,7 @@ impl World {
             // The doubles first, then the real tools (containerd, etcd).
             search_path: format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin_dir.display()),
             world_dir: self.layout.dir.clone(),
+            attached: true,
             log: base.join("agent.log"),
         });
         self.agents.len() - 1
@@ -737,5 +745,55 @@ impl World {
                 other => Err(format!("{other:?}")),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    /// A stand-in for a host's running HAProxy: a process whose command
+    /// line names the host root, recorded in the host's HAProxy pid file.
+    fn fake_haproxy(a: &AgentProc) -> std::process::Child {
+        std::fs::create_dir_all(&a.root).unwrap();
+        let child = Command::new("sh")
+            .args(["-c", "sleep 30; :", "sh"])
+            .arg(&a.root)
+            .spawn()
+            .unwrap();
+        std::fs::write(
+            a.node_dir().join(crate::doubles::haproxy::PID_FILE),
+            format!("{}\n", child.id()),
+        )
+        .unwrap();
+        assert_eq!(a.haproxy_pid(), Some(child.id()));
+        child
+    }
+
+    #[test]
+    fn dropping_a_world_stops_nothing_on_hosts_it_only_attached() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = World::with_layout(Layout::for_test(tmp.path(), &[]));
+        let idx = w.attach_agent("lb-1", net::fresh_ip(), 7444, 7445);
+        let mut haproxy = fake_haproxy(&w.agents[idx]);
+        drop(w);
+        assert!(
+            haproxy.try_wait().unwrap().is_none(),
+            "the attached host's HAProxy was stopped"
+        );
+        haproxy.kill().unwrap();
+        haproxy.wait().unwrap();
+    }
+
+    #[test]
+    fn dropping_a_world_stops_haproxy_on_hosts_it_declared() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = World::with_layout(Layout::for_test(tmp.path(), &[]));
+        let idx = w.declare_agent("lb-1");
+        let mut haproxy = fake_haproxy(&w.agents[idx]);
+        drop(w);
+        let status = haproxy.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "{status:?}");
     }
 }
