@@ -18,19 +18,66 @@ struct Sandbox {
 }
 
 impl Sandbox {
-    fn new() -> Sandbox {
+    /// A sandbox in a block of its own: the second octet this test process
+    /// owns (see net::fresh_ip), and `third`, an octet fresh_ip does not
+    /// reach (240 and up), different for each test of this file.
+    fn new(third: u8) -> Sandbox {
         let tmp = tempfile::Builder::new()
             .prefix("kh-e2e-sandbox-")
             .tempdir()
             .unwrap();
-        // A block of its own: the second octet this test process owns (see
-        // net::fresh_ip), a third octet fresh_ip does not reach.
         let o = kh_testbed::net::fresh_ip().octets();
         Sandbox {
             dir: tmp.path().join("sb"),
-            prefix: format!("127.{}.240", o[1]),
+            prefix: format!("127.{}.{third}", o[1]),
             _tmp: tmp,
         }
+    }
+
+    /// `khctl --config DIR/admin.khconfig ARGS`.
+    fn khctl(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(kh_testbed::bin("khctl"));
+        c.arg("--config")
+            .arg(self.dir.join("admin.khconfig"))
+            .args(args);
+        c
+    }
+
+    fn node_env(&self, name: &str) -> kh_testbed::kube::NodeEnv {
+        let node = self.dir.join("nodes").join(name);
+        kh_testbed::kube::NodeEnv::new(&node.join("root"), &node, None)
+    }
+
+    /// The pid of lb-1's HAProxy, if it runs.
+    fn haproxy_pid(&self) -> Option<u32> {
+        kh_testbed::doubles::haproxy::running_pid(&self.node_env("lb-1"))
+    }
+
+    /// GET /healthz through the control-plane endpoint (lb-1's HAProxy),
+    /// trusting the cluster CA on cp-1.
+    fn endpoint_healthz(&self) -> Result<(u16, String), String> {
+        use kh_testbed::kube::http::{Client, Credentials, Trust};
+        let ca =
+            std::fs::read_to_string(self.dir.join("nodes/cp-1/root/etc/kubernetes/pki/ca.crt"))
+                .map_err(|e| format!("no cluster CA on cp-1: {e}"))?;
+        let mut c = Client::new(
+            &format!("https://{}:6443", self.ip(9)),
+            &Trust::Ca(ca),
+            &Credentials::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        c.timeout = Duration::from_secs(5);
+        c.get("/healthz")
+            .map(|r| (r.status, r.body.trim().to_string()))
+            .map_err(|e| e.to_string())
+    }
+
+    fn coordinator_pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join("pids/coordinator.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     fn run(&self, args: &[&str]) -> Out {
@@ -78,7 +125,7 @@ fn host_tool(sb: &Sandbox, name: &str, tool: &str) -> Command {
 
 #[test]
 fn sandbox_up_add_node_kill_start_and_down_leave_nothing_behind() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::new(240);
     let out = sb
         .run(&[
             "up",
@@ -191,4 +238,171 @@ fn sandbox_up_add_node_kill_start_and_down_leave_nothing_behind() {
     }
     let status = sb.run(&["status"]).expect_ok("status after down");
     assert!(!status.stdout.contains("running (pid"), "{}", status.stdout);
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rfind(')')
+                .and_then(|i| s[i + 1..].split_whitespace().next())
+                .unwrap_or("X");
+            !matches!(state, "Z" | "X")
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn sandbox_add_node_and_start_node_leave_haproxy_on_lb_1_running() {
+    let sb = Sandbox::new(241);
+    sb.run(&[
+        "up",
+        "--control-planes",
+        "1",
+        "--workers",
+        "0",
+        "--ip-prefix",
+        &sb.prefix,
+    ])
+    .expect_ok("kh-sandbox up");
+    let spec = sb.dir.join("cluster.yaml");
+    run(sb.khctl(&["rollout", "-f", spec.to_str().unwrap()])).expect_ok("khctl rollout");
+    let pid = sb
+        .haproxy_pid()
+        .expect("HAProxy runs on lb-1 after the rollout");
+    assert_eq!(sb.endpoint_healthz(), Ok((200, "ok".to_string())));
+
+    // Each command re-attaches every host of the sandbox; none may stop
+    // what runs there.
+    let steps: [&[&str]; 3] = [
+        &["add-node", "w-9"],
+        &["kill-node", "w-9"],
+        &["start-node", "w-9"],
+    ];
+    for args in steps {
+        sb.run(args)
+            .expect_ok(&format!("kh-sandbox {}", args.join(" ")));
+        assert_eq!(
+            sb.haproxy_pid(),
+            Some(pid),
+            "lb-1's HAProxy after `kh-sandbox {}`",
+            args.join(" ")
+        );
+        assert_eq!(
+            sb.endpoint_healthz(),
+            Ok((200, "ok".to_string())),
+            "the endpoint after `kh-sandbox {}`",
+            args.join(" ")
+        );
+    }
+    let status = sb.run(&["status"]).expect_ok("status");
+    assert!(
+        status.stdout.contains(&format!("haproxy (pid {pid})")),
+        "{}",
+        status.stdout
+    );
+}
+
+#[test]
+fn sandbox_restart_coordinator_crashes_it_and_a_rollout_resumes() {
+    let sb = Sandbox::new(242);
+    sb.run(&[
+        "up",
+        "--control-planes",
+        "1",
+        "--workers",
+        "1",
+        "--load-balancer",
+        "none",
+        "--ip-prefix",
+        &sb.prefix,
+    ])
+    .expect_ok("kh-sandbox up");
+    // A slow worker join, so the coordinator dies while it runs.
+    kh_testbed::doubles::latency::write(
+        &sb.dir,
+        Duration::ZERO,
+        Duration::ZERO,
+        Duration::from_secs(3),
+    );
+    let spec = sb.dir.join("cluster.yaml");
+    let spec = spec.to_str().unwrap();
+    let mut first = kh_testbed::proc::Proc::spawn(
+        "khctl rollout",
+        sb.khctl(&["rollout", "-f", spec]),
+        &sb.dir.join("khctl-first.log"),
+    );
+    let w1_calls = sb.dir.join("nodes/w-1/calls.log");
+    eventually("w-1's join to start", Duration::from_secs(120), || {
+        let calls = std::fs::read_to_string(&w1_calls).unwrap_or_default();
+        if calls.lines().any(|c| c.starts_with("kubeadm join")) {
+            Ok(())
+        } else {
+            Err(calls)
+        }
+    });
+    let old = sb.coordinator_pid();
+    let out = sb
+        .run(&["restart-coordinator"])
+        .expect_ok("kh-sandbox restart-coordinator");
+    assert!(
+        out.stdout
+            .contains(&format!("Killed the coordinator (pid {old}) with SIGKILL.")),
+        "{}",
+        out.stdout
+    );
+    let new = sb.coordinator_pid();
+    assert_ne!(new, old);
+    assert!(!alive(old), "the old coordinator {old} still runs");
+    assert!(alive(new), "the new coordinator {new} does not run");
+    assert!(
+        out.stdout.contains(&format!(
+            "Started the coordinator (pid {new}) on {}:7443, data dir {}",
+            sb.ip(10),
+            sb.dir.join("coordinator").display()
+        )),
+        "{}",
+        out.stdout
+    );
+    // A crash, not a clean stop: the coordinator never logged its shutdown.
+    let log = std::fs::read_to_string(sb.dir.join("coordinator.log")).unwrap();
+    assert!(!log.contains("shutting down"), "{log}");
+    // The khctl that watched the rollout lost its coordinator.
+    eventually("the first khctl to exit", Duration::from_secs(30), || {
+        if first.is_running() {
+            Err("still running".into())
+        } else {
+            Ok(())
+        }
+    });
+
+    // The same data dir: the credentials still work and the rollout resumes.
+    let out = run(sb.khctl(&["rollout", "-f", spec]));
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    let nodes = run(sb.khctl(&["nodes"])).expect_ok("khctl nodes");
+    assert!(nodes.stdout.contains("w-1"), "{}", nodes.stdout);
+    let status = sb.run(&["status"]).expect_ok("status");
+    assert!(
+        status.stdout.contains(&format!("running (pid {new})")),
+        "{}",
+        status.stdout
+    );
+
+    // kill-node and start-node take the coordinator too.
+    sb.run(&["kill-node", "coordinator"])
+        .expect_ok("kill-node coordinator");
+    assert!(!alive(new));
+    let again = run(sb.khctl(&["nodes"]));
+    assert!(!again.ok(), "{}", again.stdout);
+    sb.run(&["start-node", "coordinator"])
+        .expect_ok("start-node coordinator");
+    run(sb.khctl(&["nodes"])).expect_ok("khctl nodes after start-node coordinator");
+    let refused = sb.run(&["start-node", "coordinator"]);
+    assert!(!refused.ok());
+    assert!(
+        refused.stderr.contains("the coordinator is running"),
+        "{}",
+        refused.stderr
+    );
 }

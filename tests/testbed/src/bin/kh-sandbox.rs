@@ -36,8 +36,10 @@ enum Cmd {
     /// write DIR/cluster.yaml and DIR/admin.khconfig (replacing a previous
     /// sandbox in --dir).
     Up {
+        /// How many control planes (cp-1, cp-2, ...) the spec lists.
         #[arg(long, default_value_t = 3)]
         control_planes: u32,
+        /// How many workers (w-1, w-2, ...) the spec lists.
         #[arg(long, default_value_t = 2)]
         workers: u32,
         /// The first three octets of the sandbox's addresses (127.x.y).
@@ -57,15 +59,28 @@ enum Cmd {
     Status,
     /// Start and enroll one more host that is not in the cluster spec.
     AddNode {
+        /// The new host's node name (cp-4, w-3, ...).
         name: String,
+        /// control-plane, worker or loadbalancer.
         #[arg(long, default_value = "worker")]
         role: String,
     },
     /// Kill a host's agent, kubelet double and static pods at once, like a
-    /// host losing power.
-    KillNode { name: String },
-    /// Start a killed host again (kubelet double, then agent).
-    StartNode { name: String },
+    /// host losing power. `coordinator` kills the coordinator (SIGKILL).
+    KillNode {
+        /// The host (cp-1, w-1, lb-1, ...), or `coordinator`.
+        name: String,
+    },
+    /// Start a killed host again (kubelet double, then agent). `coordinator`
+    /// starts the coordinator again on its data dir and address.
+    StartNode {
+        /// The host (cp-1, w-1, lb-1, ...), or `coordinator`.
+        name: String,
+    },
+    /// Crash the coordinator (SIGKILL, like a power loss) and start it again
+    /// on the same data dir and address, to try a command resuming after a
+    /// coordinator crash.
+    RestartCoordinator,
     /// Stop everything the sandbox started.
     Down,
 }
@@ -94,6 +109,9 @@ struct NodeState {
 }
 
 const COORDINATOR_PORT: u16 = 7443;
+/// The name kill-node and start-node take for the coordinator (also its pid
+/// file's name), so no host may have it.
+const COORDINATOR: &str = "coordinator";
 const AGENT_PORTS: (u16, u16) = (7444, 7445);
 
 fn main() {
@@ -115,8 +133,13 @@ fn main() {
         ),
         Cmd::Status => status(&cli.dir),
         Cmd::AddNode { name, role } => add_node(&cli.dir, &name, &role),
+        Cmd::KillNode { name } if name == COORDINATOR => kill_coordinator(&cli.dir),
         Cmd::KillNode { name } => kill_node(&cli.dir, &name),
+        Cmd::StartNode { name } if name == COORDINATOR => start_coordinator(&cli.dir),
         Cmd::StartNode { name } => start_node(&cli.dir, &name),
+        Cmd::RestartCoordinator => {
+            kill_coordinator(&cli.dir).and_then(|()| start_coordinator(&cli.dir))
+        }
         Cmd::Down => down(&cli.dir).map(|n| println!("Stopped {n} sandbox processes.")),
     };
     if let Err(e) = r {
@@ -322,7 +345,7 @@ fn up(
         },
     )?;
     if let Some(p) = w.coordinator.proc.take() {
-        record(dir, "coordinator", p)?;
+        record(dir, COORDINATOR, p)?;
     }
     let extra = if external_etcd {
         start_external_etcd(dir, prefix)?
@@ -373,7 +396,7 @@ fn up(
     let khctl = kh_testbed::bin("khctl");
     let sandbox = kh_testbed::bin("kh-sandbox");
     println!(
-        "\nThe sandbox is up in {dir}.\n  Next:     {khctl} --config {dir}/admin.khconfig rollout -f {dir}/cluster.yaml\n  Logs:     {dir}/coordinator.log, {dir}/nodes/*/agent.log, {dir}/nodes/*/kubelet.log, {dir}/nodes/*/pods/*.log\n  Hosts:    {sandbox} --dir {dir} status | add-node NAME | kill-node NAME | start-node NAME\n  Stop it:  {sandbox} --dir {dir} down",
+        "\nThe sandbox is up in {dir}.\n  Next:     {khctl} --config {dir}/admin.khconfig rollout -f {dir}/cluster.yaml\n  Logs:     {dir}/coordinator.log, {dir}/nodes/*/agent.log, {dir}/nodes/*/kubelet.log, {dir}/nodes/*/pods/*.log\n  Hosts:    {sandbox} --dir {dir} status | add-node NAME | kill-node NAME | start-node NAME | restart-coordinator\n  Stop it:  {sandbox} --dir {dir} down",
         dir = dir.display(),
         khctl = khctl.display(),
         sandbox = sandbox.display(),
@@ -391,6 +414,9 @@ fn add_node(dir: &Path, name: &str, role: &str) -> anyhow::Result<()> {
     }
     if kh::names::NodeName::new(name).is_err() {
         bail!("{name:?} is not a valid node name");
+    }
+    if name == COORDINATOR {
+        bail!("{COORDINATOR:?} names the sandbox's coordinator in kill-node and start-node; choose another host name");
     }
     let mut w = reattach(dir, &state)?;
     let kube = role != "loadbalancer";
@@ -504,6 +530,72 @@ fn exiting(pid: u32) -> bool {
     })
 }
 
+/// Kills the coordinator's process group with SIGKILL, as a crash would,
+/// and waits until its port is closed.
+fn kill_coordinator(dir: &Path) -> anyhow::Result<()> {
+    let state = load_state(dir)?;
+    let procs = processes_naming(&dir.to_string_lossy());
+    let Some(pgid) = live_group(dir, COORDINATOR, &procs) else {
+        println!("The coordinator was not running.");
+        return Ok(());
+    };
+    let dying: Vec<u32> = procs
+        .iter()
+        .filter(|(_, g)| *g == pgid)
+        .map(|(p, _)| *p)
+        .collect();
+    kill_group(pgid, "KILL");
+    let start = Instant::now();
+    while dying.iter().any(|p| exiting(*p)) || listening(state.coordinator) {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!(
+                "the coordinator (pid {pgid}) was sent SIGKILL but {} still accepts connections after 10s",
+                state.coordinator
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("Killed the coordinator (pid {pgid}) with SIGKILL.");
+    Ok(())
+}
+
+fn listening(addr: SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// Starts the coordinator again on its data dir and address, as its
+/// service manager would after a crash.
+fn start_coordinator(dir: &Path) -> anyhow::Result<()> {
+    let state = load_state(dir)?;
+    let procs = processes_naming(&dir.to_string_lossy());
+    if let Some(pid) = live_group(dir, COORDINATOR, &procs) {
+        bail!("the coordinator is running (pid {pid}); crash it first with `kh-sandbox kill-node coordinator`, or use `kh-sandbox restart-coordinator`");
+    }
+    let mut w = World::with_layout(layout(dir, parse_prefix(&state.ip_prefix)?));
+    if w.coordinator.addr != state.coordinator {
+        bail!(
+            "the sandbox recorded its coordinator on {}, but its --ip-prefix gives {}; is {} the right sandbox?",
+            state.coordinator,
+            w.coordinator.addr,
+            state_file(dir).display()
+        );
+    }
+    w.coordinator.start();
+    let p = w
+        .coordinator
+        .proc
+        .take()
+        .context("coordinator not started")?;
+    let pid = p.pid().unwrap_or_default();
+    record(dir, COORDINATOR, p)?;
+    println!(
+        "Started the coordinator (pid {pid}) on {}, data dir {}.",
+        state.coordinator,
+        w.coordinator.data_dir.display()
+    );
+    Ok(())
+}
+
 fn start_node(dir: &Path, name: &str) -> anyhow::Result<()> {
     let state = load_state(dir)?;
     let (idx, n) = node_state(&state, name)?;
@@ -535,7 +627,7 @@ fn status(dir: &Path) -> anyhow::Result<()> {
         Some(pid) => format!("running (pid {pid})"),
         None => "stopped".to_string(),
     };
-    println!("coordinator {}  {}", state.coordinator, run("coordinator"));
+    println!("coordinator {}  {}", state.coordinator, run(COORDINATOR));
     println!();
     println!(
         "{:<12} {:<14} {:<14} {:<22} {:<22} in spec",
