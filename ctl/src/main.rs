@@ -2,6 +2,7 @@
 //! the admin credentials of a khconfig file, and never to agents.
 
 mod etcd;
+mod help;
 mod output;
 mod prepare;
 mod reset;
@@ -30,8 +31,9 @@ struct Cli {
     /// Path to a khconfig file with admin credentials.
     #[arg(long, global = true)]
     config: Option<PathBuf>,
-    /// Output: `table` (default) or `json`; for `kubeconfig`, the file to write.
-    #[arg(short = 'o', long, global = true)]
+    /// Output: `table` (default) for people or `json` for scripts; each
+    /// command's --help says what it prints. For `kubeconfig`, the file to write.
+    #[arg(short = 'o', long, global = true, value_name = "FORMAT")]
     output: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -49,9 +51,11 @@ enum Command {
     #[command(subcommand)]
     Token(TokenCmd),
     /// List enrolled nodes with their health.
+    #[command(arg = help::output("`table` (default): one row per node, then its warnings; `json`: one object for scripts, {\"nodes\": [...], \"heartbeatIntervalMs\": N}, each node with its facts and warnings"))]
     Nodes,
     /// Prepare hosts for kubeadm: swap off, overlay and br_netfilter, sysctls,
     /// containerd's systemd cgroup driver. Safe to re-run; --dry-run shows the plan.
+    #[command(arg = help::output("`table` (default): each node's steps as they finish, then a summary; `json`: nothing until the end, then one object for scripts, {\"dryRun\", \"ok\", \"nodes\": [...]}, each node with its steps"))]
     Prepare {
         /// A cluster spec; all its nodes are prepared and their roles recorded.
         #[arg(short = 'f', long = "file")]
@@ -64,28 +68,35 @@ enum Command {
         dry_run: bool,
     },
     /// Read-only checks of what kubeadm needs, on every node.
+    #[command(arg = help::output("`table` (default): each node's checks with their fixes; `json`: one object for scripts, {\"ok\", \"nodes\": [...]}, each node with its checks"))]
     Preflight {
+        /// A cluster spec; all its nodes are checked, each for its role.
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
+        /// A node to check (repeatable), instead of -f.
         #[arg(long = "node")]
         nodes: Vec<String>,
     },
     /// Bring the cluster to the spec: preflight, prepare, init, CNI, control-plane
     /// joins one at a time, workers, verify. Resumes where an earlier run stopped.
     #[command(args_conflicts_with_subcommands = true)]
+    #[command(arg = help::output("`table` (default): live progress (one line per node, redrawn on a terminal; one line per event when piped), then the outcome; `json`: nothing until the end, then one object for scripts: ok, failure, node, step, message, hint, dryRun, plan and every event"))]
     Rollout(RolloutArgs),
     /// Write admin.conf from a healthy control plane (to stdout, or -o FILE with mode 0600).
+    #[command(arg = help::output("The file to write admin.conf to, with mode 0600 (`-` or none: stdout). Not a format: this command always writes YAML").value_name("FILE"))]
     Kubeconfig,
     /// etcd members, member removal and control-plane replacement.
     #[command(subcommand)]
     Etcd(EtcdCmd),
     /// Check the whole cluster: agents, etcd quorum and membership, apiservers,
     /// nodes. Exits non-zero with each problem and the command that fixes it.
+    #[command(arg = help::output("`table` (default): one line per check, and for each failed one the command that fixes it; `json`: one object for scripts, {\"ok\", \"checks\": [{\"name\", \"ok\", \"detail\", \"fix\"}]}"))]
     Health,
     /// Tear the cluster down: `kubeadm reset -f` on the workers, then on the
     /// control planes one at a time (the first last); the coordinator forgets
     /// its join material. Asks first unless --yes. With --node, reset one node,
     /// keeping etcd quorum.
+    #[command(arg = help::output("`table` (default): the plan with --dry-run, else progress per node and step, then the outcome; `json`: one object for scripts, with --dry-run {\"ok\", \"dryRun\", \"plan\"}, else at the end ok, failure, node, step, message, hint and every event"))]
     Reset {
         /// Do not ask for confirmation (required when stdin is not a terminal).
         #[arg(long)]
@@ -103,6 +114,7 @@ enum Command {
         dry_run: bool,
     },
     /// Every step of every operation, from the audit log.
+    #[command(arg = help::output("`table` (default): one row per entry; `json`: one object for scripts, {\"entries\": [{\"time\", \"operation\", \"node\", \"step\", \"outcome\", \"message\"}]}"))]
     History {
         /// How many entries, newest last.
         #[arg(long, default_value_t = 200)]
@@ -113,9 +125,12 @@ enum Command {
 #[derive(Subcommand)]
 enum EtcdCmd {
     /// Members with hex IDs, learner/voter, leader, health, DB size and kh node.
+    #[command(arg = help::output("`table` (default): one row per member; `json`: one object for scripts, {\"members\": [...], \"via\": NODE}"))]
     Members,
     /// Remove one member by kh node name or hex ID, keeping quorum.
+    #[command(arg = help::output("`table` (default): which member was removed; `json`: one object for scripts, {\"removed\": HEX_ID, \"message\"}"))]
     RemoveMember {
+        /// The member to remove: its kh node name (cp-2) or its hex member ID.
         member: String,
         /// Allow removing a healthy member when the rest could then not lose another.
         #[arg(long)]
@@ -124,10 +139,17 @@ enum EtcdCmd {
     /// Replace a failed control plane: remove its member, join the new node
     /// under fresh join material, verify. `--with` the same name re-joins a
     /// rebuilt host in place. Resumable.
+    #[command(arg = help::output("`table` (default): progress per node and step, then the outcome; `json`: nothing until the end, then one object for scripts: ok, failure, node, step, message, hint, dryRun, plan and every event"))]
     Replace {
-        #[arg(long)]
+        /// The control plane to replace (its kh node name): its etcd member
+        /// is removed, its Kubernetes Node deleted, and the host reset if it
+        /// answers. To resume an unfinished replacement, give the same
+        /// --failed and --with again.
+        #[arg(long, value_name = "NODE")]
         failed: String,
-        #[arg(long)]
+        /// The enrolled node that takes its place and joins as a control
+        /// plane; the same name as --failed re-joins a rebuilt host in place.
+        #[arg(long, value_name = "NODE")]
         with: String,
         /// Accept leaving the cluster unable to lose one more member until
         /// the new one has joined (when the failed member is still healthy).
@@ -158,6 +180,7 @@ struct RolloutArgs {
 #[derive(Subcommand)]
 enum RolloutSub {
     /// The running or last rollout.
+    #[command(arg = help::output("`table` (default): the rollout's events so far (and, with --follow, until it ends), then its outcome; `json`: nothing until the end, then one object for scripts: ok, failure, node, step, message, hint, dryRun, plan and every event"))]
     Status {
         /// Keep following a running rollout until it ends.
         #[arg(long)]
@@ -189,6 +212,7 @@ impl Failure {
 #[derive(Subcommand)]
 enum TokenCmd {
     /// Create a single-use token bound to one node name, and print the enroll command.
+    #[command(arg = help::output("`table` (default): the token and the enroll command to run on the node; `json`: one object for scripts, {\"token\", \"node\", \"expires\", \"force\", \"caCertHash\", \"coordinator\", \"enrollCommand\"}"))]
     Create {
         /// The node name the agent will enroll as.
         #[arg(long)]
@@ -201,9 +225,14 @@ enum TokenCmd {
         force: bool,
     },
     /// List tokens (used and expired ones stay listed for a day).
+    #[command(arg = help::output("`table` (default): one row per token; `json`: one object for scripts, {\"tokens\": [{\"id\", \"node\", \"state\", \"force\", \"created\", \"expires\"}]}"))]
     List,
     /// Delete a token by its id (the part before the dot) or its full text.
-    Delete { id: String },
+    #[command(arg = help::output("`table` (default): a confirmation line; `json`: one object for scripts, {\"deleted\": ID}"))]
+    Delete {
+        /// The token's id (the part before the dot) or its full text.
+        id: String,
+    },
 }
 
 fn config_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
