@@ -59,6 +59,8 @@ struct EnrollCmd {
 
 #[derive(clap::Args)]
 struct ServeCmd {
+    /// Where `kh-agent enroll` put the agent's key, certificates and
+    /// enrollment; renewed certificates are written there too.
     #[arg(long, default_value = "/var/lib/kh-agent")]
     data_dir: PathBuf,
     /// Address for the coordinator's gRPC calls.
@@ -211,4 +213,34 @@ async fn serve(c: ServeCmd) -> anyhow::Result<()> {
     let _ = health_task.await;
     tracing::info!("kh-agent stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every flag or argument of `cmd` and below that has
+    /// no help text, with its path.
+    fn undocumented(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+        if cmd.get_about().is_none() && cmd.get_long_about().is_none() {
+            out.push(format!("`{path}` has no about text"));
+        }
+        for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            if a.get_help().or(a.get_long_help()).is_none() {
+                out.push(format!("`{path}` {} has no help text", a.get_id()));
+            }
+        }
+        for sc in cmd.get_subcommands().filter(|sc| sc.get_name() != "help") {
+            undocumented(sc, &format!("{path} {}", sc.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_command_flag_and_argument_has_help_text() {
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let mut missing = vec![];
+        undocumented(&cmd, "kh-agent", &mut missing);
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
+    }
 }
