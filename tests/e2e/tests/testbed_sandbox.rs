@@ -395,6 +395,18 @@ fn sandbox_restart_coordinator_crashes_it_and_a_rollout_resumes() {
     assert!(!alive(new));
     let again = run(sb.khctl(&["nodes"]));
     assert!(!again.ok(), "{}", again.stdout);
+    // Something else on the coordinator's address: start-node says so.
+    let squatter = std::net::TcpListener::bind((sb.ip(10), 7443)).unwrap();
+    let refused = sb.run(&["start-node", "coordinator"]);
+    assert!(!refused.ok());
+    assert!(
+        refused
+            .stderr
+            .contains(&format!("{}:7443 is not free", sb.ip(10))),
+        "{}",
+        refused.stderr
+    );
+    drop(squatter);
     sb.run(&["start-node", "coordinator"])
         .expect_ok("start-node coordinator");
     run(sb.khctl(&["nodes"])).expect_ok("khctl nodes after start-node coordinator");

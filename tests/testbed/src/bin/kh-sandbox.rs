@@ -580,6 +580,12 @@ fn start_coordinator(dir: &Path) -> anyhow::Result<()> {
             state_file(dir).display()
         );
     }
+    if let Err(e) = std::net::TcpListener::bind(state.coordinator) {
+        bail!(
+            "{} is not free ({e}): a coordinator not started by this sandbox may hold it; find it with `ss -ltnp` and stop it, then run `kh-sandbox start-node coordinator` again",
+            state.coordinator
+        );
+    }
     w.coordinator.start();
     let p = w
         .coordinator
