@@ -230,7 +230,10 @@ async fn admin(flag: Option<PathBuf>) -> anyhow::Result<(AdminClient<Channel>, S
         Some(&creds),
         &cfg.ca,
     )?;
-    Ok((AdminClient::new(channel), cfg.coordinator))
+    // Every node's record is bounded (kh::bounds), but a large fleet's
+    // `khctl nodes` answer can still pass tonic's default 4 MiB.
+    let client = AdminClient::new(channel).max_decoding_message_size(64 << 20);
+    Ok((client, cfg.coordinator))
 }
 
 /// Turns a gRPC failure into what the operator should know and do.
