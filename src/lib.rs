@@ -9,6 +9,7 @@
 
 pub mod authz;
 pub mod bounds;
+pub mod codec;
 pub mod khconfig;
 pub mod kubeadm;
 pub mod names;
