@@ -193,7 +193,7 @@ enum TokenCmd {
         /// The node name the agent will enroll as.
         #[arg(long)]
         node: String,
-        /// How long the token stays valid (e.g. 30m, 2h).
+        /// How long the token stays valid (e.g. 30m, 2h; at most 7d).
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         /// Allow re-enrolling a node that is already enrolled; its old certificate stops working.
