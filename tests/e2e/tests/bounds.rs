@@ -200,3 +200,45 @@ fn admin_input_is_bounded_and_echoed_short() {
         "{tokens}"
     );
 }
+
+#[test]
+fn a_node_copying_anothers_product_uuid_is_warned_not_the_other() {
+    let mut w = World::new(&[]);
+    w.add_agent("cp-1");
+    let cp2 = w.add_agent("cp-2");
+    w.wait_health("cp-1", "Ready", READY);
+    w.wait_health("cp-2", "Ready", READY);
+    let uuid = kh_testbed::eventually("cp-1's facts", READY, || {
+        let n = w.node("cp-1").unwrap();
+        match n["facts"]["product_uuid"].as_str() {
+            Some(u) if !u.is_empty() => Ok(u.to_string()),
+            _ => Err(n.to_string()),
+        }
+    });
+    // cp-2's agent stops, so the forged report below is the last it sends.
+    w.agent("cp-2").kill9();
+    rt().block_on(async {
+        let forged = HeartbeatRequest {
+            facts: Some(Facts {
+                hostname: "cp-2".into(),
+                product_uuid: uuid.clone(),
+                ..Default::default()
+            }),
+            endpoint: "127.0.0.1:7444".into(),
+            agent_version: "forged".into(),
+        };
+        NodeClient::new(node_channel(&w, cp2))
+            .heartbeat(forged)
+            .await
+            .unwrap();
+    });
+    let cp2n = w.node("cp-2").unwrap();
+    assert_eq!(cp2n["agentVersion"], "forged", "{cp2n}");
+    let warnings = cp2n["warnings"].to_string();
+    assert!(
+        warnings.contains(&format!("duplicate product_uuid {uuid} (also on cp-1)")),
+        "{warnings}"
+    );
+    let cp1n = w.node("cp-1").unwrap();
+    assert_eq!(cp1n["warnings"], serde_json::json!([]), "{cp1n}");
+}
