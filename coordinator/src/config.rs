@@ -51,8 +51,8 @@ pub mod defaults {
 }
 
 /// The longest duration any configured interval or validity may have: ten
-/// years.
-const MAX_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
+/// years of 365.25 days, as humantime counts and prints them.
+const MAX_VALIDITY: Duration = Duration::from_secs(10 * 31_557_600);
 
 impl Config {
     /// Checks what serde cannot.
@@ -112,5 +112,39 @@ impl Config {
         } else {
             self.advertise.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config {
+            data_dir: "/var/lib/kh-coordinator".into(),
+            listen: "127.0.0.1:7443".parse().unwrap(),
+            advertise: vec![],
+            heartbeat_interval: defaults::heartbeat_interval(),
+            node_cert_validity: defaults::node_cert_validity(),
+            admin_cert_validity: defaults::admin_cert_validity(),
+            default_token_ttl: defaults::token_ttl(),
+        }
+    }
+
+    #[test]
+    fn durations_beyond_their_limits_are_refused() {
+        assert_eq!(config().validate(), Ok(()));
+        let mut c = config();
+        c.default_token_ttl = Duration::from_secs(u64::MAX);
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "defaultTokenTtl must be at most 7days"
+        );
+        let mut c = config();
+        c.node_cert_validity = Duration::from_secs(u64::MAX);
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "nodeCertValidity must be at most 10years"
+        );
     }
 }
