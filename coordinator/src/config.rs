@@ -119,16 +119,9 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A config as a file gives it, every other field at its default.
     fn config() -> Config {
-        Config {
-            data_dir: "/var/lib/kh-coordinator".into(),
-            listen: "127.0.0.1:7443".parse().unwrap(),
-            advertise: vec![],
-            heartbeat_interval: defaults::heartbeat_interval(),
-            node_cert_validity: defaults::node_cert_validity(),
-            admin_cert_validity: defaults::admin_cert_validity(),
-            default_token_ttl: defaults::token_ttl(),
-        }
+        serde_yaml::from_str("dataDir: /var/lib/kh-coordinator\nlisten: 127.0.0.1:7443\n").unwrap()
     }
 
     #[test]
