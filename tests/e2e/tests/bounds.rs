@@ -242,3 +242,27 @@ fn a_node_copying_anothers_product_uuid_is_warned_not_the_other() {
     let cp1n = w.node("cp-1").unwrap();
     assert_eq!(cp1n["warnings"], serde_json::json!([]), "{cp1n}");
 }
+
+#[test]
+fn an_agent_refuses_to_start_with_an_endpoint_the_coordinator_would_refuse() {
+    let mut w = World::new(&[]);
+    let cp1 = w.add_agent("cp-1");
+    w.agent("cp-1").kill9();
+    let mut cmd = w.agents[cp1].command();
+    cmd.arg("--advertise").arg("nowhere");
+    // The guard kills the agent on drop, should it wrongly keep running.
+    let log = w.dir().join("bad-advertise.log");
+    let mut agent = kh_testbed::proc::Proc::spawn("kh-agent --advertise nowhere", cmd, &log);
+    kh_testbed::eventually("kh-agent to exit", Duration::from_secs(20), || {
+        if agent.is_running() {
+            Err(agent.log_text())
+        } else {
+            Ok(())
+        }
+    });
+    let text = agent.log_text();
+    assert!(
+        text.contains("--advertise \"nowhere\" is not host:port"),
+        "{text}"
+    );
+}
