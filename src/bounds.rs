@@ -37,6 +37,16 @@ impl fmt::Display for Echo<'_> {
     }
 }
 
+/// `text` itself when it has at most `max_chars` characters; otherwise its
+/// first `max_chars` and the full size, as [`Echo`] cuts, for messages that
+/// may carry input someone else quoted (serde's errors).
+pub fn cut(text: String, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        None => text,
+        Some((at, _)) => format!("{}… ({} bytes)", &text[..at], text.len()),
+    }
+}
+
 impl fmt::Debug for Echo<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)

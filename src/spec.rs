@@ -53,10 +53,13 @@ pub struct SpecError {
 }
 
 impl SpecError {
+    /// Both parts are cut to a readable length: a path can hold a key from
+    /// the spec and serde's messages quote values, either of which may be
+    /// huge.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         SpecError {
-            path: path.into(),
-            message: message.into(),
+            path: crate::bounds::cut(path.into(), 256),
+            message: crate::bounds::cut(message.into(), 2048),
         }
     }
 }
@@ -1739,6 +1742,20 @@ spec:
             &"a".repeat(64),
         ] {
             assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_quoting_a_huge_key_or_value_stay_short() {
+        let huge = "k".repeat(1 << 20);
+        for text in [
+            format!("apiVersion: {API_VERSION}\nkind: Cluster\nmetadata: {{name: x}}\n? {huge}\n: 1\n"),
+            format!("apiVersion: {huge}\nkind: Cluster\nmetadata: {{name: x}}\n"),
+            format!("apiVersion: {API_VERSION}\nkind: Cluster\nmetadata: {{name: x}}\nspec:\n  nodes:\n  - {{name: {huge}, role: worker, address: 10.0.0.1}}\n"),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.len() < 4096, "a {}-byte error: {}", err.len(), &err[..300]);
+            assert!(err.contains("(1048576 bytes)"), "{err}");
         }
     }
 
