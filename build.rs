@@ -25,6 +25,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // prost's codec, but a request that does not decode is the caller's
+        // INVALID_ARGUMENT rather than INTERNAL (see src/codec.rs).
+        .codec_path("crate::codec::KhCodec")
         // The coordinator persists facts as they were reported and khctl prints
         // them as JSON; deriving serde here avoids a hand-kept mirror type.
         .type_attribute(

@@ -71,7 +71,9 @@ pub fn decide(served: &[&str], path: &str, peer: Option<&Identity>) -> Result<()
         .contains(&service)
         .then(|| POLICY.iter().find(|(p, _)| *p == path).map(|(_, a)| *a))
         .flatten()
-        .ok_or_else(|| Status::unimplemented(format!("{path} is not served here")))?;
+        .ok_or_else(|| {
+            Status::unimplemented(format!("{} is not served here", crate::echo(path)))
+        })?;
     match (access, peer) {
         (Access::Anonymous, _) => Ok(()),
         (Access::Role(role), Some(id)) if id.role == role => Ok(()),

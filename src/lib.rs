@@ -8,6 +8,8 @@
 //! belong to `kh-host`, the agent and the coordinator.
 
 pub mod authz;
+pub mod bounds;
+pub mod codec;
 pub mod khconfig;
 pub mod kubeadm;
 pub mod names;
@@ -52,6 +54,9 @@ pub mod proto {
     pub const DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/kh_descriptor.bin"));
 }
+
+/// Quotes an input in an error message, cut to a readable length.
+pub use bounds::echo;
 
 /// The version every kh binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -3,7 +3,7 @@
 use std::fmt;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid node name {name:?}: {why}. Use a lowercase RFC 1123 name such as \"cp-1\" (letters, digits, '-' and '.', at most 63 characters), as Kubernetes requires")]
+#[error("invalid node name {}: {why}. Use a lowercase RFC 1123 name such as \"cp-1\" (letters, digits, '-' and '.', at most 63 characters), as Kubernetes requires", crate::echo(name))]
 pub struct InvalidName {
     pub name: String,
     pub why: &'static str,
@@ -114,5 +114,13 @@ mod tests {
         }
         let long = "a".repeat(64);
         assert!(NodeName::new(&long).unwrap_err().to_string().contains("63"));
+    }
+
+    #[test]
+    fn a_huge_name_is_quoted_cut_short() {
+        let huge = "x".repeat(1 << 20);
+        let err = NodeName::new(&huge).unwrap_err().to_string();
+        assert!(err.len() < 400, "{} bytes: {}", err.len(), &err[..400]);
+        assert!(err.contains("… (1048576 bytes)"), "{err}");
     }
 }

@@ -53,10 +53,13 @@ pub struct SpecError {
 }
 
 impl SpecError {
+    /// Both parts are cut to a readable length: a path can hold a key from
+    /// the spec and serde's messages quote values, either of which may be
+    /// huge.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         SpecError {
-            path: path.into(),
-            message: message.into(),
+            path: crate::bounds::cut(path.into(), 256),
+            message: crate::bounds::cut(message.into(), 2048),
         }
     }
 }
@@ -341,7 +344,7 @@ pub struct KubeVersion {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?} {why}")]
+#[error("{} {why}", crate::echo(input))]
 pub struct InvalidVersion {
     pub input: String,
     pub why: String,
@@ -517,7 +520,7 @@ pub struct Endpoint {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{input:?}: {why}")]
+#[error("{}: {why}", crate::echo(input))]
 pub struct InvalidEndpoint {
     pub input: String,
     pub why: String,
@@ -552,7 +555,8 @@ impl Endpoint {
             }
             if host.parse::<IpAddr>().is_err() && !is_dns_name(host) {
                 return Err(bad(&format!(
-                    "host {host:?} is neither an IP address nor an RFC 1123 DNS name"
+                    "host {} is neither an IP address nor an RFC 1123 DNS name",
+                    crate::echo(host)
                 )));
             }
             (host.to_string(), port)
@@ -821,7 +825,10 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
         Some(API_VERSION) => {}
         Some(other) => errs.push(
             "apiVersion",
-            format!("{other:?} is not a version this kh reads; set apiVersion: {API_VERSION}"),
+            format!(
+                "{} is not a version this kh reads; set apiVersion: {API_VERSION}",
+                crate::echo(other)
+            ),
         ),
         None => errs.push(
             "apiVersion",
@@ -832,14 +839,17 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
         Some(KIND) => {}
         Some(other) => errs.push(
             "kind",
-            format!("{other:?} is not a kh cluster spec; set kind: {KIND}"),
+            format!(
+                "{} is not a kh cluster spec; set kind: {KIND}",
+                crate::echo(other)
+            ),
         ),
         None => errs.push("kind", format!("missing; add kind: {KIND}")),
     }
     let name = match raw.metadata.and_then(|m| m.name) {
         Some(name) if is_dns_label(&name) => Some(name),
         Some(name) => {
-            errs.push("metadata.name", format!("{name:?} is not a DNS-1123 label; use lowercase letters, digits and '-', at most 63 characters, starting and ending with a letter or digit, e.g. prod"));
+            errs.push("metadata.name", format!("{} is not a DNS-1123 label; use lowercase letters, digits and '-', at most 63 characters, starting and ending with a letter or digit, e.g. prod", crate::echo(&name)));
             None
         }
         None => {
@@ -992,7 +1002,10 @@ fn subnet(path: &str, value: Option<&str>, default: &str, errs: &mut Errors) -> 
     let Ok(net) = text.parse::<IpNet>() else {
         errs.push(
             path,
-            format!("{text:?} is not a CIDR; write address/prefix, e.g. {default}"),
+            format!(
+                "{} is not a CIDR; write address/prefix, e.g. {default}",
+                crate::echo(text)
+            ),
         );
         return None;
     };
@@ -1100,11 +1113,12 @@ fn convert_etcd(raw: RawEtcd, errs: &mut Errors) -> Option<Etcd> {
 fn etcd_endpoint(url: &str) -> Result<Endpoint, String> {
     let Some(rest) = url.strip_prefix("https://") else {
         return Err(format!(
-            "{url:?} does not use https, but kube-apiserver talks to external etcd over TLS only"
+            "{} does not use https, but kube-apiserver talks to external etcd over TLS only",
+            crate::echo(url)
         ));
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
-    Endpoint::parse(rest).map_err(|e| format!("{url:?}: {}", e.why))
+    Endpoint::parse(rest).map_err(|e| format!("{}: {}", crate::echo(url), e.why))
 }
 
 /// Converts the node list. Returns the nodes when all converted, and the roles
@@ -1152,12 +1166,12 @@ fn convert_nodes(
             }
             Some(name) => match NodeName::new(&name) {
                 Err(e) => {
-                    errs.push(format!("{path}.name"), format!("node name {name:?} is invalid: {}; use a lowercase RFC 1123 name such as cp-1", e.why));
+                    errs.push(format!("{path}.name"), format!("node name {} is invalid: {}; use a lowercase RFC 1123 name such as cp-1", crate::echo(&name), e.why));
                     None
                 }
                 Ok(_) => match names.get(&name) {
                     Some(first) => {
-                        errs.push(format!("{path}.name"), format!("node name {name:?} is already used by spec.nodes[{first}]; give every node a unique name"));
+                        errs.push(format!("{path}.name"), format!("node name {} is already used by spec.nodes[{first}]; give every node a unique name", crate::echo(&name)));
                         None
                     }
                     None => {
@@ -1210,7 +1224,7 @@ fn node_address(
 ) -> Option<IpAddr> {
     let path = format!("{node_path}.address");
     let Ok(ip) = text.parse::<IpAddr>() else {
-        errs.push(path, format!("{text:?} is not an IP address; kubeadm's advertiseAddress needs one, so write the host's IP, e.g. 10.0.0.11"));
+        errs.push(path, format!("{} is not an IP address; kubeadm's advertiseAddress needs one, so write the host's IP, e.g. 10.0.0.11", crate::echo(text)));
         return None;
     };
     // Loopback stays allowed on purpose: the local testbed gives each host
@@ -1728,6 +1742,20 @@ spec:
             &"a".repeat(64),
         ] {
             assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn errors_quoting_a_huge_key_or_value_stay_short() {
+        let huge = "k".repeat(1 << 20);
+        for text in [
+            format!("apiVersion: {API_VERSION}\nkind: Cluster\nmetadata: {{name: x}}\n? {huge}\n: 1\n"),
+            format!("apiVersion: {huge}\nkind: Cluster\nmetadata: {{name: x}}\n"),
+            format!("apiVersion: {API_VERSION}\nkind: Cluster\nmetadata: {{name: x}}\nspec:\n  nodes:\n  - {{name: {huge}, role: worker, address: 10.0.0.1}}\n"),
+        ] {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.len() < 4096, "a {}-byte error: {}", err.len(), &err[..300]);
+            assert!(err.contains("(1048576 bytes)"), "{err}");
         }
     }
 

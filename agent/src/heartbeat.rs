@@ -35,8 +35,10 @@ pub async fn collect_facts(state: &Arc<AgentState>) -> kh::proto::Facts {
     to_proto(facts)
 }
 
+/// The facts on the wire, kept within the bounds the coordinator enforces,
+/// so an odd host still reports what fits instead of being refused.
 pub fn to_proto(f: kh_host::Facts) -> kh::proto::Facts {
-    kh::proto::Facts {
+    let mut facts = kh::proto::Facts {
         hostname: f.hostname,
         addresses: f.addresses.iter().map(|a| a.to_string()).collect(),
         os: f.os,
@@ -52,7 +54,9 @@ pub fn to_proto(f: kh_host::Facts) -> kh::proto::Facts {
         cpu_count: f.cpu_count,
         memory_bytes: f.memory_bytes,
         kubectl_version: f.kubectl_version,
-    }
+    };
+    kh::bounds::clamp_facts(&mut facts);
+    facts
 }
 
 pub async fn run(state: Arc<AgentState>) {

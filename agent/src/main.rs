@@ -170,6 +170,11 @@ async fn serve(c: ServeCmd) -> anyhow::Result<()> {
             SocketAddr::new(ip, port).to_string()
         }
     };
+    // The coordinator refuses heartbeats with an endpoint it cannot dial;
+    // say so now rather than in every refused heartbeat.
+    kh::bounds::endpoint("--advertise", &endpoint).context(
+        "pass --advertise HOST:PORT, where HOST is this host's IP (IPv6 in brackets) or DNS name",
+    )?;
     let extra: Vec<IpAddr> = endpoint
         .parse::<SocketAddr>()
         .map(|s| vec![s.ip()])

@@ -92,11 +92,9 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
                 s.files
                     .into_iter()
                     .map(|f| {
-                        (
-                            f.path,
-                            secret(String::from_utf8_lossy(&f.contents).into_owned()),
-                            f.mode,
-                        )
+                        // Contents are bytes on the wire and are placed
+                        // exactly: a DER key or any binary file survives.
+                        (f.path, kh_host::SecretBytes::new(f.contents), f.mode)
                     })
                     .collect(),
             )

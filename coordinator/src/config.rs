@@ -50,11 +50,35 @@ pub mod defaults {
     pub const LISTEN: &str = "0.0.0.0:7443";
 }
 
+/// The longest duration any configured interval or validity may have: ten
+/// years of 365.25 days, as humantime counts and prints them.
+const MAX_VALIDITY: Duration = Duration::from_secs(10 * 31_557_600);
+
 impl Config {
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), String> {
         if self.heartbeat_interval < Duration::from_millis(100) {
             return Err("heartbeatInterval must be at least 100ms".into());
+        }
+        if self.default_token_ttl > crate::tokens::MAX_TTL {
+            return Err(format!(
+                "defaultTokenTtl must be at most {}",
+                humantime::format_duration(crate::tokens::MAX_TTL)
+            ));
+        }
+        // Expiry arithmetic must stay within what a certificate and the
+        // clock can represent; nobody needs a kh certificate for longer.
+        for (field, value) in [
+            ("heartbeatInterval", self.heartbeat_interval),
+            ("nodeCertValidity", self.node_cert_validity),
+            ("adminCertValidity", self.admin_cert_validity),
+        ] {
+            if value > MAX_VALIDITY {
+                return Err(format!(
+                    "{field} must be at most {}",
+                    humantime::format_duration(MAX_VALIDITY)
+                ));
+            }
         }
         if self.node_cert_validity < Duration::from_secs(3) {
             return Err("nodeCertValidity must be at least 3s".into());
@@ -88,5 +112,32 @@ impl Config {
         } else {
             self.advertise.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A config as a file gives it, every other field at its default.
+    fn config() -> Config {
+        serde_yaml::from_str("dataDir: /var/lib/kh-coordinator\nlisten: 127.0.0.1:7443\n").unwrap()
+    }
+
+    #[test]
+    fn durations_beyond_their_limits_are_refused() {
+        assert_eq!(config().validate(), Ok(()));
+        let mut c = config();
+        c.default_token_ttl = Duration::from_secs(u64::MAX);
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "defaultTokenTtl must be at most 7days"
+        );
+        let mut c = config();
+        c.node_cert_validity = Duration::from_secs(u64::MAX);
+        assert_eq!(
+            c.validate().unwrap_err(),
+            "nodeCertValidity must be at most 10years"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Coordinator errors, and the one place that turns them into gRPC statuses.
 
+use kh::bounds::OutOfBounds;
 use kh::names::InvalidName;
 use kh::pki::PkiError;
 use tonic::{Code, Status};
@@ -14,6 +15,9 @@ pub enum CoordError {
     Pki(#[from] PkiError),
     #[error(transparent)]
     Name(#[from] InvalidName),
+    /// A request field beyond its bound (see `kh::bounds`).
+    #[error("{0}")]
+    Bounds(#[from] OutOfBounds),
     #[error("{0}")]
     InvalidArgument(String),
     /// Enrollment refused because of the token: unknown, used, expired, or for
@@ -40,9 +44,10 @@ impl CoordError {
             CoordError::Store(_) | CoordError::Pki(PkiError::KeyGen(_) | PkiError::Sign(_)) => {
                 Code::Internal
             }
-            CoordError::Pki(_) | CoordError::Name(_) | CoordError::InvalidArgument(_) => {
-                Code::InvalidArgument
-            }
+            CoordError::Pki(_)
+            | CoordError::Name(_)
+            | CoordError::Bounds(_)
+            | CoordError::InvalidArgument(_) => Code::InvalidArgument,
             CoordError::TokenRefused(_) => Code::PermissionDenied,
             CoordError::AlreadyExists(_) => Code::AlreadyExists,
             CoordError::NotFound(_) => Code::NotFound,

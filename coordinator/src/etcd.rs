@@ -225,7 +225,8 @@ async fn remove_member_locked(
     let view = membership(coord, spec, None).await?;
     let target = find(&view.members, which).cloned().ok_or_else(|| {
         CoordError::NotFound(format!(
-            "no etcd member {which:?} (by node name or hex ID); see `khctl etcd members`"
+            "no etcd member {} (by node name or hex ID); see `khctl etcd members`",
+            kh::echo(which)
         ))
     })?;
     let q = quorum_without(&view.members, target.id);

@@ -44,6 +44,12 @@ pub struct NodeRecord {
     pub facts: Option<Facts>,
     #[serde(default)]
     pub last_seen_ms: u64,
+    /// When this node first reported each identifier kubeadm requires unique
+    /// (`product_uuid:<v>`, `mac:<v>`) that it reports now. Of nodes reporting
+    /// the same one, the first keeps it without a warning, so a node cannot
+    /// put a duplicate warning on another's record by copying its values.
+    #[serde(default)]
+    pub claimed_ms: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +103,7 @@ impl Registry {
                 agent_version: String::new(),
                 facts: None,
                 last_seen_ms: 0,
+                claimed_ms: BTreeMap::new(),
             },
         };
         self.db.put_json(&key(name.as_str()), &rec)?;
@@ -207,6 +214,12 @@ impl Registry {
         let b = &write.beat;
         self.update(&write.name, |r| {
             if let Some(f) = &b.facts {
+                r.claimed_ms = claims(f)
+                    .map(|c| {
+                        let since = r.claimed_ms.get(&c).copied().unwrap_or(b.now_ms);
+                        (c, since)
+                    })
+                    .collect();
                 r.facts = Some(f.clone());
             }
             r.endpoint.clone_from(&b.endpoint);
@@ -316,27 +329,50 @@ fn retire_prev_serial(r: &mut NodeRecord, serial: &str) {
     }
 }
 
+/// The identifiers in `f` that kubeadm requires unique per node, as keys of
+/// [`NodeRecord::claimed_ms`].
+fn claims(f: &Facts) -> impl Iterator<Item = String> + '_ {
+    let uuid = (!f.product_uuid.is_empty()).then(|| format!("product_uuid:{}", f.product_uuid));
+    uuid.into_iter()
+        .chain(f.mac_addresses.iter().map(|m| format!("mac:{m}")))
+}
+
 /// kubeadm requires product_uuid and MAC addresses to be unique per node;
-/// cloned VM images are the usual reason they are not.
+/// cloned VM images are the usual reason they are not. The warning goes to
+/// the nodes that reported a value after another node already had it: the
+/// clone, not the original, and never the node whose value was copied. Nodes
+/// that reported it at the same time are all warned.
 fn duplicate_warnings(records: &[NodeRecord]) -> HashMap<String, Vec<String>> {
-    let mut by_uuid: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut by_mac: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    // value -> (node, since when it reports the value)
+    type Groups<'a> = BTreeMap<&'a str, Vec<(&'a str, u64)>>;
+    let mut by_uuid: Groups = BTreeMap::new();
+    let mut by_mac: Groups = BTreeMap::new();
     for r in records {
         let Some(f) = &r.facts else { continue };
+        let since = |c: String| r.claimed_ms.get(&c).copied().unwrap_or(0);
         if !f.product_uuid.is_empty() {
-            by_uuid
-                .entry(&f.product_uuid)
-                .or_default()
-                .push(r.name.as_str());
+            by_uuid.entry(&f.product_uuid).or_default().push((
+                r.name.as_str(),
+                since(format!("product_uuid:{}", f.product_uuid)),
+            ));
         }
         for mac in &f.mac_addresses {
-            by_mac.entry(mac).or_default().push(r.name.as_str());
+            by_mac
+                .entry(mac)
+                .or_default()
+                .push((r.name.as_str(), since(format!("mac:{mac}"))));
         }
     }
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
     for (what, groups) in [("product_uuid", by_uuid), ("MAC address", by_mac)] {
-        for (value, names) in groups.into_iter().filter(|(_, n)| n.len() > 1) {
-            for n in &names {
+        for (value, claims) in groups.into_iter().filter(|(_, n)| n.len() > 1) {
+            let first = claims.iter().map(|(_, since)| *since).min().unwrap_or(0);
+            let sole_first = claims.iter().filter(|(_, s)| *s == first).count() == 1;
+            let names: Vec<&str> = claims.iter().map(|(n, _)| *n).collect();
+            for (n, since) in &claims {
+                if sole_first && *since == first {
+                    continue;
+                }
                 let others: Vec<&str> = names.iter().copied().filter(|o| o != n).collect();
                 out.entry(n.to_string()).or_default().push(format!(
                     "duplicate {what} {value} (also on {}): kubeadm requires it unique; regenerate it on cloned machines",
@@ -462,6 +498,63 @@ mod tests {
         assert_eq!(w("a"), vec!["duplicate product_uuid u-1 (also on b): kubeadm requires it unique; regenerate it on cloned machines"]);
         assert_eq!(w("b").len(), 2);
         assert_eq!(w("c"), vec!["duplicate MAC address 02:00:00:00:00:02 (also on b): kubeadm requires it unique; regenerate it on cloned machines"]);
+    }
+
+    #[test]
+    fn a_node_copying_anothers_identifiers_is_warned_not_the_other() {
+        let reg = Registry::new(Db::in_memory());
+        let report = |name: &str, uuid: &str, mac: &str, now_ms: u64| {
+            let facts = Facts {
+                product_uuid: uuid.into(),
+                mac_addresses: vec![mac.into()],
+                ..Default::default()
+            };
+            let b = Beat {
+                facts: Some(facts),
+                ..at("", now_ms)
+            };
+            beat(&reg, &ident(name, "01"), b).unwrap();
+        };
+        for name in ["cp-1", "w-1", "evil"] {
+            reg.enroll(&NodeName::new(name).unwrap(), &ident(name, "01"), 1)
+                .unwrap();
+        }
+        report("cp-1", "u-1", "02:00:00:00:00:01", 1_000);
+        report("w-1", "u-2", "02:00:00:00:00:02", 2_000);
+        report("evil", "u-3", "02:00:00:00:00:03", 3_000);
+        // Later, one node reports the others' values as its own.
+        report("evil", "u-1", "02:00:00:00:00:02", 4_000);
+        // The victims keep reporting what they always had.
+        report("cp-1", "u-1", "02:00:00:00:00:01", 90_000);
+        report("w-1", "u-2", "02:00:00:00:00:02", 90_000);
+        let views = reg.list(90_000, Duration::from_secs(10)).unwrap();
+        let w = |n: &str| {
+            views
+                .iter()
+                .find(|v| v.record.name.as_str() == n)
+                .unwrap()
+                .warnings
+                .clone()
+        };
+        assert_eq!(w("cp-1"), Vec::<String>::new());
+        assert_eq!(w("w-1"), Vec::<String>::new());
+        let evil = w("evil");
+        assert_eq!(evil.len(), 2, "{evil:?}");
+        assert!(evil[0].starts_with("duplicate product_uuid u-1 (also on cp-1)"));
+        assert!(evil[1].starts_with("duplicate MAC address 02:00:00:00:00:02 (also on w-1)"));
+        // The first claim survives a re-enrollment.
+        reg.enroll(
+            &NodeName::new("cp-1").unwrap(),
+            &ident("cp-1", "02"),
+            95_000,
+        )
+        .unwrap();
+        let views = reg.list(95_000, Duration::from_secs(10)).unwrap();
+        let cp1 = views
+            .iter()
+            .find(|v| v.record.name.as_str() == "cp-1")
+            .unwrap();
+        assert!(cp1.warnings.is_empty(), "{:?}", cp1.warnings);
     }
 
     #[test]

@@ -19,6 +19,10 @@ const KEEP_SPENT: Duration = Duration::from_secs(24 * 3600);
 /// reads every token record, so sweeping on every creation made creating n
 /// tokens cost O(n²) (1,362 tokens/s with 1,000 stored, 421/s with 5,000).
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The longest an enrollment token may live. A token is meant for the next
+/// few minutes or hours of setting a host up; a longer life only widens the
+/// window in which a leaked one enrolls an impostor.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// When token creation may next sweep out old spent tokens. One per
 /// coordinator. Sweeping only keeps the store from growing: [`check`] refuses
@@ -84,6 +88,13 @@ pub fn create(
             "--ttl must be longer than zero".into(),
         ));
     }
+    if ttl > MAX_TTL {
+        return Err(CoordError::InvalidArgument(format!(
+            "--ttl {} is longer than the limit of {} for enrollment tokens; create the token when the host is ready to enroll, or a new one later",
+            humantime::format_duration(ttl),
+            humantime::format_duration(MAX_TTL)
+        )));
+    }
     let now = unix_ms(clock.now());
     if schedule.claim(now) {
         prune(db, now)?;
@@ -123,7 +134,8 @@ pub fn delete(db: &Db, id_or_token: &str) -> Result<(), CoordError> {
         Ok(())
     } else {
         Err(CoordError::NotFound(format!(
-            "no token with id {id:?}; see `khctl token list`"
+            "no token with id {}; see `khctl token list`",
+            kh::echo(id)
         )))
     }
 }
@@ -308,6 +320,48 @@ mod tests {
         assert_eq!(states, vec![("a".into(), "expired"), ("b".into(), "valid")]);
         clock.advance(Duration::from_secs(2 * 86400));
         assert!(list(&db, &clock).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_ttl_beyond_the_limit_is_refused() {
+        let db = Db::in_memory();
+        let clock = ManualClock::at_unix_ms(1_000_000);
+        let sched = PruneSchedule::default();
+        for secs in [u64::MAX, MAX_TTL.as_secs() + 1] {
+            let err = create(
+                &db,
+                &clock,
+                &sched,
+                node("cp-1"),
+                Duration::from_secs(secs),
+                false,
+            )
+            .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(
+                err.to_string()
+                    .contains("is longer than the limit of 7days"),
+                "{err}"
+            );
+        }
+        let (_, rec) = make(&db, &clock, &sched, node("cp-1"), MAX_TTL.as_secs());
+        assert_eq!(rec.expires_ms, 1_000_000 + MAX_TTL.as_millis() as u64);
+        assert!(
+            tokens_len(&db) == 1,
+            "only the one within the limit was stored"
+        );
+    }
+
+    fn tokens_len(db: &Db) -> usize {
+        db.scan_json::<TokenRecord>(PREFIX).unwrap().len()
+    }
+
+    #[test]
+    fn a_huge_id_is_quoted_cut_short() {
+        let db = Db::in_memory();
+        let err = delete(&db, &"q".repeat(1 << 20)).unwrap_err().to_string();
+        assert!(err.len() < 300, "{} bytes", err.len());
+        assert!(err.contains("(1048576 bytes)"), "{err}");
     }
 
     #[test]

@@ -217,7 +217,7 @@ enum TokenCmd {
         /// The node name the agent will enroll as.
         #[arg(long)]
         node: String,
-        /// How long the token stays valid (e.g. 30m, 2h).
+        /// How long the token stays valid (e.g. 30m, 2h; at most 7d).
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
         /// Allow re-enrolling a node that is already enrolled; its old certificate stops working.
@@ -259,7 +259,10 @@ async fn admin(flag: Option<PathBuf>) -> anyhow::Result<(AdminClient<Channel>, S
         Some(&creds),
         &cfg.ca,
     )?;
-    Ok((AdminClient::new(channel), cfg.coordinator))
+    // Every node's record is bounded (kh::bounds), but a large fleet's
+    // `khctl nodes` answer can still pass tonic's default 4 MiB.
+    let client = AdminClient::new(channel).max_decoding_message_size(64 << 20);
+    Ok((client, cfg.coordinator))
 }
 
 /// Turns a gRPC failure into what the operator should know and do.

@@ -48,6 +48,9 @@ pub enum HostError {
     #[error("`{path}` is not valid UTF-8 text; inspect the file and repair or remove it")]
     NotUtf8 { path: String },
 
+    #[error("refusing `{path}`: `{link}` is a symbolic link, and kh writes secrets only through real directories under the host root so a link cannot send them elsewhere; replace the link with a real directory or file")]
+    Symlink { path: String, link: String },
+
     #[error(
         "invalid sysctl key `{key}`: {reason}; use a dotted key such as `net.ipv4.ip_forward`"
     )]

@@ -8,6 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -16,6 +17,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{display_argv, HostError};
@@ -235,6 +237,12 @@ pub struct Host {
     search_path: Vec<PathBuf>,
 }
 
+/// Whether `name` in `dir` is a symbolic link (not following it).
+fn is_symlink_at(dir: &OwnedFd, name: &str) -> bool {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+}
+
 /// Distinguishes temp files of concurrent writes in one process.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -379,6 +387,154 @@ impl Host {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|err| Self::io_error("fsync the directory of", abs, dir, err))
+    }
+
+    /// The directory that holds `abs`, opened one component at a time from
+    /// the root with `O_NOFOLLOW`, and the file's name in it. A symbolic
+    /// link at any component below the root is refused, so what is opened
+    /// is really under the root. Missing directories are created (0755) when
+    /// `create`; without it a missing one gives `Ok(None)`.
+    fn open_parent_nofollow(
+        &self,
+        abs: &str,
+        create: bool,
+    ) -> Result<Option<(OwnedFd, String)>, HostError> {
+        let real = self.path(abs)?;
+        let parts: Vec<&str> = abs
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect();
+        let Some((name, dirs)) = parts.split_last() else {
+            return Err(HostError::RelativePath {
+                path: abs.to_string(),
+            });
+        };
+        let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let io = |action, err: rustix::io::Errno| Self::io_error(action, abs, &real, err.into());
+        let mut dir = rustix::fs::open(
+            &self.root,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io("open the host root for", e))?;
+        for (i, part) in dirs.iter().enumerate() {
+            let opened = match rustix::fs::openat(&dir, *part, dir_flags, Mode::empty()) {
+                Err(rustix::io::Errno::NOENT) if create => {
+                    match rustix::fs::mkdirat(&dir, *part, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                        Err(e) => return Err(io("create a directory for", e)),
+                    }
+                    rustix::fs::openat(&dir, *part, dir_flags, Mode::empty())
+                }
+                other => other,
+            };
+            dir = match opened {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => return Ok(None),
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR)
+                    if is_symlink_at(&dir, part) =>
+                {
+                    return Err(HostError::Symlink {
+                        path: abs.to_string(),
+                        link: format!("/{}", dirs[..=i].join("/")),
+                    })
+                }
+                Err(e) => return Err(io("open a directory of", e)),
+            };
+        }
+        Ok(Some((dir, name.to_string())))
+    }
+
+    /// Reads a file's exact bytes without following a symbolic link at any
+    /// component below the root (see [`Host::write_nofollow`]); `Ok(None)`
+    /// when it does not exist.
+    pub fn read_nofollow(&self, abs: &str) -> Result<Option<Vec<u8>>, HostError> {
+        let real = self.path(abs)?;
+        let Some((dir, name)) = self.open_parent_nofollow(abs, false)? else {
+            return Ok(None);
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(&dir, name.as_str(), flags, Mode::empty()) {
+            Ok(fd) => {
+                let mut bytes = Vec::new();
+                File::from(fd)
+                    .read_to_end(&mut bytes)
+                    .map_err(|err| Self::io_error("read", abs, &real, err))?;
+                Ok(Some(bytes))
+            }
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(rustix::io::Errno::LOOP) => Err(HostError::Symlink {
+                path: abs.to_string(),
+                link: abs.to_string(),
+            }),
+            Err(e) => Err(Self::io_error("read", abs, &real, e.into())),
+        }
+    }
+
+    /// The permission bits of a file, without following a symbolic link at
+    /// any component; `Ok(None)` when it does not exist.
+    pub fn file_mode_nofollow(&self, abs: &str) -> Result<Option<u32>, HostError> {
+        let Some((dir, name)) = self.open_parent_nofollow(abs, false)? else {
+            return Ok(None);
+        };
+        match rustix::fs::statat(&dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
+                Err(HostError::Symlink {
+                    path: abs.to_string(),
+                    link: abs.to_string(),
+                })
+            }
+            Ok(st) => Ok(Some(st.st_mode & 0o7777)),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(Self::io_error("stat", abs, &self.path(abs)?, e.into())),
+        }
+    }
+
+    /// [`Host::write_atomic`] for files whose path must not lead anywhere
+    /// else, such as the CA keys placed before a join: every directory is
+    /// opened from the root with `O_NOFOLLOW` (missing ones created 0755),
+    /// a symbolic link at any component is refused, and the bytes are
+    /// written exactly.
+    pub fn write_nofollow(&self, abs: &str, bytes: &[u8], mode: u32) -> Result<(), HostError> {
+        let real = self.path(abs)?;
+        let Some((dir, name)) = self.open_parent_nofollow(abs, true)? else {
+            return Err(Self::io_error(
+                "create the directory of",
+                abs,
+                &real,
+                io::ErrorKind::NotFound.into(),
+            ));
+        };
+        if is_symlink_at(&dir, &name) {
+            return Err(HostError::Symlink {
+                path: abs.to_string(),
+                link: abs.to_string(),
+            });
+        }
+        let temp = format!(
+            ".{name}.kh-tmp-{}-{}",
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let io = |action, err: io::Error| Self::io_error(action, abs, &real, err);
+        let result = (|| {
+            let flags =
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(&dir, temp.as_str(), flags, Mode::from_raw_mode(0o600))
+                .map_err(|e| io("create a temp file next to", e.into()))?;
+            let mut file = File::from(fd);
+            file.write_all(bytes).map_err(|e| io("write", e))?;
+            file.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(|e| io("chmod", e))?;
+            file.sync_all().map_err(|e| io("fsync", e))?;
+            rustix::fs::renameat(&dir, temp.as_str(), &dir, name.as_str())
+                .map_err(|e| io("rename into", e.into()))
+        })();
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+        }
+        result?;
+        rustix::fs::fsync(&dir).map_err(|e| io("fsync the directory of", e.into()))
     }
 
     /// Renames a file within the same directory tree, atomically replacing

@@ -30,7 +30,7 @@ pub use error::{ContainerdConfigError, HostError, StepError};
 pub use facts::{collect, Facts};
 pub use host::{Cmd, CommandRecord, Host, SysctlKey, TcpProbe};
 pub use preflight::{preflight, Check, CheckStatus, PreflightInput, Role};
-pub use secret::SecretString;
+pub use secret::{SecretBytes, SecretString};
 pub use steps::containerd::{containerd_cgroup_driver, CgroupDriverState};
 pub use steps::modules::ModuleName;
 pub use steps::swap::comment_out_swap;

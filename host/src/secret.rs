@@ -63,6 +63,41 @@ impl From<&str> for SecretString {
     }
 }
 
+/// Secret file content that need not be text, such as a key in DER form:
+/// written exactly as given. Prints `<redacted>` like [`SecretString`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretBytes(Vec<u8>);
+
+impl SecretBytes {
+    pub fn new(value: impl Into<Vec<u8>>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl From<SecretString> for SecretBytes {
+    fn from(value: SecretString) -> Self {
+        Self(value.0.into_bytes())
+    }
+}
+
 /// Replaces every occurrence of every secret in `text` with `<redacted>`.
 ///
 /// Tools echo what they were given: `kubeadm token create T` prints `T`,

@@ -11,7 +11,7 @@ use kh_host::kube::{
     KubeadmJoin, KubeadmReset, KubectlApply, NodeState, PlaceFiles, TokenCreate, TokenDelete,
     UploadCerts, ADMIN_CONF, INIT_CONFIG_FILE, JOIN_CONFIG_FILE, KUBELET_CONF, SHARED_CA_FILES,
 };
-use kh_host::{Outcome, SecretString, Step, StepKind, StepReport};
+use kh_host::{Outcome, SecretBytes, SecretString, Step, StepKind, StepReport};
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
 const CERT_KEY: &str = "4f0c6b2e9d8a7c1b3e5f7a9c0d2e4f6a8b1c3d5e7f9a0b2c4d6e8f1a3b5c7d9e";
@@ -633,13 +633,92 @@ fn the_shared_ca_set_is_placed_with_modes_and_redacted_diffs() {
 
 #[test]
 fn placed_files_are_validated() {
-    let file = |path: &str, mode| vec![(path.to_string(), SecretString::new("x"), mode)];
+    let file = |path: &str, mode| vec![(path.to_string(), SecretBytes::new("x"), mode)];
     assert!(PlaceFiles::new(file("etc/x", 0o600)).is_err());
     assert!(PlaceFiles::new(file("/etc/../x", 0o600)).is_err());
     assert!(PlaceFiles::new(file("/etc/x", 0o4755)).is_err());
     let mut twice = file("/etc/x", 0o600);
     twice.extend(file("/etc/x", 0o644));
     assert!(PlaceFiles::new(twice).is_err());
+}
+
+#[test]
+fn placed_files_are_written_byte_for_byte() {
+    let t = kube_host();
+    let host = t.host();
+    // Every byte value, including sequences that are not UTF-8, as a DER
+    // key or any binary file has them.
+    let binary: Vec<u8> = (0..=255u8).chain([0xff, 0xfe, 0x00, 0xc3]).collect();
+    let path = "/etc/kubernetes/pki/etcd-client.der";
+    let step =
+        PlaceFiles::new(vec![(path.into(), SecretBytes::new(binary.clone()), 0o600)]).unwrap();
+    let report = step.run(&host, false);
+    assert_eq!(report.outcome, Outcome::Changed, "{report:#?}");
+    assert_eq!(t.read_bytes(path), binary);
+    assert_eq!(report.files[0].after, "<secret: 260 bytes, 0600>");
+    let again = step.run(&host, false);
+    assert_eq!(
+        again.outcome,
+        Outcome::Unchanged,
+        "binary content compares equal: {again:#?}"
+    );
+}
+
+/// A symbolic link at any component of a placed path is refused, in the
+/// plan and in the write, and nothing lands where it points.
+#[test]
+fn placed_files_never_follow_a_symlink() {
+    let t = kube_host();
+    let host = t.host();
+    let outside = tempfile::tempdir().unwrap();
+    let key = || SecretBytes::new("-----BEGIN PRIVATE KEY-----\nK\n");
+    let place = |path: &str| PlaceFiles::new(vec![(path.into(), key(), 0o600)]).unwrap();
+
+    // A directory of the path is a link out of the host root.
+    std::fs::create_dir_all(t.root().join("etc/kubernetes")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), t.root().join("etc/kubernetes/pki")).unwrap();
+    let step = place("/etc/kubernetes/pki/ca.key");
+    let err = step.plan(&host).unwrap_err().to_string();
+    assert!(
+        err.contains("`/etc/kubernetes/pki` is a symbolic link"),
+        "{err}"
+    );
+    let report = step.run(&host, false);
+    assert_eq!(report.outcome, Outcome::Failed, "{report:#?}");
+    // Even a plan made before the link appeared does not write through it.
+    std::fs::remove_file(t.root().join("etc/kubernetes/pki")).unwrap();
+    let plan = step.plan(&host).unwrap();
+    std::os::unix::fs::symlink(outside.path(), t.root().join("etc/kubernetes/pki")).unwrap();
+    let report = step.apply(&host, &plan);
+    assert_eq!(report.outcome, Outcome::Failed, "{report:#?}");
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("symbolic link"),
+        "{report:#?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing was written outside the root"
+    );
+
+    // The file itself is a link: its target is neither read nor replaced.
+    std::fs::remove_file(t.root().join("etc/kubernetes/pki")).unwrap();
+    std::fs::create_dir_all(t.root().join("etc/kubernetes/pki")).unwrap();
+    let target = outside.path().join("victim");
+    std::fs::write(&target, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&target, t.root().join("etc/kubernetes/pki/sa.key")).unwrap();
+    let step = place("/etc/kubernetes/pki/sa.key");
+    let err = step.plan(&host).unwrap_err().to_string();
+    assert!(
+        err.contains("`/etc/kubernetes/pki/sa.key` is a symbolic link"),
+        "{err}"
+    );
+    assert_eq!(step.run(&host, false).outcome, Outcome::Failed);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
 }
 
 #[test]

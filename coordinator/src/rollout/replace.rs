@@ -50,7 +50,7 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
             let cps: Vec<&str> = spec.control_planes().map(|n| n.name.as_str()).collect();
             CoordError::InvalidArgument(format!(
                 "--failed {}: not a control plane of cluster {} (its control planes: {})",
-                req.failed,
+                kh::echo(&req.failed),
                 spec.name,
                 cps.join(", ")
             ))
@@ -77,7 +77,7 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
                 ))
             })?,
         a => a.parse().map_err(|_| {
-            CoordError::InvalidArgument(format!("--address {a:?} is not an IP address"))
+            CoordError::InvalidArgument(format!("--address {} is not an IP address", kh::echo(a)))
         })?,
     };
     let new = NodeSpec {

@@ -210,7 +210,8 @@ pub async fn start(coord: Arc<Coordinator>, req: ResetRequest) -> Result<Follow,
         name => Target::Node(spec.node(name).cloned().ok_or_else(|| {
             let names: Vec<&str> = spec.nodes.iter().map(|n| n.name.as_str()).collect();
             CoordError::InvalidArgument(format!(
-                "--node {name}: not a node of cluster {} (its nodes: {})",
+                "--node {}: not a node of cluster {} (its nodes: {})",
+                kh::echo(name),
                 spec.name,
                 names.join(", ")
             ))

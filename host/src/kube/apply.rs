@@ -14,13 +14,15 @@ use std::time::Duration;
 use crate::error::{HostError, StepError};
 use crate::host::{Cmd, CommandRecord, Host};
 use crate::kube::error::KubeError;
-use crate::secret::SecretString;
+use crate::secret::{SecretBytes, SecretString};
 use crate::steps::{unified_diff, FileChange, Outcome, Plan, StepKind, StepReport};
 
 /// The content of a [`StepFile`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Content {
     Secret(SecretString),
+    /// Secret content that need not be text, written byte for byte.
+    SecretBytes(SecretBytes),
     Plain(String),
 }
 
@@ -57,11 +59,12 @@ impl StepFile {
         }
     }
 
-    /// A secret file that stays, such as a CA key placed before a join.
-    pub fn secret_placed(path: &str, content: &SecretString, mode: u32) -> Self {
+    /// A secret file that stays, such as a CA key placed before a join. It
+    /// is written byte for byte, and never through a symbolic link.
+    pub fn secret_placed(path: &str, content: &SecretBytes, mode: u32) -> Self {
         Self {
             path: path.to_string(),
-            content: Content::Secret(content.clone()),
+            content: Content::SecretBytes(content.clone()),
             mode,
             temporary: false,
         }
@@ -82,13 +85,14 @@ impl StepFile {
     fn bytes(&self) -> &[u8] {
         match &self.content {
             Content::Secret(secret) => secret.expose().as_bytes(),
+            Content::SecretBytes(secret) => secret.expose(),
             Content::Plain(text) => text.as_bytes(),
         }
     }
 
     /// Whether `current` is exactly this file's content.
-    pub fn has_content(&self, current: &str) -> bool {
-        self.bytes() == current.as_bytes()
+    pub fn has_content(&self, current: &[u8]) -> bool {
+        self.bytes() == current
     }
 
     /// What a report says in place of the content: a secret shows only its
@@ -99,10 +103,11 @@ impl StepFile {
                 plural(yaml_documents(secret.expose()), "document")
             }
             Content::Secret(secret) => plural(secret.len(), "byte"),
+            Content::SecretBytes(secret) => plural(secret.len(), "byte"),
             Content::Plain(text) => plural(text.len(), "byte"),
         };
         let kind = match self.content {
-            Content::Secret(_) => "secret",
+            Content::Secret(_) | Content::SecretBytes(_) => "secret",
             Content::Plain(_) => "file",
         };
         let removed = if self.temporary {
@@ -125,34 +130,37 @@ impl StepFile {
                 backup: None,
                 diff: unified_diff(&self.path, existing, text),
             },
-            Content::Secret(_) => {
-                let summary = self.summary();
-                let (old_name, before) = match existing {
-                    Some(current) => (
-                        format!("a{}", self.path),
-                        Some(format!(
-                            "<secret: {}, replaced>",
-                            plural(current.len(), "byte")
-                        )),
-                    ),
-                    None => ("/dev/null".to_string(), None),
-                };
-                FileChange {
-                    path: self.path.clone(),
-                    before,
-                    after: summary.clone(),
-                    mode: self.mode,
-                    backup: None,
-                    diff: format!("--- {old_name}\n+++ b{}\n{summary}\n", self.path),
-                }
+            Content::Secret(_) | Content::SecretBytes(_) => {
+                self.secret_change(existing.map(str::len))
             }
+        }
+    }
+
+    /// The change a plan shows for a secret file, which says of the file on
+    /// the host (`existing_len` bytes, if there is one) only its size.
+    pub fn secret_change(&self, existing_len: Option<usize>) -> FileChange {
+        let summary = self.summary();
+        let (old_name, before) = match existing_len {
+            Some(len) => (
+                format!("a{}", self.path),
+                Some(format!("<secret: {}, replaced>", plural(len, "byte"))),
+            ),
+            None => ("/dev/null".to_string(), None),
+        };
+        FileChange {
+            path: self.path.clone(),
+            before,
+            after: summary.clone(),
+            mode: self.mode,
+            backup: None,
+            diff: format!("--- {old_name}\n+++ b{}\n{summary}\n", self.path),
         }
     }
 
     /// What the file holds, for error messages about it.
     fn what(&self) -> String {
         match self.content {
-            Content::Secret(_) => "secrets".to_string(),
+            Content::Secret(_) | Content::SecretBytes(_) => "secrets".to_string(),
             Content::Plain(_) => "a step's input".to_string(),
         }
     }
@@ -327,7 +335,15 @@ impl<'a> KubeApplier<'a> {
     }
 
     /// Writes one step file atomically with its mode, creating its directory.
+    /// A file that stays (a placed CA key) is never written through a
+    /// symbolic link: its path could otherwise lead out of the host root.
     pub(crate) fn write(&mut self, file: &StepFile, change: &FileChange) -> Result<(), KubeError> {
+        if !file.temporary {
+            self.host
+                .write_nofollow(file.path(), file.bytes(), file.mode())?;
+            self.files.push(change.clone());
+            return Ok(());
+        }
         if let Some((dir, _)) = file.path().rsplit_once('/') {
             if !dir.is_empty() {
                 self.host.create_dir_all(dir)?;
@@ -491,7 +507,7 @@ mod tests {
         assert_eq!(change.before, None);
         assert_eq!(change.mode, 0o600);
 
-        let key = SecretString::new("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n");
+        let key = SecretBytes::new("-----BEGIN RSA PRIVATE KEY-----\nMIIE\n");
         let placed = StepFile::secret_placed("/etc/kubernetes/pki/ca.key", &key, 0o600);
         let change = placed.change(Some("old key material"));
         let json = serde_json::to_string(&change).unwrap();

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StepError;
 use crate::host::Host;
-use crate::kube::apply::{apply_with, current_text, Done, StepFile};
+use crate::kube::apply::{apply_with, Done, StepFile};
 use crate::kube::error::KubeError;
 use crate::kube::{
     shared_ca_file_mode, ADMIN_CONF, APISERVER_MANIFEST, ETCD_MANIFEST, KUBELET_CONF,
 };
-use crate::secret::SecretString;
+use crate::secret::{SecretBytes, SecretString};
 use crate::steps::{Plan, Step, StepKind, StepReport};
 
 /// Which of kubeadm's marker files exist on a node.
@@ -69,7 +69,9 @@ pub fn read_admin_conf(host: &Host) -> Result<SecretString, KubeError> {
 /// Writes files atomically with their modes, such as the shared CA set
 /// under /etc/kubernetes/pki before a control-plane join that uses no
 /// certificate key, or the external etcd client files. Contents never appear
-/// in plans or reports.
+/// in plans or reports, are written byte for byte, and never through a
+/// symbolic link: a link at any component of a path is refused, in the plan
+/// and again when writing, so a file can never land outside the host root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaceFiles {
     files: Vec<StepFile>,
@@ -78,7 +80,7 @@ pub struct PlaceFiles {
 impl PlaceFiles {
     /// `files` are (absolute host path, content, mode). Paths must be
     /// absolute without `..` and unique; modes are plain permission bits.
-    pub fn new(files: Vec<(String, SecretString, u32)>) -> Result<Self, KubeError> {
+    pub fn new(files: Vec<(String, SecretBytes, u32)>) -> Result<Self, KubeError> {
         let mut seen = BTreeSet::new();
         let mut out = Vec::with_capacity(files.len());
         for (path, content, mode) in files {
@@ -116,7 +118,7 @@ impl PlaceFiles {
                 .into_iter()
                 .map(|(path, content)| {
                     let mode = shared_ca_file_mode(&path);
-                    (path, content, mode)
+                    (path, SecretBytes::from(content), mode)
                 })
                 .collect(),
         )
@@ -136,8 +138,8 @@ impl Step for PlaceFiles {
         let mut plan = Plan::new(StepKind::PlaceFiles);
         let mut in_place = 0;
         for file in &self.files {
-            let current = current_text(host, file.path())?;
-            let mode = host.file_mode(file.path())?;
+            let current = host.read_nofollow(file.path())?;
+            let mode = host.file_mode_nofollow(file.path())?;
             let same_content = current.as_deref().is_some_and(|c| file.has_content(c));
             if same_content && mode == Some(file.mode()) {
                 in_place += 1;
@@ -154,7 +156,8 @@ impl Step for PlaceFiles {
                     file.mode()
                 ));
             }
-            plan.files.push(file.change(current.as_deref()));
+            plan.files
+                .push(file.secret_change(current.as_ref().map(Vec::len)));
         }
         if in_place > 0 {
             plan.notes.push(format!(

@@ -133,6 +133,9 @@ fn duplicate_product_uuids_are_flagged() {
         let (tok, hash, addr) = w.token(name, &[]);
         w.enroll(i, &tok, &hash, &addr, &[]).expect_ok("enroll");
         w.agents[i].start();
+        // The warning goes to the node that reported the value second, so
+        // cp-1 reports first.
+        w.wait_health(name, "Ready", T);
     }
     let node = eventually("a duplicate warning", T, || {
         let n = w.node("cp-2").ok_or("missing")?;
