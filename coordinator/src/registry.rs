@@ -44,6 +44,18 @@ pub struct NodeRecord {
     pub facts: Option<Facts>,
     #[serde(default)]
     pub last_seen_ms: u64,
+    /// Set when a replacement removed this node from the cluster: it is no
+    /// longer part of it, and `khctl nodes delete` may deregister it.
+    #[serde(default)]
+    pub retired: Option<Retired>,
+}
+
+/// Why and when a node left the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Retired {
+    pub unix_ms: u64,
+    /// e.g. "replaced by cp-4 (etcd replace cp-2 with cp-4)".
+    pub reason: String,
 }
 
 #[derive(Debug, Clone)]
@@ -79,8 +91,10 @@ impl Registry {
         now_ms: u64,
     ) -> Result<NodeRecord, CoordError> {
         let rec = match self.get(name)? {
+            // A re-enrolled host is a new start: it is no longer retired.
             Some(old) => NodeRecord {
                 enrolled_ms: now_ms,
+                retired: None,
                 cert_serial: identity.serial.clone(),
                 prev_serial: None,
                 cert_expires_ms: unix_ms(identity.not_after),
@@ -97,6 +111,7 @@ impl Registry {
                 agent_version: String::new(),
                 facts: None,
                 last_seen_ms: 0,
+                retired: None,
             },
         };
         self.db.put_json(&key(name.as_str()), &rec)?;
@@ -241,10 +256,51 @@ impl Registry {
         }
     }
 
+    /// Records the node's cluster role. A node given a role again is part of
+    /// a cluster again, so it is no longer retired.
     pub fn set_role(&self, name: &NodeName, role: Option<String>) -> Result<(), CoordError> {
-        self.update(name, |r| r.role.clone_from(&role))?
-            .ok_or_else(|| CoordError::NotFound(format!("node {name} is not enrolled")))?;
+        self.update(name, |r| {
+            if role.is_some() {
+                r.retired = None;
+            }
+            r.role.clone_from(&role)
+        })?
+        .ok_or_else(|| CoordError::NotFound(format!("node {name} is not enrolled")))?;
         Ok(())
+    }
+
+    /// Marks the node as removed from the cluster (by a replacement).
+    pub fn retire(&self, name: &NodeName, unix_ms: u64, reason: &str) -> Result<(), CoordError> {
+        self.update(name, |r| {
+            r.role = None;
+            if r.retired.is_none() {
+                r.retired = Some(Retired {
+                    unix_ms,
+                    reason: reason.to_string(),
+                });
+            }
+        })?
+        .ok_or_else(|| CoordError::NotFound(format!("node {name} is not enrolled")))?;
+        Ok(())
+    }
+
+    /// Deregisters the node: its record goes, and with it the only serial its
+    /// certificate was accepted under, so its agent can no longer heartbeat,
+    /// renew or be asked for steps. Returns the record as it was.
+    pub fn delete(&self, name: &NodeName) -> Result<Option<NodeRecord>, CoordError> {
+        let k = key(name.as_str());
+        loop {
+            let Some(current) = self.db.get_json::<NodeRecord>(&k)? else {
+                return Ok(None);
+            };
+            if self.db.cas_json(&k, Some(&current), None::<&NodeRecord>)? {
+                self.last_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(name.as_str());
+                return Ok(Some(current));
+            }
+        }
     }
 
     /// Every node with its health and the problems an operator must fix.

@@ -48,8 +48,11 @@ enum Command {
     /// Enrollment tokens for new agents.
     #[command(subcommand)]
     Token(TokenCmd),
-    /// List enrolled nodes with their health.
-    Nodes,
+    /// List enrolled nodes with their health; `nodes delete NAME` deregisters one.
+    Nodes {
+        #[command(subcommand)]
+        sub: Option<NodesCmd>,
+    },
     /// Prepare hosts for kubeadm: swap off, overlay and br_netfilter, sysctls,
     /// containerd's systemd cgroup driver. Safe to re-run; --dry-run shows the plan.
     Prepare {
@@ -107,6 +110,17 @@ enum Command {
         /// How many entries, newest last.
         #[arg(long, default_value_t = 200)]
         limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// Deregister a node and revoke its certificate, so its agent can no
+    /// longer connect. Refused for a node the cluster still has (in the held
+    /// spec and joined) unless a replacement retired it.
+    Delete {
+        /// The node's name, as `khctl nodes` lists it.
+        name: String,
     },
 }
 
@@ -423,7 +437,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
         } => reset::reset(&mut client, &addr, node, yes, force, dry_run, output).await?,
         Command::History { limit } => etcd::history(&mut client, &addr, limit, output).await?,
-        Command::Nodes => {
+        Command::Nodes {
+            sub: Some(NodesCmd::Delete { name }),
+        } => {
+            let r = client
+                .delete_node(DeleteNodeRequest { name: name.clone() })
+                .await
+                .map_err(|s| explain(&addr, s))?
+                .into_inner();
+            if output == Format::Json {
+                print_json(&serde_json::json!({ "deleted": name, "message": r.message }));
+            } else {
+                outln!("{}", r.message);
+            }
+        }
+        Command::Nodes { sub: None } => {
             let r = client
                 .list_nodes(ListNodesRequest {})
                 .await
@@ -455,6 +483,9 @@ fn print_nodes(
                     "certExpires": kh::time::rfc3339(n.cert_expires_unix_ms),
                     "agentVersion": n.agent_version,
                     "warnings": n.warnings,
+                    "retired": n.retired,
+                    "retiredReason": n.retired_reason,
+                    "retiredAt": if n.retired { serde_json::json!(kh::time::rfc3339(n.retired_unix_ms)) } else { serde_json::Value::Null },
                     "facts": n.facts,
                 })
             })
@@ -486,7 +517,9 @@ fn print_nodes(
         };
         t.row(vec![
             n.name.clone(),
-            if n.role.is_empty() {
+            if n.retired {
+                "retired".into()
+            } else if n.role.is_empty() {
                 "<none>".into()
             } else {
                 n.role.clone()
@@ -510,7 +543,19 @@ fn print_nodes(
             }
         }
     }
-    if r.nodes.iter().any(|n| n.health != "Ready") {
+    let retired: Vec<_> = r.nodes.iter().filter(|n| n.retired).collect();
+    if !retired.is_empty() {
+        outln!();
+        for n in retired {
+            outln!(
+                "RETIRED {}: {}; deregister it with `khctl nodes delete {}`",
+                n.name,
+                n.retired_reason,
+                n.name
+            );
+        }
+    }
+    if r.nodes.iter().any(|n| n.health != "Ready" && !n.retired) {
         let window = Duration::from_millis(r.heartbeat_interval_ms * 3);
         outln!(
             "\nNotReady: no heartbeat within {}. Check `systemctl status kh-agent` on those nodes and that they can reach the coordinator.",

@@ -124,9 +124,13 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
             cluster: spec.name.clone(),
             spec_yaml: spec_yaml.clone(),
             started_ms: now,
+            resume_command: command_of(&req),
             ..Default::default()
         },
     };
+    if state.resume_command.is_empty() {
+        state.resume_command = command_of(&req);
+    }
     state.save(&coord.db, now)?;
     let rep = Reporter::new(coord.clone(), state);
     let live = rep.tx.subscribe();
@@ -150,6 +154,102 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
         backlog: vec![],
         live: Some(live),
     })
+}
+
+/// The command line that started `req`, flags included, so the advice to
+/// resume it repeats it exactly.
+fn command_of(req: &EtcdReplaceRequest) -> String {
+    let mut c = format!(
+        "khctl etcd replace --failed {} --with {}",
+        req.failed, req.with
+    );
+    if req.force {
+        c.push_str(" --force");
+    }
+    if !req.address.is_empty() {
+        c.push_str(&format!(" --address {}", req.address));
+    }
+    c
+}
+
+/// An etcd replacement that changed the cluster and did not finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// "etcd replace cp-2 with cp-4".
+    pub operation: String,
+    pub failed: String,
+    pub with: String,
+    /// The exact command that resumes it.
+    pub command: String,
+    /// Running in this coordinator right now (not stopped).
+    pub running: bool,
+    /// Where it stopped: the failed step and its message, if one failed.
+    pub stopped_at: String,
+}
+
+/// The unfinished replacement, if there is one. A replacement refused
+/// before its first change (only its preconditions ran) changed nothing and
+/// does not count.
+pub async fn pending(coord: &Coordinator) -> Result<Option<Pending>, CoordError> {
+    let Some(st) = RolloutState::load_at(&coord.db, KEY)? else {
+        return Ok(None);
+    };
+    if st.outcome.as_ref().is_some_and(|o| o.ok) {
+        return Ok(None);
+    }
+    let changed = st.steps.keys().any(|k| !k.ends_with("/preconditions"));
+    let Some((failed, with)) = parse_operation(&st.operation) else {
+        return Ok(None);
+    };
+    if !changed {
+        return Ok(None);
+    }
+    let running = match coord.rollouts.current.lock().await.as_ref() {
+        Some(rep) => {
+            let cur = rep.state.lock().await;
+            cur.key == KEY && cur.outcome.is_none()
+        }
+        None => false,
+    };
+    let stopped_at = st
+        .steps
+        .iter()
+        .find(|(_, s)| s.status == super::state::Status::Failed)
+        .map(|(k, s)| {
+            format!(
+                "{k} failed: {}",
+                s.message.lines().next().unwrap_or_default()
+            )
+        })
+        .or_else(|| {
+            st.steps
+                .iter()
+                .find(|(_, s)| s.status == super::state::Status::Running)
+                .map(|(k, _)| format!("{k} was running when the coordinator stopped"))
+        })
+        .unwrap_or_default();
+    let command = if st.resume_command.is_empty() {
+        format!("khctl etcd replace --failed {failed} --with {with}")
+    } else {
+        st.resume_command.clone()
+    };
+    Ok(Some(Pending {
+        operation: st.operation,
+        failed,
+        with,
+        command,
+        running,
+        stopped_at,
+    }))
+}
+
+/// ("cp-2", "cp-4") from "etcd replace cp-2 with cp-4". Node names hold no
+/// spaces, so the split is exact.
+fn parse_operation(op: &str) -> Option<(String, String)> {
+    let rest = op.strip_prefix("etcd replace ")?;
+    let (failed, with) = rest.split_once(" with ")?;
+    (!failed.is_empty() && !with.is_empty() && !with.contains(' '))
+        .then(|| (failed.to_string(), with.to_string()))
 }
 
 async fn run(coord: Arc<Coordinator>, plan: Plan, rep: Reporter) -> Result<(), Failure> {
@@ -357,6 +457,23 @@ async fn steps(
             }
         })
         .await?;
+    }
+    // The failed node has left the cluster: `khctl nodes` shows it retired,
+    // and `khctl nodes delete` may deregister it. A host re-joined in place
+    // stays.
+    if failed.name != new.name {
+        if let Ok(n) = NodeName::new(&failed.name) {
+            let reason = format!(
+                "replaced by {} (etcd replace {} with {})",
+                new.name, failed.name, new.name
+            );
+            if let Err(e) = coord
+                .registry
+                .retire(&n, unix_ms(coord.clock.now()), &reason)
+            {
+                tracing::warn!(node = %n, error = %e, "could not mark the replaced node retired");
+            }
+        }
     }
     if !rep.is_done(&format!("{}/delete-node", failed.name)).await {
         rep.tracked("remove", &failed.name, "delete-node", async {

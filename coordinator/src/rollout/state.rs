@@ -81,6 +81,10 @@ pub struct RolloutState {
     #[serde(default, skip_serializing)]
     pub steps: BTreeMap<String, StepState>,
     pub events: Vec<EventRecord>,
+    /// The khctl command that resumes this operation, as first given (an
+    /// etcd replacement's flags included), for `khctl health` to advise.
+    #[serde(default)]
+    pub resume_command: String,
     /// When the header and journal were last written.
     #[serde(skip)]
     pub(super) journal_saved_ms: u64,
