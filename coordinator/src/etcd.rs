@@ -623,8 +623,13 @@ fn lb_problem(
     }
     // Commands without a file change: the config is current, but HAProxy
     // does not serve it.
-    if report.files.is_empty() && !report.commands.is_empty() {
-        let not_running = report.notes.iter().any(|n| n.contains("not running"));
+    // A dry run reports its planned commands and notes in its message.
+    if report.files.is_empty() && report.outcome == proto::Outcome::Changed as i32 {
+        let not_running = report.message.contains("HAProxy is not running")
+            || report
+                .notes
+                .iter()
+                .any(|n| n.contains("HAProxy is not running"));
         return Some(if not_running {
             (
                 format!("{lb}: HAProxy is not running"),
@@ -1185,9 +1190,18 @@ mod tests {
         assert!(replacement_check(None).ok);
     }
 
+    /// A dry run's report, as the agent sends it: planned commands and notes
+    /// in the message, never in `commands`.
     fn lb_report(diff: &str, commands: usize, notes: &[&str]) -> proto::StepReport {
+        let changed = !diff.is_empty() || commands > 0;
         proto::StepReport {
-            outcome: proto::Outcome::Changed as i32,
+            outcome: if changed {
+                proto::Outcome::Changed as i32
+            } else {
+                proto::Outcome::Unchanged as i32
+            },
+            message: format!("dry run: {}", notes.join("; ")),
+            dry_run: true,
             files: if diff.is_empty() {
                 vec![]
             } else {
@@ -1197,17 +1211,6 @@ mod tests {
                     ..Default::default()
                 }]
             },
-            commands: (0..commands)
-                .map(|_| proto::CommandRecord {
-                    argv: vec![
-                        "systemctl".into(),
-                        "reload-or-restart".into(),
-                        "haproxy".into(),
-                    ],
-                    ..Default::default()
-                })
-                .collect(),
-            notes: notes.iter().map(|n| n.to_string()).collect(),
             ..Default::default()
         }
     }

@@ -436,7 +436,10 @@ async fn steps(
         let member = target.clone();
         rep.tracked("remove", &failed.name, "remove-member", async {
             match member {
-                None => Ok(((), format!("{} had no etcd member", failed.name))),
+                None => {
+                    retire(coord, failed, new);
+                    Ok(((), format!("{} had no etcd member", failed.name)))
+                }
                 Some(m) => {
                     let r = ops
                         .step(
@@ -449,6 +452,7 @@ async fn steps(
                             false,
                         )
                         .await?;
+                    retire(coord, failed, new);
                     // etcd derives member IDs from the peer URLs and the second;
                     // a same-address re-join must not land in the same second.
                     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -458,23 +462,8 @@ async fn steps(
         })
         .await?;
     }
-    // The failed node has left the cluster: `khctl nodes` shows it retired,
-    // and `khctl nodes delete` may deregister it. A host re-joined in place
-    // stays.
-    if failed.name != new.name {
-        if let Ok(n) = NodeName::new(&failed.name) {
-            let reason = format!(
-                "replaced by {} (etcd replace {} with {})",
-                new.name, failed.name, new.name
-            );
-            if let Err(e) = coord
-                .registry
-                .retire(&n, unix_ms(coord.clock.now()), &reason)
-            {
-                tracing::warn!(node = %n, error = %e, "could not mark the replaced node retired");
-            }
-        }
-    }
+    // Also after a resumed run whose removal finished before a crash.
+    retire(coord, failed, new);
     if !rep.is_done(&format!("{}/delete-node", failed.name)).await {
         rep.tracked("remove", &failed.name, "delete-node", async {
             let r = ops
@@ -564,6 +553,28 @@ async fn steps(
     })
     .await?;
     Ok(())
+}
+
+/// Marks the failed node retired once its member is gone: it has left the
+/// cluster, `khctl nodes` shows it so, and `khctl nodes delete` may
+/// deregister it. A host re-joined in place under its own name stays.
+fn retire(coord: &Coordinator, failed: &NodeSpec, new: &NodeSpec) {
+    if failed.name == new.name {
+        return;
+    }
+    let Ok(n) = NodeName::new(&failed.name) else {
+        return;
+    };
+    let reason = format!(
+        "replaced by {} (etcd replace {} with {})",
+        new.name, failed.name, new.name
+    );
+    if let Err(e) = coord
+        .registry
+        .retire(&n, unix_ms(coord.clock.now()), &reason)
+    {
+        tracing::warn!(node = %n, error = %e, "could not mark the replaced node retired");
+    }
 }
 
 /// Rewrites the node entry in the held spec's YAML and stores it.
