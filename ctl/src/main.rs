@@ -82,8 +82,10 @@ enum Command {
     /// etcd members, member removal and control-plane replacement.
     #[command(subcommand)]
     Etcd(EtcdCmd),
-    /// Check the whole cluster: agents, etcd quorum and membership, apiservers,
-    /// nodes. Exits non-zero with each problem and the command that fixes it.
+    /// Check the whole cluster: agents, the control-plane endpoint and each
+    /// HAProxy's backends, etcd quorum and membership, an unfinished
+    /// replacement, apiservers, nodes. Exits non-zero with each problem and
+    /// the command that fixes it.
     Health,
     /// Tear the cluster down: `kubeadm reset -f` on the workers, then on the
     /// control planes one at a time (the first last); the coordinator forgets
