@@ -733,10 +733,18 @@ async fn endpoint_check(
         format!("check the load balancer (or DNS name) behind {endpoint}: it must forward TCP to port 6443 of the control planes")
     };
     // Ask from a control plane, else any node, whose agent reports.
-    let via = spec
+    let Some(via) = spec
         .control_planes()
         .chain(spec.nodes.iter().filter(|n| n.role == NodeRole::Worker))
-        .find(|n| ready_agents.contains(&n.name.as_str()))?;
+        .find(|n| ready_agents.contains(&n.name.as_str()))
+    else {
+        return Some(check(
+            "control-plane-endpoint",
+            false,
+            format!("{endpoint} not checked: no control plane or worker has a reporting agent to ask from"),
+            "bring the agents back first (see agents)",
+        ));
+    };
     let url = format!("https://{endpoint}");
     let Err(e) = ops.apiserver_ready(&via.name, &url).await else {
         return Some(check(

@@ -155,14 +155,34 @@ impl Registry {
         )))
     }
 
-    pub fn renewed(&self, mut rec: NodeRecord, identity: &Identity) -> Result<(), CoordError> {
-        rec.prev_serial = Some(std::mem::replace(
-            &mut rec.cert_serial,
+    /// Records a renewed certificate. Written with compare-and-swap against
+    /// the record as authenticated, so a node deleted (or re-enrolled) in
+    /// the meantime is not brought back by its own renewal.
+    pub fn renewed(&self, rec: NodeRecord, identity: &Identity) -> Result<(), CoordError> {
+        let mut next = rec.clone();
+        next.prev_serial = Some(std::mem::replace(
+            &mut next.cert_serial,
             identity.serial.clone(),
         ));
-        rec.cert_expires_ms = unix_ms(identity.not_after);
-        self.db.put_json(&key(rec.name.as_str()), &rec)?;
-        Ok(())
+        next.cert_expires_ms = unix_ms(identity.not_after);
+        let k = key(rec.name.as_str());
+        loop {
+            let current = self.db.get_json::<NodeRecord>(&k)?;
+            let Some(mut merged) = current.clone().filter(|c| c.cert_serial == rec.cert_serial)
+            else {
+                return Err(CoordError::Superseded(format!(
+                    "node {} was deleted or re-enrolled while its certificate was being renewed; enroll it again with a token from `khctl token create --node {}`",
+                    rec.name, rec.name
+                )));
+            };
+            // Keep what a heartbeat wrote since (facts, last seen).
+            merged.prev_serial.clone_from(&next.prev_serial);
+            merged.cert_serial.clone_from(&next.cert_serial);
+            merged.cert_expires_ms = next.cert_expires_ms;
+            if self.db.cas_json(&k, current.as_ref(), Some(&merged))? {
+                return Ok(());
+            }
+        }
     }
 
     /// Applies a heartbeat from the node `caller` authenticated as (see
@@ -435,6 +455,51 @@ mod tests {
     fn beat(reg: &Registry, id: &Identity, b: Beat) -> Result<(), CoordError> {
         let (rec, retire) = reg.check_caller(id)?;
         reg.heartbeat(id, &rec, retire, b)
+    }
+
+    #[test]
+    fn a_deleted_node_s_certificate_is_refused_and_its_renewal_does_not_bring_it_back() {
+        let reg = Registry::new(Db::in_memory());
+        let n = NodeName::new("cp-2").unwrap();
+        reg.enroll(&n, &ident("cp-2", "aa"), 1).unwrap();
+        beat(&reg, &ident("cp-2", "aa"), at("10.0.0.2:7444", 5)).unwrap();
+        // A renewal authenticated before the deletion, written after it.
+        let rec = reg.authenticate(&ident("cp-2", "aa")).unwrap();
+        let gone = reg.delete(&n).unwrap().expect("was enrolled");
+        assert_eq!(gone.cert_serial, "aa");
+        let err = reg.renewed(rec, &ident("cp-2", "bb")).unwrap_err();
+        assert!(err.to_string().contains("deleted or re-enrolled"), "{err}");
+        assert_eq!(reg.get(&n).unwrap(), None);
+        let err = beat(&reg, &ident("cp-2", "aa"), at("10.0.0.2:7444", 9)).unwrap_err();
+        assert!(err.to_string().contains("not enrolled"), "{err}");
+        assert!(reg.list(10, Duration::from_secs(5)).unwrap().is_empty());
+        assert_eq!(reg.delete(&n).unwrap(), None);
+    }
+
+    #[test]
+    fn a_retired_node_is_active_again_once_re_enrolled_or_given_a_role() {
+        let reg = Registry::new(Db::in_memory());
+        let n = NodeName::new("cp-2").unwrap();
+        reg.enroll(&n, &ident("cp-2", "aa"), 1).unwrap();
+        reg.set_role(&n, Some("control-plane".into())).unwrap();
+        reg.retire(&n, 7, "replaced by cp-4").unwrap();
+        let rec = reg.get(&n).unwrap().unwrap();
+        assert_eq!(rec.role, None);
+        assert_eq!(
+            rec.retired,
+            Some(Retired {
+                unix_ms: 7,
+                reason: "replaced by cp-4".into()
+            })
+        );
+        // Retiring again keeps the first reason and time.
+        reg.retire(&n, 9, "other").unwrap();
+        assert_eq!(reg.get(&n).unwrap().unwrap().retired.unwrap().unix_ms, 7);
+        reg.set_role(&n, Some("worker".into())).unwrap();
+        assert_eq!(reg.get(&n).unwrap().unwrap().retired, None);
+        reg.retire(&n, 11, "replaced by cp-5").unwrap();
+        reg.enroll(&n, &ident("cp-2", "bb"), 12).unwrap();
+        assert_eq!(reg.get(&n).unwrap().unwrap().retired, None);
     }
 
     #[test]
