@@ -619,3 +619,62 @@ fn update_held_spec(
     st.save(&coord.db, unix_ms(coord.clock.now()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resume_command_repeats_the_request_and_the_operation_names_its_nodes() {
+        let req = EtcdReplaceRequest {
+            failed: "cp-2".into(),
+            with: "cp-4".into(),
+            force: true,
+            address: "10.0.0.14".into(),
+        };
+        assert_eq!(
+            command_of(&req),
+            "khctl etcd replace --failed cp-2 --with cp-4 --force --address 10.0.0.14"
+        );
+        let plain = EtcdReplaceRequest {
+            force: false,
+            address: String::new(),
+            ..req
+        };
+        assert_eq!(
+            command_of(&plain),
+            "khctl etcd replace --failed cp-2 --with cp-4"
+        );
+        assert_eq!(
+            parse_operation("etcd replace cp-2 with cp-4"),
+            Some(("cp-2".into(), "cp-4".into()))
+        );
+        assert_eq!(parse_operation("rollout prod"), None);
+    }
+
+    #[test]
+    fn clear_at_forgets_a_replacement_and_its_steps() {
+        let db = crate::store::Db::in_memory();
+        let mut st = RolloutState {
+            key: KEY.into(),
+            operation: "etcd replace cp-2 with cp-4".into(),
+            ..Default::default()
+        };
+        st.mark(
+            &db,
+            "cp-2/remove-member",
+            super::super::state::Status::Done,
+            "",
+            1,
+        )
+        .unwrap();
+        assert!(RolloutState::load_at(&db, KEY).unwrap().is_some());
+        RolloutState::clear_at(&db, KEY).unwrap();
+        assert_eq!(RolloutState::load_at(&db, KEY).unwrap(), None);
+        assert!(db
+            .raw()
+            .scan_prefix(&format!("{KEY}#step/"))
+            .unwrap()
+            .is_empty());
+    }
+}

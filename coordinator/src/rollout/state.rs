@@ -127,11 +127,16 @@ impl RolloutState {
     /// Forgets the rollout's state and journal (`khctl reset`): the next
     /// rollout starts from nothing.
     pub fn clear(db: &Db) -> Result<(), CoordError> {
+        Self::clear_at(db, KEY)
+    }
+
+    /// Forgets the state under `key` (an etcd replacement's, on reset).
+    pub fn clear_at(db: &Db, key: &str) -> Result<(), CoordError> {
         // Steps first: a header without steps resumes nothing, which is safe.
-        for (k, _) in db.raw().scan_prefix(&step_prefix(KEY))? {
+        for (k, _) in db.raw().scan_prefix(&step_prefix(key))? {
             db.delete(&k)?;
         }
-        db.delete(KEY)?;
+        db.delete(key)?;
         Ok(())
     }
 
