@@ -380,11 +380,12 @@ pub fn quorum_check(
         );
     }
     let up = voters.iter().filter(|m| running.contains(&m.id)).count();
-    let down: Vec<String> = voters
+    let mut down: Vec<String> = voters
         .iter()
         .filter(|m| !running.contains(&m.id))
         .map(|m| who(m))
         .collect();
+    down.sort();
     let (detail, fix) = if down.is_empty() {
         (
             format!(
@@ -886,12 +887,13 @@ pub async fn health(coord: &Coordinator) -> Result<proto::HealthResponse, CoordE
                 }
             }
             let agree = lists.windows(2).all(|w| w[0].1 == w[1].1);
-            let silent: Vec<String> = view
+            let mut silent: Vec<String> = view
                 .members
                 .iter()
                 .filter(|m| !lists.iter().any(|(n, _)| *n == who(m)))
                 .map(who)
                 .collect();
+            silent.sort();
             checks.push(check(
                 "etcd-member-lists-agree",
                 agree,
@@ -1024,25 +1026,29 @@ pub async fn health(coord: &Coordinator) -> Result<proto::HealthResponse, CoordE
             Err(e) => last = format!("{}: {}", cp.name, e.lines().next().unwrap_or_default()),
         }
     }
-    checks.push(nodes_check.unwrap_or_else(|| match &endpoint_down {
-        Some(ep) => check(
-            "nodes-ready",
-            false,
-            format!("not checked: kubectl on the control planes goes through the control-plane endpoint, which does not answer (see control-plane-endpoint); {last}"),
-            &ep.fix,
-        ),
-        None if !quorum => check(
-            "nodes-ready",
-            false,
-            format!("not checked: no control plane answered kubectl, as the apiservers need etcd quorum (see etcd-quorum); {last}"),
-            "restore etcd quorum first (see etcd-quorum)",
-        ),
-        None => check(
-            "nodes-ready",
-            false,
-            format!("no control plane answered kubectl; {last}"),
-            "bring a control plane back",
-        ),
+    checks.push(nodes_check.unwrap_or_else(|| {
+        if !quorum {
+            check(
+                "nodes-ready",
+                false,
+                format!("not checked: no control plane answered kubectl, as the apiservers need etcd quorum (see etcd-quorum); {last}"),
+                "restore etcd quorum first (see etcd-quorum)",
+            )
+        } else if let Some(ep) = &endpoint_down {
+            check(
+                "nodes-ready",
+                false,
+                format!("not checked: kubectl on the control planes goes through the control-plane endpoint, which fails (see control-plane-endpoint); {last}"),
+                &ep.fix,
+            )
+        } else {
+            check(
+                "nodes-ready",
+                false,
+                format!("no control plane answered kubectl; {last}"),
+                "bring a control plane back",
+            )
+        }
     }));
     let ok = checks.iter().all(|c| c.ok);
     Ok(proto::HealthResponse { checks, ok })

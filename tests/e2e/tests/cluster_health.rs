@@ -127,7 +127,7 @@ fn health_names_the_endpoint_when_haproxy_is_down_and_the_down_members_when_quor
         h.stdout
     );
     assert!(
-        check_lines(&h, "nodes-ready").contains("control-plane endpoint, which does not answer"),
+        check_lines(&h, "nodes-ready").contains("control-plane endpoint, which fails"),
         "{}",
         h.stdout
     );
@@ -147,8 +147,10 @@ fn health_names_the_endpoint_when_haproxy_is_down_and_the_down_members_when_quor
     // must never be advised to be replaced.
     w.agent("cp-2").power_off();
     w.agent("cp-3").power_off();
+    // The two go down one after the other; wait for both to be seen.
     let h = health_until(&w, "health to see quorum lost", |o| {
-        o.stdout.contains("etcd quorum lost")
+        o.stdout
+            .contains("etcd quorum lost: 1 of 3 members running")
     });
     let q = check_lines(&h, "etcd-quorum");
     assert!(
