@@ -30,6 +30,26 @@ fn joined(states: &[RolloutState], node: &str) -> bool {
     })
 }
 
+/// A node an unfinished etcd replacement still works on (the failed node or
+/// its replacement) stays until the replacement is finished.
+fn in_unfinished_replacement(st: &RolloutState, node: &str) -> Option<String> {
+    if st.key != crate::rollout::replace::KEY || st.outcome.as_ref().is_some_and(|o| o.ok) {
+        return None;
+    }
+    let (failed, with) = crate::rollout::replace::parse_operation(&st.operation)?;
+    (failed == node || with == node).then(|| {
+        format!(
+            "refusing to delete node {node}: the unfinished {} still needs it; finish it first with `{}`. Nothing was changed",
+            st.operation,
+            if st.resume_command.is_empty() {
+                format!("khctl etcd replace --failed {failed} --with {with}")
+            } else {
+                st.resume_command.clone()
+            }
+        )
+    })
+}
+
 /// Why `rec` may not be deleted, if it may not.
 fn refusal(rec: &NodeRecord, spec: Option<&ClusterSpec>, joined: bool) -> Option<String> {
     if rec.retired.is_some() || !joined {
@@ -75,6 +95,12 @@ pub fn delete(coord: &Coordinator, name: &str) -> Result<String, CoordError> {
         )?)
         .collect();
     if let Some(r) = refusal(&rec, spec.as_ref(), joined(&states, name.as_str())) {
+        return Err(CoordError::FailedPrecondition(r));
+    }
+    if let Some(r) = states
+        .iter()
+        .find_map(|st| in_unfinished_replacement(st, name.as_str()))
+    {
         return Err(CoordError::FailedPrecondition(r));
     }
     // The record may have changed since it was read (a heartbeat); the
@@ -133,6 +159,28 @@ mod tests {
         assert_eq!(refusal(&record("cp-1", false), Some(&spec), false), None);
         assert_eq!(refusal(&record("cp-9", false), Some(&spec), true), None);
         assert_eq!(refusal(&record("cp-1", false), None, true), None);
+    }
+
+    #[test]
+    fn the_nodes_of_an_unfinished_replacement_stay_until_it_is_finished() {
+        let mut st = RolloutState::default();
+        st.key = crate::rollout::replace::KEY.into();
+        st.operation = "etcd replace cp-2 with cp-4".into();
+        st.resume_command = "khctl etcd replace --failed cp-2 --with cp-4".into();
+        for n in ["cp-2", "cp-4"] {
+            let r = in_unfinished_replacement(&st, n).unwrap();
+            assert!(
+                r.contains("finish it first with `khctl etcd replace --failed cp-2 --with cp-4`"),
+                "{r}"
+            );
+        }
+        assert_eq!(in_unfinished_replacement(&st, "cp-1"), None);
+        st.outcome = Some(crate::rollout::state::Outcome {
+            ok: true,
+            failure: String::new(),
+            message: String::new(),
+        });
+        assert_eq!(in_unfinished_replacement(&st, "cp-2"), None);
     }
 
     #[test]

@@ -245,7 +245,7 @@ pub async fn pending(coord: &Coordinator) -> Result<Option<Pending>, CoordError>
 
 /// ("cp-2", "cp-4") from "etcd replace cp-2 with cp-4". Node names hold no
 /// spaces, so the split is exact.
-fn parse_operation(op: &str) -> Option<(String, String)> {
+pub(crate) fn parse_operation(op: &str) -> Option<(String, String)> {
     let rest = op.strip_prefix("etcd replace ")?;
     let (failed, with) = rest.split_once(" with ")?;
     (!failed.is_empty() && !with.is_empty() && !with.contains(' '))

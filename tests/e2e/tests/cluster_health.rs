@@ -247,6 +247,16 @@ fn replacement_advice_retired_nodes_and_nodes_delete() {
         "stopped before cp-4 joined"
     );
 
+    // Retired, but the unfinished replacement still needs it.
+    let out = w.khctl(&["nodes", "delete", "cp-2"]);
+    assert!(!out.ok());
+    assert!(
+        out.stderr
+            .contains("finish it first with `khctl etcd replace --failed cp-2 --with cp-4`"),
+        "{}",
+        out.stderr
+    );
+
     let out = w.khctl(&["etcd", "replace", "--failed", "cp-2", "--with", "cp-4"]);
     assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     let h = health_until(&w, "a healthy cluster", |o| o.ok());
