@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod etcd;
 pub mod lease;
+pub mod nodes;
 pub mod pki;
 pub mod prepare;
 pub mod registry;

@@ -50,6 +50,18 @@ pub struct NodeRecord {
     /// put a duplicate warning on another's record by copying its values.
     #[serde(default)]
     pub claimed_ms: BTreeMap<String, u64>,
+    /// Set when a replacement removed this node from the cluster: it is no
+    /// longer part of it, and `khctl nodes delete` may deregister it.
+    #[serde(default)]
+    pub retired: Option<Retired>,
+}
+
+/// Why and when a node left the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Retired {
+    pub unix_ms: u64,
+    /// e.g. "replaced by cp-4 (etcd replace cp-2 with cp-4)".
+    pub reason: String,
 }
 
 #[derive(Debug, Clone)]
@@ -85,8 +97,10 @@ impl Registry {
         now_ms: u64,
     ) -> Result<NodeRecord, CoordError> {
         let rec = match self.get(name)? {
+            // A re-enrolled host is a new start: it is no longer retired.
             Some(old) => NodeRecord {
                 enrolled_ms: now_ms,
+                retired: None,
                 cert_serial: identity.serial.clone(),
                 prev_serial: None,
                 cert_expires_ms: unix_ms(identity.not_after),
@@ -104,6 +118,7 @@ impl Registry {
                 facts: None,
                 last_seen_ms: 0,
                 claimed_ms: BTreeMap::new(),
+                retired: None,
             },
         };
         self.db.put_json(&key(name.as_str()), &rec)?;
@@ -147,14 +162,34 @@ impl Registry {
         )))
     }
 
-    pub fn renewed(&self, mut rec: NodeRecord, identity: &Identity) -> Result<(), CoordError> {
-        rec.prev_serial = Some(std::mem::replace(
-            &mut rec.cert_serial,
+    /// Records a renewed certificate. Written with compare-and-swap against
+    /// the record as authenticated, so a node deleted (or re-enrolled) in
+    /// the meantime is not brought back by its own renewal.
+    pub fn renewed(&self, rec: NodeRecord, identity: &Identity) -> Result<(), CoordError> {
+        let mut next = rec.clone();
+        next.prev_serial = Some(std::mem::replace(
+            &mut next.cert_serial,
             identity.serial.clone(),
         ));
-        rec.cert_expires_ms = unix_ms(identity.not_after);
-        self.db.put_json(&key(rec.name.as_str()), &rec)?;
-        Ok(())
+        next.cert_expires_ms = unix_ms(identity.not_after);
+        let k = key(rec.name.as_str());
+        loop {
+            let current = self.db.get_json::<NodeRecord>(&k)?;
+            let Some(mut merged) = current.clone().filter(|c| c.cert_serial == rec.cert_serial)
+            else {
+                return Err(CoordError::Superseded(format!(
+                    "node {} was deleted or re-enrolled while its certificate was being renewed; enroll it again with a token from `khctl token create --node {}`",
+                    rec.name, rec.name
+                )));
+            };
+            // Keep what a heartbeat wrote since (facts, last seen).
+            merged.prev_serial.clone_from(&next.prev_serial);
+            merged.cert_serial.clone_from(&next.cert_serial);
+            merged.cert_expires_ms = next.cert_expires_ms;
+            if self.db.cas_json(&k, current.as_ref(), Some(&merged))? {
+                return Ok(());
+            }
+        }
     }
 
     /// Applies a heartbeat from the node `caller` authenticated as (see
@@ -254,10 +289,51 @@ impl Registry {
         }
     }
 
+    /// Records the node's cluster role. A node given a role again is part of
+    /// a cluster again, so it is no longer retired.
     pub fn set_role(&self, name: &NodeName, role: Option<String>) -> Result<(), CoordError> {
-        self.update(name, |r| r.role.clone_from(&role))?
-            .ok_or_else(|| CoordError::NotFound(format!("node {name} is not enrolled")))?;
+        self.update(name, |r| {
+            if role.is_some() {
+                r.retired = None;
+            }
+            r.role.clone_from(&role)
+        })?
+        .ok_or_else(|| CoordError::NotFound(format!("node {name} is not enrolled")))?;
         Ok(())
+    }
+
+    /// Marks the node as removed from the cluster (by a replacement).
+    pub fn retire(&self, name: &NodeName, unix_ms: u64, reason: &str) -> Result<(), CoordError> {
+        self.update(name, |r| {
+            r.role = None;
+            if r.retired.is_none() {
+                r.retired = Some(Retired {
+                    unix_ms,
+                    reason: reason.to_string(),
+                });
+            }
+        })?
+        .ok_or_else(|| CoordError::NotFound(format!("node {name} is not enrolled")))?;
+        Ok(())
+    }
+
+    /// Deregisters the node: its record goes, and with it the only serial its
+    /// certificate was accepted under, so its agent can no longer heartbeat,
+    /// renew or be asked for steps. Returns the record as it was.
+    pub fn delete(&self, name: &NodeName) -> Result<Option<NodeRecord>, CoordError> {
+        let k = key(name.as_str());
+        loop {
+            let Some(current) = self.db.get_json::<NodeRecord>(&k)? else {
+                return Ok(None);
+            };
+            if self.db.cas_json(&k, Some(&current), None::<&NodeRecord>)? {
+                self.last_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(name.as_str());
+                return Ok(Some(current));
+            }
+        }
     }
 
     /// Every node with its health and the problems an operator must fix.
@@ -415,6 +491,51 @@ mod tests {
     fn beat(reg: &Registry, id: &Identity, b: Beat) -> Result<(), CoordError> {
         let (rec, retire) = reg.check_caller(id)?;
         reg.heartbeat(id, &rec, retire, b)
+    }
+
+    #[test]
+    fn a_deleted_node_s_certificate_is_refused_and_its_renewal_does_not_bring_it_back() {
+        let reg = Registry::new(Db::in_memory());
+        let n = NodeName::new("cp-2").unwrap();
+        reg.enroll(&n, &ident("cp-2", "aa"), 1).unwrap();
+        beat(&reg, &ident("cp-2", "aa"), at("10.0.0.2:7444", 5)).unwrap();
+        // A renewal authenticated before the deletion, written after it.
+        let rec = reg.authenticate(&ident("cp-2", "aa")).unwrap();
+        let gone = reg.delete(&n).unwrap().expect("was enrolled");
+        assert_eq!(gone.cert_serial, "aa");
+        let err = reg.renewed(rec, &ident("cp-2", "bb")).unwrap_err();
+        assert!(err.to_string().contains("deleted or re-enrolled"), "{err}");
+        assert_eq!(reg.get(&n).unwrap(), None);
+        let err = beat(&reg, &ident("cp-2", "aa"), at("10.0.0.2:7444", 9)).unwrap_err();
+        assert!(err.to_string().contains("not enrolled"), "{err}");
+        assert!(reg.list(10, Duration::from_secs(5)).unwrap().is_empty());
+        assert_eq!(reg.delete(&n).unwrap(), None);
+    }
+
+    #[test]
+    fn a_retired_node_is_active_again_once_re_enrolled_or_given_a_role() {
+        let reg = Registry::new(Db::in_memory());
+        let n = NodeName::new("cp-2").unwrap();
+        reg.enroll(&n, &ident("cp-2", "aa"), 1).unwrap();
+        reg.set_role(&n, Some("control-plane".into())).unwrap();
+        reg.retire(&n, 7, "replaced by cp-4").unwrap();
+        let rec = reg.get(&n).unwrap().unwrap();
+        assert_eq!(rec.role, None);
+        assert_eq!(
+            rec.retired,
+            Some(Retired {
+                unix_ms: 7,
+                reason: "replaced by cp-4".into()
+            })
+        );
+        // Retiring again keeps the first reason and time.
+        reg.retire(&n, 9, "other").unwrap();
+        assert_eq!(reg.get(&n).unwrap().unwrap().retired.unwrap().unix_ms, 7);
+        reg.set_role(&n, Some("worker".into())).unwrap();
+        assert_eq!(reg.get(&n).unwrap().unwrap().retired, None);
+        reg.retire(&n, 11, "replaced by cp-5").unwrap();
+        reg.enroll(&n, &ident("cp-2", "bb"), 12).unwrap();
+        assert_eq!(reg.get(&n).unwrap().unwrap().retired, None);
     }
 
     #[test]

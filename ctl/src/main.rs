@@ -50,9 +50,12 @@ enum Command {
     /// Enrollment tokens for new agents.
     #[command(subcommand)]
     Token(TokenCmd),
-    /// List enrolled nodes with their health.
-    #[command(arg = help::output("`table` (default): one row per node, then its warnings; `json`: one object for scripts, {\"nodes\": [...], \"heartbeatIntervalMs\": N}, each node with its facts and warnings"))]
-    Nodes,
+    /// List enrolled nodes with their health; `nodes delete NAME` deregisters one.
+    #[command(arg = help::output("`table` (default): one row per node, then its warnings; `json`: one object for scripts, {\"nodes\": [...], \"heartbeatIntervalMs\": N}, each node with its facts, warnings and retirement"))]
+    Nodes {
+        #[command(subcommand)]
+        sub: Option<NodesCmd>,
+    },
     /// Prepare hosts for kubeadm: swap off, overlay and br_netfilter, sysctls,
     /// containerd's systemd cgroup driver. Safe to re-run; --dry-run shows the plan.
     #[command(arg = help::output("`table` (default): each node's steps as they finish, then a summary; `json`: nothing until the end, then one object for scripts, {\"dryRun\", \"ok\", \"nodes\": [...]}, each node with its steps"))]
@@ -88,8 +91,10 @@ enum Command {
     /// etcd members, member removal and control-plane replacement.
     #[command(subcommand)]
     Etcd(EtcdCmd),
-    /// Check the whole cluster: agents, etcd quorum and membership, apiservers,
-    /// nodes. Exits non-zero with each problem and the command that fixes it.
+    /// Check the whole cluster: agents, the control-plane endpoint and each
+    /// HAProxy's backends, etcd quorum and membership, an unfinished
+    /// replacement, apiservers, nodes. Exits non-zero with each problem and
+    /// the command that fixes it.
     #[command(arg = help::output("`table` (default): one line per check, and for each failed one the command that fixes it; `json`: one object for scripts, {\"ok\", \"checks\": [{\"name\", \"ok\", \"detail\", \"fix\"}]}"))]
     Health,
     /// Tear the cluster down: `kubeadm reset -f` on the workers, then on the
@@ -119,6 +124,18 @@ enum Command {
         /// How many entries, newest last.
         #[arg(long, default_value_t = 200)]
         limit: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodesCmd {
+    /// Deregister a node and revoke its certificate, so its agent can no
+    /// longer connect. Refused for a node the cluster still has (in the held
+    /// spec and joined) unless a replacement retired it.
+    #[command(arg = help::output("`table` (default): the coordinator's confirmation line; `json`: one object for scripts, {\"deleted\": NAME, \"message\"}"))]
+    Delete {
+        /// The node's name, as `khctl nodes` lists it.
+        name: String,
     },
 }
 
@@ -455,7 +472,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
         } => reset::reset(&mut client, &addr, node, yes, force, dry_run, output).await?,
         Command::History { limit } => etcd::history(&mut client, &addr, limit, output).await?,
-        Command::Nodes => {
+        Command::Nodes {
+            sub: Some(NodesCmd::Delete { name }),
+        } => {
+            let r = client
+                .delete_node(DeleteNodeRequest { name: name.clone() })
+                .await
+                .map_err(|s| explain(&addr, s))?
+                .into_inner();
+            if output == Format::Json {
+                print_json(&serde_json::json!({ "deleted": name, "message": r.message }));
+            } else {
+                outln!("{}", r.message);
+            }
+        }
+        Command::Nodes { sub: None } => {
             let r = client
                 .list_nodes(ListNodesRequest {})
                 .await
@@ -487,6 +518,9 @@ fn print_nodes(
                     "certExpires": kh::time::rfc3339(n.cert_expires_unix_ms),
                     "agentVersion": n.agent_version,
                     "warnings": n.warnings,
+                    "retired": n.retired,
+                    "retiredReason": n.retired_reason,
+                    "retiredAt": if n.retired { serde_json::json!(kh::time::rfc3339(n.retired_unix_ms)) } else { serde_json::Value::Null },
                     "facts": n.facts,
                 })
             })
@@ -518,7 +552,9 @@ fn print_nodes(
         };
         t.row(vec![
             n.name.clone(),
-            if n.role.is_empty() {
+            if n.retired {
+                "retired".into()
+            } else if n.role.is_empty() {
                 "<none>".into()
             } else {
                 n.role.clone()
@@ -542,7 +578,19 @@ fn print_nodes(
             }
         }
     }
-    if r.nodes.iter().any(|n| n.health != "Ready") {
+    let retired: Vec<_> = r.nodes.iter().filter(|n| n.retired).collect();
+    if !retired.is_empty() {
+        outln!();
+        for n in retired {
+            outln!(
+                "RETIRED {}: {}; deregister it with `khctl nodes delete {}`",
+                n.name,
+                n.retired_reason,
+                n.name
+            );
+        }
+    }
+    if r.nodes.iter().any(|n| n.health != "Ready" && !n.retired) {
         let window = Duration::from_millis(r.heartbeat_interval_ms * 3);
         outln!(
             "\nNotReady: no heartbeat within {}. Check `systemctl status kh-agent` on those nodes and that they can reach the coordinator.",

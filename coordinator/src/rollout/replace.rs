@@ -124,9 +124,13 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
             cluster: spec.name.clone(),
             spec_yaml: spec_yaml.clone(),
             started_ms: now,
+            resume_command: command_of(&req),
             ..Default::default()
         },
     };
+    if state.resume_command.is_empty() {
+        state.resume_command = command_of(&req);
+    }
     state.save(&coord.db, now)?;
     let rep = Reporter::new(coord.clone(), state);
     let live = rep.tx.subscribe();
@@ -150,6 +154,102 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
         backlog: vec![],
         live: Some(live),
     })
+}
+
+/// The command line that started `req`, flags included, so the advice to
+/// resume it repeats it exactly.
+fn command_of(req: &EtcdReplaceRequest) -> String {
+    let mut c = format!(
+        "khctl etcd replace --failed {} --with {}",
+        req.failed, req.with
+    );
+    if req.force {
+        c.push_str(" --force");
+    }
+    if !req.address.is_empty() {
+        c.push_str(&format!(" --address {}", req.address));
+    }
+    c
+}
+
+/// An etcd replacement that changed the cluster and did not finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// "etcd replace cp-2 with cp-4".
+    pub operation: String,
+    pub failed: String,
+    pub with: String,
+    /// The exact command that resumes it.
+    pub command: String,
+    /// Running in this coordinator right now (not stopped).
+    pub running: bool,
+    /// Where it stopped: the failed step and its message, if one failed.
+    pub stopped_at: String,
+}
+
+/// The unfinished replacement, if there is one. A replacement refused
+/// before its first change (only its preconditions ran) changed nothing and
+/// does not count.
+pub async fn pending(coord: &Coordinator) -> Result<Option<Pending>, CoordError> {
+    let Some(st) = RolloutState::load_at(&coord.db, KEY)? else {
+        return Ok(None);
+    };
+    if st.outcome.as_ref().is_some_and(|o| o.ok) {
+        return Ok(None);
+    }
+    let changed = st.steps.keys().any(|k| !k.ends_with("/preconditions"));
+    let Some((failed, with)) = parse_operation(&st.operation) else {
+        return Ok(None);
+    };
+    if !changed {
+        return Ok(None);
+    }
+    let running = match coord.rollouts.current.lock().await.as_ref() {
+        Some(rep) => {
+            let cur = rep.state.lock().await;
+            cur.key == KEY && cur.outcome.is_none()
+        }
+        None => false,
+    };
+    let stopped_at = st
+        .steps
+        .iter()
+        .find(|(_, s)| s.status == super::state::Status::Failed)
+        .map(|(k, s)| {
+            format!(
+                "{k} failed: {}",
+                s.message.lines().next().unwrap_or_default()
+            )
+        })
+        .or_else(|| {
+            st.steps
+                .iter()
+                .find(|(_, s)| s.status == super::state::Status::Running)
+                .map(|(k, _)| format!("{k} was running when the coordinator stopped"))
+        })
+        .unwrap_or_default();
+    let command = if st.resume_command.is_empty() {
+        format!("khctl etcd replace --failed {failed} --with {with}")
+    } else {
+        st.resume_command.clone()
+    };
+    Ok(Some(Pending {
+        operation: st.operation,
+        failed,
+        with,
+        command,
+        running,
+        stopped_at,
+    }))
+}
+
+/// ("cp-2", "cp-4") from "etcd replace cp-2 with cp-4". Node names hold no
+/// spaces, so the split is exact.
+pub(crate) fn parse_operation(op: &str) -> Option<(String, String)> {
+    let rest = op.strip_prefix("etcd replace ")?;
+    let (failed, with) = rest.split_once(" with ")?;
+    (!failed.is_empty() && !with.is_empty() && !with.contains(' '))
+        .then(|| (failed.to_string(), with.to_string()))
 }
 
 async fn run(coord: Arc<Coordinator>, plan: Plan, rep: Reporter) -> Result<(), Failure> {
@@ -336,7 +436,10 @@ async fn steps(
         let member = target.clone();
         rep.tracked("remove", &failed.name, "remove-member", async {
             match member {
-                None => Ok(((), format!("{} had no etcd member", failed.name))),
+                None => {
+                    retire(coord, failed, new);
+                    Ok(((), format!("{} had no etcd member", failed.name)))
+                }
                 Some(m) => {
                     let r = ops
                         .step(
@@ -349,6 +452,7 @@ async fn steps(
                             false,
                         )
                         .await?;
+                    retire(coord, failed, new);
                     // etcd derives member IDs from the peer URLs and the second;
                     // a same-address re-join must not land in the same second.
                     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -358,6 +462,8 @@ async fn steps(
         })
         .await?;
     }
+    // Also after a resumed run whose removal finished before a crash.
+    retire(coord, failed, new);
     if !rep.is_done(&format!("{}/delete-node", failed.name)).await {
         rep.tracked("remove", &failed.name, "delete-node", async {
             let r = ops
@@ -449,6 +555,28 @@ async fn steps(
     Ok(())
 }
 
+/// Marks the failed node retired once its member is gone: it has left the
+/// cluster, `khctl nodes` shows it so, and `khctl nodes delete` may
+/// deregister it. A host re-joined in place under its own name stays.
+fn retire(coord: &Coordinator, failed: &NodeSpec, new: &NodeSpec) {
+    if failed.name == new.name {
+        return;
+    }
+    let Ok(n) = NodeName::new(&failed.name) else {
+        return;
+    };
+    let reason = format!(
+        "replaced by {} (etcd replace {} with {})",
+        new.name, failed.name, new.name
+    );
+    if let Err(e) = coord
+        .registry
+        .retire(&n, unix_ms(coord.clock.now()), &reason)
+    {
+        tracing::warn!(node = %n, error = %e, "could not mark the replaced node retired");
+    }
+}
+
 /// Rewrites the node entry in the held spec's YAML and stores it.
 fn update_held_spec(
     coord: &Coordinator,
@@ -490,4 +618,63 @@ fn update_held_spec(
     st.spec_yaml = text;
     st.save(&coord.db, unix_ms(coord.clock.now()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_resume_command_repeats_the_request_and_the_operation_names_its_nodes() {
+        let req = EtcdReplaceRequest {
+            failed: "cp-2".into(),
+            with: "cp-4".into(),
+            force: true,
+            address: "10.0.0.14".into(),
+        };
+        assert_eq!(
+            command_of(&req),
+            "khctl etcd replace --failed cp-2 --with cp-4 --force --address 10.0.0.14"
+        );
+        let plain = EtcdReplaceRequest {
+            force: false,
+            address: String::new(),
+            ..req
+        };
+        assert_eq!(
+            command_of(&plain),
+            "khctl etcd replace --failed cp-2 --with cp-4"
+        );
+        assert_eq!(
+            parse_operation("etcd replace cp-2 with cp-4"),
+            Some(("cp-2".into(), "cp-4".into()))
+        );
+        assert_eq!(parse_operation("rollout prod"), None);
+    }
+
+    #[test]
+    fn clear_at_forgets_a_replacement_and_its_steps() {
+        let db = crate::store::Db::in_memory();
+        let mut st = RolloutState {
+            key: KEY.into(),
+            operation: "etcd replace cp-2 with cp-4".into(),
+            ..Default::default()
+        };
+        st.mark(
+            &db,
+            "cp-2/remove-member",
+            super::super::state::Status::Done,
+            "",
+            1,
+        )
+        .unwrap();
+        assert!(RolloutState::load_at(&db, KEY).unwrap().is_some());
+        RolloutState::clear_at(&db, KEY).unwrap();
+        assert_eq!(RolloutState::load_at(&db, KEY).unwrap(), None);
+        assert!(db
+            .raw()
+            .scan_prefix(&format!("{KEY}#step/"))
+            .unwrap()
+            .is_empty());
+    }
 }

@@ -406,6 +406,8 @@ async fn reset_cluster(
         super::material::wipe(&coord.db)?;
         super::external_etcd::wipe(&coord.db)?;
         super::state::RolloutState::clear(&coord.db)?;
+        // An unfinished replacement of the torn-down cluster is moot.
+        super::state::RolloutState::clear_at(&coord.db, super::replace::KEY)?;
         Ok((
             (),
             "wiped the join material, external etcd client files and rollout state".to_string(),

@@ -81,6 +81,10 @@ pub struct RolloutState {
     #[serde(default, skip_serializing)]
     pub steps: BTreeMap<String, StepState>,
     pub events: Vec<EventRecord>,
+    /// The khctl command that resumes this operation, as first given (an
+    /// etcd replacement's flags included), for `khctl health` to advise.
+    #[serde(default)]
+    pub resume_command: String,
     /// When the header and journal were last written.
     #[serde(skip)]
     pub(super) journal_saved_ms: u64,
@@ -123,11 +127,16 @@ impl RolloutState {
     /// Forgets the rollout's state and journal (`khctl reset`): the next
     /// rollout starts from nothing.
     pub fn clear(db: &Db) -> Result<(), CoordError> {
+        Self::clear_at(db, KEY)
+    }
+
+    /// Forgets the state under `key` (an etcd replacement's, on reset).
+    pub fn clear_at(db: &Db, key: &str) -> Result<(), CoordError> {
         // Steps first: a header without steps resumes nothing, which is safe.
-        for (k, _) in db.raw().scan_prefix(&step_prefix(KEY))? {
+        for (k, _) in db.raw().scan_prefix(&step_prefix(key))? {
             db.delete(&k)?;
         }
-        db.delete(KEY)?;
+        db.delete(key)?;
         Ok(())
     }
 

@@ -287,11 +287,27 @@ impl Admin for AdminService {
                 cert_expires_unix_ms: v.record.cert_expires_ms,
                 warnings: v.warnings,
                 agent_version: v.record.agent_version,
+                retired: v.record.retired.is_some(),
+                retired_unix_ms: v.record.retired.as_ref().map_or(0, |r| r.unix_ms),
+                retired_reason: v.record.retired.map(|r| r.reason).unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(ListNodesResponse {
             nodes,
             heartbeat_interval_ms: c.config.heartbeat_interval.as_millis() as u64,
         }))
+    }
+
+    async fn delete_node(
+        &self,
+        req: Request<DeleteNodeRequest>,
+    ) -> Result<Response<DeleteNodeResponse>, Status> {
+        let coord = self.0.clone();
+        let name = req.into_inner().name;
+        // Synced writes (the registry, the audit log): off the reactor.
+        let message = tokio::task::spawn_blocking(move || crate::nodes::delete(&coord, &name))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(DeleteNodeResponse { message }))
     }
 }
