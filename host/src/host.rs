@@ -408,6 +408,16 @@ impl Host {
         }
     }
 
+    /// Creates `abs` (and missing parents) and makes `abs` itself 0700, also
+    /// when it already existed with a wider mode: the directory for files
+    /// that hold secrets while a step runs, which no other user may list.
+    pub fn create_private_dir(&self, abs: &str) -> Result<(), HostError> {
+        self.create_dir_all(abs)?;
+        let real = self.path(abs)?;
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700))
+            .map_err(|err| Self::io_error("chmod 0700", abs, &real, err))
+    }
+
     pub fn create_dir_all(&self, abs: &str) -> Result<(), HostError> {
         let real = self.path(abs)?;
         fs::create_dir_all(&real).map_err(|err| Self::io_error("create directory", abs, &real, err))

@@ -326,10 +326,15 @@ impl<'a> KubeApplier<'a> {
         self.host
     }
 
-    /// Writes one step file atomically with its mode, creating its directory.
+    /// Writes one step file atomically with its mode, creating its
+    /// directory. A temporary file's directory is made 0700: its files hold
+    /// secrets while a command reads them, and other users must not even
+    /// see their names come and go.
     pub(crate) fn write(&mut self, file: &StepFile, change: &FileChange) -> Result<(), KubeError> {
         if let Some((dir, _)) = file.path().rsplit_once('/') {
-            if !dir.is_empty() {
+            if !dir.is_empty() && file.is_temporary() {
+                self.host.create_private_dir(dir)?;
+            } else if !dir.is_empty() {
                 self.host.create_dir_all(dir)?;
             }
         }
