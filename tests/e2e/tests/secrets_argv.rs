@@ -217,3 +217,62 @@ fn no_secret_reaches_a_command_line_a_log_or_a_leftover_file() {
     );
     assert!(hits.is_empty(), "secrets leaked:\n{}", hits.join("\n"));
 }
+
+/// The enrollment command `khctl token create` prints hands the token to
+/// kh-agent on stdin, and pasted into a shell as printed it enrolls.
+#[test]
+fn the_printed_enroll_command_keeps_the_token_off_the_agent_s_command_line() {
+    let mut w = World::new(&[]);
+    let idx = w.declare_agent("cp-1");
+    let v = w.khctl_json(&["token", "create", "--node", "cp-1"]);
+    let token = v["token"].as_str().unwrap().to_string();
+    let printed = v["enrollCommand"].as_str().unwrap().to_string();
+    let (echo, agent) = printed.split_once(" | ").expect("a pipeline");
+    assert_eq!(echo, format!("echo {token}"));
+    assert!(
+        agent.starts_with("kh-agent enroll ") && !agent.contains(&token),
+        "{printed}"
+    );
+    assert!(agent.contains(" --token-file - "), "{printed}");
+
+    // As an operator would paste it (echo is the shell's builtin, so no
+    // process ever has the token in its argv).
+    let a = &w.agents[idx];
+    let bin_dir = kh_testbed::bin_dir();
+    let out = kh_testbed::world::run({
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("{printed} --data-dir \"$1\""))
+            .arg("sh")
+            .arg(&a.data_dir)
+            .env("PATH", format!("{}:/usr/bin:/bin", bin_dir.display()));
+        cmd
+    });
+    assert!(out.ok(), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("Enrolled as node cp-1"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(&token) && !out.stderr.contains(&token));
+
+    // An empty token file is refused before anything is sent.
+    let empty = w.dir().join("empty-token");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = kh_testbed::world::run({
+        let mut cmd = std::process::Command::new(kh_testbed::bin("kh-agent"));
+        cmd.args(["enroll", "--coordinator", "127.0.0.1:1", "--token-file"])
+            .arg(&empty)
+            .args([
+                "--ca-cert-hash",
+                "sha256:00",
+                "--node-name",
+                "cp-1",
+                "--data-dir",
+            ])
+            .arg(w.dir().join("other-data"));
+        cmd
+    });
+    assert!(!out.ok());
+    assert!(out.stderr.contains("the token is empty"), "{}", out.stderr);
+}

@@ -685,18 +685,15 @@ impl World {
         extra: &[&str],
     ) -> Out {
         let a = &self.agents[idx];
+        // The token in a 0600 file, as an operator should pass it: on the
+        // command line `ps` would show it.
+        let token_file = a.node_dir().join("enroll-token");
+        crate::kube::write_file(&token_file, token, 0o600).expect("token file");
         let mut cmd = Command::new(bin("kh-agent"));
         cmd.arg("enroll")
-            .args([
-                "--coordinator",
-                coordinator,
-                "--token",
-                token,
-                "--ca-cert-hash",
-                hash,
-                "--node-name",
-                &a.name,
-            ])
+            .args(["--coordinator", coordinator, "--token-file"])
+            .arg(&token_file)
+            .args(["--ca-cert-hash", hash, "--node-name", &a.name])
             .arg("--data-dir")
             .arg(&a.data_dir)
             .args(extra);
