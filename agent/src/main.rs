@@ -180,6 +180,17 @@ async fn serve(c: ServeCmd) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .collect();
     let host = Host::new(&c.host_root, search);
+    // A step killed with the agent (SIGKILL, power loss) could not remove
+    // its kubeadm config, which holds a token or a certificate key.
+    match kh_host::kube::remove_leftover_configs(&host) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::warn!(files = ?removed, "removed kubeadm configs an interrupted step left behind")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "could not remove kubeadm configs an interrupted step left behind; remove them by hand, they hold join secrets")
+        }
+    }
     let server_cert = ServerCert::new(tls::certified_key(
         &format!("{}{}", id.cert_pem, id.ca_pem),
         &id.key_pem,

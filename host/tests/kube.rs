@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use common::TestHost;
 use kh_host::kube::{
-    kubectl_delete_node, kubectl_nodes, node_state, read_admin_conf, read_files, KubeadmInit,
-    KubeadmJoin, KubeadmReset, KubectlApply, NodeState, PlaceFiles, TokenCreate, TokenDelete,
-    UploadCerts, ADMIN_CONF, INIT_CONFIG_FILE, JOIN_CONFIG_FILE, KUBELET_CONF, SHARED_CA_FILES,
-    TOKEN_CONFIG_FILE, UPLOAD_CERTS_CONFIG_FILE,
+    kubectl_delete_node, kubectl_nodes, node_state, read_admin_conf, read_files,
+    remove_leftover_configs, KubeadmInit, KubeadmJoin, KubeadmReset, KubectlApply, NodeState,
+    PlaceFiles, TokenCreate, TokenDelete, UploadCerts, ADMIN_CONF, INIT_CONFIG_FILE,
+    JOIN_CONFIG_FILE, KUBELET_CONF, SHARED_CA_FILES, STEP_CONFIG_FILES, TOKEN_CONFIG_FILE,
+    UPLOAD_CERTS_CONFIG_FILE,
 };
 use kh_host::{Outcome, SecretString, Step, StepKind, StepReport};
 
@@ -767,4 +768,29 @@ fn plans_from_other_steps_or_other_inputs_are_refused() {
     assert_eq!(report.outcome, Outcome::Failed);
     assert!(report.error.unwrap().contains("unexpected command"));
     assert!(t.calls().is_empty());
+}
+
+#[test]
+fn configs_left_by_a_killed_step_are_removed_and_nothing_else() {
+    let t = kube_host();
+    let host = t.host();
+    assert_eq!(
+        remove_leftover_configs(&host).unwrap(),
+        Vec::<String>::new()
+    );
+    for path in STEP_CONFIG_FILES {
+        t.write(path, &init_config());
+    }
+    t.write("/var/lib/kh-agent/.kubeadm-join.yaml.kh-tmp-77-3", "half");
+    // The agent's own identity may live in the same directory on a host.
+    t.write("/var/lib/kh-agent/node.key", "identity");
+    t.write("/var/lib/kh-agent/apply-cni.yaml", "kind: List\n");
+    let mut removed = remove_leftover_configs(&host).unwrap();
+    removed.sort();
+    let mut want: Vec<String> = STEP_CONFIG_FILES.iter().map(|p| p.to_string()).collect();
+    want.push("/var/lib/kh-agent/.kubeadm-join.yaml.kh-tmp-77-3".to_string());
+    want.sort();
+    assert_eq!(removed, want);
+    assert!(t.exists("/var/lib/kh-agent/node.key"));
+    assert!(t.exists("/var/lib/kh-agent/apply-cni.yaml"));
 }

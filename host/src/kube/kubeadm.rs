@@ -21,8 +21,8 @@ use crate::kube::apply::{
 };
 use crate::kube::error::KubeError;
 use crate::kube::{
-    ADMIN_CONF, APISERVER_MANIFEST, INIT_CONFIG_FILE, JOIN_CONFIG_FILE, KUBELET_CONF,
-    MANIFESTS_DIR, TOKEN_CONFIG_FILE, UPLOAD_CERTS_CONFIG_FILE,
+    ADMIN_CONF, AGENT_STATE_DIR, APISERVER_MANIFEST, INIT_CONFIG_FILE, JOIN_CONFIG_FILE,
+    KUBELET_CONF, MANIFESTS_DIR, TOKEN_CONFIG_FILE, UPLOAD_CERTS_CONFIG_FILE,
 };
 use crate::secret::{SecretString, REDACTED};
 use crate::steps::{Plan, Step, StepKind, StepReport};
@@ -105,6 +105,39 @@ fn remove_leftover(
     } else {
         Ok(Done::Unchanged(message.to_string()))
     }
+}
+
+/// The kubeadm configs steps write to [`AGENT_STATE_DIR`] for the length of
+/// one command; each holds a token or a certificate key.
+pub const STEP_CONFIG_FILES: [&str; 4] = [
+    INIT_CONFIG_FILE,
+    JOIN_CONFIG_FILE,
+    TOKEN_CONFIG_FILE,
+    UPLOAD_CERTS_CONFIG_FILE,
+];
+
+/// Removes the step configs (and half-written temp copies of them) that an
+/// agent killed during a step left behind, returning their paths. Steps
+/// remove their config whatever the outcome, but nothing runs after a
+/// SIGKILL or a power loss, so the agent calls this when it starts, before
+/// it takes any step: a token must not wait on disk for the next run of the
+/// same step. Only these names are touched; the directory may also be the
+/// agent's own data dir.
+pub fn remove_leftover_configs(host: &Host) -> Result<Vec<String>, HostError> {
+    let mut removed = Vec::new();
+    for name in host.read_dir(AGENT_STATE_DIR)?.unwrap_or_default() {
+        let path = format!("{AGENT_STATE_DIR}/{name}");
+        let half_written = STEP_CONFIG_FILES.iter().any(|file| {
+            file.rsplit_once('/')
+                .is_some_and(|(_, base)| name.starts_with(&format!(".{base}.kh-tmp-")))
+        });
+        if (STEP_CONFIG_FILES.contains(&path.as_str()) || half_written)
+            && host.remove_file(&path)?
+        {
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 /// The planned change of a temporary config file; a leftover from an

@@ -27,7 +27,10 @@ pub use etcd::{
 pub use files::{
     local_etcd_endpoint, node_state, read_admin_conf, read_files, NodeState, PlaceFiles,
 };
-pub use kubeadm::{KubeadmInit, KubeadmJoin, KubeadmReset, TokenCreate, TokenDelete, UploadCerts};
+pub use kubeadm::{
+    remove_leftover_configs, KubeadmInit, KubeadmJoin, KubeadmReset, TokenCreate, TokenDelete,
+    UploadCerts, STEP_CONFIG_FILES,
+};
 pub use kubectl::{kubectl_delete_node, kubectl_nodes, KubeNode, KubectlApply, KubectlDeleteNode};
 pub use readyz::{apiserver_readyz, READYZ_TIMEOUT};
 

@@ -276,3 +276,38 @@ fn the_printed_enroll_command_keeps_the_token_off_the_agent_s_command_line() {
     assert!(!out.ok());
     assert!(out.stderr.contains("the token is empty"), "{}", out.stderr);
 }
+
+/// A step killed with its agent cannot remove its config: the agent removes
+/// what such a step left before it serves again.
+#[test]
+fn an_agent_removes_the_configs_a_killed_step_left_when_it_starts() {
+    let mut w = World::new(&[]);
+    let idx = w.add_kube_node("cp-1");
+    w.agents[idx].kill9();
+    let a = &w.agents[idx];
+    let dir = a.path("/var/lib/kh-agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let leftovers = [
+        "kubeadm-init.yaml",
+        "kubeadm-join.yaml",
+        "kubeadm-token.yaml",
+        "kubeadm-upload-certs.yaml",
+        ".kubeadm-token.yaml.kh-tmp-1-0",
+    ];
+    for name in leftovers {
+        std::fs::write(dir.join(name), "- token: abcdef.0123456789abcdef\n").unwrap();
+    }
+    std::fs::write(dir.join("apply-cni.yaml"), "kind: List\n").unwrap();
+    w.agents[idx].start();
+    let a = &w.agents[idx];
+    for name in leftovers {
+        assert!(!dir.join(name).exists(), "{name} survived the restart");
+    }
+    assert!(dir.join("apply-cni.yaml").exists(), "only step configs go");
+    assert!(
+        a.log_text()
+            .contains("removed kubeadm configs an interrupted step left behind"),
+        "{}",
+        a.log_text()
+    );
+}
