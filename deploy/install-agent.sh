@@ -102,9 +102,11 @@ else
 fi
 
 # Enrollment pins the coordinator's CA by hash before the token leaves this
-# host; re-running with the same values is a no-op.
-"$bin_path" enroll --coordinator "$coordinator" --token "$token" --ca-cert-hash "$hash" \
-  --node-name "$node_name" --data-dir "$data_dir"
+# host; re-running with the same values is a no-op. The token reaches
+# kh-agent on stdin through the shell's builtin printf: as an argument `ps`
+# would show it to every user of the host.
+printf '%s\n' "$token" | "$bin_path" enroll --coordinator "$coordinator" --token-file - \
+  --ca-cert-hash "$hash" --node-name "$node_name" --data-dir "$data_dir"
 
 systemctl_do daemon-reload
 if [ "$start" = 1 ]; then

@@ -110,11 +110,13 @@ pub struct JoinParams {
 struct InitConfiguration {
     api_version: &'static str,
     kind: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     bootstrap_tokens: Vec<BootstrapToken>,
     #[serde(rename = "localAPIEndpoint")]
     local_api_endpoint: ApiEndpoint,
     node_registration: NodeRegistration,
-    certificate_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate_key: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -280,16 +282,55 @@ fn to_yaml(document: &impl Serialize) -> String {
 /// init --config`. With `redact`, the token and the certificate key show as
 /// `<redacted>` (for plans and `--dry-run`).
 pub fn render_init(params: &InitParams, redact: bool) -> Secret<String> {
+    render_init_documents(params, Secrets::Both, redact)
+}
+
+/// The config for `kubeadm token create --config`, run on the control plane
+/// `params` describes: kubeadm creates the InitConfiguration's
+/// `bootstrapTokens`, so the token reaches it in a file instead of on the
+/// command line, where every user of the host could read it in `ps`. The
+/// ClusterConfiguration is the cluster's: kubeadm loads it with the file,
+/// and without a `kubernetesVersion` it would look the version up on the
+/// internet. The certificate key is left out, as token create has no use
+/// for it.
+pub fn render_token_create(params: &InitParams, redact: bool) -> Secret<String> {
+    render_init_documents(params, Secrets::Token, redact)
+}
+
+/// The config for `kubeadm init phase upload-certs --upload-certs --config`:
+/// the certificate key in the InitConfiguration (kubeadm refuses
+/// `--certificate-key` beside `--config`, and on the command line `ps` would
+/// show it), and the cluster's ClusterConfiguration, from which kubeadm
+/// decides which files to upload (an external etcd's client certificate
+/// instead of the stacked etcd CA). No bootstrap token.
+pub fn render_upload_certs(params: &InitParams, redact: bool) -> Secret<String> {
+    render_init_documents(params, Secrets::CertificateKey, redact)
+}
+
+/// Which secrets an InitConfiguration carries.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Secrets {
+    Both,
+    Token,
+    CertificateKey,
+}
+
+fn render_init_documents(params: &InitParams, secrets: Secrets, redact: bool) -> Secret<String> {
     let api = api_version(&params.kubeadm_version);
-    let init = InitConfiguration {
-        api_version: api,
-        kind: "InitConfiguration",
-        bootstrap_tokens: vec![BootstrapToken {
+    let bootstrap_tokens = if secrets == Secrets::CertificateKey {
+        Vec::new()
+    } else {
+        vec![BootstrapToken {
             token: reveal(&params.bootstrap_token, redact),
             ttl: go_duration(params.token_ttl),
             usages: vec!["signing", "authentication"],
             groups: vec![BOOTSTRAP_TOKEN_GROUP],
-        }],
+        }]
+    };
+    let init = InitConfiguration {
+        api_version: api,
+        kind: "InitConfiguration",
+        bootstrap_tokens,
         local_api_endpoint: ApiEndpoint {
             advertise_address: params.advertise_address.to_string(),
             bind_port: params.bind_port,
@@ -299,7 +340,8 @@ pub fn render_init(params: &InitParams, redact: bool) -> Secret<String> {
             &params.node_name,
             params.advertise_address,
         ),
-        certificate_key: reveal(&params.certificate_key, redact),
+        certificate_key: (secrets != Secrets::Token)
+            .then(|| reveal(&params.certificate_key, redact)),
     };
     let etcd = match &params.etcd {
         EtcdConfig::Stacked => EtcdYaml {
@@ -611,6 +653,53 @@ apiServer:
         let shown = render_join(&join, true);
         assert!(!shown.expose().contains(TOKEN) && !shown.expose().contains(KEY));
         assert!(shown.expose().contains("certificateKey: <redacted>"));
+    }
+
+    #[test]
+    fn token_create_and_upload_certs_configs_carry_only_their_own_secret() {
+        let mut params = init_params("v1.32.0");
+        params.etcd = EtcdConfig::External {
+            endpoints: vec!["https://10.0.0.31:2379".to_string()],
+        };
+        let token = render_token_create(&params, false);
+        let text = token.expose();
+        assert!(
+            text.contains("- token: abcdef.0123456789abcdef\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains(KEY) && !text.contains("certificateKey"),
+            "{text}"
+        );
+        // kubeadm loads the ClusterConfiguration with the file: without a
+        // kubernetesVersion it would ask the internet for one.
+        assert!(text.contains("\nkubernetesVersion: v1.32.0\n"), "{text}");
+
+        let upload = render_upload_certs(&params, false);
+        let text = upload.expose();
+        assert!(
+            text.contains(&format!("\ncertificateKey: {KEY}\n")),
+            "{text}"
+        );
+        assert!(
+            !text.contains(TOKEN) && !text.contains("bootstrapTokens"),
+            "{text}"
+        );
+        // The external etcd's client files are what upload-certs must upload.
+        assert!(
+            text.contains("keyFile: /etc/kubernetes/pki/apiserver-etcd-client.key"),
+            "{text}"
+        );
+        // Both are init's documents less the other secret.
+        let init = render_init(&params, false);
+        assert_eq!(
+            init.expose().lines().count(),
+            token.expose().lines().count() + 1
+        );
+        let shown = render_upload_certs(&params, true);
+        assert!(shown.expose().contains("\ncertificateKey: <redacted>\n"));
+        let shown = render_token_create(&params, true);
+        assert!(shown.expose().contains("- token: <redacted>\n"));
     }
 
     #[test]

@@ -40,9 +40,18 @@ struct EnrollCmd {
     /// host:port of the coordinator.
     #[arg(long)]
     coordinator: String,
-    /// The token printed by `khctl token create`.
-    #[arg(long)]
-    token: String,
+    /// The token printed by `khctl token create`. Prefer --token-file:
+    /// every user of the host sees command-line arguments in `ps`.
+    #[arg(
+        long,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    token: Option<String>,
+    /// A file holding the token, or `-` to read it from stdin (as in the
+    /// command `khctl token create` prints), so it never shows in `ps`.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
     /// sha256:<hex> of the coordinator CA; enrollment aborts before sending anything if it differs.
     #[arg(long)]
     ca_cert_hash: String,
@@ -99,13 +108,45 @@ async fn main() {
     }
 }
 
+/// The enrollment token from --token, or from --token-file (`-`: stdin),
+/// without surrounding whitespace.
+fn read_token(c: &EnrollCmd) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use std::io::Read;
+    let text = match (&c.token, &c.token_file) {
+        (Some(token), _) => token.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("could not read the token from stdin (--token-file -)")?;
+            text
+        }
+        (None, Some(path)) => std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "could not read the token from --token-file {}; write the token `khctl token create` printed into it",
+                path.display()
+            )
+        })?,
+        (None, None) => anyhow::bail!("give --token-file FILE (or - for stdin) or --token"),
+    };
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        anyhow::bail!(
+            "the token is empty; pass the token `khctl token create --node NAME` printed"
+        );
+    }
+    Ok(token)
+}
+
 async fn enroll(c: EnrollCmd) -> anyhow::Result<()> {
     let paths = Paths::new(&c.data_dir);
+    let token = read_token(&c)?;
     let outcome = kh_agent::enroll::enroll(
         &paths,
         EnrollArgs {
             coordinator: c.coordinator.clone(),
-            token: c.token,
+            token,
             ca_cert_hash: c.ca_cert_hash,
             node_name: c.node_name.clone(),
             force: c.force,
@@ -141,6 +182,17 @@ async fn serve(c: ServeCmd) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .collect();
     let host = Host::new(&c.host_root, search);
+    // A step killed with the agent (SIGKILL, power loss) could not remove
+    // its kubeadm config, which holds a token or a certificate key.
+    match kh_host::kube::remove_leftover_configs(&host) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::warn!(files = ?removed, "removed kubeadm configs an interrupted step left behind")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "could not remove kubeadm configs an interrupted step left behind; remove them by hand, they hold join secrets")
+        }
+    }
     let server_cert = ServerCert::new(tls::certified_key(
         &format!("{}{}", id.cert_pem, id.ca_pem),
         &id.key_pem,

@@ -74,13 +74,17 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
         }),
         WireStep::KubeadmReset(_) => Box::new(kube::KubeadmReset),
         WireStep::TokenCreate(s) => Box::new(
-            kube::TokenCreate::new(secret(s.token), Duration::from_secs(s.ttl_seconds))
-                .map_err(e)?,
+            kube::TokenCreate::new(
+                secret(s.token),
+                Duration::from_secs(s.ttl_seconds),
+                secret(s.config_yaml),
+            )
+            .map_err(e)?,
         ),
         WireStep::TokenDelete(s) => Box::new(kube::TokenDelete::new(&s.token_id).map_err(e)?),
-        WireStep::UploadCerts(s) => {
-            Box::new(kube::UploadCerts::new(secret(s.certificate_key)).map_err(e)?)
-        }
+        WireStep::UploadCerts(s) => Box::new(
+            kube::UploadCerts::new(secret(s.certificate_key), secret(s.config_yaml)).map_err(e)?,
+        ),
         WireStep::KubectlApply(s) => {
             Box::new(kube::KubectlApply::new(&s.name, &s.manifest).map_err(e)?)
         }

@@ -21,7 +21,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{display_argv, HostError};
-use crate::secret::{scrub, SecretString, REDACTED};
+use crate::secret::{scrub, SecretString};
 
 /// How many lines of stderr a [`CommandRecord`] keeps.
 const STDERR_TAIL_LINES: usize = 20;
@@ -95,18 +95,16 @@ impl From<SysctlKey> for String {
 
 /// A command line to run: an argv vector, never a shell string.
 ///
-/// Secret arguments ([`Cmd::secret_arg`]) reach the process but nothing
-/// else: [`Cmd::argv`], the [`CommandRecord`], every error and every log line
-/// carry `<redacted>` in their place, and the command's output is scrubbed
-/// of them (and of any [`Cmd::redact_output`] value) before it is recorded.
+/// There is deliberately no way to put a secret into an argv: `ps` and
+/// `/proc/PID/cmdline` show every argument to every user of the host.
+/// Secrets reach a tool in a 0600 file it reads (a kubeadm `--config`),
+/// and [`Cmd::redact_output`] scrubs them from what the tool prints before
+/// the output is recorded, because tools echo what they read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmd {
-    /// The argv as records show it: secret arguments are `<redacted>`.
     argv: Vec<String>,
-    /// The real values of the secret arguments, by argv index.
-    secret_args: Vec<(usize, SecretString)>,
-    /// Values to scrub from the output that are not arguments, such as the
-    /// token inside a config file the command reads.
+    /// Values to scrub from the output, such as the token inside a config
+    /// file the command reads.
     redactions: Vec<SecretString>,
     timeout: Option<Duration>,
 }
@@ -119,7 +117,6 @@ impl Cmd {
     pub fn from_argv(argv: Vec<String>) -> Self {
         Self {
             argv,
-            secret_args: Vec::new(),
             redactions: Vec::new(),
             timeout: None,
         }
@@ -139,14 +136,6 @@ impl Cmd {
         self
     }
 
-    /// Appends an argument that only the process sees; records show
-    /// `<redacted>` and the output is scrubbed of the value.
-    pub fn secret_arg(mut self, value: &SecretString) -> Self {
-        self.secret_args.push((self.argv.len(), value.clone()));
-        self.argv.push(REDACTED.to_string());
-        self
-    }
-
     /// Scrubs `value` from the recorded output without passing it: for
     /// secrets a command reads from a file and may echo.
     pub fn redact_output(mut self, value: &SecretString) -> Self {
@@ -160,32 +149,14 @@ impl Cmd {
         self
     }
 
-    /// The argv as records show it, with `<redacted>` for secret arguments.
+    /// The argv the process gets, which records and errors show as is.
     pub fn argv(&self) -> &[String] {
         &self.argv
     }
 
-    /// Whether any argument is secret.
-    pub fn has_secrets(&self) -> bool {
-        !self.secret_args.is_empty()
-    }
-
-    /// The argv the process gets. Private: only the runner may see it.
-    fn exposed_argv(&self) -> Vec<String> {
-        let mut argv = self.argv.clone();
-        for (index, value) in &self.secret_args {
-            argv[*index] = value.expose().to_string();
-        }
-        argv
-    }
-
     /// Every value the recorded output must not contain.
     fn secrets(&self) -> Vec<&SecretString> {
-        self.secret_args
-            .iter()
-            .map(|(_, value)| value)
-            .chain(self.redactions.iter())
-            .collect()
+        self.redactions.iter().collect()
     }
 }
 
@@ -564,6 +535,16 @@ impl Host {
         }
     }
 
+    /// Creates `abs` (and missing parents) and makes `abs` itself 0700, also
+    /// when it already existed with a wider mode: the directory for files
+    /// that hold secrets while a step runs, which no other user may list.
+    pub fn create_private_dir(&self, abs: &str) -> Result<(), HostError> {
+        self.create_dir_all(abs)?;
+        let real = self.path(abs)?;
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700))
+            .map_err(|err| Self::io_error("chmod 0700", abs, &real, err))
+    }
+
     pub fn create_dir_all(&self, abs: &str) -> Result<(), HostError> {
         let real = self.path(abs)?;
         fs::create_dir_all(&real).map_err(|err| Self::io_error("create directory", abs, &real, err))
@@ -660,7 +641,7 @@ impl Host {
             })?;
         tracing::debug!(argv = %display_argv(argv), "running host command");
 
-        let mut child = self.spawn(argv, &cmd.exposed_argv(), &resolved)?;
+        let mut child = self.spawn(argv, &resolved)?;
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let stdout_buf = Arc::new(Mutex::new(Vec::new()));
@@ -713,18 +694,12 @@ impl Host {
         Ok(record)
     }
 
-    /// Starts the process with the real argv (`exposed`); errors carry the
-    /// redacted `argv`.
-    fn spawn(
-        &self,
-        argv: &[String],
-        exposed: &[String],
-        resolved: &Path,
-    ) -> Result<Child, HostError> {
+    /// Starts the process `resolved` with `argv`.
+    fn spawn(&self, argv: &[String], resolved: &Path) -> Result<Child, HostError> {
         let mut attempt = 0u32;
         loop {
             let spawned = Command::new(resolved)
-                .args(&exposed[1..])
+                .args(&argv[1..])
                 .env("PATH", self.path_env())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -1157,29 +1132,18 @@ mod tests {
     }
 
     #[test]
-    fn secret_arguments_reach_the_process_but_no_record() {
+    fn redacted_values_are_scrubbed_from_the_output_of_a_failed_command() {
         let host = host(Path::new("/"));
         let secret = SecretString::new("s3cr3t-value");
-        let cmd = Cmd::new("sh")
-            .args(["-c", "echo \"got $1\"; echo \"err $1\" >&2; exit $2", "sh"])
-            .secret_arg(&secret)
-            .arg("0");
-        assert_eq!(cmd.argv()[4], "<redacted>");
-        assert!(cmd.has_secrets());
-        assert!(!format!("{cmd:?}").contains("s3cr3t"));
-        let record = host.run(&cmd).unwrap();
-        // The process printed the value it got; the record shows the marker,
-        // which proves both that the value arrived and that it was scrubbed.
-        assert_eq!(record.stdout, "got <redacted>\n");
-        assert_eq!(record.stderr_tail, "err <redacted>");
-        assert_eq!(record.argv[4], "<redacted>");
-
+        // The script assembles the value, as a tool reading it from a file
+        // would print it; the argv holds only its halves.
         let failing = Cmd::new("sh")
-            .args(["-c", "echo \"bad $1\" >&2; exit 3", "sh"])
-            .secret_arg(&secret);
+            .args(["-c", "printf 'bad %s%s\\n' s3cr3t -value >&2; exit 3"])
+            .redact_output(&secret);
+        assert!(!format!("{failing:?}").contains("s3cr3t-value"));
         let err = host.run_checked(&failing).unwrap_err();
         let text = format!("{err} {err:?}");
-        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(!text.contains("s3cr3t-value"), "{text}");
         assert!(text.contains("bad <redacted>"), "{text}");
         assert!(text.contains("exit status 3"), "{text}");
     }

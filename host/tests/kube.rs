@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use common::TestHost;
 use kh_host::kube::{
-    kubectl_delete_node, kubectl_nodes, node_state, read_admin_conf, read_files, KubeadmInit,
-    KubeadmJoin, KubeadmReset, KubectlApply, NodeState, PlaceFiles, TokenCreate, TokenDelete,
-    UploadCerts, ADMIN_CONF, INIT_CONFIG_FILE, JOIN_CONFIG_FILE, KUBELET_CONF, SHARED_CA_FILES,
+    kubectl_delete_node, kubectl_nodes, node_state, read_admin_conf, read_files,
+    remove_leftover_configs, KubeadmInit, KubeadmJoin, KubeadmReset, KubectlApply, NodeState,
+    PlaceFiles, TokenCreate, TokenDelete, UploadCerts, ADMIN_CONF, INIT_CONFIG_FILE,
+    JOIN_CONFIG_FILE, KUBELET_CONF, SHARED_CA_FILES, STEP_CONFIG_FILES, TOKEN_CONFIG_FILE,
+    UPLOAD_CERTS_CONFIG_FILE,
 };
 use kh_host::{Outcome, SecretBytes, SecretString, Step, StepKind, StepReport};
 
@@ -105,8 +107,10 @@ fn init_runs_kubeadm_on_a_0600_config_removed_afterwards_then_is_unchanged() {
             "kubeadm init --config {config_path} --upload-certs"
         )]
     );
-    // kubeadm read the real config from a 0600 file, which is gone now.
+    // kubeadm read the real config from a 0600 file in a directory only
+    // root may enter, which is gone now.
     assert_eq!(t.modes_seen(), vec!["600"]);
+    assert_eq!(t.dir_modes_seen(), vec!["700"]);
     assert_eq!(t.tmp_file("seen-init.yaml").unwrap(), init_config());
     assert!(!t.exists(INIT_CONFIG_FILE));
 
@@ -321,45 +325,57 @@ fn reset_runs_only_when_kubeadm_left_something() {
     assert_eq!(t.calls().len(), 1);
 }
 
+/// What the coordinator renders for `kubeadm token create --config`.
+fn token_config(ttl: &str) -> SecretString {
+    SecretString::new(format!(
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nbootstrapTokens:\n- token: {TOKEN}\n  ttl: {ttl}\n---\napiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.32.0\n"
+    ))
+}
+
+fn token_create(ttl: Duration, ttl_text: &str) -> TokenCreate {
+    TokenCreate::new(SecretString::new(TOKEN), ttl, token_config(ttl_text)).unwrap()
+}
+
 #[test]
-fn tokens_are_created_as_redacted_arguments_and_recreated_when_they_exist() {
+fn tokens_are_created_from_a_private_config_file_and_recreated_when_they_exist() {
     let t = kube_host();
     t.write(ADMIN_CONF, "apiVersion: v1\n");
     let host = t.host();
     let admin = real(&t, ADMIN_CONF);
-    let create =
-        TokenCreate::new(SecretString::new(TOKEN), Duration::from_secs(24 * 3600)).unwrap();
+    let config = real(&t, TOKEN_CONFIG_FILE);
+    let create = token_create(Duration::from_secs(24 * 3600), "24h0m0s");
     let plan = create.plan(&host).unwrap();
-    assert_eq!(
-        plan.commands[0],
-        [
-            "kubeadm",
-            "token",
-            "create",
-            "<redacted>",
-            "--ttl",
-            "24h0m0s",
-            "--kubeconfig",
-            &admin
-        ]
-    );
+    let argv = [
+        "kubeadm",
+        "token",
+        "create",
+        "--config",
+        &config,
+        "--kubeconfig",
+        &admin,
+    ];
+    assert_eq!(plan.commands[0], argv);
     let report = create.run(&host, false);
     assert_eq!(report.outcome, Outcome::Changed, "{report:#?}");
-    // The double saw the real token (its log is the test's, not kh's).
+    // No secret on kubeadm's command line, where `ps` would show it: the
+    // double got the token from a 0600 file in a 0700 directory, which is
+    // gone now.
+    assert_eq!(t.calls(), vec![argv.join(" ")]);
+    assert_eq!(t.modes_seen(), vec!["600"]);
+    assert_eq!(t.dir_modes_seen(), vec!["700"]);
     assert_eq!(
-        t.calls(),
-        vec![format!(
-            "kubeadm token create {TOKEN} --ttl 24h0m0s --kubeconfig {admin}"
-        )]
+        t.tmp_file("seen-token.yaml").unwrap(),
+        token_config("24h0m0s").expose()
     );
-    assert_eq!(report.commands[0].argv[3], "<redacted>");
+    assert!(!t.exists(TOKEN_CONFIG_FILE));
+    assert_eq!(report.commands[0].argv, argv);
     assert_eq!(report.commands[0].stdout, "<redacted>\n");
     assert_eq!(t.tmp_file("tokens/abcdef").unwrap(), "24h0m0s");
     assert_clean(&report, &[TOKEN, "0123456789abcdef"]);
 
     // kubeadm refuses an existing id; the step deletes and recreates it so
-    // the TTL starts over.
-    let refresh = TokenCreate::new(SecretString::new(TOKEN), Duration::from_secs(7200)).unwrap();
+    // the TTL starts over, from the same file.
+    let refresh = token_create(Duration::from_secs(7200), "2h0m0s");
     let report = refresh.run(&host, false);
     assert_eq!(report.outcome, Outcome::Changed, "{report:#?}");
     assert_eq!(report.commands.len(), 3);
@@ -377,7 +393,37 @@ fn tokens_are_created_as_redacted_arguments_and_recreated_when_they_exist() {
     );
     assert!(report.message.contains("created it again with TTL 2h0m0s"));
     assert_eq!(t.tmp_file("tokens/abcdef").unwrap(), "2h0m0s");
+    assert!(!t.exists(TOKEN_CONFIG_FILE));
     assert_clean(&report, &[TOKEN]);
+    assert!(t.calls().iter().all(|c| !c.contains("0123456789abcdef")));
+}
+
+#[test]
+fn a_failed_token_create_leaves_no_config_behind() {
+    let t = kube_host();
+    let host = t.host();
+    t.fail(
+        "kubeadm",
+        "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file or directory\n",
+    );
+    let report = token_create(Duration::from_secs(60), "1m0s").run(&host, false);
+    assert_eq!(report.outcome, Outcome::Failed, "{report:#?}");
+    assert!(!t.exists(TOKEN_CONFIG_FILE));
+    let err = UploadCerts::new(SecretString::new(CERT_KEY), upload_config())
+        .unwrap()
+        .run(&host, false);
+    assert_eq!(err.outcome, Outcome::Failed, "{err:#?}");
+    assert!(!t.exists(UPLOAD_CERTS_CONFIG_FILE));
+}
+
+#[test]
+fn a_config_without_the_step_s_secret_is_refused() {
+    let other = SecretString::new("ghijkl.0123456789abcdef");
+    let err = TokenCreate::new(other, Duration::from_secs(60), token_config("1m0s")).unwrap_err();
+    assert!(err.to_string().contains("bootstrapTokens"), "{err}");
+    assert!(!err.to_string().contains("ghijkl"), "{err}");
+    let err = UploadCerts::new(SecretString::new("a".repeat(64)), upload_config()).unwrap_err();
+    assert!(err.to_string().contains("certificateKey"), "{err}");
 }
 
 #[test]
@@ -385,9 +431,7 @@ fn deleting_a_token_is_unchanged_once_it_is_gone() {
     let t = kube_host();
     t.write(ADMIN_CONF, "apiVersion: v1\n");
     let host = t.host();
-    TokenCreate::new(SecretString::new(TOKEN), Duration::from_secs(60))
-        .unwrap()
-        .run(&host, false);
+    token_create(Duration::from_secs(60), "1m0s").run(&host, false);
     let delete = TokenDelete::new("abcdef").unwrap();
     let first = delete.run(&host, false);
     assert_eq!(first.outcome, Outcome::Changed, "{first:#?}");
@@ -412,26 +456,52 @@ fn deleting_a_token_is_unchanged_once_it_is_gone() {
     assert!(error.contains("healthy control plane"), "{error}");
 }
 
+/// What the coordinator renders for `kubeadm init phase upload-certs --config`.
+fn upload_config() -> SecretString {
+    SecretString::new(format!(
+        "apiVersion: kubeadm.k8s.io/v1beta4\n\
+kind: InitConfiguration\n\
+certificateKey: {CERT_KEY}\n\
+---\n\
+apiVersion: kubeadm.k8s.io/v1beta4\n\
+kind: ClusterConfiguration\n\
+kubernetesVersion: v1.32.0\n"
+    ))
+}
+
 #[test]
-fn upload_certs_passes_the_key_only_to_kubeadm() {
+fn upload_certs_passes_the_key_only_to_kubeadm_in_a_private_file() {
     let t = kube_host();
     t.write(ADMIN_CONF, "apiVersion: v1\n");
-    let step = UploadCerts::new(SecretString::new(CERT_KEY)).unwrap();
+    let step = UploadCerts::new(SecretString::new(CERT_KEY), upload_config()).unwrap();
     let report = step.run(&t.host(), false);
     assert_eq!(report.outcome, Outcome::Changed, "{report:#?}");
+    let config = real(&t, UPLOAD_CERTS_CONFIG_FILE);
+    let admin = real(&t, ADMIN_CONF);
+    let argv = [
+        "kubeadm",
+        "init",
+        "phase",
+        "upload-certs",
+        "--upload-certs",
+        "--config",
+        &config,
+        "--kubeconfig",
+        &admin,
+    ];
+    assert_eq!(report.commands[0].argv, argv);
     assert_eq!(
-        report.commands[0].argv[..6],
-        [
-            "kubeadm",
-            "init",
-            "phase",
-            "upload-certs",
-            "--upload-certs",
-            "--certificate-key"
-        ]
+        t.calls(),
+        vec![argv.join(" ")],
+        "no key on the command line"
     );
-    assert_eq!(report.commands[0].argv[6], "<redacted>");
-    assert!(t.calls()[0].contains(CERT_KEY), "kubeadm got the key");
+    assert_eq!(t.modes_seen(), vec!["600"]);
+    assert_eq!(t.dir_modes_seen(), vec!["700"]);
+    assert_eq!(
+        t.tmp_file("seen-upload-certs.yaml").unwrap(),
+        upload_config().expose()
+    );
+    assert!(!t.exists(UPLOAD_CERTS_CONFIG_FILE));
     assert!(report.commands[0]
         .stdout
         .ends_with("Using certificate key:\n<redacted>\n"));
@@ -777,4 +847,29 @@ fn plans_from_other_steps_or_other_inputs_are_refused() {
     assert_eq!(report.outcome, Outcome::Failed);
     assert!(report.error.unwrap().contains("unexpected command"));
     assert!(t.calls().is_empty());
+}
+
+#[test]
+fn configs_left_by_a_killed_step_are_removed_and_nothing_else() {
+    let t = kube_host();
+    let host = t.host();
+    assert_eq!(
+        remove_leftover_configs(&host).unwrap(),
+        Vec::<String>::new()
+    );
+    for path in STEP_CONFIG_FILES {
+        t.write(path, &init_config());
+    }
+    t.write("/var/lib/kh-agent/.kubeadm-join.yaml.kh-tmp-77-3", "half");
+    // The agent's own identity may live in the same directory on a host.
+    t.write("/var/lib/kh-agent/node.key", "identity");
+    t.write("/var/lib/kh-agent/apply-cni.yaml", "kind: List\n");
+    let mut removed = remove_leftover_configs(&host).unwrap();
+    removed.sort();
+    let mut want: Vec<String> = STEP_CONFIG_FILES.iter().map(|p| p.to_string()).collect();
+    want.push("/var/lib/kh-agent/.kubeadm-join.yaml.kh-tmp-77-3".to_string());
+    want.sort();
+    assert_eq!(removed, want);
+    assert!(t.exists("/var/lib/kh-agent/node.key"));
+    assert!(t.exists("/var/lib/kh-agent/apply-cni.yaml"));
 }

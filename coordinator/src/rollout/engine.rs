@@ -433,6 +433,9 @@ impl Ctx<'_> {
                     Step::TokenCreate(proto::TokenCreate {
                         token: token.expose().clone(),
                         ttl_seconds: material::TOKEN_TTL.as_secs(),
+                        config_yaml: kubeadm::render_token_create(&self.via_params(via, &m), false)
+                            .expose()
+                            .clone(),
                     }),
                     false,
                 )
@@ -453,6 +456,9 @@ impl Ctx<'_> {
                     "upload-certs",
                     Step::UploadCerts(proto::UploadCerts {
                         certificate_key: m.certificate_key.expose().clone(),
+                        config_yaml: kubeadm::render_upload_certs(&self.via_params(via, &m), false)
+                            .expose()
+                            .clone(),
                     }),
                     false,
                 )
@@ -460,6 +466,20 @@ impl Ctx<'_> {
             material::key_uploaded(&self.coord.db, self.coord.clock.as_ref(), &mut m)?;
         }
         Ok(m.clone())
+    }
+
+    /// The cluster's kubeadm parameters as seen from control plane `via`,
+    /// which runs a token create or an upload-certs for the cluster: its
+    /// kubeadm release picks the config API, and its own name and address
+    /// fill the InitConfiguration kubeadm loads with the config.
+    fn via_params(&self, via: &str, m: &Material) -> InitParams {
+        let node = self
+            .spec
+            .nodes
+            .iter()
+            .find(|n| n.name == via)
+            .unwrap_or(self.first);
+        node_init_params(self, node, m)
     }
 
     fn join_config(&self, node: &NodeSpec, m: &Material, control_plane: bool) -> Secret<String> {
@@ -817,7 +837,11 @@ fn plan(
 }
 
 fn init_params(ctx: &Ctx<'_>, m: &Material) -> InitParams {
-    let n = ctx.first;
+    node_init_params(ctx, ctx.first, m)
+}
+
+/// The InitConfiguration parameters for control plane `n`.
+fn node_init_params(ctx: &Ctx<'_>, n: &NodeSpec, m: &Material) -> InitParams {
     InitParams {
         kubeadm_version: node_version(ctx.coord, &n.name, &ctx.version),
         kubernetes_version: ctx.version.clone(),

@@ -236,8 +236,11 @@ impl Admin for AdminService {
         Ok(Response::new(CreateTokenResponse {
             token: token.reveal(),
             info: Some(token_info(&rec, unix_ms(c.clock.now()))),
+            // The token goes through the shell's builtin echo and a pipe:
+            // as an argument of kh-agent, `ps` would show it to every user
+            // of the host while enrollment runs.
             enroll_command: format!(
-                "kh-agent enroll --coordinator {addr} --token {} --ca-cert-hash {hash} --node-name {node}",
+                "echo {} | kh-agent enroll --coordinator {addr} --token-file - --ca-cert-hash {hash} --node-name {node}",
                 token.reveal()
             ),
             ca_cert_hash: hash,

@@ -334,9 +334,12 @@ impl<'a> KubeApplier<'a> {
         self.host
     }
 
-    /// Writes one step file atomically with its mode, creating its directory.
-    /// A file that stays (a placed CA key) is never written through a
-    /// symbolic link: its path could otherwise lead out of the host root.
+    /// Writes one step file atomically with its mode, creating its
+    /// directory. A file that stays (a placed CA key) is never written
+    /// through a symbolic link: its path could otherwise lead out of the host
+    /// root. A temporary file's directory is made 0700: its files hold
+    /// secrets while a command reads them, and other users must not even see
+    /// their names come and go.
     pub(crate) fn write(&mut self, file: &StepFile, change: &FileChange) -> Result<(), KubeError> {
         if !file.temporary {
             self.host
@@ -346,7 +349,7 @@ impl<'a> KubeApplier<'a> {
         }
         if let Some((dir, _)) = file.path().rsplit_once('/') {
             if !dir.is_empty() {
-                self.host.create_dir_all(dir)?;
+                self.host.create_private_dir(dir)?;
             }
         }
         self.host

@@ -2,8 +2,11 @@
 //! (bootstrap tokens and the `kubeadm-certs` Secret).
 //!
 //! Configs reach kubeadm as files (`--config`), because they carry the
-//! bootstrap token and the certificate key, and a file that is 0600 and gone
-//! after the step is the narrowest exposure kubeadm allows. kubeadm prints
+//! bootstrap token and the certificate key, and a file that is 0600 in a
+//! 0700 directory and gone after the step is the narrowest exposure kubeadm
+//! allows: no kubeadm command here has a secret on its command line, where
+//! `ps` shows it to every user. `token create` and `init phase upload-certs`
+//! take the same InitConfiguration as init for that reason. kubeadm prints
 //! the join command with the token and the key after `init`, so every
 //! command's output is scrubbed of the secrets found in its config.
 
@@ -18,7 +21,8 @@ use crate::kube::apply::{
 };
 use crate::kube::error::KubeError;
 use crate::kube::{
-    ADMIN_CONF, APISERVER_MANIFEST, INIT_CONFIG_FILE, JOIN_CONFIG_FILE, KUBELET_CONF, MANIFESTS_DIR,
+    ADMIN_CONF, AGENT_STATE_DIR, APISERVER_MANIFEST, INIT_CONFIG_FILE, JOIN_CONFIG_FILE,
+    KUBELET_CONF, MANIFESTS_DIR, TOKEN_CONFIG_FILE, UPLOAD_CERTS_CONFIG_FILE,
 };
 use crate::secret::{SecretString, REDACTED};
 use crate::steps::{Plan, Step, StepKind, StepReport};
@@ -101,6 +105,39 @@ fn remove_leftover(
     } else {
         Ok(Done::Unchanged(message.to_string()))
     }
+}
+
+/// The kubeadm configs steps write to [`AGENT_STATE_DIR`] for the length of
+/// one command; each holds a token or a certificate key.
+pub const STEP_CONFIG_FILES: [&str; 4] = [
+    INIT_CONFIG_FILE,
+    JOIN_CONFIG_FILE,
+    TOKEN_CONFIG_FILE,
+    UPLOAD_CERTS_CONFIG_FILE,
+];
+
+/// Removes the step configs (and half-written temp copies of them) that an
+/// agent killed during a step left behind, returning their paths. Steps
+/// remove their config whatever the outcome, but nothing runs after a
+/// SIGKILL or a power loss, so the agent calls this when it starts, before
+/// it takes any step: a token must not wait on disk for the next run of the
+/// same step. Only these names are touched; the directory may also be the
+/// agent's own data dir.
+pub fn remove_leftover_configs(host: &Host) -> Result<Vec<String>, HostError> {
+    let mut removed = Vec::new();
+    for name in host.read_dir(AGENT_STATE_DIR)?.unwrap_or_default() {
+        let path = format!("{AGENT_STATE_DIR}/{name}");
+        let half_written = STEP_CONFIG_FILES.iter().any(|file| {
+            file.rsplit_once('/')
+                .is_some_and(|(_, base)| name.starts_with(&format!(".{base}.kh-tmp-")))
+        });
+        if (STEP_CONFIG_FILES.contains(&path.as_str()) || half_written)
+            && host.remove_file(&path)?
+        {
+            removed.push(path);
+        }
+    }
+    Ok(removed)
 }
 
 /// The planned change of a temporary config file; a leftover from an
@@ -383,18 +420,30 @@ fn token_not_found(stderr: &str, token_id: &str) -> bool {
             || lower.contains(&format!("bootstrap-token-{token_id}")))
 }
 
-/// `kubeadm token create TOKEN --ttl …` through this control plane's
-/// admin.conf: the coordinator's token, refreshed before a join.
+/// `kubeadm token create --config F` through this control plane's
+/// admin.conf: the coordinator's token, refreshed before a join. The token
+/// reaches kubeadm in the config's `bootstrapTokens`, a 0600 file removed
+/// after the step, because kubeadm's only other way, the positional `[token]`
+/// argument, shows it to every user of the host in `ps` and
+/// `/proc/PID/cmdline`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenCreate {
     token: SecretString,
     ttl: Duration,
+    /// An InitConfiguration whose `bootstrapTokens` hold `token` with `ttl`,
+    /// and a ClusterConfiguration (kubeadm loads both from the file).
+    config: SecretString,
 }
 
 impl TokenCreate {
     /// `token` must look like kubeadm's `[a-z0-9]{6}.[a-z0-9]{16}`; a zero
-    /// `ttl` means the token never expires, as in kubeadm.
-    pub fn new(token: SecretString, ttl: Duration) -> Result<Self, KubeError> {
+    /// `ttl` means the token never expires, as in kubeadm. `config` must
+    /// carry that token, since it is what kubeadm creates.
+    pub fn new(
+        token: SecretString,
+        ttl: Duration,
+        config: SecretString,
+    ) -> Result<Self, KubeError> {
         let valid = match token.expose().split_once('.') {
             Some((id, secret)) => is_token_id(id) && is_token_secret(secret),
             None => false,
@@ -406,7 +455,8 @@ impl TokenCreate {
                 reason: "a bootstrap token is 6 and 16 characters of [a-z0-9] joined by a dot, like abcdef.0123456789abcdef; generate one with `kubeadm token generate`".to_string(),
             });
         }
-        Ok(Self { token, ttl })
+        check_config_carries(&config, &token, "token create", "bootstrapTokens[].token")?;
+        Ok(Self { token, ttl, config })
     }
 
     /// The public half of the token, which names it in `kubeadm token list`.
@@ -422,14 +472,43 @@ impl TokenCreate {
         self.ttl
     }
 
-    fn command(&self, host: &Host) -> Result<Cmd, HostError> {
-        Ok(Cmd::new("kubeadm")
-            .args(["token", "create"])
-            .secret_arg(&self.token)
-            .args(["--ttl", &go_duration(self.ttl), "--kubeconfig"])
-            .arg(admin_kubeconfig(host)?)
-            .timeout(TOKEN_TIMEOUT))
+    fn file(&self) -> StepFile {
+        StepFile::secret_temporary(TOKEN_CONFIG_FILE, &self.config)
     }
+
+    fn command(&self, host: &Host) -> Result<Cmd, HostError> {
+        let mut cmd = Cmd::new("kubeadm")
+            .args(["token", "create", "--config"])
+            .arg(real_path(host, TOKEN_CONFIG_FILE)?)
+            .arg("--kubeconfig")
+            .arg(admin_kubeconfig(host)?)
+            // kubeadm prints the token it created.
+            .redact_output(&self.token);
+        for secret in config_secrets(&self.config) {
+            cmd = cmd.redact_output(&secret);
+        }
+        Ok(cmd.timeout(TOKEN_TIMEOUT))
+    }
+}
+
+/// Refuses a config that does not hold `secret`: the step names and reports
+/// the secret it was given, so kubeadm must create exactly that one.
+fn check_config_carries(
+    config: &SecretString,
+    secret: &SecretString,
+    step: &str,
+    field: &str,
+) -> Result<(), KubeError> {
+    if config_secrets(config).iter().any(|s| s == secret) {
+        return Ok(());
+    }
+    Err(KubeError::Invalid {
+        what: "kubeadm config",
+        value: REDACTED.to_string(),
+        reason: format!(
+            "the {step} config must carry the step's secret in its InitConfiguration's {field}; render it with the same value (the coordinator's kh::kubeadm renderers do)"
+        ),
+    })
 }
 
 impl Step for TokenCreate {
@@ -439,7 +518,12 @@ impl Step for TokenCreate {
 
     fn plan(&self, host: &Host) -> Result<Plan, StepError> {
         let mut plan = Plan::new(StepKind::TokenCreate);
+        let file = self.file();
+        plan.files.push(temp_change(host, &file)?);
         plan.commands.push(self.command(host)?.argv().to_vec());
+        plan.notes.push(format!(
+            "{TOKEN_CONFIG_FILE} holds the token: written 0600, removed after kubeadm token create whatever its outcome"
+        ));
         plan.notes.push(format!(
             "if a token with id {} already exists kubeadm refuses to create it; it is then deleted and created again, so its TTL starts over",
             self.token_id()
@@ -449,25 +533,28 @@ impl Step for TokenCreate {
 
     fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
         apply_with(host, StepKind::TokenCreate, plan, |applier| {
+            let file = self.file();
             let create = self.command(applier.host())?;
-            applier.check_plan(plan, &[], &[&create])?;
+            applier.check_plan(plan, &[&file], &[&create])?;
             let id = self.token_id().to_string();
             let ttl = go_duration(self.ttl);
-            let record = applier.run(&create)?;
-            if record.success() {
-                return Ok(Done::Changed(format!(
-                    "created bootstrap token {id} with TTL {ttl}"
-                )));
-            }
-            if !record.stderr_tail.contains("already exists") {
-                return Err(command_error(&record, TOKEN_NEXT));
-            }
-            let delete = token_delete_command(applier.host(), &id)?;
-            applier.run_checked(&delete, TOKEN_NEXT)?;
-            applier.run_checked(&create, TOKEN_NEXT)?;
-            Ok(Done::Changed(format!(
-                "bootstrap token {id} existed; deleted it and created it again with TTL {ttl}"
-            )))
+            applier.with_temp_file(&file, &plan.files[0], |applier| {
+                let record = applier.run(&create)?;
+                if record.success() {
+                    return Ok(Done::Changed(format!(
+                        "created bootstrap token {id} with TTL {ttl}"
+                    )));
+                }
+                if !record.stderr_tail.contains("already exists") {
+                    return Err(command_error(&record, TOKEN_NEXT));
+                }
+                let delete = token_delete_command(applier.host(), &id)?;
+                applier.run_checked(&delete, TOKEN_NEXT)?;
+                applier.run_checked(&create, TOKEN_NEXT)?;
+                Ok(Done::Changed(format!(
+                    "bootstrap token {id} existed; deleted it and created it again with TTL {ttl}"
+                )))
+            })
         })
     }
 }
@@ -536,17 +623,25 @@ impl Step for TokenDelete {
 // ---------------------------------------------------------------------------
 // upload-certs
 
-/// `kubeadm init phase upload-certs --upload-certs --certificate-key KEY`:
-/// re-uploads the control-plane certificates to the `kubeadm-certs` Secret,
-/// which kubeadm deletes after two hours.
+/// `kubeadm init phase upload-certs --upload-certs --config F`: re-uploads
+/// the control-plane certificates to the `kubeadm-certs` Secret, which
+/// kubeadm deletes after two hours. The key reaches kubeadm in the config's
+/// `certificateKey` (0600, removed after the step) rather than as
+/// `--certificate-key`, which `ps` would show; the config's
+/// ClusterConfiguration also tells kubeadm which files to upload (an
+/// external etcd's client certificate and key).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadCerts {
     certificate_key: SecretString,
+    /// An InitConfiguration with `certificateKey` and the cluster's
+    /// ClusterConfiguration.
+    config: SecretString,
 }
 
 impl UploadCerts {
-    /// `certificate_key` is 64 hex characters (an AES-256 key).
-    pub fn new(certificate_key: SecretString) -> Result<Self, KubeError> {
+    /// `certificate_key` is 64 hex characters (an AES-256 key); `config`
+    /// must carry it as its `certificateKey`.
+    pub fn new(certificate_key: SecretString, config: SecretString) -> Result<Self, KubeError> {
         let key = certificate_key.expose();
         if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(KubeError::Invalid {
@@ -555,22 +650,35 @@ impl UploadCerts {
                 reason: "a certificate key is 64 hex characters (32 bytes); generate one with `kubeadm certs certificate-key`".to_string(),
             });
         }
-        Ok(Self { certificate_key })
+        check_config_carries(&config, &certificate_key, "upload-certs", "certificateKey")?;
+        Ok(Self {
+            certificate_key,
+            config,
+        })
+    }
+
+    fn file(&self) -> StepFile {
+        StepFile::secret_temporary(UPLOAD_CERTS_CONFIG_FILE, &self.config)
     }
 
     fn command(&self, host: &Host) -> Result<Cmd, HostError> {
-        Ok(Cmd::new("kubeadm")
+        let mut cmd = Cmd::new("kubeadm")
             .args([
                 "init",
                 "phase",
                 "upload-certs",
                 "--upload-certs",
-                "--certificate-key",
+                "--config",
             ])
-            .secret_arg(&self.certificate_key)
+            .arg(real_path(host, UPLOAD_CERTS_CONFIG_FILE)?)
             .arg("--kubeconfig")
             .arg(admin_kubeconfig(host)?)
-            .timeout(UPLOAD_CERTS_TIMEOUT))
+            // kubeadm prints the key it used.
+            .redact_output(&self.certificate_key);
+        for secret in config_secrets(&self.config) {
+            cmd = cmd.redact_output(&secret);
+        }
+        Ok(cmd.timeout(UPLOAD_CERTS_TIMEOUT))
     }
 }
 
@@ -581,15 +689,23 @@ impl Step for UploadCerts {
 
     fn plan(&self, host: &Host) -> Result<Plan, StepError> {
         let mut plan = Plan::new(StepKind::UploadCerts);
+        let file = self.file();
+        plan.files.push(temp_change(host, &file)?);
         plan.commands.push(self.command(host)?.argv().to_vec());
+        plan.notes.push(format!(
+            "{UPLOAD_CERTS_CONFIG_FILE} holds the certificate key: written 0600, removed after kubeadm whatever its outcome"
+        ));
         Ok(plan)
     }
 
     fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
         apply_with(host, StepKind::UploadCerts, plan, |applier| {
+            let file = self.file();
             let cmd = self.command(applier.host())?;
-            applier.check_plan(plan, &[], &[&cmd])?;
-            applier.run_checked(&cmd, UPLOAD_CERTS_NEXT)?;
+            applier.check_plan(plan, &[&file], &[&cmd])?;
+            applier.with_temp_file(&file, &plan.files[0], |applier| {
+                applier.run_checked(&cmd, UPLOAD_CERTS_NEXT)
+            })?;
             Ok(Done::Changed(
                 "uploaded the control-plane certificates to the kubeadm-certs Secret (kubeadm deletes it after 2 hours)".to_string(),
             ))
@@ -644,22 +760,37 @@ mod tests {
 
     #[test]
     fn token_and_key_shapes_are_validated_without_echoing_them() {
+        let config = |token: &str| {
+            SecretString::new(format!(
+                "kind: InitConfiguration\nbootstrapTokens:\n- token: {token}\n"
+            ))
+        };
         let err = TokenCreate::new(
             SecretString::new("ABCDEF.0123456789abcdef"),
             Duration::from_secs(60),
+            config("ABCDEF.0123456789abcdef"),
         )
         .unwrap_err();
         assert!(!err.to_string().contains("ABCDEF"), "{err}");
         let ok = TokenCreate::new(
             SecretString::new("abcdef.0123456789abcdef"),
             Duration::from_secs(60),
+            config("abcdef.0123456789abcdef"),
         )
         .unwrap();
         assert_eq!(ok.token_id(), "abcdef");
         assert!(TokenDelete::new("abcde").is_err());
         assert!(TokenDelete::new("--help").is_err());
-        let err = UploadCerts::new(SecretString::new("xyz")).unwrap_err();
+        let key_config = |key: &str| {
+            SecretString::new(format!("kind: InitConfiguration\ncertificateKey: {key}\n"))
+        };
+        let err = UploadCerts::new(SecretString::new("xyz"), key_config("xyz")).unwrap_err();
         assert!(!err.to_string().contains("xyz"), "{err}");
-        assert!(UploadCerts::new(SecretString::new("a".repeat(64))).is_ok());
+        let key = "a".repeat(64);
+        assert!(UploadCerts::new(SecretString::new(key.clone()), key_config(&key)).is_ok());
+        // A config that carries another secret than the step's is refused.
+        let err =
+            UploadCerts::new(SecretString::new(key), key_config(&"b".repeat(64))).unwrap_err();
+        assert!(!err.to_string().contains(&"b".repeat(64)), "{err}");
     }
 }

@@ -27,7 +27,10 @@ pub use etcd::{
 pub use files::{
     local_etcd_endpoint, node_state, read_admin_conf, read_files, NodeState, PlaceFiles,
 };
-pub use kubeadm::{KubeadmInit, KubeadmJoin, KubeadmReset, TokenCreate, TokenDelete, UploadCerts};
+pub use kubeadm::{
+    remove_leftover_configs, KubeadmInit, KubeadmJoin, KubeadmReset, TokenCreate, TokenDelete,
+    UploadCerts, STEP_CONFIG_FILES,
+};
 pub use kubectl::{kubectl_delete_node, kubectl_nodes, KubeNode, KubectlApply, KubectlDeleteNode};
 pub use readyz::{apiserver_readyz, READYZ_TIMEOUT};
 
@@ -44,6 +47,8 @@ pub const CLUSTER_CA_CERT: &str = "/etc/kubernetes/pki/ca.crt";
 pub const AGENT_STATE_DIR: &str = "/var/lib/kh-agent";
 pub const INIT_CONFIG_FILE: &str = "/var/lib/kh-agent/kubeadm-init.yaml";
 pub const JOIN_CONFIG_FILE: &str = "/var/lib/kh-agent/kubeadm-join.yaml";
+pub const TOKEN_CONFIG_FILE: &str = "/var/lib/kh-agent/kubeadm-token.yaml";
+pub const UPLOAD_CERTS_CONFIG_FILE: &str = "/var/lib/kh-agent/kubeadm-upload-certs.yaml";
 
 /// The shared cluster CA set that every control plane must have the same
 /// copy of (the kubeadm HA guide's list of files to copy), and nothing else:

@@ -261,6 +261,7 @@ impl TestHost {
 tmp='{tmp}'
 seen() {{
   stat -c '%a' "$2" >> "$tmp/modes.log"
+  stat -c '%a' "$(dirname "$2")" >> "$tmp/dir-modes.log"
   cp "$2" "$tmp/seen-$1.yaml"
 }}
 failing() {{
@@ -276,7 +277,9 @@ arg_after() {{
 case "$1" in
 init)
   if [ "$2" = phase ]; then
-    key=$(arg_after --certificate-key "$@")
+    config=$(arg_after --config "$@")
+    seen upload-certs "$config"
+    key=$(sed -n 's/^certificateKey: *//p' "$config" | head -n 1)
     echo '[upload-certs] Storing the certificates in Secret "kubeadm-certs" in the "kube-system" Namespace'
     echo '[upload-certs] Using certificate key:'
     echo "$key"
@@ -335,14 +338,17 @@ token)
   mkdir -p "$tmp/tokens"
   case "$2" in
   create)
-    id=${{3%%.*}}
+    config=$(arg_after --config "$@")
+    seen token "$config"
+    token=$(sed -n 's/^- token: *//p' "$config" | head -n 1)
+    id=${{token%%.*}}
     if [ -f "$tmp/tokens/$id" ]; then
       echo "a token with id \"$id\" already exists" >&2
       echo 'To see the stack trace of this error execute with --v=5 or higher' >&2
       exit 1
     fi
-    arg_after --ttl "$@" > "$tmp/tokens/$id"
-    echo "$3"
+    sed -n 's/^  ttl: *//p' "$config" | head -n 1 | tr -d '\n' > "$tmp/tokens/$id"
+    echo "$token"
     ;;
   delete)
     if [ -f "$tmp/tokens/$3" ]; then
@@ -396,6 +402,14 @@ delete)
 esac"#
             ),
         );
+    }
+
+    /// Lines of `<tmp>/dir-modes.log`: the mode of the directory of every
+    /// config file a double read.
+    pub fn dir_modes_seen(&self) -> Vec<String> {
+        fs::read_to_string(self.tmp().join("dir-modes.log"))
+            .map(|text| text.lines().map(str::to_string).collect())
+            .unwrap_or_default()
     }
 
     /// Lines of `<tmp>/modes.log`: the mode of every file a double read.

@@ -414,3 +414,91 @@ fn without_quorum_token_create_and_get_nodes_fail_until_a_member_returns() {
     });
     assert_eq!(nodes(cp1).len(), 3);
 }
+
+/// `kubeadm token create --config` and `kubeadm init phase upload-certs
+/// --config` take their secret from the file, as real kubeadm does, and
+/// refuse the secret flags beside `--config` with kubeadm's error.
+#[test]
+fn token_create_and_upload_certs_take_their_secret_from_a_config_file() {
+    let mut w = World::offline();
+    for n in ["cp-1", "w-1"] {
+        w.add_kube_host(n);
+    }
+    let j = init(&w, &w.agents[0]);
+    let new_token = "ghijkl.0123456789abcdef";
+    let key = "4f0c6b2e9d8a7c1b3e5f7a9c0d2e4f6a8b1c3d5e7f9a0b2c4d6e8f1a3b5c7d9e";
+    let cluster = "---\napiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nkubernetesVersion: v1.32.0\n";
+    let token_cfg = w.dir().join("token.yaml");
+    std::fs::write(
+        &token_cfg,
+        format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nbootstrapTokens:\n- token: {new_token}\n  ttl: 1h0m0s\n{cluster}"),
+    )
+    .unwrap();
+    let token_cfg = token_cfg.to_str().unwrap();
+    let cp = &w.agents[0];
+
+    let out = cp.kubeadm(&["token", "create", "--config", token_cfg, "--ttl", "2h"]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .starts_with("can not mix '--config' with arguments [ttl]"),
+        "{}",
+        out.stderr
+    );
+    let out = cp
+        .kubeadm(&["token", "create", "--config", token_cfg])
+        .expect_ok("token create --config");
+    assert_eq!(out.stdout, format!("{new_token}\n"));
+    let list = cp.kubeadm(&["token", "list"]).expect_ok("token list");
+    let line = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(new_token))
+        .unwrap_or_else(|| panic!("{}", list.stdout));
+    assert!(line.contains(" 59m ") || line.contains(" 1h "), "{line}");
+    join_worker(&w.agents[1], &j, new_token).expect_ok("join with the token from the file");
+
+    let key_cfg = w.dir().join("upload.yaml");
+    std::fs::write(
+        &key_cfg,
+        format!("apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\ncertificateKey: {key}\n{cluster}"),
+    )
+    .unwrap();
+    let key_cfg = key_cfg.to_str().unwrap();
+    let out = cp.kubeadm(&[
+        "init",
+        "phase",
+        "upload-certs",
+        "--upload-certs",
+        "--config",
+        key_cfg,
+        "--certificate-key",
+        key,
+    ]);
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .starts_with("can not mix '--config' with arguments [certificate-key]"),
+        "{}",
+        out.stderr
+    );
+    let up = cp
+        .kubeadm(&[
+            "init",
+            "phase",
+            "upload-certs",
+            "--upload-certs",
+            "--config",
+            key_cfg,
+        ])
+        .expect_ok("upload-certs --config");
+    assert_eq!(certificate_key(&up.stdout), key);
+    // The calls that worked had no secret on their command line.
+    let calls = cp.calls();
+    for call in [
+        format!("kubeadm token create --config {token_cfg}"),
+        format!("kubeadm init phase upload-certs --upload-certs --config {key_cfg}"),
+    ] {
+        assert!(calls.contains(&call), "{call} not in {calls:?}");
+    }
+}

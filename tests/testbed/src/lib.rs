@@ -36,6 +36,13 @@ pub const DOUBLES: &[&str] = &["systemctl", "modprobe", "swapoff"];
 /// packages were installed.
 pub const KUBE_DOUBLES: &[&str] = &["kubeadm", "kubelet", "kubectl"];
 
+/// Real tools a Kubernetes host gets through `kh-testbed-double` as a
+/// pass-through: it appends the argv to `<node>/etcdctl-calls.log` and execs
+/// the real tool with it, so tests can see every command line kh gave the
+/// real etcdctl (which must never hold a secret) without any change to its
+/// behaviour.
+pub const RECORDED_TOOLS: &[&str] = &["etcdctl"];
+
 /// The directory holding the workspace's built binaries. Tests run from
 /// `target/<profile>/deps`, the sandbox from `target/<profile>`.
 pub fn bin_dir() -> PathBuf {

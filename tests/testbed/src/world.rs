@@ -248,7 +248,7 @@ impl AgentProc {
     /// their packages were installed.
     pub fn install_kube_doubles(&self) {
         let bin_dir = self.node_dir().join("bin");
-        for tool in crate::KUBE_DOUBLES {
+        for tool in crate::KUBE_DOUBLES.iter().chain(crate::RECORDED_TOOLS) {
             let link = bin_dir.join(tool);
             if !link.exists() {
                 std::os::unix::fs::symlink(bin("kh-testbed-double"), &link)
@@ -328,6 +328,16 @@ impl AgentProc {
     /// The node's testbed dir: doubles' call log, failure switches, bin/.
     pub fn node_dir(&self) -> PathBuf {
         self.root.parent().expect("root has a parent").to_path_buf()
+    }
+
+    /// Every command line kh gave the real etcdctl on this node (through
+    /// the testbed's recording pass-through), one per line.
+    pub fn etcdctl_calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.node_dir().join("etcdctl-calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.trim_end().to_string())
+            .collect()
     }
 
     /// Every double call recorded on this node, one per line.
@@ -693,18 +703,15 @@ impl World {
         extra: &[&str],
     ) -> Out {
         let a = &self.agents[idx];
+        // The token in a 0600 file, as an operator should pass it: on the
+        // command line `ps` would show it.
+        let token_file = a.node_dir().join("enroll-token");
+        crate::kube::write_file(&token_file, token, 0o600).expect("token file");
         let mut cmd = Command::new(bin("kh-agent"));
         cmd.arg("enroll")
-            .args([
-                "--coordinator",
-                coordinator,
-                "--token",
-                token,
-                "--ca-cert-hash",
-                hash,
-                "--node-name",
-                &a.name,
-            ])
+            .args(["--coordinator", coordinator, "--token-file"])
+            .arg(&token_file)
+            .args(["--ca-cert-hash", hash, "--node-name", &a.name])
             .arg("--data-dir")
             .arg(&a.data_dir)
             .args(extra);

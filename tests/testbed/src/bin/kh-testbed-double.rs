@@ -27,6 +27,9 @@ fn main() -> ExitCode {
         eprintln!("{tool}: this is the kh testbed double; KH_TESTBED_ROOT and KH_TESTBED_NODE_DIR must be set");
         return ExitCode::from(2);
     };
+    if tool == "etcdctl" {
+        return pass_through(&node, &tool, kh_testbed::kube::ETCDCTL_BIN, rest);
+    }
     record(&node, &tool, rest);
     if let Ok(text) = std::fs::read_to_string(node.join("fail").join(&tool)) {
         eprint!("{text}");
@@ -63,12 +66,27 @@ fn env_path(k: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// A real tool (`RECORDED_TOOLS`): its argv goes to `<node>/<tool>-calls.log`
+/// and the real binary replaces this process with the same arguments and
+/// environment, so it behaves exactly as if called directly.
+fn pass_through(node: &Path, tool: &str, real: &str, args: &[String]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    record_in(node, &format!("{tool}-calls.log"), tool, args);
+    let err = std::process::Command::new(real).args(args).exec();
+    eprintln!("kh-testbed-double: cannot run the real {tool} at {real}: {err}");
+    ExitCode::from(127)
+}
+
 fn record(node: &Path, tool: &str, args: &[String]) {
+    record_in(node, "calls.log", tool, args);
+}
+
+fn record_in(node: &Path, log: &str, tool: &str, args: &[String]) {
     let _ = std::fs::create_dir_all(node);
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(node.join("calls.log"))
+        .open(node.join(log))
     {
         // One write per line: doubles run at once (preflight asks for the
         // tools' versions in parallel), and O_APPEND keeps a single write whole.

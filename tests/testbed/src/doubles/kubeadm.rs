@@ -948,6 +948,7 @@ fn create_token(
 /// `kubeadm-certs` Secret, owned by a 2 h bootstrap token so it expires
 /// with it.
 fn upload_certs(env: &NodeEnv, c: &Client, cluster: &Cluster, key: &str) -> Result<(), String> {
+    record_secrets(env, [key]);
     println!("[upload-certs] Storing the certificates in Secret \"{CERTS_SECRET}\" in the \"kube-system\" Namespace");
     let k = hex::decode(key).map_err(|e| format!("error decoding certificate key: {e}"))?;
     let mut data = serde_json::Map::new();
@@ -1075,14 +1076,57 @@ const INIT_FLAGS: &[Flag] = &[
 ];
 
 /// Flags that may be combined with --config, as in kubeadm.
+/// The flags kubeadm lets stand beside `--config` (its
+/// `validation.isAllowedFlag`); every `--skip-*` flag is allowed too. A
+/// secret flag such as `--certificate-key` is not: with a config file the
+/// secret goes into the file.
 const MIXABLE: &[&str] = &[
     "config",
-    "upload-certs",
-    "certificate-key",
-    "skip-phases",
     "ignore-preflight-errors",
+    "dry-run",
+    "kubeconfig",
+    "node-name",
+    "kubeconfig-dir",
+    "upload-certs",
+    "print-join-command",
+    "rootfs",
     "v",
+    "log-file",
 ];
+
+/// The flags given beside `--config` that kubeadm refuses with it.
+fn mixed(p: &Parsed) -> Vec<String> {
+    p.others(MIXABLE)
+        .into_iter()
+        .filter(|f| !f.starts_with("skip-"))
+        .collect()
+}
+
+/// The testbed's record of every bootstrap token and certificate key this
+/// double was given or made (`<node>/kubeadm-secrets.log`, one per line),
+/// so tests can prove none of them ever reached a command line (`calls.log`)
+/// or a file left on a host. Testbed-only: real kubeadm keeps no such list.
+pub const SECRETS_FILE: &str = "kubeadm-secrets.log";
+
+fn record_secrets<'a>(env: &NodeEnv, secrets: impl IntoIterator<Item = &'a str>) {
+    use std::io::Write;
+    let lines: String = secrets
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("{s}\n"))
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(env.node_dir.join(SECRETS_FILE))
+    {
+        // One write: doubles on one node may run at once.
+        let _ = f.write_all(lines.as_bytes());
+    }
+}
 
 fn init_from_flags(p: &Parsed, version: &str) -> R<Init> {
     let mut doc = format!(
@@ -1144,7 +1188,7 @@ fn init(env: &NodeEnv, argv: &[String]) -> R<()> {
     let version = env.version();
     let mut cfg = match p.get("config") {
         Some(file) => {
-            let text = config_file(file, &p.others(MIXABLE))?;
+            let text = config_file(file, &mixed(&p))?;
             config::parse_init(&text, &version).map_err(plain)?
         }
         None => init_from_flags(&p, &version)?,
@@ -1263,6 +1307,7 @@ fn init(env: &NodeEnv, argv: &[String]) -> R<()> {
     let mut tokens = vec![];
     for spec in &cfg.tokens {
         let t = spec.token.clone().unwrap_or_else(random_token);
+        record_secrets(env, [t.as_str()]);
         create_token(&admin, &t, spec, env.now()).map_err(api("bootstrap-token"))?;
         tokens.push(t);
     }
@@ -1312,8 +1357,10 @@ fn init(env: &NodeEnv, argv: &[String]) -> R<()> {
 /// arguments, or unreadable.
 fn config_file(file: &str, others: &[String]) -> R<String> {
     if !others.is_empty() {
+        // Go's %v of a []string: `[ttl certificate-key]`.
         return Err(plain(format!(
-            "can not mix '--config' with arguments {others:?}"
+            "can not mix '--config' with arguments [{}]",
+            others.join(" ")
         )));
     }
     std::fs::read_to_string(file).map_err(|e| {
@@ -1369,30 +1416,33 @@ fn init_phase(env: &NodeEnv, argv: &[String]) -> R<()> {
             boolean("skip-certificate-key-print"),
         ],
     )?;
+    // kubeadm loads the whole InitConfiguration (and refuses flags it
+    // cannot mix with it) before any phase runs.
+    let from_file = match p.get("config") {
+        Some(f) => {
+            let text = config_file(f, &mixed(&p))?;
+            Some(config::parse_init(&text, &env.version()).map_err(plain)?)
+        }
+        None => None,
+    };
     if !p.flag("upload-certs") {
         println!("[upload-certs] Skipping phase. Please see --upload-certs");
         return Ok(());
     }
-    let key = match p.get("certificate-key") {
+    let given = match &from_file {
+        Some(init) => init.certificate_key.clone(),
+        None => p.get("certificate-key").map(str::to_string),
+    };
+    let key = match given {
         Some(k) => {
-            config::check_certificate_key(k).map_err(plain)?;
-            k.to_string()
+            config::check_certificate_key(&k).map_err(plain)?;
+            k
         }
         None => random_key(),
     };
     let admin = admin_client(env, p.get("kubeconfig"))?;
-    let cluster = match p.get("config") {
-        Some(f) => {
-            let text = std::fs::read_to_string(f).map_err(|e| {
-                plain(format!(
-                    "unable to read config from \"{f}\" : {}",
-                    io_text(&e)
-                ))
-            })?;
-            config::parse_init(&text, &env.version())
-                .map_err(plain)?
-                .cluster
-        }
+    let cluster = match from_file {
+        Some(init) => init.cluster,
         None => load_cluster_config(&admin).map_err(|e| phase("upload-certs", e))?,
     };
     upload_certs(env, &admin, &cluster, &key).map_err(|e| phase("upload-certs", e))
@@ -1526,7 +1576,7 @@ fn join(env: &NodeEnv, argv: &[String]) -> R<()> {
     let version = env.version();
     let mut j = match p.get("config") {
         Some(file) => {
-            let mut others = p.others(&["config", "ignore-preflight-errors", "skip-phases", "v"]);
+            let mut others = mixed(&p);
             if !p.positional.is_empty() {
                 others.extend(p.positional.iter().cloned());
             }
@@ -1538,6 +1588,16 @@ fn join(env: &NodeEnv, argv: &[String]) -> R<()> {
     j.skip_phases.extend(p.all("skip-phases"));
     let mut ignore = j.node.ignore_preflight_errors.clone();
     ignore.extend(p.all("ignore-preflight-errors"));
+    record_secrets(
+        env,
+        [j.token.as_str(), j.tls_bootstrap_token.as_str()]
+            .into_iter()
+            .chain(
+                j.control_plane
+                    .as_ref()
+                    .and_then(|c| c.certificate_key.as_deref()),
+            ),
+    );
     let node_ip = node_ip(env)?;
     let ip = j
         .control_plane
@@ -1945,12 +2005,56 @@ fn token_create(env: &NodeEnv, argv: &[String]) -> R<()> {
             value("kubeconfig"),
         ],
     )?;
+    let (specs, key) = match p.get("config") {
+        // kubeadm creates the config's bootstrapTokens; a positional
+        // [token] and the token flags apply only without a config (and the
+        // flags are refused beside it).
+        Some(file) => {
+            let text = config_file(file, &mixed(&p))?;
+            let init = config::parse_init(&text, &env.version()).map_err(plain)?;
+            (init.tokens, None)
+        }
+        None => (vec![token_from_flags(&p)?], p.get("certificate-key")),
+    };
+    if let Some(k) = key {
+        config::check_certificate_key(k).map_err(plain)?;
+    }
+    let kubeconfig_file = p.get("kubeconfig");
+    let admin = admin_client(env, kubeconfig_file)?;
+    let mut created = vec![];
+    for spec in &specs {
+        let tok = spec.token.clone().unwrap_or_else(random_token);
+        record_secrets(env, [tok.as_str()]);
+        create_token(&admin, &tok, spec, env.now()).map_err(plain)?;
+        created.push(tok);
+    }
+    let tok = &created[0];
+    if p.flag("print-join-command") {
+        let path = host_file(env, kubeconfig_file.unwrap_or(ADMIN_CONF));
+        let target = kubeconfig::load(env, &path)
+            .map_err(|e| plain(format!("failed to load kubeconfig: {e}")))?;
+        let endpoint = target.server.trim_start_matches("https://").to_string();
+        let hash = pki::ca_cert_hash(target.ca_pem.as_deref().unwrap_or_default())
+            .map_err(|e| plain(e.to_string()))?;
+        let cmd = join_command(&endpoint, tok, &hash, key.is_some(), key)
+            .replace("\\\n", "")
+            .replace('\t', "");
+        println!("{cmd}");
+    } else {
+        println!("{tok}");
+    }
+    Ok(())
+}
+
+/// The one token `kubeadm token create [token] --ttl ...` describes
+/// without a config file.
+fn token_from_flags(p: &Parsed) -> R<TokenSpec> {
     let tok = match p.positional.first() {
         Some(t) if !config::valid_token(t) => {
             return Err(plain(format!("the bootstrap token \"{t}\" was not of the form \"^([a-z0-9]{{6}})\\\\.([a-z0-9]{{16}})$\"")))
         }
-        Some(t) => t.clone(),
-        None => random_token(),
+        Some(t) => Some(t.clone()),
+        None => None,
     };
     let ttl = match p.get("ttl") {
         Some(s) => clock::parse_go_duration(s).ok_or_else(|| {
@@ -1976,35 +2080,13 @@ fn token_create(env: &NodeEnv, argv: &[String]) -> R<()> {
             g
         }
     };
-    if let Some(k) = p.get("certificate-key") {
-        config::check_certificate_key(k).map_err(plain)?;
-    }
-    let kubeconfig_file = p.get("kubeconfig");
-    let admin = admin_client(env, kubeconfig_file)?;
-    let spec = TokenSpec {
-        token: Some(tok.clone()),
+    Ok(TokenSpec {
+        token: tok,
         ttl,
         usages,
         groups,
         description: p.get("description").unwrap_or_default().to_string(),
-    };
-    create_token(&admin, &tok, &spec, env.now()).map_err(plain)?;
-    if p.flag("print-join-command") {
-        let path = host_file(env, kubeconfig_file.unwrap_or(ADMIN_CONF));
-        let target = kubeconfig::load(env, &path)
-            .map_err(|e| plain(format!("failed to load kubeconfig: {e}")))?;
-        let endpoint = target.server.trim_start_matches("https://").to_string();
-        let hash = pki::ca_cert_hash(target.ca_pem.as_deref().unwrap_or_default())
-            .map_err(|e| plain(e.to_string()))?;
-        let key = p.get("certificate-key");
-        let cmd = join_command(&endpoint, &tok, &hash, key.is_some(), key)
-            .replace("\\\n", "")
-            .replace('\t', "");
-        println!("{cmd}");
-    } else {
-        println!("{tok}");
-    }
-    Ok(())
+    })
 }
 
 fn token_list(env: &NodeEnv, argv: &[String]) -> R<()> {
