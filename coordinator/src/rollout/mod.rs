@@ -14,6 +14,7 @@ pub mod external_etcd;
 pub mod lb;
 pub mod material;
 pub mod ops;
+pub mod plan;
 pub mod replace;
 pub mod reset;
 pub mod state;
