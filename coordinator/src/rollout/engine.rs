@@ -566,6 +566,13 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     // by the run. A refusal stops here, before anything has changed.
     let diff = super::plan::diff(spec, &input.held, &observe(&ctx, &input.held, &views).await);
     let mut planned = plan(&ctx, &views, &todo, &input);
+    if diff.refusal().is_some() {
+        // Nothing after a refusal runs, so nothing else is planned.
+        planned.phases.clear();
+        planned.rendered.clear();
+        planned.notes =
+            vec!["nothing runs until cluster.yaml is changed as each refused line says".into()];
+    }
     planned.phases.insert(0, diff.phase());
     rep.emit(RolloutEvent {
         kind: Kind::Plan as i32,

@@ -73,7 +73,7 @@ impl Observed {
 pub struct Change {
     /// The node, or "cluster" for a cluster-wide setting.
     pub node: String,
-    /// "role", "address", "removal", "addition", "version" or "cluster".
+    /// "role", "address", "removal", "addition", "version" or "setting".
     pub kind: &'static str,
     pub refused: bool,
     /// The difference and what is done about it, in the words both the dry
@@ -128,6 +128,7 @@ impl Diff {
             "the spec asks for changes kh does not make to a running cluster; nothing was changed:\n{}",
             lines.join("\n")
         ));
+        f.node = "cluster".into();
         f.step = "plan".into();
         f.hint = "change cluster.yaml as each line says, then run `khctl rollout -f cluster.yaml` again (`--dry-run` lists the differences)".into();
         Some(f)
@@ -328,7 +329,7 @@ pub fn diff(spec: &ClusterSpec, held: &Held, observed: &BTreeMap<String, Observe
             if was != now {
                 d.changes.push(Change {
                     node: "cluster".into(),
-                    kind: "cluster",
+                    kind: "setting",
                     refused: true,
                     detail: format!(
                         "{field} is {now}; the cluster was built with {was}. Refused: kubeadm fixes it when the cluster is created; keep {field} at {was}"

@@ -104,6 +104,12 @@ fn refused(w: &World, lb: usize, spec: &Path, what: &str, extra: &[&str]) -> Str
         .flat_map(|p| p["steps"].as_array().unwrap())
         .collect();
     assert!(!changes.is_empty(), "{what}: {v:#}");
+    // A refused plan plans nothing else: no phase would run.
+    assert_eq!(
+        v["plan"]["phases"].as_array().unwrap().len(),
+        1,
+        "{what}: {v:#}"
+    );
     for c in changes.iter().filter(|c| c["state"] == "refused") {
         let detail = c["detail"].as_str().unwrap();
         assert!(
@@ -248,4 +254,65 @@ fn spec_changes_to_a_built_cluster_are_refused_or_carried_out_and_reruns_touch_n
     let v = w.khctl_json(&["rollout", "-f", spec.to_str().unwrap()]);
     assert_eq!(v["ok"], true, "{v:#}");
     assert_eq!(snapshot(&w, lb).haproxy_mtime, before.haproxy_mtime);
+
+    // A difference kh carries out: a new worker joins, listed as such in
+    // the plan, and the load balancer is still left alone.
+    let idx = w.add_kube_node("w-2");
+    let mut grown = nodes.clone();
+    grown.push(node(&w, idx, "worker"));
+    let f = write(&w, "grown.yaml", &grown, "");
+    let v = w.khctl_json(&["rollout", "-f", f.to_str().unwrap()]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(
+        v["plan"]["phases"][0]["steps"],
+        serde_json::json!([{"node": "w-2", "step": "addition", "state": "pending", "detail": "new in the spec: joins as a worker"}]),
+        "{v:#}"
+    );
+    assert_eq!(w.node("w-2").unwrap()["role"], "worker");
+    assert_eq!(snapshot(&w, lb).haproxy_mtime, before.haproxy_mtime);
+}
+
+/// A host whose recorded role differs from the spec keeps that role when
+/// the rollout stops at preflight: the registry changes only after it.
+#[test]
+fn a_role_is_recorded_only_after_preflight_passes() {
+    let mut w = World::new(&[]);
+    let cp = w.add_kube_node("cp-1");
+    let lb = w.add_lb_node("lb-1");
+    let f = write(
+        &w,
+        "prepare.yaml",
+        &[node(&w, cp, "control-plane"), node(&w, lb, "loadbalancer")],
+        "",
+    );
+    w.khctl(&["prepare", "-f", f.to_str().unwrap()])
+        .expect_ok("khctl prepare");
+    assert_eq!(w.node("lb-1").unwrap()["role"], "loadbalancer");
+
+    // The load-balancer host, which has no Kubernetes tools, as a worker.
+    let f = write(
+        &w,
+        "cluster.yaml",
+        &[node(&w, cp, "control-plane"), node(&w, lb, "worker")],
+        "",
+    );
+    let dry = rollout(&w, &f, &["--dry-run"]);
+    assert!(dry.ok(), "{}\n{}", dry.stdout, dry.stderr);
+    let line = "recorded as a loadbalancer, listed as a worker: it has not joined, so it is recorded as a worker once preflight passes";
+    assert!(
+        dry.stdout.contains("[pending] lb-1") && dry.stdout.contains(line),
+        "{}",
+        dry.stdout
+    );
+    let out = rollout(&w, &f, &[]);
+    assert_eq!(
+        out.code,
+        Some(3),
+        "preflight refuses\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("nothing was changed"), "{}", out.stdout);
+    assert_eq!(w.node("lb-1").unwrap()["role"], "loadbalancer");
+    assert!(w.agents[lb].calls().iter().all(|c| !c.contains("kubeadm")));
 }
