@@ -270,6 +270,31 @@ fn spec_changes_to_a_built_cluster_are_refused_or_carried_out_and_reruns_touch_n
     );
     assert_eq!(w.node("w-2").unwrap()["role"], "worker");
     assert_eq!(snapshot(&w, lb).haproxy_mtime, before.haproxy_mtime);
+
+    // The two steps the role-change refusal gives work: reset the worker,
+    // then list it as a control plane.
+    w.khctl(&["reset", "--node", "w-1", "--yes"])
+        .expect_ok("khctl reset --node w-1");
+    grown[3].role = "control-plane".into();
+    let f = write(&w, "promoted.yaml", &grown, "");
+    let v = w.khctl_json(&["rollout", "-f", f.to_str().unwrap(), "--allow-even"]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    let role = &v["plan"]["phases"][0]["steps"][0];
+    assert_eq!(role["node"], "w-1", "{v:#}");
+    assert_eq!(role["state"], "pending", "{v:#}");
+    assert_eq!(w.node("w-1").unwrap()["role"], "control-plane");
+    let members = snapshot(&w, lb).etcd_members;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&members)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4,
+        "{members}"
+    );
+    let cfg = std::fs::read_to_string(w.agents[lb].path("/etc/haproxy/haproxy.cfg")).unwrap();
+    assert!(cfg.contains(&format!("server w-1 {}:6443", nodes[3].ip)), "{cfg}");
 }
 
 /// A host whose recorded role differs from the spec keeps that role when
