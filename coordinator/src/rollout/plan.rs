@@ -311,6 +311,35 @@ pub fn diff(spec: &ClusterSpec, held: &Held, observed: &BTreeMap<String, Observe
         }
     }
 
+    // The first control plane is where `kubeadm init` runs: on a built
+    // cluster it must be one that has joined, or init would start a second
+    // cluster beside the first.
+    if let Some(first) = spec.control_planes().next().filter(|_| built) {
+        if !matches!(observed.get(&first.name), Some(Observed::Joined { .. })) {
+            let joined: Vec<&str> = spec
+                .control_planes()
+                .filter(|n| {
+                    matches!(
+                        observed.get(&n.name),
+                        Some(Observed::Joined {
+                            control_plane: true
+                        })
+                    )
+                })
+                .map(|n| n.name.as_str())
+                .collect();
+            d.changes.push(Change {
+                node: first.name.clone(),
+                kind: "setting",
+                refused: true,
+                detail: format!(
+                    "is the spec's first control plane but has not joined the cluster. Refused: the first control plane is where `kubeadm init` runs, and init there would start a second cluster; list a joined control plane first{}",
+                    if joined.is_empty() { String::new() } else { format!(" ({})", joined.join(", ")) }
+                ),
+            });
+        }
+    }
+
     // Cluster-wide settings of a cluster kubeadm has built.
     if let (Some(h), true) = (held_spec, built) {
         if let (Some(was), Some(now)) = (&h.kubernetes_version, &spec.kubernetes_version) {
@@ -601,6 +630,27 @@ mod tests {
         );
         let kinds: Vec<&str> = d.changes.iter().map(|c| c.kind).collect();
         assert_eq!(kinds, ["role", "addition"]);
+    }
+
+    #[test]
+    fn a_new_first_control_plane_on_a_built_cluster_is_refused() {
+        let (held, mut observed) = built();
+        observed.insert("cp-0".into(), Observed::NotJoined);
+        let mut nodes = vec![("cp-0", "control-plane", "10.0.0.10")];
+        nodes.extend_from_slice(BUILT);
+        let d = diff(&spec("v1.32.0", &nodes), &held, &observed);
+        let r: Vec<(&str, &str)> = d.refusals().map(|c| (c.node.as_str(), c.kind)).collect();
+        assert_eq!(r, [("cp-0", "setting")], "{d:#?}");
+        assert!(d
+            .changes
+            .iter()
+            .any(|c| c.detail.contains("(cp-1, cp-2, cp-3)")));
+        // Listed after a joined one, it is an addition.
+        let mut nodes = BUILT.to_vec();
+        nodes.push(("cp-0", "control-plane", "10.0.0.10"));
+        assert!(diff(&spec("v1.32.0", &nodes), &held, &observed)
+            .refusal()
+            .is_none());
     }
 
     #[test]

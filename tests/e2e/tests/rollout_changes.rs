@@ -294,7 +294,10 @@ fn spec_changes_to_a_built_cluster_are_refused_or_carried_out_and_reruns_touch_n
         "{members}"
     );
     let cfg = std::fs::read_to_string(w.agents[lb].path("/etc/haproxy/haproxy.cfg")).unwrap();
-    assert!(cfg.contains(&format!("server w-1 {}:6443", nodes[3].ip)), "{cfg}");
+    assert!(
+        cfg.contains(&format!("server w-1 {}:6443", nodes[3].ip)),
+        "{cfg}"
+    );
 }
 
 /// A host whose recorded role differs from the spec keeps that role when
