@@ -586,17 +586,17 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     if input.dry_run {
         return Ok(());
     }
-    // The plan is accepted: this spec is now the one the coordinator holds.
-    {
-        let mut st = rep.state.lock().await;
-        st.spec_yaml.clone_from(&input.spec_yaml);
-        st.save(&coord.db, unix_ms(coord.clock.now()))?;
-    }
     if ctx.external_etcd {
         if spec.certificates == CertDistribution::Coordinator {
             return Err(Failure::spec("spec.certificates.distribution: coordinator is not supported with etcd.topology: external yet (the shared CA set includes the stacked etcd CA); use upload-certs, the default"));
         }
         super::external_etcd::store_from_request(&coord.db, &input.files)?;
+    }
+    // The plan is accepted: this spec is now the one the coordinator holds.
+    {
+        let mut st = rep.state.lock().await;
+        st.spec_yaml.clone_from(&input.spec_yaml);
+        st.save(&coord.db, unix_ms(coord.clock.now()))?;
     }
 
     // 1. Preflight, in parallel, on nodes kubeadm has not touched yet.
