@@ -80,6 +80,14 @@ fn refused(w: &World, lb: usize, spec: &Path, what: &str, extra: &[&str]) -> Str
         dry.stdout,
         dry.stderr
     );
+    let human = rollout(w, spec, extra);
+    assert_eq!(
+        human.code,
+        Some(2),
+        "{what}: run\n{}\n{}",
+        human.stdout,
+        human.stderr
+    );
     let run = rollout(w, spec, &[&["-o", "json"], extra].concat());
     assert_eq!(
         run.code,
@@ -117,17 +125,18 @@ fn refused(w: &World, lb: usize, spec: &Path, what: &str, extra: &[&str]) -> Str
             "{what}: {detail} not in {message}"
         );
         let node = c["node"].as_str().unwrap();
-        assert!(
-            dry.stdout.contains("[refused]") && dry.stdout.contains(node),
-            "{what}: the dry run does not list {node}:\n{}",
-            dry.stdout
-        );
-        // The table wraps nothing: the detail is printed whole.
-        assert!(
-            dry.stdout.contains(detail),
-            "{what}: the dry run's words differ:\n{}",
-            dry.stdout
-        );
+        // The table wraps nothing: the detail is printed whole, by the dry
+        // run and the run alike.
+        for (out, which) in [(&dry, "dry run"), (&human, "run")] {
+            assert!(
+                out.stdout.contains(&format!(
+                    "[refused] {node:<10} {:<20} {detail}",
+                    c["step"].as_str().unwrap()
+                )),
+                "{what}: the {which}'s words differ:\n{}",
+                out.stdout
+            );
+        }
     }
     assert_eq!(
         snapshot(w, lb),
