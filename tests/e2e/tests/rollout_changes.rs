@@ -192,6 +192,17 @@ fn spec_changes_to_a_built_cluster_are_refused_or_carried_out_and_reruns_touch_n
     let mut changed = nodes.clone();
     changed[3].role = "control-plane".into();
     let f = write(&w, "role.yaml", &changed, "");
+    // A dry run persists nothing, not even its outcome: the last real
+    // rollout is still the one `rollout status` reports.
+    let dry = rollout(&w, &f, &["--dry-run", "--allow-even"]);
+    assert_eq!(dry.code, Some(2), "{}\n{}", dry.stdout, dry.stderr);
+    let st = w.khctl(&["rollout", "status"]);
+    assert!(
+        st.ok() && st.stdout.contains("Rollout complete"),
+        "{}{}",
+        st.stdout,
+        st.stderr
+    );
     let msg = refused(&w, lb, &f, "role change", &["--allow-even"]);
     assert!(
         msg.contains("w-1: joined the cluster as a worker; the spec lists it as a control-plane"),
