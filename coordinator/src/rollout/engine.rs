@@ -564,7 +564,17 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
 
     // What would change: one diff, printed by a dry run and carried out
     // by the run. A refusal stops here, before anything has changed.
-    let diff = super::plan::diff(spec, &input.held, &observe(&ctx, &input.held, &views).await);
+    let cni_sha256 = spec
+        .cni
+        .as_ref()
+        .and_then(|_| input.files.get("cni.manifest"))
+        .map(|m| super::plan::manifest_sha256(m));
+    let diff = super::plan::diff(
+        spec,
+        &input.held,
+        &observe(&ctx, &input.held, &views).await,
+        cni_sha256.as_deref(),
+    );
     let mut planned = plan(&ctx, &views, &todo, &input);
     if diff.refusal().is_some() {
         // Nothing after a refusal runs, so nothing else is planned.
@@ -641,7 +651,7 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
 
     // 5. CNI, once.
     rep.phase("cni").await;
-    cni(&ctx, &input).await?;
+    cni(&ctx, &input, diff.reapply_cni).await?;
 
     // 6. Control planes, one at a time, under the lease.
     rep.phase("control-planes").await;
@@ -1188,7 +1198,8 @@ async fn init(ctx: &Ctx<'_>, initialized: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn cni(ctx: &Ctx<'_>, input: &Input) -> Result<(), Failure> {
+/// Applies the CNI manifest once, and again when the plan found it changed.
+async fn cni(ctx: &Ctx<'_>, input: &Input, changed: bool) -> Result<(), Failure> {
     let Some(cni) = &ctx.spec.cni else {
         ctx.rep
             .note(
@@ -1200,7 +1211,7 @@ async fn cni(ctx: &Ctx<'_>, input: &Input) -> Result<(), Failure> {
         return Ok(());
     };
     let first = &ctx.first.name;
-    if ctx.rep.is_done(&format!("{first}/cni")).await {
+    if !changed && ctx.rep.is_done(&format!("{first}/cni")).await {
         return Ok(());
     }
     let manifest = input.files.get("cni.manifest").ok_or_else(|| {
@@ -1223,7 +1234,9 @@ async fn cni(ctx: &Ctx<'_>, input: &Input) -> Result<(), Failure> {
                     false,
                 )
                 .await?;
-            Ok(((), r.message))
+            // The hash lets a later rollout see that the manifest changed.
+            let record = super::plan::cni_record(&super::plan::manifest_sha256(manifest));
+            Ok(((), format!("{} ({record})", r.message)))
         })
         .await
 }

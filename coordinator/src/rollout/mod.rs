@@ -169,6 +169,11 @@ fn held(coord: &Coordinator, previous: Option<&RolloutState>) -> Result<plan::He
             .filter(|(k, s)| k.ends_with(&lb_step) && s.status == state::Status::Done)
             .filter_map(|(k, _)| k.strip_suffix(&lb_step).map(str::to_string))
             .collect(),
+        cni_applied: p
+            .steps
+            .iter()
+            .filter(|(k, s)| k.ends_with("/cni") && s.status == state::Status::Done)
+            .find_map(|(_, s)| plan::cni_recorded(&s.message)),
     })
 }
 

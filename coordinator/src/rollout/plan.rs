@@ -30,6 +30,26 @@ pub struct Held {
     pub roles: BTreeMap<String, NodeRole>,
     /// Load-balancer nodes whose HAProxy a rollout configured.
     pub lb_configured: BTreeSet<String>,
+    /// The SHA-256 (hex) of the CNI manifest a rollout applied, when it
+    /// recorded one.
+    pub cni_applied: Option<String>,
+}
+
+/// The SHA-256 (hex) of a CNI manifest, as recorded when it is applied.
+pub fn manifest_sha256(manifest: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, manifest))
+}
+
+/// How an applied CNI manifest's hash is recorded in its step's message.
+pub fn cni_record(hash: &str) -> String {
+    format!("manifest sha256 {hash}")
+}
+
+/// The hash a step message recorded with [`cni_record`].
+pub fn cni_recorded(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("manifest sha256 ")?;
+    let hash: String = rest.chars().take_while(char::is_ascii_hexdigit).collect();
+    (hash.len() == 64).then_some(hash)
 }
 
 /// What a node's agent reports about kubeadm's work there.
@@ -94,6 +114,8 @@ pub struct Diff {
     /// Roles to write to the registry after the plan is accepted and
     /// preflight has passed: `None` clears a role.
     pub record_roles: Vec<(String, Option<NodeRole>)>,
+    /// The CNI manifest changed since it was applied: apply it again.
+    pub reapply_cni: bool,
 }
 
 impl Diff {
@@ -158,8 +180,14 @@ fn etcd_words(e: &Etcd) -> String {
 
 /// Compares `spec` with what is held and observed. `observed` has an entry
 /// for every node of the spec that runs Kubernetes and for every node the
-/// held state names that the spec no longer lists.
-pub fn diff(spec: &ClusterSpec, held: &Held, observed: &BTreeMap<String, Observed>) -> Diff {
+/// held state names that the spec no longer lists. `cni_sha256` is the
+/// hash of the CNI manifest sent with the spec.
+pub fn diff(
+    spec: &ClusterSpec,
+    held: &Held,
+    observed: &BTreeMap<String, Observed>,
+    cni_sha256: Option<&str>,
+) -> Diff {
     let mut d = Diff::default();
     let built = observed
         .values()
@@ -340,6 +368,31 @@ pub fn diff(spec: &ClusterSpec, held: &Held, observed: &BTreeMap<String, Observe
         }
     }
 
+    // The CNI manifest, against the one applied.
+    if let (Some(was), Some(now), true) = (&held.cni_applied, cni_sha256, built) {
+        if was != now {
+            d.reapply_cni = true;
+            d.changes.push(Change {
+                node: "cluster".into(),
+                kind: "cni",
+                refused: false,
+                detail: format!(
+                    "spec.cni.manifest differs from the manifest applied (sha256 {} now {}): it is applied again with `kubectl apply`",
+                    &was[..12.min(was.len())],
+                    &now[..12.min(now.len())]
+                ),
+            });
+        }
+    }
+    if held.cni_applied.is_some() && spec.cni.is_none() && built {
+        d.changes.push(Change {
+            node: "cluster".into(),
+            kind: "cni",
+            refused: false,
+            detail: "spec.cni is gone: the CNI applied before stays; kh does not delete it (remove it with `kubectl delete -f` if you mean to)".into(),
+        });
+    }
+
     // Cluster-wide settings of a cluster kubeadm has built.
     if let (Some(h), true) = (held_spec, built) {
         if let (Some(was), Some(now)) = (&h.kubernetes_version, &spec.kubernetes_version) {
@@ -421,6 +474,7 @@ mod tests {
             roles: s.nodes.iter().map(|n| (n.name.clone(), n.role)).collect(),
             lb_configured: ["lb-1".to_string()].into(),
             spec: Some(s.clone()),
+            cni_applied: None,
         };
         let observed = s
             .nodes
@@ -457,7 +511,7 @@ mod tests {
     #[test]
     fn the_same_spec_on_a_built_cluster_is_no_difference() {
         let (held, observed) = built();
-        let d = diff(&spec("v1.32.0", BUILT), &held, &observed);
+        let d = diff(&spec("v1.32.0", BUILT), &held, &observed, None);
         assert_eq!(d, Diff::default());
         assert!(d.refusal().is_none());
         assert!(d.phase().steps.is_empty());
@@ -467,7 +521,7 @@ mod tests {
     fn a_joined_worker_relisted_as_a_control_plane_is_refused_with_the_two_steps() {
         let (held, observed) = built();
         let s = spec("v1.32.0", &with(&[("w-1", "control-plane", "10.0.0.21")]));
-        let d = diff(&s, &held, &observed);
+        let d = diff(&s, &held, &observed, None);
         let refused: Vec<&Change> = d.refusals().collect();
         assert_eq!(refused.len(), 1, "{d:#?}");
         assert_eq!((refused[0].node.as_str(), refused[0].kind), ("w-1", "role"));
@@ -500,7 +554,7 @@ mod tests {
         held.spec = None;
         held.roles.clear();
         let s = spec("v1.32.0", &with(&[("cp-3", "worker", "10.0.0.13")]));
-        let d = diff(&s, &held, &observed);
+        let d = diff(&s, &held, &observed, None);
         let r: Vec<(&str, &str)> = d.refusals().map(|c| (c.node.as_str(), c.kind)).collect();
         assert_eq!(r, [("cp-3", "role")]);
     }
@@ -516,7 +570,7 @@ mod tests {
                 .copied()
                 .collect::<Vec<_>>(),
         );
-        let d = diff(&s, &held, &observed);
+        let d = diff(&s, &held, &observed, None);
         let r: Vec<(&str, &str)> = d.refusals().map(|c| (c.node.as_str(), c.kind)).collect();
         assert_eq!(r, [("cp-3", "removal"), ("w-2", "removal")]);
         let msg = d.refusal().unwrap().message;
@@ -540,7 +594,7 @@ mod tests {
                 .copied()
                 .collect::<Vec<_>>(),
         );
-        let d = diff(&s, &held, &observed);
+        let d = diff(&s, &held, &observed, None);
         assert!(d.refusal().is_none(), "{d:#?}");
         assert_eq!(
             d.record_roles,
@@ -560,7 +614,7 @@ mod tests {
                 .copied()
                 .collect::<Vec<_>>(),
         );
-        let msg = diff(&s, &held, &observed).refusal().unwrap().message;
+        let msg = diff(&s, &held, &observed, None).refusal().unwrap().message;
         assert!(
             msg.contains("w-2: was a worker") && msg.contains("agent unreachable"),
             "{msg}"
@@ -570,7 +624,7 @@ mod tests {
     #[test]
     fn a_version_change_of_a_built_cluster_is_refused_naming_the_running_version() {
         let (held, observed) = built();
-        let d = diff(&spec("v1.33.0", BUILT), &held, &observed);
+        let d = diff(&spec("v1.33.0", BUILT), &held, &observed, None);
         let f = d.refusal().unwrap();
         assert!(
             f.message.contains("upgrades are not supported yet (`khctl upgrade` is coming); keep kubernetesVersion at v1.32.0"),
@@ -582,7 +636,7 @@ mod tests {
             .keys()
             .map(|k| (k.clone(), Observed::NotJoined))
             .collect();
-        assert!(diff(&spec("v1.33.0", BUILT), &held, &observed)
+        assert!(diff(&spec("v1.33.0", BUILT), &held, &observed, None)
             .refusal()
             .is_none());
     }
@@ -591,7 +645,7 @@ mod tests {
     fn an_address_change_is_refused_when_joined_and_carried_out_before() {
         let (held, mut observed) = built();
         let s = spec("v1.32.0", &with(&[("w-1", "worker", "10.0.0.31")]));
-        let msg = diff(&s, &held, &observed).refusal().unwrap().message;
+        let msg = diff(&s, &held, &observed, None).refusal().unwrap().message;
         assert!(
             msg.contains(
                 "w-1: joined the cluster with address 10.0.0.21; the spec gives 10.0.0.31"
@@ -599,7 +653,7 @@ mod tests {
             "{msg}"
         );
         observed.insert("w-1".into(), Observed::NotJoined);
-        let d = diff(&s, &held, &observed);
+        let d = diff(&s, &held, &observed, None);
         assert!(d.refusal().is_none());
         assert_eq!(d.changes[0].kind, "address");
         assert!(d.changes[0].detail.contains("joins with 10.0.0.31"));
@@ -609,7 +663,7 @@ mod tests {
     fn a_configured_load_balancer_listed_as_a_worker_is_refused_and_not_recorded() {
         let (held, observed) = built();
         let s = spec("v1.32.0", &with(&[("lb-1", "worker", "10.0.0.5")]));
-        let d = diff(&s, &held, &observed);
+        let d = diff(&s, &held, &observed, None);
         let r: Vec<(&str, &str)> = d.refusals().map(|c| (c.node.as_str(), c.kind)).collect();
         assert_eq!(r, [("lb-1", "role")]);
         assert!(d.record_roles.is_empty());
@@ -622,7 +676,7 @@ mod tests {
         observed.insert("w-3".into(), Observed::NotJoined);
         let mut nodes = BUILT.to_vec();
         nodes.push(("w-3", "worker", "10.0.0.23"));
-        let d = diff(&spec("v1.32.0", &nodes), &held, &observed);
+        let d = diff(&spec("v1.32.0", &nodes), &held, &observed, None);
         assert!(d.refusal().is_none(), "{d:#?}");
         assert_eq!(
             d.record_roles,
@@ -638,7 +692,7 @@ mod tests {
         observed.insert("cp-0".into(), Observed::NotJoined);
         let mut nodes = vec![("cp-0", "control-plane", "10.0.0.10")];
         nodes.extend_from_slice(BUILT);
-        let d = diff(&spec("v1.32.0", &nodes), &held, &observed);
+        let d = diff(&spec("v1.32.0", &nodes), &held, &observed, None);
         let r: Vec<(&str, &str)> = d.refusals().map(|c| (c.node.as_str(), c.kind)).collect();
         assert_eq!(r, [("cp-0", "setting")], "{d:#?}");
         assert!(d
@@ -648,9 +702,32 @@ mod tests {
         // Listed after a joined one, it is an addition.
         let mut nodes = BUILT.to_vec();
         nodes.push(("cp-0", "control-plane", "10.0.0.10"));
-        assert!(diff(&spec("v1.32.0", &nodes), &held, &observed)
+        assert!(diff(&spec("v1.32.0", &nodes), &held, &observed, None)
             .refusal()
             .is_none());
+    }
+
+    #[test]
+    fn a_changed_cni_manifest_is_applied_again() {
+        let (mut held, observed) = built();
+        let (old, new) = (manifest_sha256(b"a"), manifest_sha256(b"b"));
+        held.cni_applied = cni_recorded(&format!("applied cni ({})", cni_record(&old)));
+        assert_eq!(held.cni_applied.as_deref(), Some(old.as_str()));
+        let mut s = spec("v1.32.0", BUILT);
+        s.cni = Some(kh::spec::Cni {
+            manifest: "cni.yaml".into(),
+        });
+        let same = diff(&s, &held, &observed, Some(&old));
+        assert!(!same.reapply_cni && same.changes.is_empty(), "{same:#?}");
+        let d = diff(&s, &held, &observed, Some(&new));
+        assert!(d.reapply_cni);
+        assert!(d.refusal().is_none());
+        assert_eq!((d.changes[0].kind, d.changes[0].refused), ("cni", false));
+        // Without a CNI in the spec, the applied one stays, and the plan says so.
+        s.cni = None;
+        let d = diff(&s, &held, &observed, None);
+        assert!(!d.reapply_cni);
+        assert!(d.changes[0].detail.contains("kh does not delete it"));
     }
 
     #[test]
@@ -659,7 +736,7 @@ mod tests {
         let mut s = spec("v1.32.0", BUILT);
         s.name = "other".into();
         s.networking.pod_subnet = "10.100.0.0/16".parse().unwrap();
-        let d = diff(&s, &held, &observed);
+        let d = diff(&s, &held, &observed, None);
         let fields: Vec<&str> = d
             .refusals()
             .map(|c| c.detail.split(' ').next().unwrap())

@@ -291,6 +291,40 @@ fn spec_changes_to_a_built_cluster_are_refused_or_carried_out_and_reruns_touch_n
     assert_eq!(w.node("w-2").unwrap()["role"], "worker");
     assert_eq!(snapshot(&w, lb).haproxy_mtime, before.haproxy_mtime);
 
+    // A changed CNI manifest is applied again, not ignored.
+    std::fs::write(
+        w.dir().join("cni-2.yaml"),
+        format!("{}# the next version\n", kh_testbed::spec::CNI_MANIFEST),
+    )
+    .unwrap();
+    let text = cluster_yaml("changes", &grown, "").replace("./cni.yaml", "./cni-2.yaml");
+    let f = kh_testbed::spec::write(w.dir(), "cni.yaml-changed.yaml", &text).unwrap();
+    let v = w.khctl_json(&["rollout", "-f", f.to_str().unwrap()]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    let change = &v["plan"]["phases"][0]["steps"][0];
+    assert_eq!(change["step"], "cni", "{v:#}");
+    assert!(
+        change["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("it is applied again with `kubectl apply`"),
+        "{v:#}"
+    );
+    let applied = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["step"] == "cni" && e["kind"] == "KIND_STEP_FINISHED")
+        .count();
+    assert_eq!(applied, 1, "{v:#}");
+    // Applied once is enough: the same manifest again is no difference.
+    let v = w.khctl_json(&["rollout", "-f", f.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(
+        v["plan"]["phases"][0]["steps"],
+        serde_json::json!([]),
+        "{v:#}"
+    );
+
     // The two steps the role-change refusal gives work: reset the worker,
     // then list it as a control plane.
     w.khctl(&["reset", "--node", "w-1", "--yes"])
