@@ -22,7 +22,9 @@ use crate::Coordinator;
 /// The spec the coordinator holds: the last rollout's, updated by
 /// replacements.
 pub fn held_spec(coord: &Coordinator) -> Result<ClusterSpec, CoordError> {
+    // A rollout refused at its plan holds no spec yet.
     let st = RolloutState::load(&coord.db)?
+        .filter(|st| !st.spec_yaml.is_empty())
         .ok_or_else(|| CoordError::FailedPrecondition("no cluster has been rolled out by this coordinator yet; run `khctl rollout -f cluster.yaml`".into()))?;
     kh::spec::parse(&st.spec_yaml).map_err(|e| {
         CoordError::FailedPrecondition(format!("the held cluster spec no longer parses: {e}"))

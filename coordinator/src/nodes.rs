@@ -140,6 +140,7 @@ mod tests {
             agent_version: String::new(),
             facts: None,
             last_seen_ms: 0,
+            claimed_ms: Default::default(),
             retired: retired.then(|| crate::registry::Retired {
                 unix_ms: 3,
                 reason: "replaced by cp-4".into(),

@@ -46,8 +46,20 @@ pub fn check_enrolled(coord: &Coordinator, spec: &ClusterSpec) -> Result<(), Coo
     )))
 }
 
+/// Records the spec's roles in the registry: for `khctl prepare`, which
+/// changes the hosts. Preflight and dry runs change nothing, and a rollout
+/// records roles itself once its plan is accepted.
+pub fn record_roles(coord: &Coordinator, spec: &ClusterSpec) -> Result<(), CoordError> {
+    for n in &spec.nodes {
+        coord
+            .registry
+            .set_role(&NodeName::new(&n.name)?, Some(n.role.as_str().to_string()))?;
+    }
+    Ok(())
+}
+
 /// Turns a spec or a list of names into enrolled nodes. A spec is validated in
-/// full (every node enrolled) and its roles are recorded.
+/// full (every node enrolled); nothing is written.
 pub fn resolve(
     coord: &Coordinator,
     targets: Option<proto::Targets>,
@@ -61,9 +73,6 @@ pub fn resolve(
         let mut out = vec![];
         for n in &spec.nodes {
             let name = NodeName::new(&n.name)?;
-            coord
-                .registry
-                .set_role(&name, Some(n.role.as_str().to_string()))?;
             let record = coord
                 .registry
                 .get(&name)?

@@ -260,6 +260,32 @@ fn print_failure(ev: &RolloutEvent) {
     }
 }
 
+fn step_line(s: &proto::PlannedStep) -> String {
+    let node = if s.node.is_empty() {
+        "cluster"
+    } else {
+        &s.node
+    };
+    format!(
+        "    [{:<7}] {:<10} {:<20} {}",
+        s.state, node, s.step, s.detail
+    )
+}
+
+/// A run prints the differences it carries out (or refuses) in the dry
+/// run's words, before its progress.
+fn print_changes(plan: &proto::RolloutPlan) {
+    for p in plan.phases.iter().filter(|p| p.name == "changes") {
+        if p.steps.is_empty() {
+            continue;
+        }
+        outln!("Changes to cluster {}:", plan.cluster);
+        for s in &p.steps {
+            outln!("{}", step_line(s));
+        }
+    }
+}
+
 fn print_plan(plan: &proto::RolloutPlan) {
     outln!("Plan for cluster {}:", plan.cluster);
     for p in &plan.phases {
@@ -268,18 +294,7 @@ fn print_plan(plan: &proto::RolloutPlan) {
             outln!("    (nothing)");
         }
         for s in &p.steps {
-            let node = if s.node.is_empty() {
-                "cluster"
-            } else {
-                &s.node
-            };
-            outln!(
-                "    [{:<7}] {:<10} {:<20} {}",
-                s.state,
-                node,
-                s.step,
-                s.detail
-            );
+            outln!("{}", step_line(s));
         }
     }
     for n in &plan.notes {
@@ -336,6 +351,8 @@ async fn follow(
                         plan = Some(p.clone());
                         if human && dry_run {
                             print_plan(p);
+                        } else if human {
+                            print_changes(p);
                         }
                     }
                 } else if human {

@@ -62,6 +62,8 @@ pub struct Input {
     pub spec_yaml: String,
     pub files: HashMap<String, Vec<u8>>,
     pub dry_run: bool,
+    /// What the coordinator holds about the cluster, for the diff.
+    pub held: super::plan::Held,
 }
 
 /// Sends progress to followers and records it with the persisted state.
@@ -70,6 +72,8 @@ pub struct Reporter {
     pub tx: broadcast::Sender<RolloutEvent>,
     pub state: Arc<Mutex<RolloutState>>,
     coord: Arc<Coordinator>,
+    /// False for a dry run, whose outcome must not replace the held state.
+    persist: bool,
 }
 
 impl Reporter {
@@ -79,6 +83,15 @@ impl Reporter {
             tx,
             state: Arc::new(Mutex::new(state)),
             coord,
+            persist: true,
+        }
+    }
+
+    /// A reporter for a dry run: events only, nothing written to the store.
+    pub fn dry_run(coord: Arc<Coordinator>, state: RolloutState) -> Self {
+        Reporter {
+            persist: false,
+            ..Self::new(coord, state)
         }
     }
 
@@ -277,7 +290,9 @@ impl Reporter {
             let mut st = self.state.lock().await;
             st.outcome = Some(outcome);
             st.finished_ms = now;
-            if let Err(e) = st.save(&self.coord.db, now) {
+            if !self.persist {
+                // A dry run's outcome is only the events it sends.
+            } else if let Err(e) = st.save(&self.coord.db, now) {
                 tracing::error!(error = %e, "could not persist the rollout outcome");
             }
         }
@@ -567,12 +582,37 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
         .filter(|n| n.role != kh::spec::NodeRole::LoadBalancer && !joined(&n.name, &views))
         .collect();
 
+    // What would change: one diff, printed by a dry run and carried out
+    // by the run. A refusal stops here, before anything has changed.
+    let cni_sha256 = spec
+        .cni
+        .as_ref()
+        .and_then(|_| input.files.get("cni.manifest"))
+        .map(|m| super::plan::manifest_sha256(m));
+    let diff = super::plan::diff(
+        spec,
+        &input.held,
+        &observe(&ctx, &input.held, &views).await,
+        cni_sha256.as_deref(),
+    );
+    let mut planned = plan(&ctx, &views, &todo, &input);
+    if diff.refusal().is_some() {
+        // Nothing after a refusal runs, so nothing else is planned.
+        planned.phases.clear();
+        planned.rendered.clear();
+        planned.notes =
+            vec!["nothing runs until cluster.yaml is changed as each refused line says".into()];
+    }
+    planned.phases.insert(0, diff.phase());
     rep.emit(RolloutEvent {
         kind: Kind::Plan as i32,
-        plan: Some(plan(&ctx, &views, &todo, &input)),
+        plan: Some(planned),
         ..Default::default()
     })
     .await;
+    if let Some(refused) = diff.refusal() {
+        return Err(refused);
+    }
     if input.dry_run {
         return Ok(());
     }
@@ -582,10 +622,23 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
         }
         super::external_etcd::store_from_request(&coord.db, &input.files)?;
     }
+    // The plan is accepted: this spec is now the one the coordinator holds.
+    {
+        let mut st = rep.state.lock().await;
+        st.spec_yaml.clone_from(&input.spec_yaml);
+        st.save(&coord.db, unix_ms(coord.clock.now()))?;
+    }
 
     // 1. Preflight, in parallel, on nodes kubeadm has not touched yet.
     rep.phase("preflight").await;
     preflight(&ctx, &todo).await?;
+    // Roles reach the registry only once preflight has passed.
+    for (node, role) in &diff.record_roles {
+        let name = kh::names::NodeName::new(node).map_err(|e| Failure::spec(e.to_string()))?;
+        coord
+            .registry
+            .set_role(&name, role.map(|r| r.as_str().to_string()))?;
+    }
 
     // 2. Prepare hosts, in parallel.
     rep.phase("prepare").await;
@@ -618,7 +671,7 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
 
     // 5. CNI, once.
     rep.phase("cni").await;
-    cni(&ctx, &input).await?;
+    cni(&ctx, &input, diff.reapply_cni).await?;
 
     // 6. Control planes, one at a time, under the lease.
     rep.phase("control-planes").await;
@@ -627,7 +680,15 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
         let already: Vec<&NodeSpec> = cps[..i].to_vec();
         join_control_plane(&ctx, cp, &already, joined(&cp.name, &views)).await?;
         // Its apiserver is ready (the join waited for it): into the backends.
-        super::lb::configure(&coord, spec, &rep, "control-planes", &cps[..=i]).await?;
+        // Control planes joined before this rollout stay, so a re-run never
+        // takes a live control plane out of the backends.
+        let backends: Vec<&NodeSpec> = cps
+            .iter()
+            .enumerate()
+            .filter(|(j, n)| *j <= i || joined(&n.name, &views))
+            .map(|(_, n)| *n)
+            .collect();
+        super::lb::configure(&coord, spec, &rep, "control-planes", &backends).await?;
     }
 
     // 7. Workers, in parallel up to workerConcurrency.
@@ -657,6 +718,56 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     rep.phase("cleanup").await;
     cleanup(&ctx).await?;
     Ok(())
+}
+
+/// What the agents say about the nodes the diff needs beyond `views`: the
+/// spec's load balancers and the nodes the held state knows that the spec no
+/// longer lists. An agent that cannot be asked is recorded as such, not as a
+/// failure: the diff decides what that means.
+async fn observe(
+    ctx: &Ctx<'_>,
+    held: &super::plan::Held,
+    views: &HashMap<String, NodeView>,
+) -> std::collections::BTreeMap<String, super::plan::Observed> {
+    use super::plan::Observed;
+    let mut out: std::collections::BTreeMap<String, Observed> = views
+        .iter()
+        .map(|(n, v)| (n.clone(), Observed::from_status(&v.status)))
+        .collect();
+    let mut extra: Vec<String> = ctx.spec.load_balancers().map(|n| n.name.clone()).collect();
+    let lb = |n: &str| {
+        held.spec
+            .as_ref()
+            .and_then(|h| h.node(n))
+            .map(|h| h.role)
+            .or_else(|| held.roles.get(n).copied())
+            == Some(kh::spec::NodeRole::LoadBalancer)
+    };
+    for n in held
+        .spec
+        .iter()
+        .flat_map(|h| h.nodes.iter().map(|n| n.name.clone()))
+        .chain(held.roles.keys().cloned())
+    {
+        if ctx.spec.node(&n).is_none() && !lb(&n) && !extra.contains(&n) {
+            extra.push(n);
+        }
+    }
+    let asking = tokio::sync::Semaphore::new(STATUS_PARALLEL);
+    let answers = futures::future::join_all(extra.into_iter().map(|n| {
+        let (asking, ops) = (&asking, &ctx.ops);
+        async move {
+            let _permit = asking.acquire().await;
+            let seen = match ops.node_status(&n).await {
+                Ok(s) => Observed::from_status(&s),
+                Err(f) => Observed::Unknown(f.message),
+            };
+            (n, seen)
+        }
+    }))
+    .await;
+    out.extend(answers);
+    out
 }
 
 fn plan(
@@ -1111,7 +1222,8 @@ async fn init(ctx: &Ctx<'_>, initialized: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn cni(ctx: &Ctx<'_>, input: &Input) -> Result<(), Failure> {
+/// Applies the CNI manifest once, and again when the plan found it changed.
+async fn cni(ctx: &Ctx<'_>, input: &Input, changed: bool) -> Result<(), Failure> {
     let Some(cni) = &ctx.spec.cni else {
         ctx.rep
             .note(
@@ -1123,7 +1235,7 @@ async fn cni(ctx: &Ctx<'_>, input: &Input) -> Result<(), Failure> {
         return Ok(());
     };
     let first = &ctx.first.name;
-    if ctx.rep.is_done(&format!("{first}/cni")).await {
+    if !changed && ctx.rep.is_done(&format!("{first}/cni")).await {
         return Ok(());
     }
     let manifest = input.files.get("cni.manifest").ok_or_else(|| {
@@ -1146,7 +1258,9 @@ async fn cni(ctx: &Ctx<'_>, input: &Input) -> Result<(), Failure> {
                     false,
                 )
                 .await?;
-            Ok(((), r.message))
+            // The hash lets a later rollout see that the manifest changed.
+            let record = super::plan::cni_record(&super::plan::manifest_sha256(manifest));
+            Ok(((), format!("{} ({record})", r.message)))
         })
         .await
 }

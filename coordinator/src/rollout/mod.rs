@@ -14,6 +14,7 @@ pub mod external_etcd;
 pub mod lb;
 pub mod material;
 pub mod ops;
+pub mod plan;
 pub mod replace;
 pub mod reset;
 pub mod state;
@@ -51,13 +52,9 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
             "the cluster spec is invalid:\n{e}"
         )));
     }
+    // Roles are recorded by the engine, once the plan is accepted and
+    // preflight has passed: a refused rollout changes nothing.
     crate::prepare::check_enrolled(&coord, &spec)?;
-    for n in &spec.nodes {
-        let name = kh::names::NodeName::new(&n.name)?;
-        coord
-            .registry
-            .set_role(&name, Some(n.role.as_str().to_string()))?;
-    }
     // Relative paths were resolved by khctl, which sent the files themselves.
     spec.resolve_relative_paths(std::path::Path::new("/"));
     let files: HashMap<String, Vec<u8>> = req
@@ -79,10 +76,14 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
     }
     let now = unix_ms(coord.clock.now());
     let previous = RolloutState::load(&coord.db)?;
-    // Resume: a previous rollout of the same cluster keeps its finished steps.
+    let held = held(&coord, previous.as_ref())?;
+    // Resume: a previous rollout keeps its finished steps, and the spec it
+    // accepted stays the held one until the engine accepts this one's plan.
+    // (A different cluster name on a built cluster is refused by the plan,
+    // so its steps must survive that refusal too.)
     let mut state = match previous {
-        Some(p) if p.cluster == spec.name && !req.dry_run => RolloutState {
-            spec_yaml: req.spec_yaml.clone(),
+        Some(p) if !req.dry_run => RolloutState {
+            cluster: spec.name.clone(),
             started_ms: now,
             finished_ms: 0,
             outcome: None,
@@ -90,7 +91,6 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
         },
         _ => RolloutState {
             cluster: spec.name.clone(),
-            spec_yaml: req.spec_yaml.clone(),
             started_ms: now,
             ..Default::default()
         },
@@ -99,13 +99,18 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
     if !req.dry_run {
         state.save(&coord.db, now)?;
     }
-    let rep = Reporter::new(coord.clone(), state);
+    let rep = if req.dry_run {
+        Reporter::dry_run(coord.clone(), state)
+    } else {
+        Reporter::new(coord.clone(), state)
+    };
     let live = rep.tx.subscribe();
     let input = Input {
         spec,
         spec_yaml: req.spec_yaml,
         files,
         dry_run: req.dry_run,
+        held,
     };
     let task_rep = rep.clone();
     let task_coord = coord.clone();
@@ -125,6 +130,50 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
     Ok(Follow {
         backlog: vec![],
         live: Some(live),
+    })
+}
+
+/// What the coordinator holds about the cluster: the spec the last rollout
+/// accepted, the registry's roles, and the load balancers a rollout
+/// configured.
+fn held(coord: &Coordinator, previous: Option<&RolloutState>) -> Result<plan::Held, CoordError> {
+    let roles = coord
+        .registry
+        .list(0, std::time::Duration::from_secs(1))?
+        .into_iter()
+        .filter_map(|v| {
+            let role = match v.record.role.as_deref()? {
+                "control-plane" => kh::spec::NodeRole::ControlPlane,
+                "worker" => kh::spec::NodeRole::Worker,
+                "loadbalancer" => kh::spec::NodeRole::LoadBalancer,
+                _ => return None,
+            };
+            Some((v.record.name.to_string(), role))
+        })
+        .collect();
+    let Some(p) = previous else {
+        return Ok(plan::Held {
+            roles,
+            ..Default::default()
+        });
+    };
+    let lb_step = format!("/{}", lb::STEP);
+    Ok(plan::Held {
+        spec: (!p.spec_yaml.is_empty())
+            .then(|| kh::spec::parse(&p.spec_yaml).ok())
+            .flatten(),
+        roles,
+        lb_configured: p
+            .steps
+            .iter()
+            .filter(|(k, s)| k.ends_with(&lb_step) && s.status == state::Status::Done)
+            .filter_map(|(k, _)| k.strip_suffix(&lb_step).map(str::to_string))
+            .collect(),
+        cni_applied: p
+            .steps
+            .iter()
+            .filter(|(k, s)| k.ends_with("/cni") && s.status == state::Status::Done)
+            .find_map(|(_, s)| plan::cni_recorded(&s.message)),
     })
 }
 

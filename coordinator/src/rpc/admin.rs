@@ -193,7 +193,10 @@ impl Admin for AdminService {
     ) -> Result<Response<Self::PrepareStream>, Status> {
         let r = req.into_inner();
         let coord = self.0.clone();
-        let (_spec, targets) = crate::prepare::resolve(&coord, r.targets)?;
+        let (spec, targets) = crate::prepare::resolve(&coord, r.targets)?;
+        if let (Some(spec), false) = (&spec, r.dry_run) {
+            crate::prepare::record_roles(&coord, spec)?;
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::spawn(crate::prepare::prepare(coord, targets, r.dry_run, tx));
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
