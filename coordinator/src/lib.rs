@@ -67,7 +67,7 @@ pub const REGISTRY_WRITE_LIMIT: usize = 8;
 impl Coordinator {
     pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Self>, CoordError> {
         create_private_dir(&config.data_dir)?;
-        let db = Db::open_dir(&config.data_dir)?;
+        let db = Db::open(&config.data_dir, config.secret_key_file.as_deref())?;
         Self::with_db(config, db, clock)
     }
 

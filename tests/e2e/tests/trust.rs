@@ -1,0 +1,118 @@
+//! What a stolen file or an old key must not buy: the store's files are
+//! private, the key that unseals the kh CA can live outside the data dir,
+//! revoked admin certificates are refused, and agents accept steps only from
+//! the coordinator certificate they have pinned.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kh_testbed::proc::Proc;
+use kh_testbed::world::World;
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_path_buf());
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p);
+        }
+    }
+}
+
+/// Starts the coordinator with `args` (after the world's own) and `env`,
+/// expecting it to exit; returns its log.
+fn start_expecting_exit(w: &World, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let mut cmd = w.coordinator.command();
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let log = w.dir().join("coordinator-refused.log");
+    let mut p = Proc::spawn("kh-coordinator", cmd, &log);
+    kh_testbed::eventually("the coordinator to exit", Duration::from_secs(20), || {
+        if p.is_running() {
+            Err("still running".into())
+        } else {
+            Ok(())
+        }
+    });
+    p.log_text()
+}
+
+#[test]
+fn the_store_is_private_and_its_key_can_live_outside_the_data_dir() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("kh-secret-key");
+    let key_arg = key.to_str().unwrap().to_string();
+    let mut w = World::new(&["--secret-key-file", &key_arg]);
+    w.add_agent("cp-1");
+    let data = w.coordinator.data_dir.clone();
+
+    // The key is where it was asked to be, and only there.
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(std::fs::read(&key).unwrap().len(), 32);
+    assert!(!data.join("secret.key").exists());
+
+    // The store: a private directory of private files.
+    let mut entries = vec![];
+    walk(&data.join("store"), &mut entries);
+    assert!(entries.len() > 1, "{entries:?}");
+    for p in &entries {
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(p), want, "{}", p.display());
+    }
+
+    // The data dir alone cannot start a coordinator: it says which key it
+    // needs instead of creating a new one.
+    w.coordinator.kill9();
+    w.coordinator
+        .args
+        .retain(|a| a != "--secret-key-file" && a != &key_arg);
+    let log = start_expecting_exit(&w, &[], &[]);
+    assert!(
+        log.contains("is sealed with a key that is not at")
+            && log.contains("secret.key")
+            && log.contains("--secret-key-file"),
+        "{log}"
+    );
+    assert!(!data.join("secret.key").exists());
+
+    // systemd's LoadCredential=kh-secret-key:PATH hands the key over in
+    // $CREDENTIALS_DIRECTORY.
+    let mut cmd = w.coordinator.command();
+    cmd.env("CREDENTIALS_DIRECTORY", keys.path());
+    let log = w.dir().join("coordinator-credential.log");
+    w.coordinator.proc = Some(Proc::spawn("kh-coordinator", cmd, &log));
+    w.coordinator.wait_listening();
+    w.wait_health("cp-1", "Ready", Duration::from_secs(30));
+    w.khctl(&["nodes"])
+        .expect_ok("khctl nodes with the credential key");
+}
+
+#[test]
+fn an_existing_data_dir_keeps_its_key_and_can_move_it_out() {
+    let mut w = World::new(&[]);
+    w.add_agent("cp-1");
+    let data = w.coordinator.data_dir.clone();
+    assert!(data.join("secret.key").exists());
+
+    // What an operator does to move the key: stop, move, start with the flag.
+    w.coordinator.kill9();
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("kh-secret-key");
+    std::fs::rename(data.join("secret.key"), &key).unwrap();
+    w.coordinator
+        .args
+        .extend(["--secret-key-file".to_string(), key.display().to_string()]);
+    w.coordinator.start();
+    w.wait_health("cp-1", "Ready", Duration::from_secs(30));
+    w.khctl(&["nodes"])
+        .expect_ok("khctl nodes with the moved key");
+}
