@@ -10,6 +10,7 @@
 //! one call into glibc (`main.rs`), so the library forbids it itself.
 #![forbid(unsafe_code)]
 
+pub mod admins;
 pub mod agents;
 pub mod audit;
 pub mod config;
@@ -52,6 +53,8 @@ pub struct Coordinator {
     pub signing: Arc<Semaphore>,
     /// Heartbeats' durable writes in flight on the blocking pool.
     pub registry_writes: Arc<Semaphore>,
+    /// Admin certificates and their revocation.
+    pub admins: admins::Admins,
 }
 
 /// How many enrollments and renewals run at once. Each signs a certificate
@@ -78,7 +81,9 @@ impl Coordinator {
             cert_pem: pki.serving_chain_pem.clone(),
             key_pem: pki.serving_key.clone(),
         });
+        let admins = admins::Admins::load(db.clone())?;
         Ok(Arc::new(Coordinator {
+            admins,
             agents,
             rollouts: rollout::Running::default(),
             token_prune: tokens::PruneSchedule::default(),

@@ -226,6 +226,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         validity,
         coord.clock.now(),
     )?;
+    // The admin credential on disk is an admin identity like any other: it
+    // is recorded so that `khctl admin list` shows it and it can be revoked.
+    let admin_file = kh_coordinator::store::admin_config_path(&data_dir);
+    let admin_cfg = kh::khconfig::KhConfig::load(&admin_file)?;
+    coord.admins.adopt(&admin_cfg).with_context(|| {
+        format!(
+            "{}: the admin credential cannot be recorded; move it away and restart to get a new one",
+            admin_file.display()
+        )
+    })?;
     let listener = kh::tls::listen(listen)
         .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;
     warn_if_backlog_capped();

@@ -116,3 +116,73 @@ fn an_existing_data_dir_keeps_its_key_and_can_move_it_out() {
     w.khctl(&["nodes"])
         .expect_ok("khctl nodes with the moved key");
 }
+
+fn khctl_as(config: &Path, args: &[&str]) -> kh_testbed::world::Out {
+    let mut cmd = std::process::Command::new(kh_testbed::bin("khctl"));
+    cmd.arg("--config").arg(config).args(args);
+    kh_testbed::world::run(cmd)
+}
+
+#[test]
+fn a_revoked_admin_certificate_is_refused() {
+    let mut w = World::new(&[]);
+    // The credential the coordinator wrote on first start is listed.
+    let listed = w.khctl_json(&["admin", "list"]);
+    let first = listed["admins"].as_array().unwrap();
+    assert_eq!(first.len(), 1, "{listed}");
+    assert_eq!(first[0]["name"], "admin");
+    assert!(first[0]["revoked"].is_null(), "{listed}");
+
+    // A second admin, for a colleague.
+    let ops = w.dir().join("ops.khconfig");
+    w.khctl(&["admin", "create", "ops", "-o", ops.to_str().unwrap()])
+        .expect_ok("admin create");
+    assert_eq!(mode(&ops), 0o600);
+    khctl_as(&ops, &["nodes"]).expect_ok("nodes as ops");
+
+    // Nobody revokes the credential they are using.
+    let own = w.khctl(&["admin", "revoke", "admin"]);
+    assert_eq!(own.code, Some(1), "{}{}", own.stdout, own.stderr);
+    assert!(
+        own.stderr
+            .contains("the certificate this request was made with"),
+        "{}",
+        own.stderr
+    );
+
+    let out = w
+        .khctl(&["admin", "revoke", "ops"])
+        .expect_ok("admin revoke");
+    assert!(
+        out.stdout.contains("Revoked admin certificate"),
+        "{}",
+        out.stdout
+    );
+    let refused = khctl_as(&ops, &["nodes"]);
+    assert_eq!(refused.code, Some(1), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("admin/ops") && refused.stderr.contains("has been revoked"),
+        "{}",
+        refused.stderr
+    );
+
+    // The revocation survives a restart, and the list says when it happened.
+    w.coordinator.kill9();
+    w.coordinator.start();
+    let refused = khctl_as(&ops, &["nodes"]);
+    assert!(
+        refused.stderr.contains("has been revoked"),
+        "{}",
+        refused.stderr
+    );
+    w.khctl(&["nodes"]).expect_ok("the first admin still works");
+    let listed = w.khctl_json(&["admin", "list"]);
+    let ops_row = listed["admins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "ops")
+        .cloned()
+        .unwrap();
+    assert!(ops_row["revoked"].is_string(), "{listed}");
+}
