@@ -147,6 +147,10 @@ pub async fn enroll(paths: &Paths, args: EnrollArgs) -> Result<EnrollOutcome, En
         key_pem: key,
     };
     paths.save(&id)?;
+    // The first contact pins the coordinator: from now on only its
+    // certificate may run steps here. A coordinator too old to name its
+    // serial leaves no pin, and the agent pins at its first heartbeat.
+    paths.save_pin(Some(resp.coordinator_serial.as_str()).filter(|s| !s.is_empty()))?;
     Ok(EnrollOutcome::Enrolled {
         not_after: id.not_after(),
     })

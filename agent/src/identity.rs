@@ -77,6 +77,39 @@ impl Paths {
     fn ca(&self) -> PathBuf {
         self.dir.join("ca.crt")
     }
+    fn coordinator_pin(&self) -> PathBuf {
+        self.dir.join("coordinator.serial")
+    }
+
+    /// The serial of the coordinator certificate this agent accepts steps
+    /// from; `None` before the coordinator has named one.
+    pub fn load_pin(&self) -> Result<Option<String>, IdentityError> {
+        let p = self.coordinator_pin();
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IdentityError::Io {
+                path: p.display().to_string(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Saves the pinned serial (0600, atomically), or forgets it.
+    pub fn save_pin(&self, serial: Option<&str>) -> Result<(), IdentityError> {
+        let p = self.coordinator_pin();
+        match serial {
+            Some(s) => write_private(&p, format!("{s}\n").as_bytes()),
+            None => match std::fs::remove_file(&p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(IdentityError::Io {
+                    path: p.display().to_string(),
+                    detail: e.to_string(),
+                }),
+            },
+        }
+    }
 
     pub fn exists(&self) -> bool {
         self.enrollment().exists()
@@ -196,5 +229,22 @@ mod tests {
         let back = paths.load().unwrap();
         assert_eq!(back.key_pem.expose(), "KEY");
         assert_eq!(back.enrollment.node_name, "cp-1");
+    }
+
+    #[test]
+    fn the_coordinator_pin_is_private_and_can_be_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        assert_eq!(paths.load_pin().unwrap(), None);
+        paths.save_pin(Some("0a1b")).unwrap();
+        assert_eq!(paths.load_pin().unwrap().as_deref(), Some("0a1b"));
+        let mode = std::fs::metadata(dir.path().join("coordinator.serial"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        paths.save_pin(None).unwrap();
+        paths.save_pin(None).unwrap();
+        assert_eq!(paths.load_pin().unwrap(), None);
     }
 }

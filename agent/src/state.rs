@@ -29,6 +29,11 @@ pub struct AgentState {
     pub extra_addresses: Vec<std::net::IpAddr>,
     /// One host step at a time; queries about kubeadm's state wait for it.
     pub steps_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The serial of the coordinator certificate steps are accepted from.
+    pin: RwLock<Option<String>>,
+    /// Held while asking the coordinator for its current serial, with when
+    /// that was last done (see `crate::pin`).
+    pub pin_confirm: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// Until the coordinator has named its interval, readiness allows this long.
@@ -44,6 +49,10 @@ impl AgentState {
         extra_addresses: Vec<std::net::IpAddr>,
     ) -> Arc<Self> {
         let metrics = Metrics::new();
+        let pin = paths.load_pin().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the pinned coordinator serial; the next heartbeat pins it again");
+            None
+        });
         if let Some(t) = identity.not_after() {
             metrics.cert_expiry.set(unix_secs(t));
         }
@@ -57,6 +66,8 @@ impl AgentState {
             endpoint,
             extra_addresses,
             steps_lock: Arc::new(tokio::sync::Mutex::new(())),
+            pin: RwLock::new(pin),
+            pin_confirm: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -79,6 +90,28 @@ impl AgentState {
             self.metrics.cert_expiry.set(unix_secs(t));
         }
         *self.identity.write().unwrap_or_else(|e| e.into_inner()) = id;
+        Ok(())
+    }
+
+    /// The pinned coordinator serial, if the coordinator named one yet.
+    pub fn pinned_coordinator(&self) -> Option<String> {
+        self.pin.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Pins the coordinator certificate `serial` the coordinator named in an
+    /// answer to this agent (an empty one, from an older coordinator, is
+    /// ignored). Saved before it is used, so a restart keeps it.
+    pub fn pin_coordinator(&self, serial: &str) -> anyhow::Result<()> {
+        if serial.is_empty() || self.pinned_coordinator().as_deref() == Some(serial) {
+            return Ok(());
+        }
+        self.paths.save_pin(Some(serial))?;
+        let old = self
+            .pin
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(serial.to_string());
+        tracing::info!(serial, previous = ?old, "pinned the coordinator's certificate");
         Ok(())
     }
 

@@ -37,6 +37,7 @@ impl Node for NodeService {
         }
         Ok(Response::new(HeartbeatResponse {
             interval_ms: c.config.heartbeat_interval.as_millis() as u64,
+            coordinator_serial: c.pki.serving_serial.clone(),
         }))
     }
 
@@ -48,6 +49,7 @@ impl Node for NodeService {
         Ok(Response::new(RenewResponse {
             certificate_pem: issued.cert_pem,
             ca_pem: self.0.pki.ca().cert_pem().to_string(),
+            coordinator_serial: self.0.pki.serving_serial.clone(),
         }))
     }
 }

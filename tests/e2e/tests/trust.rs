@@ -186,3 +186,148 @@ fn a_revoked_admin_certificate_is_refused() {
         .unwrap();
     assert!(ops_row["revoked"].is_string(), "{listed}");
 }
+
+/// The serial of the certificate the coordinator serves right now.
+fn serving_serial(w: &World) -> String {
+    let addr = w.coordinator.addr.to_string();
+    let chain = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(kh::tls::fetch_presented_chain(&addr))
+        .unwrap();
+    kh::pki::identity_from_der(&chain[0]).unwrap().serial
+}
+
+/// The coordinator's serving certificate and key as its store holds them;
+/// what a backup of the data dir, with its key, would give away. The
+/// coordinator must be stopped (sled locks the store).
+fn serving_credentials(w: &World) -> (String, kh::secret::Secret<String>) {
+    let db = kh_coordinator::store::Db::open_dir(&w.coordinator.data_dir).unwrap();
+    let rec: serde_json::Value = db.get_json("coordinator/serving").unwrap().unwrap();
+    let key = db.get_secret("coordinator/serving-key").unwrap().unwrap();
+    (rec["cert_pem"].as_str().unwrap().to_string(), key)
+}
+
+fn pinned(w: &World, idx: usize) -> String {
+    std::fs::read_to_string(w.agents[idx].data_dir.join("coordinator.serial"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Restarts the coordinator with new advertised names, so that it issues
+/// itself a new serving certificate, and returns the new serial.
+fn restart_with_new_certificate(w: &mut World, extra_name: &str, interval: &str) -> String {
+    let before = serving_serial(w);
+    w.coordinator.kill9();
+    let ip = w.coordinator.addr.ip().to_string();
+    let args = &mut w.coordinator.args;
+    args.clear();
+    args.extend(
+        [
+            "--heartbeat-interval",
+            interval,
+            "--advertise",
+            &ip,
+            "--advertise",
+            extra_name,
+        ]
+        .map(String::from),
+    );
+    w.coordinator.start();
+    let after = serving_serial(w);
+    assert_ne!(
+        before, after,
+        "a new advertised name must renew the certificate"
+    );
+    after
+}
+
+#[test]
+fn an_agent_accepts_steps_only_from_the_pinned_coordinator_certificate() {
+    let mut w = World::new(&[]);
+    let cp1 = w.add_agent("cp-1");
+    // Enrollment pinned the coordinator's certificate.
+    let first = serving_serial(&w);
+    assert_eq!(pinned(&w, cp1), first);
+    assert_eq!(
+        mode(&w.agents[cp1].data_dir.join("coordinator.serial")),
+        0o600
+    );
+
+    // The coordinator renews its certificate (new names); agents learn the
+    // new serial from their heartbeats. With a 60 s interval, the agent
+    // then sleeps for a minute.
+    w.coordinator.kill9();
+    let (old_cert, old_key) = serving_credentials(&w);
+    w.coordinator.start();
+    let second = restart_with_new_certificate(&mut w, "coordinator-2.kh.test", "60s");
+    kh_testbed::eventually(
+        "cp-1 to pin the renewed certificate",
+        Duration::from_secs(20),
+        || {
+            let p = pinned(&w, cp1);
+            if p == second {
+                Ok(())
+            } else {
+                Err(p)
+            }
+        },
+    );
+
+    // Renewed again, while the agent sleeps: its first step from the new
+    // certificate arrives before any heartbeat could tell it. The agent asks
+    // the coordinator it enrolled with, and accepts.
+    let third = restart_with_new_certificate(&mut w, "coordinator-3.kh.test", "60s");
+    assert_eq!(
+        pinned(&w, cp1),
+        second,
+        "the agent heard of the renewal too early"
+    );
+    let v = w.khctl_json(&["prepare", "--node", "cp-1", "--dry-run"]);
+    assert_eq!(v["dryRun"], true, "{v}");
+    assert_eq!(pinned(&w, cp1), third);
+
+    // The old certificate: valid, of the same CA, with the coordinator role,
+    // and refused, also after the agent restarts.
+    let call_with_old = |w: &World| {
+        let a = &w.agents[cp1];
+        let addr = a.grpc.to_string();
+        let ca = std::fs::read_to_string(a.data_dir.join("ca.crt")).unwrap();
+        let creds = kh::tls::ClientCreds {
+            ca_pem: ca.clone(),
+            cert_pem: old_cert.clone(),
+            key_pem: old_key.clone(),
+        };
+        let server = format!("{}.node.kh", a.name);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let ch = kh::tls::channel(&addr, &server, Some(&creds), &ca).unwrap();
+                kh::proto::agent_client::AgentClient::new(ch)
+                    .get_facts(kh::proto::GetFactsRequest {})
+                    .await
+            })
+    };
+    for restart in [false, true] {
+        if restart {
+            w.agent("cp-1").kill9();
+            w.agent("cp-1").start();
+        }
+        let err = call_with_old(&w).expect_err("the old coordinator certificate must be refused");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(
+            err.message()
+                .contains(&format!("coordinator certificate serial {first}"))
+                && err.message().contains(&format!("({third})")),
+            "{}",
+            err.message()
+        );
+    }
+    // The current coordinator still runs steps.
+    let v = w.khctl_json(&["prepare", "--node", "cp-1", "--dry-run"]);
+    assert_eq!(v["dryRun"], true, "{v}");
+}
