@@ -347,6 +347,7 @@ impl Db {
             );
         }
         let sealer = Sealer::load(key_path, fresh)?;
+        private_key_file(key_path, key_file.is_none())?;
         Db::new(Arc::new(store), sealer)
     }
 
@@ -435,6 +436,31 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
 /// The key file's name in the data dir, where it lives unless it is given
 /// from a separate path.
 pub const SECRET_KEY_FILE: &str = "secret.key";
+
+/// A key file others can read is made 0600 when it is the data dir's own;
+/// a separate one (systemd's read-only credential, an operator's file) is
+/// only warned about.
+fn private_key_file(path: &Path, ours: bool) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |detail: String| StoreError::KeyFile {
+        path: path.display().to_string(),
+        detail,
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if ours {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err(format!("cannot make it 0600: {e}")))?;
+    } else {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the sealing key file is readable by other users; make it 0600 or 0400");
+    }
+    Ok(())
+}
 
 /// Makes `dir` 0700 (creating it when `create`) and every file under it 0600
 /// and every directory 0700.
@@ -607,6 +633,11 @@ mod tests {
             assert_eq!(m, want, "{}", p.display());
         }
         assert_eq!(mode(&dir.path().join(SECRET_KEY_FILE)), 0o600);
+        // A key file copied in with a loose mode is tightened too.
+        let key = dir.path().join(SECRET_KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Db::open_dir(dir.path()).unwrap());
+        assert_eq!(mode(&key), 0o600);
     }
 
     #[test]
