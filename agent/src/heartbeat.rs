@@ -110,11 +110,7 @@ pub async fn run(state: Arc<AgentState>) {
         request.set_timeout(RPC_TIMEOUT);
         let interval = match client.heartbeat(request).await {
             Ok(resp) => {
-                let resp = resp.into_inner();
-                if let Err(e) = state.pin_coordinator(&resp.coordinator_serial) {
-                    tracing::warn!(error = %e, "cannot save the coordinator's serial; retrying next beat");
-                }
-                let interval = Duration::from_millis(resp.interval_ms.max(100));
+                let interval = Duration::from_millis(resp.into_inner().interval_ms.max(100));
                 {
                     let mut hb = state.heartbeat.lock().unwrap_or_else(|e| e.into_inner());
                     hb.last_ok = Some(Instant::now());
@@ -192,9 +188,10 @@ async fn check_local_etcd(state: &Arc<AgentState>) {
     }
 }
 
-/// One heartbeat outside the loop, for its answer's coordinator serial
-/// (`crate::pin`). It carries no facts, so the coordinator keeps those it has.
-pub async fn confirm_pin(state: &Arc<AgentState>) -> Result<(), String> {
+/// One heartbeat outside the loop, for the serial of the coordinator's
+/// current certificate that its answer names (`crate::pin`). It carries no
+/// facts, so the coordinator keeps those it has.
+pub async fn current_coordinator_serial(state: &Arc<AgentState>) -> Result<String, String> {
     let id = state.identity();
     let channel = channel_for(&id).map_err(|e| e.to_string())?;
     let mut request = tonic::Request::new(HeartbeatRequest {
@@ -208,9 +205,7 @@ pub async fn confirm_pin(state: &Arc<AgentState>) -> Result<(), String> {
         .await
         .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
         .into_inner();
-    state
-        .pin_coordinator(&resp.coordinator_serial)
-        .map_err(|e| e.to_string())
+    Ok(resp.coordinator_serial)
 }
 
 fn record_failure(state: &AgentState, msg: String) {
@@ -236,7 +231,6 @@ async fn renew(state: &Arc<AgentState>, id: &AgentIdentity) -> anyhow::Result<()
     let mut request = tonic::Request::new(RenewRequest { csr_pem: csr });
     request.set_timeout(RPC_TIMEOUT);
     let resp = client.renew(request).await?.into_inner();
-    state.pin_coordinator(&resp.coordinator_serial)?;
     let renewed = AgentIdentity {
         enrollment: id.enrollment.clone(),
         ca_pem: resp.ca_pem,

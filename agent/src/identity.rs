@@ -55,6 +55,31 @@ impl AgentIdentity {
     }
 }
 
+/// The coordinator certificate an agent accepts steps from: its serial, and
+/// when it expires. The coordinator issues its certificates with one fixed
+/// lifetime, so a later expiry means a later certificate; the pin only ever
+/// moves to a later one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorPin {
+    pub serial: String,
+    /// Seconds since the epoch; 0 when unknown.
+    pub not_after: u64,
+}
+
+impl CoordinatorPin {
+    /// `<serial> <not_after>`; a bare serial has an unknown expiry.
+    fn parse(s: &str) -> Option<Self> {
+        let mut words = s.split_whitespace();
+        let serial = words.next()?.to_string();
+        let not_after = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        Some(CoordinatorPin { serial, not_after })
+    }
+
+    fn to_line(&self) -> String {
+        format!("{} {}\n", self.serial, self.not_after)
+    }
+}
+
 pub struct Paths {
     pub dir: PathBuf,
 }
@@ -81,12 +106,12 @@ impl Paths {
         self.dir.join("coordinator.serial")
     }
 
-    /// The serial of the coordinator certificate this agent accepts steps
-    /// from; `None` before the coordinator has named one.
-    pub fn load_pin(&self) -> Result<Option<String>, IdentityError> {
+    /// The coordinator certificate this agent accepts steps from; `None`
+    /// before the coordinator has named one.
+    pub fn load_pin(&self) -> Result<Option<CoordinatorPin>, IdentityError> {
         let p = self.coordinator_pin();
         match std::fs::read_to_string(&p) {
-            Ok(s) => Ok(Some(s.trim().to_string()).filter(|s| !s.is_empty())),
+            Ok(s) => Ok(CoordinatorPin::parse(&s)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(IdentityError::Io {
                 path: p.display().to_string(),
@@ -96,10 +121,10 @@ impl Paths {
     }
 
     /// Saves the pinned serial (0600, atomically), or forgets it.
-    pub fn save_pin(&self, serial: Option<&str>) -> Result<(), IdentityError> {
+    pub fn save_pin(&self, pin: Option<&CoordinatorPin>) -> Result<(), IdentityError> {
         let p = self.coordinator_pin();
-        match serial {
-            Some(s) => write_private(&p, format!("{s}\n").as_bytes()),
+        match pin {
+            Some(pin) => write_private(&p, pin.to_line().as_bytes()),
             None => match std::fs::remove_file(&p) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -236,8 +261,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = Paths::new(dir.path());
         assert_eq!(paths.load_pin().unwrap(), None);
-        paths.save_pin(Some("0a1b")).unwrap();
-        assert_eq!(paths.load_pin().unwrap().as_deref(), Some("0a1b"));
+        let pin = CoordinatorPin {
+            serial: "0a1b".into(),
+            not_after: 1_900_000_000,
+        };
+        paths.save_pin(Some(&pin)).unwrap();
+        assert_eq!(paths.load_pin().unwrap(), Some(pin));
         let mode = std::fs::metadata(dir.path().join("coordinator.serial"))
             .unwrap()
             .permissions()

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kh_host::Host;
 
-use crate::identity::{AgentIdentity, Paths};
+use crate::identity::{AgentIdentity, CoordinatorPin, Paths};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Default)]
@@ -29,11 +29,12 @@ pub struct AgentState {
     pub extra_addresses: Vec<std::net::IpAddr>,
     /// One host step at a time; queries about kubeadm's state wait for it.
     pub steps_lock: Arc<tokio::sync::Mutex<()>>,
-    /// The serial of the coordinator certificate steps are accepted from.
-    pin: RwLock<Option<String>>,
+    /// The coordinator certificate steps are accepted from.
+    pin: RwLock<Option<CoordinatorPin>>,
     /// Held while asking the coordinator for its current serial, with when
-    /// that was last done (see `crate::pin`).
-    pub pin_confirm: tokio::sync::Mutex<Option<Instant>>,
+    /// that was last done, for which caller's serial, and its answer (see
+    /// `crate::pin`).
+    pub pin_confirm: tokio::sync::Mutex<Option<(Instant, String, String)>>,
 }
 
 /// Until the coordinator has named its interval, readiness allows this long.
@@ -93,25 +94,17 @@ impl AgentState {
         Ok(())
     }
 
-    /// The pinned coordinator serial, if the coordinator named one yet.
-    pub fn pinned_coordinator(&self) -> Option<String> {
+    /// The pinned coordinator certificate, if there is one yet.
+    pub fn pinned_coordinator(&self) -> Option<CoordinatorPin> {
         self.pin.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Pins the coordinator certificate `serial` the coordinator named in an
-    /// answer to this agent (an empty one, from an older coordinator, is
-    /// ignored). Saved before it is used, so a restart keeps it.
-    pub fn pin_coordinator(&self, serial: &str) -> anyhow::Result<()> {
-        if serial.is_empty() || self.pinned_coordinator().as_deref() == Some(serial) {
-            return Ok(());
-        }
-        self.paths.save_pin(Some(serial))?;
-        let old = self
-            .pin
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .replace(serial.to_string());
-        tracing::info!(serial, previous = ?old, "pinned the coordinator's certificate");
+    /// Pins a coordinator certificate (`crate::pin` decides which). Saved
+    /// before it is used, so a restart keeps it.
+    pub fn pin_coordinator(&self, pin: CoordinatorPin) -> anyhow::Result<()> {
+        self.paths.save_pin(Some(&pin))?;
+        tracing::info!(serial = %pin.serial, "pinned the coordinator's certificate");
+        *self.pin.write().unwrap_or_else(|e| e.into_inner()) = Some(pin);
         Ok(())
     }
 

@@ -49,7 +49,6 @@ impl Node for NodeService {
         Ok(Response::new(RenewResponse {
             certificate_pem: issued.cert_pem,
             ca_pem: self.0.pki.ca().cert_pem().to_string(),
-            coordinator_serial: self.0.pki.serving_serial.clone(),
         }))
     }
 }
