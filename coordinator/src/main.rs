@@ -228,14 +228,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     // The admin credential on disk is an admin identity like any other: it
     // is recorded so that `khctl admin list` shows it and it can be revoked.
+    // A file that cannot be read only loses that: the coordinator still
+    // serves, and the file's owner finds out when khctl cannot use it.
     let admin_file = kh_coordinator::store::admin_config_path(&data_dir);
-    let admin_cfg = kh::khconfig::KhConfig::load(&admin_file)?;
-    coord.admins.adopt(&admin_cfg).with_context(|| {
-        format!(
-            "{}: the admin credential cannot be recorded; move it away and restart to get a new one",
-            admin_file.display()
-        )
-    })?;
+    let adopted = kh::khconfig::KhConfig::load(&admin_file)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| Ok(coord.admins.adopt(&cfg)?));
+    if let Err(e) = adopted {
+        tracing::warn!(path = %admin_file.display(), error = %format!("{e:#}"), "cannot record the admin credential in the data dir, so `khctl admin` cannot list or revoke it; move the file away and restart for a new one");
+    }
     let listener = kh::tls::listen(listen)
         .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;
     warn_if_backlog_capped();
