@@ -148,9 +148,9 @@ pub async fn enroll(paths: &Paths, args: EnrollArgs) -> Result<EnrollOutcome, En
     };
     paths.save(&id)?;
     // The first contact pins the coordinator: from now on only its
-    // certificate may run steps here. A coordinator too old to name its
-    // serial leaves no pin, and the agent pins at its first heartbeat.
-    // The leaf of the first handshake gives the expiry when it is the
+    // certificate may run steps here (`crate::pin`). A coordinator too old
+    // to name its serial leaves no pin, and the agent pins the first caller
+    // its coordinator confirms. The leaf of the first handshake gives the expiry when it is the
     // certificate the verified channel then named.
     let leaf = chain
         .first()

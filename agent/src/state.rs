@@ -51,7 +51,7 @@ impl AgentState {
     ) -> Arc<Self> {
         let metrics = Metrics::new();
         let pin = paths.load_pin().unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot read the pinned coordinator serial; the next heartbeat pins it again");
+            tracing::warn!(error = %e, "cannot read the pinned coordinator certificate; the next call the coordinator confirms pins it again");
             None
         });
         if let Some(t) = identity.not_after() {
