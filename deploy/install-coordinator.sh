@@ -8,6 +8,8 @@
 #
 # DESTDIR=/some/root installs under that prefix (packaging, tests); then no
 # user is created and systemctl is only called when SYSTEMCTL names one.
+# The sealing key stays in the data dir unless you move it out: see the
+# LoadCredential= line in kh-coordinator.service.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +24,7 @@ uninstall=0
 purge=0
 start=1
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "install-coordinator: error: $*" >&2; exit 1; }
 say() { echo "install-coordinator: $*"; }
 
@@ -116,6 +118,7 @@ if [ "$start" = 1 ]; then
   systemctl_do enable --now kh-coordinator.service
   say "enabled and started kh-coordinator.service"
   say "admin credentials for khctl: /var/lib/kh-coordinator/admin.khconfig (copy it to ~/.config/kh/config)"
+  say "to keep the sealing key out of the data dir and its backups, see LoadCredential= in $unit_path"
 else
   say "not started (--no-start); start it with: systemctl enable --now kh-coordinator"
 fi

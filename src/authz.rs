@@ -59,6 +59,9 @@ pub const POLICY: &[(&str, Access)] = &[
         "/kh.v1.Agent/ReadClusterFiles",
         Access::Role(Role::Coordinator),
     ),
+    ("/kh.v1.Admin/ListAdmins", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/CreateAdmin", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/RevokeAdmin", Access::Role(Role::Admin)),
 ];
 
 /// The services a server exposes; the coordinator and the agent differ.

@@ -8,7 +8,7 @@ use kh::names::NodeName;
 use kh::proto::enrollment_client::EnrollmentClient;
 use kh::proto::EnrollRequest;
 
-use crate::identity::{AgentIdentity, Enrollment, Paths};
+use crate::identity::{AgentIdentity, CoordinatorPin, Enrollment, Paths};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
@@ -147,6 +147,22 @@ pub async fn enroll(paths: &Paths, args: EnrollArgs) -> Result<EnrollOutcome, En
         key_pem: key,
     };
     paths.save(&id)?;
+    // The first contact pins the coordinator: from now on only its
+    // certificate may run steps here (`crate::pin`). A coordinator too old
+    // to name its serial leaves no pin, and the agent pins the first caller
+    // its coordinator confirms. The leaf of the first handshake gives the expiry when it is the
+    // certificate the verified channel then named.
+    let leaf = chain
+        .first()
+        .and_then(|der| kh::pki::identity_from_der(der).ok());
+    let pin = (!resp.coordinator_serial.is_empty()).then(|| CoordinatorPin {
+        not_after: leaf
+            .filter(|l| l.serial == resp.coordinator_serial)
+            .map(|l| kh::time::unix_ms(l.not_after) / 1000)
+            .unwrap_or(0),
+        serial: resp.coordinator_serial.clone(),
+    });
+    paths.save_pin(pin.as_ref())?;
     Ok(EnrollOutcome::Enrolled {
         not_after: id.not_after(),
     })

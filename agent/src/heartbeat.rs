@@ -192,6 +192,26 @@ async fn check_local_etcd(state: &Arc<AgentState>) {
     }
 }
 
+/// One heartbeat outside the loop, for the serial of the coordinator's
+/// current certificate that its answer names (`crate::pin`). It carries no
+/// facts, so the coordinator keeps those it has.
+pub async fn current_coordinator_serial(state: &Arc<AgentState>) -> Result<String, String> {
+    let id = state.identity();
+    let channel = channel_for(&id).map_err(|e| e.to_string())?;
+    let mut request = tonic::Request::new(HeartbeatRequest {
+        facts: None,
+        endpoint: state.endpoint.clone(),
+        agent_version: kh::VERSION.to_string(),
+    });
+    request.set_timeout(RPC_TIMEOUT);
+    let resp = NodeClient::new(channel)
+        .heartbeat(request)
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    Ok(resp.coordinator_serial)
+}
+
 fn record_failure(state: &AgentState, msg: String) {
     tracing::warn!(error = %msg, "heartbeat failed");
     state

@@ -55,6 +55,31 @@ impl AgentIdentity {
     }
 }
 
+/// The coordinator certificate an agent accepts steps from: its serial, and
+/// when it expires. The coordinator issues its certificates with one fixed
+/// lifetime, so a later expiry means a later certificate; the pin only ever
+/// moves to a later one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorPin {
+    pub serial: String,
+    /// Seconds since the epoch; 0 when unknown.
+    pub not_after: u64,
+}
+
+impl CoordinatorPin {
+    /// `<serial> <not_after>`; a bare serial has an unknown expiry.
+    fn parse(s: &str) -> Option<Self> {
+        let mut words = s.split_whitespace();
+        let serial = words.next()?.to_string();
+        let not_after = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+        Some(CoordinatorPin { serial, not_after })
+    }
+
+    fn to_line(&self) -> String {
+        format!("{} {}\n", self.serial, self.not_after)
+    }
+}
+
 pub struct Paths {
     pub dir: PathBuf,
 }
@@ -76,6 +101,39 @@ impl Paths {
     }
     fn ca(&self) -> PathBuf {
         self.dir.join("ca.crt")
+    }
+    fn coordinator_pin(&self) -> PathBuf {
+        self.dir.join("coordinator.serial")
+    }
+
+    /// The coordinator certificate this agent accepts steps from; `None`
+    /// before the coordinator has named one.
+    pub fn load_pin(&self) -> Result<Option<CoordinatorPin>, IdentityError> {
+        let p = self.coordinator_pin();
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(CoordinatorPin::parse(&s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IdentityError::Io {
+                path: p.display().to_string(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Saves the pinned serial (0600, atomically), or forgets it.
+    pub fn save_pin(&self, pin: Option<&CoordinatorPin>) -> Result<(), IdentityError> {
+        let p = self.coordinator_pin();
+        match pin {
+            Some(pin) => write_private(&p, pin.to_line().as_bytes()),
+            None => match std::fs::remove_file(&p) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(IdentityError::Io {
+                    path: p.display().to_string(),
+                    detail: e.to_string(),
+                }),
+            },
+        }
     }
 
     pub fn exists(&self) -> bool {
@@ -196,5 +254,26 @@ mod tests {
         let back = paths.load().unwrap();
         assert_eq!(back.key_pem.expose(), "KEY");
         assert_eq!(back.enrollment.node_name, "cp-1");
+    }
+
+    #[test]
+    fn the_coordinator_pin_is_private_and_can_be_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        assert_eq!(paths.load_pin().unwrap(), None);
+        let pin = CoordinatorPin {
+            serial: "0a1b".into(),
+            not_after: 1_900_000_000,
+        };
+        paths.save_pin(Some(&pin)).unwrap();
+        assert_eq!(paths.load_pin().unwrap(), Some(pin));
+        let mode = std::fs::metadata(dir.path().join("coordinator.serial"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        paths.save_pin(None).unwrap();
+        paths.save_pin(None).unwrap();
+        assert_eq!(paths.load_pin().unwrap(), None);
     }
 }

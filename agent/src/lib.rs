@@ -11,6 +11,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod identity;
 pub mod metrics;
+pub mod pin;
 pub mod rpc;
 pub mod state;
 pub mod steps;

@@ -1,6 +1,7 @@
 //! The Agent service the coordinator calls. The layer admits only the
-//! coordinator identity; handlers convert and delegate to `steps`, which
-//! delegates to the host crate.
+//! coordinator identity; each handler first admits only the pinned
+//! coordinator certificate (`crate::pin`), then converts and delegates to
+//! `steps`, which delegates to the host crate.
 
 use std::sync::Arc;
 
@@ -21,13 +22,15 @@ fn failed(e: String) -> Status {
 
 #[tonic::async_trait]
 impl Agent for AgentService {
-    async fn get_facts(&self, _req: Request<GetFactsRequest>) -> Result<Response<Facts>, Status> {
+    async fn get_facts(&self, req: Request<GetFactsRequest>) -> Result<Response<Facts>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         Ok(Response::new(
             crate::heartbeat::collect_facts(&self.0).await,
         ))
     }
 
     async fn run_step(&self, req: Request<RunStepRequest>) -> Result<Response<StepReport>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         let r = req.into_inner();
         let step = r.step.ok_or_else(|| {
             Status::invalid_argument(
@@ -41,6 +44,7 @@ impl Agent for AgentService {
         &self,
         req: Request<PreflightRequest>,
     ) -> Result<Response<PreflightReport>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         steps::preflight(&self.0, req.into_inner())
             .await
             .map(Response::new)
@@ -49,8 +53,9 @@ impl Agent for AgentService {
 
     async fn node_status(
         &self,
-        _req: Request<NodeStatusRequest>,
+        req: Request<NodeStatusRequest>,
     ) -> Result<Response<NodeStatusResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         steps::node_status(&self.0)
             .await
             .map(Response::new)
@@ -61,6 +66,7 @@ impl Agent for AgentService {
         &self,
         req: Request<EtcdRequest>,
     ) -> Result<Response<EtcdMembersResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         steps::etcd_members(&self.0, req.into_inner())
             .await
             .map(Response::new)
@@ -71,6 +77,7 @@ impl Agent for AgentService {
         &self,
         req: Request<EtcdRequest>,
     ) -> Result<Response<EtcdHealthResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         steps::etcd_health(&self.0, req.into_inner())
             .await
             .map(Response::new)
@@ -79,8 +86,9 @@ impl Agent for AgentService {
 
     async fn kube_nodes(
         &self,
-        _req: Request<KubeNodesRequest>,
+        req: Request<KubeNodesRequest>,
     ) -> Result<Response<KubeNodesResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         steps::kube_nodes(&self.0)
             .await
             .map(Response::new)
@@ -91,6 +99,7 @@ impl Agent for AgentService {
         &self,
         req: Request<ApiserverReadyRequest>,
     ) -> Result<Response<ApiserverReadyResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         Ok(Response::new(
             steps::apiserver_ready(&self.0, req.into_inner().url).await,
         ))
@@ -100,6 +109,7 @@ impl Agent for AgentService {
         &self,
         req: Request<TcpProbeRequest>,
     ) -> Result<Response<TcpProbeResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         Ok(Response::new(
             steps::tcp_probe(&self.0, req.into_inner()).await,
         ))
@@ -109,6 +119,7 @@ impl Agent for AgentService {
         &self,
         req: Request<ReadClusterFilesRequest>,
     ) -> Result<Response<ReadClusterFilesResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
         let set = read_cluster_files_request::Set::try_from(req.into_inner().set)
             .unwrap_or(read_cluster_files_request::Set::Unspecified);
         steps::read_cluster_files(&self.0, set)

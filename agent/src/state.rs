@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use kh_host::Host;
 
-use crate::identity::{AgentIdentity, Paths};
+use crate::identity::{AgentIdentity, CoordinatorPin, Paths};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Default)]
@@ -29,6 +29,12 @@ pub struct AgentState {
     pub extra_addresses: Vec<std::net::IpAddr>,
     /// One host step at a time; queries about kubeadm's state wait for it.
     pub steps_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The coordinator certificate steps are accepted from.
+    pin: RwLock<Option<CoordinatorPin>>,
+    /// Held while asking the coordinator for its current serial, with when
+    /// that was last done, for which caller's serial, and its answer (see
+    /// `crate::pin`).
+    pub pin_confirm: tokio::sync::Mutex<Option<(Instant, String, String)>>,
 }
 
 /// Until the coordinator has named its interval, readiness allows this long.
@@ -44,6 +50,10 @@ impl AgentState {
         extra_addresses: Vec<std::net::IpAddr>,
     ) -> Arc<Self> {
         let metrics = Metrics::new();
+        let pin = paths.load_pin().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the pinned coordinator certificate; the next call the coordinator confirms pins it again");
+            None
+        });
         if let Some(t) = identity.not_after() {
             metrics.cert_expiry.set(unix_secs(t));
         }
@@ -57,6 +67,8 @@ impl AgentState {
             endpoint,
             extra_addresses,
             steps_lock: Arc::new(tokio::sync::Mutex::new(())),
+            pin: RwLock::new(pin),
+            pin_confirm: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -79,6 +91,20 @@ impl AgentState {
             self.metrics.cert_expiry.set(unix_secs(t));
         }
         *self.identity.write().unwrap_or_else(|e| e.into_inner()) = id;
+        Ok(())
+    }
+
+    /// The pinned coordinator certificate, if there is one yet.
+    pub fn pinned_coordinator(&self) -> Option<CoordinatorPin> {
+        self.pin.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Pins a coordinator certificate (`crate::pin` decides which). Saved
+    /// before it is used, so a restart keeps it.
+    pub fn pin_coordinator(&self, pin: CoordinatorPin) -> anyhow::Result<()> {
+        self.paths.save_pin(Some(&pin))?;
+        tracing::info!(serial = %pin.serial, "pinned the coordinator's certificate");
+        *self.pin.write().unwrap_or_else(|e| e.into_inner()) = Some(pin);
         Ok(())
     }
 

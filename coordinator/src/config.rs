@@ -31,6 +31,11 @@ pub struct Config {
     pub admin_cert_validity: Duration,
     #[serde(default = "defaults::token_ttl", with = "kh::time::serde_duration")]
     pub default_token_ttl: Duration,
+    /// The key that seals the store's secrets, when it is kept outside the
+    /// data dir (so a copy of the data dir alone does not yield the kh CA).
+    /// `None`: `secret.key` in the data dir.
+    #[serde(default)]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 pub mod defaults {

@@ -10,6 +10,7 @@
 //! one call into glibc (`main.rs`), so the library forbids it itself.
 #![forbid(unsafe_code)]
 
+pub mod admins;
 pub mod agents;
 pub mod audit;
 pub mod config;
@@ -53,6 +54,8 @@ pub struct Coordinator {
     pub signing: Arc<Semaphore>,
     /// Heartbeats' durable writes in flight on the blocking pool.
     pub registry_writes: Arc<Semaphore>,
+    /// Admin certificates and their revocation.
+    pub admins: admins::Admins,
 }
 
 /// How many enrollments and renewals run at once. Each signs a certificate
@@ -68,7 +71,7 @@ pub const REGISTRY_WRITE_LIMIT: usize = 8;
 impl Coordinator {
     pub fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Self>, CoordError> {
         create_private_dir(&config.data_dir)?;
-        let db = Db::open_dir(&config.data_dir)?;
+        let db = Db::open(&config.data_dir, config.secret_key_file.as_deref())?;
         Self::with_db(config, db, clock)
     }
 
@@ -79,7 +82,9 @@ impl Coordinator {
             cert_pem: pki.serving_chain_pem.clone(),
             key_pem: pki.serving_key.clone(),
         });
+        let admins = admins::Admins::load(db.clone())?;
         Ok(Arc::new(Coordinator {
+            admins,
             agents,
             rollouts: rollout::Running::default(),
             token_prune: tokens::PruneSchedule::default(),

@@ -32,7 +32,8 @@ enum Command {
 #[derive(clap::Args)]
 struct ServeArgs {
     /// A YAML config file (camelCase keys: dataDir, listen, advertise,
-    /// heartbeatInterval, nodeCertValidity, adminCertValidity, defaultTokenTtl).
+    /// heartbeatInterval, nodeCertValidity, adminCertValidity, defaultTokenTtl,
+    /// secretKeyFile).
     /// Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -40,6 +41,13 @@ struct ServeArgs {
     /// it holds the cluster's join material and the kh CA.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// The key that seals the store's secrets (32 bytes, 0600), kept outside
+    /// the data dir so a copy of the data dir alone does not yield the kh CA.
+    /// Created on first start if missing. Without it: systemd's credential
+    /// kh-secret-key (LoadCredential=kh-secret-key:PATH), else
+    /// DATA_DIR/secret.key.
+    #[arg(long)]
+    secret_key_file: Option<PathBuf>,
     /// Address to serve agents and khctl on [default: 0.0.0.0:7443].
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -66,6 +74,7 @@ struct FileConfig {
     node_cert_validity: Option<String>,
     admin_cert_validity: Option<String>,
     default_token_ttl: Option<String>,
+    secret_key_file: Option<PathBuf>,
 }
 
 fn duration(field: &str, v: Option<String>) -> anyhow::Result<Option<Duration>> {
@@ -75,6 +84,17 @@ fn duration(field: &str, v: Option<String>) -> anyhow::Result<Option<Duration>> 
         })
     })
     .transpose()
+}
+
+/// The name of the systemd credential that holds the sealing key.
+const KEY_CREDENTIAL: &str = "kh-secret-key";
+
+/// The sealing key systemd passed with `LoadCredential=kh-secret-key:PATH`,
+/// if it did.
+fn credential_key_file() -> Option<PathBuf> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+    let path = PathBuf::from(dir).join(KEY_CREDENTIAL);
+    path.exists().then_some(path)
 }
 
 fn config(args: ServeArgs) -> anyhow::Result<Config> {
@@ -112,6 +132,10 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             .unwrap_or_else(defaults::admin_cert_validity),
         default_token_ttl: duration("defaultTokenTtl", file.default_token_ttl)?
             .unwrap_or_else(defaults::token_ttl),
+        secret_key_file: args
+            .secret_key_file
+            .or(file.secret_key_file)
+            .or_else(credential_key_file),
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok(cfg)
@@ -188,6 +212,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = cfg.data_dir.clone();
     let listen = cfg.listen;
     let validity = cfg.admin_cert_validity;
+    let key_file = cfg
+        .secret_key_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join(kh_coordinator::store::SECRET_KEY_FILE));
     let coord = tokio::task::spawn_blocking(move || {
         Coordinator::open(cfg, Arc::new(kh::time::SystemClock))
     })
@@ -198,6 +226,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         validity,
         coord.clock.now(),
     )?;
+    // The admin credential on disk is an admin identity like any other: it
+    // is recorded so that `khctl admin list` shows it and it can be revoked.
+    // A file that cannot be read only loses that: the coordinator still
+    // serves, and the file's owner finds out when khctl cannot use it.
+    let admin_file = kh_coordinator::store::admin_config_path(&data_dir);
+    let adopted = kh::khconfig::KhConfig::load(&admin_file)
+        .map_err(anyhow::Error::from)
+        .and_then(|cfg| Ok(coord.admins.adopt(&cfg)?));
+    if let Err(e) = adopted {
+        tracing::warn!(path = %admin_file.display(), error = %format!("{e:#}"), "cannot record the admin credential in the data dir, so `khctl admin` cannot list or revoke it; move the file away and restart for a new one");
+    }
     let listener = kh::tls::listen(listen)
         .with_context(|| format!("cannot listen on {listen}; is another process using it?"))?;
     warn_if_backlog_capped();
@@ -207,6 +246,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         advertise = %coord.public_address(),
         ca_cert_hash = %coord.pki.ca().cert_hash(),
         admin_config = %admin_path.display(),
+        secret_key = %key_file.display(),
         new_admin_config = wrote,
         "kh-coordinator ready"
     );

@@ -33,6 +33,9 @@ pub struct Pki {
     /// CA in the handshake and can pin it.
     pub serving_chain_pem: String,
     pub serving_key: Secret<String>,
+    /// The serving certificate's serial, which agents pin: they accept step
+    /// RPCs only from the coordinator certificate with this serial.
+    pub serving_serial: String,
 }
 
 impl Pki {
@@ -80,7 +83,10 @@ impl Pki {
                 (issued.cert_pem, key)
             }
         };
+        let serving_serial =
+            kh::pki::identity_from_der(&kh::pki::first_cert_der(&cert_pem)?)?.serial;
         Ok(Pki {
+            serving_serial,
             serving_chain_pem: format!("{cert_pem}{}", ca.cert_pem()),
             serving_key: key,
             ca,

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use kh::authz::{AuthzLayer, COORDINATOR_SERVICES};
+use kh::pki::Role;
 use kh::proto::admin_server::AdminServer;
 use kh::proto::enrollment_server::EnrollmentServer;
 use kh::proto::node_server::NodeServer;
@@ -29,8 +30,37 @@ pub async fn serve(
         .layer(AuthzLayer::new(COORDINATOR_SERVICES))
         .add_service(EnrollmentServer::new(EnrollmentService(coord.clone())))
         .add_service(NodeServer::new(NodeService(coord.clone())))
-        .add_service(AdminServer::new(AdminService(coord.clone())))
+        .add_service(AdminServer::with_interceptor(
+            AdminService(coord.clone()),
+            refuse_revoked_admins(coord.clone()),
+        ))
         .serve_with_incoming_shutdown(tls::incoming(listener, config), shutdown)
         .await?;
     Ok(())
+}
+
+/// Refuses calls made with a revoked admin certificate. The TLS layer only
+/// knows the CA, so it accepts them; this check knows the coordinator's
+/// revocations (`crate::admins`). Only the Admin service needs it: the
+/// authorization layer keeps admin certificates out of every other one.
+fn refuse_revoked_admins(
+    coord: Arc<Coordinator>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |req| {
+        let revoked = req
+            .extensions()
+            .get::<tls::PeerInfo>()
+            .and_then(|p| p.identity.as_ref())
+            .filter(|id| id.role == Role::Admin && coord.admins.is_revoked(&id.serial));
+        match revoked {
+            None => Ok(req),
+            Some(id) => {
+                tracing::info!(admin = %id.name, serial = %id.serial, "call with a revoked admin certificate refused");
+                Err(tonic::Status::unauthenticated(format!(
+                    "the admin certificate {id} (serial {}) has been revoked; use another admin credential (an admin can make one with `khctl admin create NAME -o FILE`)",
+                    id.serial
+                )))
+            }
+        }
+    }
 }

@@ -31,6 +31,8 @@ pub enum StoreError {
     WrongKey { key: String, key_file: String },
     #[error("key file {path}: {detail}")]
     KeyFile { path: String, detail: String },
+    #[error("the store in {store} is sealed with a key that is not at {key_file}. Pass the key file with --secret-key-file PATH (secretKeyFile in --config, or systemd's LoadCredential=kh-secret-key:PATH); without it the stored secrets, the kh CA among them, cannot be opened")]
+    KeyMissing { store: String, key_file: String },
 }
 
 /// Ordered key-value storage with compare-and-swap. Every write is durable
@@ -201,6 +203,11 @@ pub struct Sealer {
 impl Sealer {
     /// Loads `path`, or creates it (32 random bytes, 0600) when missing.
     pub fn load_or_create(path: &Path) -> Result<Self, StoreError> {
+        Self::load(path, true)
+    }
+
+    /// Loads `path`; creates it only when `create` says the store is fresh.
+    fn load(path: &Path, create: bool) -> Result<Self, StoreError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let err = |detail: String| StoreError::KeyFile {
@@ -209,7 +216,7 @@ impl Sealer {
         };
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let fresh = kh::token::random_bytes::<32>();
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
@@ -305,9 +312,42 @@ impl Db {
         Ok(db)
     }
 
+    /// Opens the store in `dir` with the key in `dir/secret.key`.
     pub fn open_dir(dir: &Path) -> Result<Self, StoreError> {
-        let store = SledStore::open(&dir.join("store"))?;
-        let sealer = Sealer::load_or_create(&dir.join("secret.key"))?;
+        Self::open(dir, None)
+    }
+
+    /// Opens the store in `dir`, sealed with the key at `key_file`, or at
+    /// `dir/secret.key` when `None`. Only a fresh store gets a new key: a
+    /// store that already holds sealed values and whose key file is missing
+    /// is refused, so a copy of the data dir without its key never starts
+    /// as an empty-looking coordinator.
+    ///
+    /// The store directory is made 0700 and its files 0600, existing ones
+    /// included: sled creates them with the process umask.
+    pub fn open(dir: &Path, key_file: Option<&Path>) -> Result<Self, StoreError> {
+        let store_dir = dir.join("store");
+        restrict_tree(&store_dir, true)?;
+        let store = SledStore::open(&store_dir)?;
+        restrict_tree(&store_dir, false)?;
+        let in_dir = dir.join(SECRET_KEY_FILE);
+        let key_path = key_file.unwrap_or(&in_dir);
+        let fresh = store.get(KEY_CHECK)?.is_none();
+        if !fresh && !key_path.exists() {
+            return Err(StoreError::KeyMissing {
+                store: store_dir.display().to_string(),
+                key_file: key_path.display().to_string(),
+            });
+        }
+        if key_file.is_some() && in_dir.exists() {
+            tracing::warn!(
+                separate = %key_path.display(),
+                in_data_dir = %in_dir.display(),
+                "the sealing key comes from a separate file, but a key file is still in the data dir: a copy of the data dir alone still opens the kh CA. Once the coordinator runs with the separate key, remove the one in the data dir"
+            );
+        }
+        let sealer = Sealer::load(key_path, fresh)?;
+        private_key_file(key_path, key_file.is_none())?;
         Db::new(Arc::new(store), sealer)
     }
 
@@ -391,6 +431,67 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError>
         key: key.to_string(),
         detail: e.to_string(),
     })
+}
+
+/// The key file's name in the data dir, where it lives unless it is given
+/// from a separate path.
+pub const SECRET_KEY_FILE: &str = "secret.key";
+
+/// A key file others can read is made 0600 when it is the data dir's own;
+/// a separate one (systemd's read-only credential, an operator's file) is
+/// only warned about.
+fn private_key_file(path: &Path, ours: bool) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |detail: String| StoreError::KeyFile {
+        path: path.display().to_string(),
+        detail,
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    if ours {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err(format!("cannot make it 0600: {e}")))?;
+    } else {
+        tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "the sealing key file is readable by other users; make it 0600 or 0400");
+    }
+    Ok(())
+}
+
+/// Makes `dir` 0700 (creating it when `create`) and every file under it 0600
+/// and every directory 0700.
+fn restrict_tree(dir: &Path, create: bool) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |p: &Path, e: std::io::Error| StoreError::Io(format!("{}: {e}", p.display()));
+    if create {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io(dir, e))?;
+    }
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io(&d, e))?;
+        for entry in std::fs::read_dir(&d).map_err(|e| io(&d, e))? {
+            let entry = entry.map_err(|e| io(&d, e))?;
+            let path = entry.path();
+            // file_type does not follow links: a link is left alone.
+            let kind = entry.file_type().map_err(|e| io(&path, e))?;
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() {
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| io(&path, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where a data dir keeps its files.
@@ -490,6 +591,94 @@ mod tests {
         std::fs::write(dir.path().join("secret.key"), [7u8; 32]).unwrap();
         let err = Db::open_dir(dir.path()).err().unwrap().to_string();
         assert!(err.contains("does not belong to this store"), "{err}");
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    fn modes_under(dir: &Path) -> Vec<(PathBuf, u32)> {
+        let mut out = vec![(dir.to_path_buf(), mode(dir))];
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(modes_under(&p));
+            } else {
+                out.push((p.clone(), mode(&p)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_store_is_private_and_existing_files_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        drop(Db::open_dir(dir.path()).unwrap());
+        let store = dir.path().join("store");
+        // What an older coordinator left: sled's files under the umask.
+        std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let files: Vec<_> = modes_under(&store)
+            .into_iter()
+            .filter(|(p, _)| p.is_file())
+            .collect();
+        assert!(!files.is_empty());
+        for (p, _) in &files {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        drop(Db::open_dir(dir.path()).unwrap());
+        for (p, m) in modes_under(&store) {
+            let want = if p.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(m, want, "{}", p.display());
+        }
+        assert_eq!(mode(&dir.path().join(SECRET_KEY_FILE)), 0o600);
+        // A key file copied in with a loose mode is tightened too.
+        let key = dir.path().join(SECRET_KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Db::open_dir(dir.path()).unwrap());
+        assert_eq!(mode(&key), 0o600);
+    }
+
+    #[test]
+    fn a_separate_key_file_is_needed_once_the_store_is_sealed_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = tempfile::tempdir().unwrap();
+        let key = keys.path().join("kh-secret-key");
+        {
+            let db = Db::open(dir.path(), Some(&key)).unwrap();
+            db.put_secret("s", &Secret::new("v".into())).unwrap();
+        }
+        assert_eq!(mode(&key), 0o600);
+        assert!(!dir.path().join(SECRET_KEY_FILE).exists());
+        // The data dir alone does not open, and says what is missing; it
+        // does not quietly create a new key either.
+        let err = Db::open_dir(dir.path()).err().unwrap();
+        assert!(matches!(err, StoreError::KeyMissing { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("--secret-key-file"), "{msg}");
+        assert!(!dir.path().join(SECRET_KEY_FILE).exists());
+        // A missing separate file is refused the same way.
+        let err = Db::open(dir.path(), Some(&keys.path().join("gone")))
+            .err()
+            .unwrap();
+        assert!(matches!(err, StoreError::KeyMissing { .. }), "{err}");
+        let db = Db::open(dir.path(), Some(&key)).unwrap();
+        assert_eq!(db.get_secret("s").unwrap().unwrap().expose(), "v");
+    }
+
+    #[test]
+    fn a_key_moved_out_of_an_existing_data_dir_keeps_opening_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open_dir(dir.path()).unwrap();
+            db.put_secret("s", &Secret::new("v".into())).unwrap();
+        }
+        let keys = tempfile::tempdir().unwrap();
+        let moved = keys.path().join("kh-secret-key");
+        std::fs::rename(dir.path().join(SECRET_KEY_FILE), &moved).unwrap();
+        let db = Db::open(dir.path(), Some(&moved)).unwrap();
+        assert_eq!(db.get_secret("s").unwrap().unwrap().expose(), "v");
     }
 
     #[test]

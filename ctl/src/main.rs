@@ -1,6 +1,7 @@
 //! khctl: the operator's command line. It talks only to the coordinator, with
 //! the admin credentials of a khconfig file, and never to agents.
 
+mod admin;
 mod etcd;
 mod help;
 mod output;
@@ -125,6 +126,10 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         limit: u32,
     },
+    /// Admin credentials: list, create (-o FILE writes the khconfig file),
+    /// revoke.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
 }
 
 #[derive(Subcommand)]
@@ -327,10 +332,11 @@ fn format(output: &Option<String>) -> anyhow::Result<Format> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let (mut client, addr) = admin(cli.config).await?;
-    // For kubeconfig, -o names the file to write; elsewhere it is the format.
+    // For kubeconfig and admin create, -o names the file to write; elsewhere
+    // it is the format.
     let kubeconfig_file = cli.output.clone().filter(|o| o != "-").map(PathBuf::from);
     let output = match cli.command {
-        Command::Kubeconfig => Format::Table,
+        Command::Kubeconfig | Command::Admin(admin::AdminCmd::Create { .. }) => Format::Table,
         _ => format(&cli.output)?,
     };
     let now = std::time::SystemTime::now();
@@ -486,6 +492,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 outln!("{}", r.message);
             }
         }
+        Command::Admin(cmd) => admin::run(&mut client, &addr, cmd, kubeconfig_file, output).await?,
         Command::Nodes { sub: None } => {
             let r = client
                 .list_nodes(ListNodesRequest {})

@@ -316,4 +316,55 @@ impl Admin for AdminService {
             .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(DeleteNodeResponse { message }))
     }
+
+    async fn list_admins(
+        &self,
+        _req: Request<ListAdminsRequest>,
+    ) -> Result<Response<ListAdminsResponse>, Status> {
+        let admins = self.0.admins.list()?.iter().map(admin_info).collect();
+        Ok(Response::new(ListAdminsResponse { admins }))
+    }
+
+    async fn create_admin(
+        &self,
+        req: Request<CreateAdminRequest>,
+    ) -> Result<Response<CreateAdminResponse>, Status> {
+        let c = &self.0;
+        let (cfg, rec) = c.admins.issue(
+            c.pki.ca(),
+            &req.into_inner().name,
+            &c.public_address(),
+            c.config.admin_cert_validity,
+            c.clock.now(),
+        )?;
+        Ok(Response::new(CreateAdminResponse {
+            khconfig: cfg.to_yaml(),
+            info: Some(admin_info(&rec)),
+        }))
+    }
+
+    async fn revoke_admin(
+        &self,
+        req: Request<RevokeAdminRequest>,
+    ) -> Result<Response<RevokeAdminResponse>, Status> {
+        let caller = kh::authz::caller(&req)?.clone();
+        let c = &self.0;
+        let revoked = c
+            .admins
+            .revoke(&req.into_inner().target, &caller, c.clock.now())?
+            .iter()
+            .map(admin_info)
+            .collect();
+        Ok(Response::new(RevokeAdminResponse { revoked }))
+    }
+}
+
+fn admin_info(r: &crate::admins::AdminRecord) -> AdminCertInfo {
+    AdminCertInfo {
+        serial: r.serial.clone(),
+        name: r.name.clone(),
+        issued_unix_ms: r.issued_ms,
+        expires_unix_ms: r.expires_ms,
+        revoked_unix_ms: r.revoked_ms.unwrap_or(0),
+    }
 }

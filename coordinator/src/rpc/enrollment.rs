@@ -25,6 +25,7 @@ impl Enrollment for EnrollmentService {
         Ok(Response::new(EnrollResponse {
             certificate_pem: issued.cert_pem,
             ca_pem: self.0.pki.ca().cert_pem().to_string(),
+            coordinator_serial: self.0.pki.serving_serial.clone(),
         }))
     }
 }

@@ -51,6 +51,7 @@ impl Node for NodeService {
         }
         Ok(Response::new(HeartbeatResponse {
             interval_ms: c.config.heartbeat_interval.as_millis() as u64,
+            coordinator_serial: c.pki.serving_serial.clone(),
         }))
     }
 
