@@ -161,7 +161,7 @@ pub async fn replace(
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    crate::rollout::follow_events(stream, addr, format, "Replacement").await
+    crate::rollout::follow_events(stream, format, "Replacement").await
 }
 
 pub async fn history(

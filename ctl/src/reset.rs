@@ -135,5 +135,5 @@ pub async fn reset(
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    crate::rollout::follow_events(stream, addr, format, "Reset").await
+    crate::rollout::follow_events(stream, format, "Reset").await
 }

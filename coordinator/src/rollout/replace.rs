@@ -102,16 +102,21 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
         }
     }
     let now = unix_ms(coord.clock.now());
+    let resume = resume_command(&req);
     let mut state = match RolloutState::load_at(&coord.db, KEY)? {
-        // An unfinished replacement is resumed, and only by the same request.
-        Some(p) if !p.outcome.as_ref().is_some_and(|o| o.ok) => {
+        // An unfinished replacement that changed something is resumed, and
+        // only by the same request; one that changed nothing is forgotten.
+        Some(p) if !p.outcome.as_ref().is_some_and(|o| o.ok) && p.changed() => {
             if p.operation != operation {
                 return Err(CoordError::FailedPrecondition(format!(
-                    "an earlier {} did not finish; finish it first by running it again",
-                    p.operation
+                    "an earlier {} did not finish and has changed the cluster ({}); finish it first: `{}`",
+                    p.operation,
+                    p.changing_steps().join(", "),
+                    if p.resume.is_empty() { format!("khctl etcd replace ... for {}", p.operation) } else { p.resume.clone() }
                 )));
             }
             RolloutState {
+                resume: resume.clone(),
                 started_ms: now,
                 finished_ms: 0,
                 outcome: None,
@@ -124,6 +129,7 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
             cluster: spec.name.clone(),
             spec_yaml: spec_yaml.clone(),
             started_ms: now,
+            resume,
             ..Default::default()
         },
     };
@@ -150,6 +156,21 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
         backlog: vec![],
         live: Some(live),
     })
+}
+
+/// The exact command that resumes this replacement.
+pub fn resume_command(req: &EtcdReplaceRequest) -> String {
+    let mut cmd = format!(
+        "khctl etcd replace --failed {} --with {}",
+        req.failed, req.with
+    );
+    if !req.address.is_empty() {
+        cmd.push_str(&format!(" --address {}", req.address));
+    }
+    if req.force {
+        cmd.push_str(" --force");
+    }
+    cmd
 }
 
 async fn run(coord: Arc<Coordinator>, plan: Plan, rep: Reporter) -> Result<(), Failure> {
@@ -241,9 +262,7 @@ async fn steps(
                     class: "preflight",
                     node: failed.name.clone(),
                     step: "preconditions".into(),
-                    message: format!(
-                        "etcd quorum is lost: no other control plane can list the members ({e}). A member cannot be removed or added without quorum, so nothing was changed"
-                    ),
+                    message: etcd::quorum_lost(&format!("replace {}", failed.name), &e),
                     hint: "bring failed control planes back if you can; otherwise follow etcd's disaster-recovery guide: restore a snapshot with `etcdctl snapshot restore` into a new cluster".into(),
                     report: None,
                 })?;
