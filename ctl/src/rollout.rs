@@ -494,10 +494,12 @@ async fn follow(
     if fin.ok {
         return Ok(());
     }
-    let msg = if fin.failure == "interrupted" && !fin.hint.is_empty() {
-        format!("{}; {}", fin.message, fin.hint)
-    } else {
-        failure_line(label, &fin)
+    // An interruption is not a step's failure: say what happened and how
+    // to go on.
+    let msg = match (fin.failure.as_str(), fin.hint.as_str()) {
+        ("interrupted", "") => fin.message.clone(),
+        ("interrupted", hint) => format!("{}; {hint}", fin.message),
+        _ => failure_line(label, &fin),
     };
     Err(anyhow::Error::new(Failure::of_class(&fin.failure, msg)))
 }

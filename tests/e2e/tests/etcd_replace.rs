@@ -398,3 +398,46 @@ fn a_rollout_and_a_replacement_never_run_together() {
     let log = replace.log_text();
     assert!(log.contains("Replacement complete"), "{log}");
 }
+
+#[test]
+fn a_quorum_refusal_leaves_nothing_pending_and_exits_3_for_replace_and_remove_member() {
+    let mut w = rolled_out(3, 0);
+    w.add_kube_node("cp-4");
+    w.agent("cp-2").power_off();
+    w.agent("cp-3").power_off();
+    let out = khctl_replace(&w, "cp-2", "cp-4", &["--force"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, Some(3), "{text}");
+    assert!(text.contains("nothing is left pending"), "{text}");
+    let out = w.khctl(&["etcd", "remove-member", "cp-2", "--force"]);
+    assert_eq!(
+        out.code,
+        Some(3),
+        "the same refusal, the same exit code\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stderr.contains("quorum"), "{}", out.stderr);
+    // Nothing is pending: another replacement is refused for quorum only,
+    // not told to finish the first.
+    let ops = w.khctl_json(&["operation", "status"]);
+    assert!(
+        !ops["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["pending"] == true),
+        "{ops}"
+    );
+    let out = khctl_replace(&w, "cp-3", "cp-4", &["--force"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, Some(3), "{text}");
+    assert!(!text.contains("did not finish"), "{text}");
+    assert!(text.contains("quorum"), "{text}");
+    let out = w.khctl(&["operation", "cancel"]);
+    assert!(
+        out.stderr.contains("no operation is pending"),
+        "{}",
+        out.stderr
+    );
+}
