@@ -31,6 +31,10 @@ pub enum CoordError {
     /// A certificate that was valid once but has been replaced.
     #[error("{0}")]
     Superseded(String),
+    /// A step of the operation failed on a node, after it may have changed
+    /// something (not a refusal).
+    #[error("{0}")]
+    StepFailed(String),
 }
 
 impl CoordError {
@@ -49,6 +53,7 @@ impl CoordError {
             CoordError::FailedPrecondition(_) => Code::FailedPrecondition,
             CoordError::Unavailable(_) => Code::Unavailable,
             CoordError::Superseded(_) => Code::Unauthenticated,
+            CoordError::StepFailed(_) => Code::Aborted,
         }
     }
 }

@@ -280,7 +280,7 @@ async fn remove_member_locked(
                 false,
             )
             .await
-            .map_err(|f| CoordError::FailedPrecondition(f.message))?;
+            .map_err(|f| CoordError::StepFailed(f.message))?;
         }
     }
     let report = ops
@@ -294,7 +294,7 @@ async fn remove_member_locked(
             false,
         )
         .await
-        .map_err(|f| CoordError::FailedPrecondition(f.message))?;
+        .map_err(|f| CoordError::StepFailed(f.message))?;
     crate::audit::append(
         &coord.db,
         coord.clock.as_ref(),

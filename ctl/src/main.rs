@@ -316,6 +316,7 @@ pub fn explain(coordinator: &str, s: tonic::Status) -> anyhow::Error {
         tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => {
             return anyhow::Error::new(Failure::Preflight(message))
         }
+        tonic::Code::Aborted => return anyhow::Error::new(Failure::Operation(message)),
         _ => {}
     }
     match s.code() {
