@@ -319,6 +319,11 @@ pub fn explain(coordinator: &str, s: tonic::Status) -> anyhow::Error {
         tonic::Code::Aborted => return anyhow::Error::new(Failure::Operation(message)),
         _ => {}
     }
+    if connection_dropped(&s) {
+        return anyhow::Error::new(Failure::Interrupted(format!(
+            "the coordinator at {coordinator} closed the connection (it stopped or restarted) before it answered ({message}). What it was doing is persisted: `khctl operation status` shows whether an operation is pending; re-run the same command once it is back"
+        )));
+    }
     match s.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
             "cannot reach the coordinator at {coordinator}: {}. Is kh-coordinator running there, and is the address in your khconfig right?",
@@ -330,6 +335,22 @@ pub fn explain(coordinator: &str, s: tonic::Status) -> anyhow::Error {
         ),
         _ => anyhow::anyhow!("{}", s.message()),
     }
+}
+
+/// Whether a call failed because an established connection went away (the
+/// coordinator died under it), as opposed to never connecting.
+pub fn connection_dropped(s: &tonic::Status) -> bool {
+    let m = s.message();
+    matches!(
+        s.code(),
+        tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Unavailable
+            | tonic::Code::Cancelled
+    ) && (m.contains("h2 protocol error")
+        || m.contains("error reading a body from connection")
+        || m.contains("connection reset")
+        || m.contains("broken pipe"))
 }
 
 #[tokio::main]
