@@ -305,6 +305,11 @@ async fn admin(flag: Option<PathBuf>) -> anyhow::Result<(AdminClient<Channel>, S
     Ok((AdminClient::new(channel), cfg.coordinator))
 }
 
+/// A wrong or missing flag or argument: exit code 2, like clap's own.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure::SpecInvalid(message.into()))
+}
+
 /// Turns a gRPC failure into what the operator should know and do, and
 /// its exit code: invalid input 2, a refusal by a precondition 3.
 pub fn explain(coordinator: &str, s: tonic::Status) -> anyhow::Error {
@@ -374,9 +379,9 @@ fn format(output: &Option<String>) -> anyhow::Result<Format> {
     match output.as_deref() {
         None | Some("table") => Ok(Format::Table),
         Some("json") => Ok(Format::Json),
-        Some(other) => anyhow::bail!(
+        Some(other) => Err(usage(format!(
             "-o {other}: use -o table or -o json (only `khctl kubeconfig -o FILE` takes a file)"
-        ),
+        ))),
     }
 }
 
@@ -497,7 +502,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
             }
             (None, None) => {
-                anyhow::bail!("khctl rollout needs -f cluster.yaml (or `khctl rollout status`)")
+                return Err(usage(
+                    "khctl rollout needs -f cluster.yaml (or `khctl rollout status`)",
+                ))
             }
         },
         Command::Kubeconfig => rollout::kubeconfig(&mut client, &addr, kubeconfig_file).await?,
