@@ -264,6 +264,14 @@ fn header_line(ev: &RolloutEvent) -> String {
     line
 }
 
+fn header_json(h: &RolloutEvent) -> Value {
+    json!({
+        "operation": h.operation,
+        "started": kh::time::rfc3339(h.started_unix_ms),
+        "state": h.message,
+    })
+}
+
 /// "rollout failed at w-1 join-worker: ...", leaving out what is unknown.
 fn failure_line(label: &str, fin: &RolloutEvent) -> String {
     let at: Vec<&str> = [fin.node.as_str(), fin.step.as_str()]
@@ -463,9 +471,7 @@ async fn follow(
         } else {
             print_json(&json!({
                 "ok": true, "running": true,
-                "header": header.as_ref().map(|h| json!({
-                    "operation": h.operation, "started": kh::time::rfc3339(h.started_unix_ms), "state": h.message,
-                })),
+                "header": header.as_ref().map(header_json),
                 "events": events.iter().map(event_json).collect::<Vec<_>>(),
             }));
         }
@@ -474,9 +480,7 @@ async fn follow(
     let fin = finished.unwrap_or_else(|| connection_lost(label, ""));
     if !human {
         print_json(&json!({
-            "header": header.as_ref().map(|h| json!({
-                "operation": h.operation, "started": kh::time::rfc3339(h.started_unix_ms), "state": h.message,
-            })),
+            "header": header.as_ref().map(header_json),
             "ok": fin.ok, "failure": fin.failure, "node": fin.node, "step": fin.step,
             "message": fin.message, "hint": fin.hint, "dryRun": dry_run,
             "plan": plan.as_ref().map(plan_json),
