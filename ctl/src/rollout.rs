@@ -558,7 +558,22 @@ pub async fn status(
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    follow(stream, format, false, BTreeMap::new(), "Rollout").await
+    let result = follow(stream, format, false, BTreeMap::new(), "Rollout").await;
+    // Another operation waiting to be finished (an interrupted etcd
+    // replacement) is named too, with the command that resumes it.
+    if format == Format::Table {
+        if let Ok(ops) = client.operations(proto::OperationsRequest {}).await {
+            for o in ops
+                .into_inner()
+                .operations
+                .iter()
+                .filter(|o| o.pending && o.kind != "rollout")
+            {
+                outln!("\nPending: {} ({}): {}", o.operation, o.state, o.next);
+            }
+        }
+    }
+    result
 }
 
 pub async fn kubeconfig(

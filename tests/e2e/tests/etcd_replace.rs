@@ -296,6 +296,15 @@ fn a_replacement_resumes_after_the_coordinator_dies_between_removal_and_join() {
             .contains("`khctl etcd replace --failed cp-2 --with cp-4`"),
         "{op}"
     );
+    // `rollout status` names it too.
+    let st = w.khctl(&["rollout", "status"]);
+    assert!(
+        st.stdout.contains(
+            "Pending: etcd replace cp-2 with cp-4 (interrupted): it has changed the cluster"
+        ),
+        "{}",
+        st.stdout
+    );
     let out = w.khctl(&["operation", "cancel"]);
     assert_eq!(out.code, Some(3), "{}{}", out.stdout, out.stderr);
     assert!(
