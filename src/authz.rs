@@ -43,6 +43,8 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/History", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/Reset", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/DeleteNode", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Operations", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/CancelOperation", Access::Role(Role::Admin)),
     ("/kh.v1.Agent/GetFacts", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/RunStep", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/Preflight", Access::Role(Role::Coordinator)),

@@ -35,6 +35,10 @@ pub enum CoordError {
     /// A certificate that was valid once but has been replaced.
     #[error("{0}")]
     Superseded(String),
+    /// A step of the operation failed on a node, after it may have changed
+    /// something (not a refusal).
+    #[error("{0}")]
+    StepFailed(String),
 }
 
 impl CoordError {
@@ -54,6 +58,7 @@ impl CoordError {
             CoordError::FailedPrecondition(_) => Code::FailedPrecondition,
             CoordError::Unavailable(_) => Code::Unavailable,
             CoordError::Superseded(_) => Code::Unauthenticated,
+            CoordError::StepFailed(_) => Code::Aborted,
         }
     }
 }

@@ -183,6 +183,13 @@ pub fn quorum_refusal(q: &QuorumCheck, what: &str) -> Option<String> {
     })
 }
 
+/// The refusal when no control plane can list the members: quorum is lost.
+pub fn quorum_lost(what: &str, e: &CoordError) -> String {
+    format!(
+        "refusing to {what}: etcd quorum is lost: no control plane can list the members ({e}). A member cannot be removed or added without quorum, so nothing was changed"
+    )
+}
+
 pub fn tolerance_refusal(q: &QuorumCheck, what: &str) -> Option<String> {
     (q.target_healthy && q.tolerance_after < 1).then(|| {
         format!(
@@ -234,7 +241,11 @@ async fn remove_member_locked(
     force: bool,
     holder: &str,
 ) -> Result<proto::EtcdRemoveMemberResponse, CoordError> {
-    let view = membership(coord, spec, None).await?;
+    // No member list means no quorum: the same refusal as `etcd replace`,
+    // with the same exit code in khctl, not an unreachable coordinator.
+    let view = membership(coord, spec, None).await.map_err(|e| {
+        CoordError::FailedPrecondition(quorum_lost(&format!("remove member {which}"), &e))
+    })?;
     let target = find(&view.members, which).cloned().ok_or_else(|| {
         CoordError::NotFound(format!(
             "no etcd member {} (by node name or hex ID); see `khctl etcd members`",
@@ -282,7 +293,7 @@ async fn remove_member_locked(
                 false,
             )
             .await
-            .map_err(|f| CoordError::FailedPrecondition(f.message))?;
+            .map_err(|f| CoordError::StepFailed(f.message))?;
         }
     }
     let report = ops
@@ -296,7 +307,7 @@ async fn remove_member_locked(
             false,
         )
         .await
-        .map_err(|f| CoordError::FailedPrecondition(f.message))?;
+        .map_err(|f| CoordError::StepFailed(f.message))?;
     crate::audit::append(
         &coord.db,
         coord.clock.as_ref(),

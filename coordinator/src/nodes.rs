@@ -41,10 +41,10 @@ fn in_unfinished_replacement(st: &RolloutState, node: &str) -> Option<String> {
         format!(
             "refusing to delete node {node}: the unfinished {} still needs it; finish it first with `{}`. Nothing was changed",
             st.operation,
-            if st.resume_command.is_empty() {
+            if st.resume.is_empty() {
                 format!("khctl etcd replace --failed {failed} --with {with}")
             } else {
-                st.resume_command.clone()
+                st.resume.clone()
             }
         )
     })
@@ -167,7 +167,7 @@ mod tests {
         let mut st = RolloutState::default();
         st.key = crate::rollout::replace::KEY.into();
         st.operation = "etcd replace cp-2 with cp-4".into();
-        st.resume_command = "khctl etcd replace --failed cp-2 --with cp-4".into();
+        st.resume = "khctl etcd replace --failed cp-2 --with cp-4".into();
         for n in ["cp-2", "cp-4"] {
             let r = in_unfinished_replacement(&st, n).unwrap();
             assert!(

@@ -161,7 +161,7 @@ pub async fn replace(
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    crate::rollout::follow_events(stream, addr, format, "Replacement").await
+    crate::rollout::follow_events(stream, format, "Replacement").await
 }
 
 pub async fn history(
@@ -188,12 +188,20 @@ pub async fn history(
     for e in &r.entries {
         let mut msg = e.message.lines().next().unwrap_or_default().to_string();
         msg.truncate(80);
+        // An empty cell reads as "-", never as blanks.
+        let cell = |s: &str| {
+            if s.is_empty() {
+                "-".to_string()
+            } else {
+                s.to_string()
+            }
+        };
         t.row(vec![
             kh::time::rfc3339(e.unix_ms),
-            e.operation.clone(),
-            e.node.clone(),
-            e.step.clone(),
-            e.outcome.clone(),
+            cell(&e.operation),
+            cell(&e.node),
+            cell(&e.step),
+            cell(&e.outcome),
             msg,
         ]);
     }

@@ -4,6 +4,7 @@
 mod admin;
 mod etcd;
 mod help;
+mod operation;
 mod output;
 mod prepare;
 mod reset;
@@ -13,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kh::khconfig::KhConfig;
 use kh::proto::admin_client::AdminClient;
 use kh::proto::*;
@@ -25,8 +26,7 @@ use output::{print_json, Table};
 #[command(
     name = "khctl",
     version,
-    about = "Operate a kh cluster through its coordinator.",
-    after_help = "Credentials are read from --config, else $KHCONFIG, else ~/.config/kh/config.\nThe coordinator writes them to DATA_DIR/admin.khconfig on first start.\n\nExit codes: 0 success, 1 error (unreachable coordinator, bad credentials, bad flags),\n2 the cluster spec is invalid, 3 preflight failed, 4 the operation failed on a node."
+    about = "Operate a kh cluster through its coordinator."
 )]
 struct Cli {
     /// Path to a khconfig file with admin credentials.
@@ -119,6 +119,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Operations the coordinator holds (rollout, etcd replacement, reset):
+    /// which are pending, which can be resumed, which can be cancelled.
+    #[command(subcommand)]
+    Operation(OperationCmd),
     /// Every step of every operation, from the audit log.
     #[command(arg = help::output("`table` (default): one row per entry; `json`: one object for scripts, {\"entries\": [{\"time\", \"operation\", \"node\", \"step\", \"outcome\", \"message\"}]}"))]
     History {
@@ -141,6 +145,21 @@ enum NodesCmd {
     Delete {
         /// The node's name, as `khctl nodes` lists it.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperationCmd {
+    /// Each operation: state, whether it changed anything, and what to do
+    /// next (the exact command that resumes it, or how to cancel it).
+    #[command(arg = help::output("`table` (default): one row per operation, then what to do next; `json`: one object for scripts, {\"operations\": [{\"kind\", \"operation\", \"state\", \"changed\", \"pending\", \"next\", ...}]}"))]
+    Status,
+    /// Forget a pending operation that stopped before its first change.
+    /// One that changed something is refused: it must be resumed.
+    #[command(arg = help::output("`table` (default): what was forgotten; `json`: one object for scripts, {\"message\"}"))]
+    Cancel {
+        /// `rollout` or `etcd-replace`; may be left out when only one is pending.
+        kind: Option<String>,
     },
 }
 
@@ -210,15 +229,58 @@ enum RolloutSub {
     },
 }
 
+/// khctl's exit codes: the one table. `khctl --help` prints it, and every
+/// failure maps to it through [`Failure`] (classes of an operation's end)
+/// or [`explain`] (gRPC status codes).
+pub const EXIT_CODES: &[(i32, &str)] = &[
+    (0, "success"),
+    (
+        1,
+        "error: the coordinator unreachable, bad credentials, or an internal error",
+    ),
+    (
+        2,
+        "invalid input: the cluster spec, a flag or an argument (nothing was changed)",
+    ),
+    (
+        3,
+        "refused by a precondition: preflight, etcd quorum, another operation running (nothing was changed)",
+    ),
+    (
+        4,
+        "the operation failed on a node, or the cluster is unhealthy; follow the printed next step",
+    ),
+    (
+        5,
+        "interrupted: the coordinator stopped while the operation ran; it is persisted, re-run the same command",
+    ),
+];
+
+fn after_help() -> String {
+    let mut s = String::from(
+        "Credentials are read from --config, else $KHCONFIG, else ~/.config/kh/config.\nThe coordinator writes them to DATA_DIR/admin.khconfig on first start.\n\nExit codes:",
+    );
+    for (code, what) in EXIT_CODES {
+        s.push_str(&format!("\n  {code}  {what}"));
+    }
+    s
+}
+
 /// Failures with their own exit codes, so scripts can branch on them.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
+    /// The spec, a flag or an argument is invalid.
     #[error("{0}")]
     SpecInvalid(String),
+    /// Refused by a precondition (preflight, quorum, a running operation)
+    /// before anything changed.
     #[error("{0}")]
     Preflight(String),
     #[error("{0}")]
     Operation(String),
+    /// The coordinator went away while an operation ran.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Failure {
@@ -227,6 +289,18 @@ impl Failure {
             Failure::SpecInvalid(_) => 2,
             Failure::Preflight(_) => 3,
             Failure::Operation(_) => 4,
+            Failure::Interrupted(_) => 5,
+        }
+    }
+
+    /// The failure for an operation's end, by the class the coordinator
+    /// gives it ("spec", "preflight", "interrupted", "rollout").
+    pub fn of_class(class: &str, message: String) -> Failure {
+        match class {
+            "spec" => Failure::SpecInvalid(message),
+            "preflight" => Failure::Preflight(message),
+            "interrupted" => Failure::Interrupted(message),
+            _ => Failure::Operation(message),
         }
     }
 }
@@ -287,12 +361,29 @@ async fn admin(flag: Option<PathBuf>) -> anyhow::Result<(AdminClient<Channel>, S
     Ok((client, cfg.coordinator))
 }
 
-/// Turns a gRPC failure into what the operator should know and do.
+/// A wrong or missing flag or argument: exit code 2, like clap's own.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure::SpecInvalid(message.into()))
+}
+
+/// Turns a gRPC failure into what the operator should know and do, and
+/// its exit code: invalid input 2, a refusal by a precondition 3.
 pub fn explain(coordinator: &str, s: tonic::Status) -> anyhow::Error {
-    if s.code() == tonic::Code::InvalidArgument
-        && s.message().starts_with("the cluster spec is invalid")
-    {
-        return anyhow::Error::new(Failure::SpecInvalid(s.message().to_string()));
+    let message = s.message().to_string();
+    match s.code() {
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => {
+            return anyhow::Error::new(Failure::SpecInvalid(message))
+        }
+        tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => {
+            return anyhow::Error::new(Failure::Preflight(message))
+        }
+        tonic::Code::Aborted => return anyhow::Error::new(Failure::Operation(message)),
+        _ => {}
+    }
+    if connection_dropped(&s) {
+        return anyhow::Error::new(Failure::Interrupted(format!(
+            "the coordinator at {coordinator} closed the connection (it stopped or restarted) before it answered ({message}). What it was doing is persisted: `khctl operation status` shows whether an operation is pending; re-run the same command once it is back"
+        )));
     }
     match s.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
@@ -307,9 +398,29 @@ pub fn explain(coordinator: &str, s: tonic::Status) -> anyhow::Error {
     }
 }
 
+/// Whether a call failed because an established connection went away (the
+/// coordinator died under it), as opposed to never connecting.
+pub fn connection_dropped(s: &tonic::Status) -> bool {
+    let m = s.message();
+    matches!(
+        s.code(),
+        tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Unavailable
+            | tonic::Code::Cancelled
+    ) && (m.contains("h2 protocol error")
+        || m.contains("error reading a body from connection")
+        || m.contains("connection reset")
+        || m.contains("broken pipe"))
+}
+
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().after_help(after_help()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     if let Err(e) = run(cli).await {
         eprintln!("khctl: error: {e:#}");
         let code = e
@@ -324,9 +435,9 @@ fn format(output: &Option<String>) -> anyhow::Result<Format> {
     match output.as_deref() {
         None | Some("table") => Ok(Format::Table),
         Some("json") => Ok(Format::Json),
-        Some(other) => anyhow::bail!(
+        Some(other) => Err(usage(format!(
             "-o {other}: use -o table or -o json (only `khctl kubeconfig -o FILE` takes a file)"
-        ),
+        ))),
     }
 }
 
@@ -448,7 +559,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await?
             }
             (None, None) => {
-                anyhow::bail!("khctl rollout needs -f cluster.yaml (or `khctl rollout status`)")
+                return Err(usage(
+                    "khctl rollout needs -f cluster.yaml (or `khctl rollout status`)",
+                ))
             }
         },
         Command::Kubeconfig => rollout::kubeconfig(&mut client, &addr, kubeconfig_file).await?,
@@ -477,6 +590,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             force,
             dry_run,
         } => reset::reset(&mut client, &addr, node, yes, force, dry_run, output).await?,
+        Command::Operation(OperationCmd::Status) => {
+            operation::status(&mut client, &addr, output).await?
+        }
+        Command::Operation(OperationCmd::Cancel { kind }) => {
+            operation::cancel(&mut client, &addr, kind.unwrap_or_default(), output).await?
+        }
         Command::History { limit } => etcd::history(&mut client, &addr, limit, output).await?,
         Command::Nodes {
             sub: Some(NodesCmd::Delete { name }),
@@ -605,4 +724,63 @@ fn print_nodes(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_help_lists_every_exit_code_and_every_failure_has_one() {
+        let help = Cli::command()
+            .after_help(after_help())
+            .render_long_help()
+            .to_string();
+        for (code, what) in EXIT_CODES {
+            assert!(help.contains(&format!("{code}  {what}")), "{help}");
+        }
+        let codes: Vec<i32> = EXIT_CODES.iter().map(|(c, _)| *c).collect();
+        for f in [
+            Failure::SpecInvalid(String::new()),
+            Failure::Preflight(String::new()),
+            Failure::Operation(String::new()),
+            Failure::Interrupted(String::new()),
+        ] {
+            assert!(codes.contains(&f.exit_code()));
+        }
+    }
+
+    fn code_of(e: anyhow::Error) -> i32 {
+        e.downcast_ref::<Failure>()
+            .map(Failure::exit_code)
+            .unwrap_or(1)
+    }
+
+    #[test]
+    fn one_refusal_has_one_exit_code_however_it_arrives() {
+        // A refusal as a gRPC status (`etcd remove-member`) and as the class
+        // of an operation's end (`etcd replace`) exit alike.
+        let status = tonic::Status::failed_precondition("refusing: etcd has lost quorum");
+        assert_eq!(code_of(explain("c:7443", status)), 3);
+        let ended = anyhow::Error::new(Failure::of_class("preflight", "quorum".into()));
+        assert_eq!(code_of(ended), 3);
+        assert_eq!(
+            code_of(explain("c", tonic::Status::invalid_argument("--with x"))),
+            2
+        );
+        assert_eq!(
+            code_of(anyhow::Error::new(Failure::of_class(
+                "interrupted",
+                String::new()
+            ))),
+            5
+        );
+        assert_eq!(
+            code_of(explain(
+                "c",
+                tonic::Status::unavailable("connection refused")
+            )),
+            1
+        );
+    }
 }

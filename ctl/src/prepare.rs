@@ -26,10 +26,12 @@ pub fn targets(file: Option<PathBuf>, nodes: Vec<String>) -> anyhow::Result<prot
             spec_yaml: String::new(),
             nodes,
         }),
-        (Some(_), false) => anyhow::bail!("give either -f cluster.yaml or --node NAME, not both"),
-        (None, true) => {
-            anyhow::bail!("name the nodes: -f cluster.yaml, or --node NAME (repeatable)")
-        }
+        (Some(_), false) => Err(crate::usage(
+            "give either -f cluster.yaml or --node NAME, not both",
+        )),
+        (None, true) => Err(crate::usage(
+            "name the nodes: -f cluster.yaml, or --node NAME (repeatable)",
+        )),
     }
 }
 

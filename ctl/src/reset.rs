@@ -101,13 +101,13 @@ pub async fn reset(
     }
     if !yes {
         if !std::io::stdin().is_terminal() {
-            anyhow::bail!(
+            return Err(crate::usage(format!(
                 "refusing to reset without confirmation: stdin is not a terminal. `khctl reset` runs `kubeadm reset -f` on {} and cannot be undone; pass --yes to confirm (see the plan with --dry-run)",
                 match &node {
                     Some(n) => format!("node {n}"),
                     None => "every node of the cluster".to_string(),
                 }
-            );
+            )));
         }
         let p = plan(client, addr, &req).await?;
         let what = match &node {
@@ -135,5 +135,5 @@ pub async fn reset(
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    crate::rollout::follow_events(stream, addr, format, "Reset").await
+    crate::rollout::follow_events(stream, format, "Reset").await
 }

@@ -226,11 +226,104 @@ impl View {
             note.truncate(70);
             s.push_str(&format!(
                 "\x1b[2K  {n:<width$}  {:<13} {:<8} {:<20} {elapsed}  {note}\n",
-                r.role, r.state, r.step
+                or_dash(&r.role),
+                r.state,
+                or_dash(&r.step)
             ));
         }
         self.drawn = self.order.len() + 1;
         out!("{s}");
+    }
+}
+
+/// An empty cell reads as "-", never as blanks.
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// `rollout status`'s first line: which operation, when it started, its
+/// state.
+fn header_line(ev: &RolloutEvent) -> String {
+    let mut line = format!(
+        "{}: started {}, {}",
+        or_dash(&ev.operation),
+        if ev.started_unix_ms == 0 {
+            "-".to_string()
+        } else {
+            kh::time::rfc3339(ev.started_unix_ms)
+        },
+        or_dash(&ev.message)
+    );
+    if ev.unix_ms != 0 {
+        line.push_str(&format!(" at {}", kh::time::rfc3339(ev.unix_ms)));
+    }
+    line
+}
+
+fn header_json(h: &RolloutEvent) -> Value {
+    json!({
+        "operation": h.operation,
+        "started": kh::time::rfc3339(h.started_unix_ms),
+        "state": h.message,
+    })
+}
+
+/// "rollout failed at w-1 join-worker: ...", leaving out what is unknown.
+fn failure_line(label: &str, fin: &RolloutEvent) -> String {
+    let at: Vec<&str> = [fin.node.as_str(), fin.step.as_str()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect();
+    let first = fin.message.lines().next().unwrap_or_default();
+    if at.is_empty() {
+        format!("{} failed: {first}", label.to_lowercase())
+    } else {
+        format!(
+            "{} failed at {}: {first}",
+            label.to_lowercase(),
+            at.join(" ")
+        )
+    }
+}
+
+/// The command line khctl was started with, to say "run it again".
+fn this_command() -> String {
+    let mut cmd = vec!["khctl".to_string()];
+    for a in std::env::args().skip(1) {
+        if a.is_empty() || a.contains(|c: char| c.is_whitespace() || "'\"$`\\".contains(c)) {
+            cmd.push(format!("'{}'", a.replace('\'', "'\\''")));
+        } else {
+            cmd.push(a);
+        }
+    }
+    cmd.join(" ")
+}
+
+/// What khctl says when the coordinator goes away under a followed
+/// operation: the operation itself is persisted and waits to be resumed.
+fn connection_lost(label: &str, detail: &str) -> RolloutEvent {
+    let rerun = this_command();
+    RolloutEvent {
+        kind: Kind::Finished as i32,
+        ok: false,
+        failure: "interrupted".into(),
+        message: format!(
+            "the coordinator closed the connection (it stopped or restarted) while the {} ran{}",
+            label.to_lowercase(),
+            if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({detail})")
+            }
+        ),
+        hint: format!(
+            "the operation is persisted: re-run the same command (`{rerun}`) to resume or follow it once the coordinator is back; finished steps are not repeated"
+        ),
+        ..Default::default()
     }
 }
 
@@ -328,7 +421,6 @@ fn plan_json(p: &proto::RolloutPlan) -> Value {
 /// outcome.
 async fn follow(
     mut stream: tonic::Streaming<RolloutEvent>,
-    addr: &str,
     format: Format,
     dry_run: bool,
     roles: BTreeMap<String, String>,
@@ -339,12 +431,29 @@ async fn follow(
     let mut events = vec![];
     let mut plan = None;
     let mut finished: Option<RolloutEvent> = None;
+    let mut header: Option<RolloutEvent> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         tokio::select! {
             msg = stream.message() => {
-                let Some(ev) = msg.map_err(|s| explain(addr, s))? else { break };
+                // The stream was accepted, so an error now is the
+                // connection going away, not a refusal.
+                let ev = match msg {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(s) => {
+                        finished = Some(connection_lost(label, s.message()));
+                        break;
+                    }
+                };
                 let k = Kind::try_from(ev.kind).unwrap_or(Kind::Unspecified);
+                if k == Kind::Header {
+                    if human {
+                        outln!("{}", header_line(&ev));
+                    }
+                    header = Some(ev);
+                    continue;
+                }
                 if k == Kind::Plan {
                     if let Some(p) = &ev.plan {
                         view.plan(p, &roles);
@@ -370,14 +479,25 @@ async fn follow(
         }
     }
     view.draw();
-    let fin = finished.unwrap_or(RolloutEvent {
-        ok: false,
-        failure: "rollout".into(),
-        message: "the coordinator closed the stream before the rollout finished; see `khctl rollout status`".into(),
-        ..Default::default()
-    });
+    // A status without --follow of a running operation ends with no closing
+    // event; anything else that ends without one lost its coordinator.
+    let running = header.as_ref().is_some_and(|h| h.message == "running");
+    if finished.is_none() && running {
+        if human {
+            outln!("\nStill running; follow it with `khctl rollout status --follow`.");
+        } else {
+            print_json(&json!({
+                "ok": true, "running": true,
+                "header": header.as_ref().map(header_json),
+                "events": events.iter().map(event_json).collect::<Vec<_>>(),
+            }));
+        }
+        return Ok(());
+    }
+    let fin = finished.unwrap_or_else(|| connection_lost(label, ""));
     if !human {
         print_json(&json!({
+            "header": header.as_ref().map(header_json),
             "ok": fin.ok, "failure": fin.failure, "node": fin.node, "step": fin.step,
             "message": fin.message, "hint": fin.hint, "dryRun": dry_run,
             "plan": plan.as_ref().map(plan_json),
@@ -395,18 +515,14 @@ async fn follow(
     if fin.ok {
         return Ok(());
     }
-    let msg = format!(
-        "{} failed at {} {}: {}",
-        label.to_lowercase(),
-        fin.node,
-        fin.step,
-        fin.message.lines().next().unwrap_or_default()
-    );
-    Err(anyhow::Error::new(match fin.failure.as_str() {
-        "spec" => Failure::SpecInvalid(msg),
-        "preflight" => Failure::Preflight(msg),
-        _ => Failure::Operation(msg),
-    }))
+    // An interruption is not a step's failure: say what happened and how
+    // to go on.
+    let msg = match (fin.failure.as_str(), fin.hint.as_str()) {
+        ("interrupted", "") => fin.message.clone(),
+        ("interrupted", hint) => format!("{}; {hint}", fin.message),
+        _ => failure_line(label, &fin),
+    };
+    Err(anyhow::Error::new(Failure::of_class(&fin.failure, msg)))
 }
 
 pub async fn rollout(
@@ -436,17 +552,16 @@ pub async fn rollout(
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    follow(stream, addr, format, dry_run, roles, "Rollout").await
+    follow(stream, format, dry_run, roles, "Rollout").await
 }
 
 /// Follows any stream of rollout-shaped events (an etcd replacement too).
 pub async fn follow_events(
     stream: tonic::Streaming<RolloutEvent>,
-    addr: &str,
     format: Format,
     label: &str,
 ) -> anyhow::Result<()> {
-    follow(stream, addr, format, false, BTreeMap::new(), label).await
+    follow(stream, format, false, BTreeMap::new(), label).await
 }
 
 pub async fn status(
@@ -460,7 +575,22 @@ pub async fn status(
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    follow(stream, addr, format, false, BTreeMap::new(), "Rollout").await
+    let result = follow(stream, format, false, BTreeMap::new(), "Rollout").await;
+    // Another operation waiting to be finished (an interrupted etcd
+    // replacement) is named too, with the command that resumes it.
+    if format == Format::Table {
+        if let Ok(ops) = client.operations(proto::OperationsRequest {}).await {
+            for o in ops
+                .into_inner()
+                .operations
+                .iter()
+                .filter(|o| o.pending && o.kind != "rollout")
+            {
+                outln!("\nPending: {} ({}): {}", o.operation, o.state, o.next);
+            }
+        }
+    }
+    result
 }
 
 pub async fn kubeconfig(
@@ -490,4 +620,74 @@ pub async fn kubeconfig(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_names_the_operation_its_start_and_state() {
+        let ev = RolloutEvent {
+            kind: Kind::Header as i32,
+            operation: "rollout prod".into(),
+            started_unix_ms: 1_700_000_000_000,
+            message: "running".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            header_line(&ev),
+            format!(
+                "rollout prod: started {}, running",
+                kh::time::rfc3339(1_700_000_000_000)
+            )
+        );
+        let blank = header_line(&RolloutEvent::default());
+        assert_eq!(blank, "-: started -, -");
+    }
+
+    #[test]
+    fn a_failure_without_node_or_step_leaves_no_blanks() {
+        let fin = RolloutEvent {
+            message: "interrupted\nmore".into(),
+            ..Default::default()
+        };
+        assert_eq!(failure_line("Rollout", &fin), "rollout failed: interrupted");
+        let fin = RolloutEvent {
+            node: "w-1".into(),
+            step: "join-worker".into(),
+            message: "boom".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            failure_line("Replacement", &fin),
+            "replacement failed at w-1 join-worker: boom"
+        );
+        let fin = RolloutEvent {
+            step: "verify".into(),
+            message: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(failure_line("Rollout", &fin), "rollout failed at verify: x");
+    }
+
+    #[test]
+    fn a_lost_connection_says_the_coordinator_stopped_and_to_rerun() {
+        let ev = connection_lost(
+            "Rollout",
+            "h2 protocol error: error reading a body from connection",
+        );
+        assert_eq!(ev.failure, "interrupted");
+        assert!(
+            ev.message
+                .starts_with("the coordinator closed the connection (it stopped or restarted)"),
+            "{}",
+            ev.message
+        );
+        assert!(
+            ev.hint.contains("re-run the same command (`khctl"),
+            "{}",
+            ev.hint
+        );
+    }
 }

@@ -134,36 +134,58 @@ impl Reporter {
     /// Persists a step transition before the step goes on. The synced
     /// writes run on the blocking pool, outside the state lock, so steps of
     /// many nodes at once share sled's flushes instead of queueing for them.
+    ///
+    /// The end of each attempt goes to the audit log once, before the step
+    /// record: a coordinator that dies in between finds the step still
+    /// running, learns its end again, and the audit skips the repeat. A
+    /// step found running from an earlier process and started again is
+    /// recorded as interrupted, so every attempt that happened is listed.
     async fn mark(&self, key: &str, status: Status, message: &str) -> Result<(), Failure> {
         let now = self.now();
-        let (write, operation) = {
+        let (write, operation, interrupted) = {
             let mut st = self.state.lock().await;
+            let interrupted = match status {
+                Status::Running => st.running_since(key),
+                _ => None,
+            };
             let write = st
                 .transition(&self.coord.db, key, status, message, now)
                 .map_err(Failure::from)?;
-            (write, st.operation.clone())
+            (write, st.operation.clone(), interrupted)
         };
         let coord = self.coord.clone();
         let (key, message) = (key.to_string(), message.to_string());
         let persisted = tokio::task::spawn_blocking(move || {
-            write.write(&coord.db)?;
-            if status != Status::Running {
-                let (node, step) = key.split_once('/').unwrap_or(("", &key));
-                let outcome = if status == Status::Done {
-                    "done"
-                } else {
-                    "failed"
-                };
-                crate::audit::append(
+            let (node, step) = key.split_once('/').unwrap_or(("", &key));
+            let audit = |attempt, outcome: &str, message: &str| {
+                crate::audit::append_once(
                     &coord.db,
                     coord.clock.as_ref(),
                     &operation,
                     node,
                     step,
+                    attempt,
                     outcome,
-                    &message,
+                    message,
+                )
+            };
+            if let Some(attempt) = interrupted {
+                audit(
+                    attempt,
+                    "interrupted",
+                    "the coordinator stopped while this step ran; it was started again",
                 )?;
             }
+            match status {
+                Status::Running => {}
+                Status::Done => {
+                    audit(write.attempt(), "done", &message)?;
+                }
+                Status::Failed => {
+                    audit(write.attempt(), "failed", &message)?;
+                }
+            }
+            write.write(&coord.db)?;
             Ok::<_, crate::error::CoordError>(())
         })
         .await;
@@ -175,6 +197,43 @@ impl Reporter {
                 format!("persisting the step failed: {e}"),
                 "",
             )),
+        }
+    }
+
+    /// Records a step that ended while no coordinator watched it: persisted
+    /// as running by an earlier process, and reported done by its node now
+    /// (a join that finished while the coordinator was down). It is marked
+    /// done, audited and shown once; a step not left running is untouched.
+    pub(crate) async fn settle(&self, phase: &str, node: &str, step: &str, message: &str) {
+        let key = format!("{node}/{step}");
+        let Some(started) = self.state.lock().await.running_since(&key) else {
+            return;
+        };
+        let message = format!("{message} (it finished while the coordinator was not watching)");
+        if let Err(f) = self.mark(&key, Status::Done, &message).await {
+            tracing::error!(error = %f.message, key, "could not record a step found done");
+            return;
+        }
+        self.emit(RolloutEvent {
+            kind: Kind::StepFinished as i32,
+            phase: phase.into(),
+            node: node.into(),
+            step: step.into(),
+            message,
+            elapsed_ms: self.now().saturating_sub(started),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// A hint in the words of this operation: the generic "run the rollout
+    /// again" becomes the exact command that resumes it.
+    async fn advise(&self, hint: &str) -> String {
+        let st = self.state.lock().await;
+        if st.resume.is_empty() {
+            hint.to_string()
+        } else {
+            hint.replace(super::ops::RERUN, &format!("`{}`", st.resume))
         }
     }
 
@@ -223,6 +282,7 @@ impl Reporter {
                 if fail.step.is_empty() || fail.step == "coordinator" {
                     fail.step = step.to_string();
                 }
+                fail.hint = self.advise(&fail.hint).await;
                 self.mark(&key, Status::Failed, &fail.message).await?;
                 self.emit(RolloutEvent {
                     kind: Kind::StepFailed as i32,
@@ -250,6 +310,29 @@ impl Reporter {
         .await;
     }
 
+    /// What a failed operation leaves behind, said with its hint: one with
+    /// a resume command either must be finished with it (it changed
+    /// something) or left nothing pending.
+    async fn pending_hint(&self, hint: &str) -> String {
+        let st = self.state.lock().await;
+        if st.resume.is_empty() {
+            return hint.to_string();
+        }
+        let tail = if st.changed() {
+            format!(
+                "{} has changed the cluster and stays pending: finish it with `{}` (finished steps are not repeated); `khctl operation status` shows it",
+                st.operation, st.resume
+            )
+        } else {
+            "nothing was changed and nothing is left pending".to_string()
+        };
+        if hint.is_empty() {
+            tail
+        } else {
+            format!("{hint}. {tail}")
+        }
+    }
+
     /// Records the outcome and sends the closing event.
     pub async fn finish(&self, result: &Result<(), Failure>) {
         let now = self.now();
@@ -267,32 +350,46 @@ impl Reporter {
                     ..Default::default()
                 },
             ),
-            Err(f) => (
-                Outcome {
-                    ok: false,
-                    failure: f.class.to_string(),
-                    message: f.message.clone(),
-                },
-                RolloutEvent {
-                    kind: Kind::Finished as i32,
-                    ok: false,
-                    failure: f.class.to_string(),
-                    node: f.node.clone(),
-                    step: f.step.clone(),
-                    message: f.message.clone(),
-                    hint: f.hint.clone(),
-                    report: f.report.clone(),
-                    ..Default::default()
-                },
-            ),
+            Err(f) => {
+                let hint = self.pending_hint(&self.advise(&f.hint).await).await;
+                (
+                    Outcome {
+                        ok: false,
+                        failure: f.class.to_string(),
+                        message: f.message.clone(),
+                    },
+                    RolloutEvent {
+                        kind: Kind::Finished as i32,
+                        ok: false,
+                        failure: f.class.to_string(),
+                        node: f.node.clone(),
+                        step: f.step.clone(),
+                        message: f.message.clone(),
+                        hint,
+                        report: f.report.clone(),
+                        ..Default::default()
+                    },
+                )
+            }
         };
         {
             let mut st = self.state.lock().await;
             st.outcome = Some(outcome);
             st.finished_ms = now;
-            if !self.persist {
+            // An operation with a resume command that stopped before its
+            // first change leaves nothing pending: the next one of its kind
+            // starts afresh instead of being told to finish this one.
+            let drop_it = result.is_err() && !st.resume.is_empty() && !st.changed();
+            let key = st.key.clone();
+            let saved = if !self.persist {
                 // A dry run's outcome is only the events it sends.
-            } else if let Err(e) = st.save(&self.coord.db, now) {
+                Ok(())
+            } else if drop_it {
+                RolloutState::clear_at(&self.coord.db, &key)
+            } else {
+                st.save(&self.coord.db, now)
+            };
+            if let Err(e) = saved {
                 tracing::error!(error = %e, "could not persist the rollout outcome");
             }
         }
@@ -1116,6 +1213,16 @@ async fn check_endpoint(ctx: &Ctx<'_>) -> Result<(), Failure> {
 async fn init(ctx: &Ctx<'_>, initialized: bool) -> Result<(), Failure> {
     let first = &ctx.first.name;
     let upload = ctx.spec.certificates == CertDistribution::UploadCerts;
+    if initialized {
+        ctx.rep
+            .settle(
+                "init",
+                first,
+                "kubeadm-init",
+                "the control plane is initialized",
+            )
+            .await;
+    }
     if !initialized && ctx.external_etcd {
         ctx.rep
             .tracked("init", first, "external-etcd", async {
@@ -1332,8 +1439,17 @@ pub(crate) async fn join_control_plane(
     let endpoints = ctx.etcd_endpoints(already);
     let first = &ctx.first.name;
     // Joined means: kubelet.conf on the node AND (stacked etcd) a voting member.
+    let settle = || {
+        ctx.rep.settle(
+            "control-planes",
+            name,
+            "join-control-plane",
+            "joined as a control plane",
+        )
+    };
     if kubelet_conf {
         if ctx.external_etcd {
+            settle().await;
             return Ok(());
         }
         let members = ctx
@@ -1345,6 +1461,7 @@ pub(crate) async fn join_control_plane(
             .iter()
             .any(|m| (m.name == *name || m.peer_urls.contains(&peer)) && !m.is_learner)
         {
+            settle().await;
             ctx.rep
                 .note("control-planes", name, "already joined; skipping")
                 .await;
@@ -1642,10 +1759,15 @@ async fn join_worker(
     cps: &[&NodeSpec],
     kubelet_conf: bool,
 ) -> Result<(), Failure> {
+    let name = &node.name;
     if kubelet_conf {
+        // Joined; if by an attempt an earlier coordinator started and did not
+        // see end, that attempt is recorded now.
+        ctx.rep
+            .settle("workers", name, "join-worker", "joined as a worker")
+            .await;
         return Ok(());
     }
-    let name = &node.name;
     ctx.rep
         .tracked("workers", name, "join-worker", async {
             let mut force_token = false;

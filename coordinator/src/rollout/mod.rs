@@ -13,6 +13,7 @@ pub mod engine;
 pub mod external_etcd;
 pub mod lb;
 pub mod material;
+pub mod operation;
 pub mod ops;
 pub mod plan;
 pub mod replace;
@@ -184,7 +185,8 @@ pub async fn status(coord: &Coordinator, follow: bool) -> Result<Follow, CoordEr
     if let Some(rep) = guard.as_ref() {
         let st = rep.state.lock().await;
         let running = st.outcome.is_none();
-        let mut backlog = st.events_as_wire();
+        let mut backlog = vec![st.header_event(running)];
+        backlog.extend(st.events_as_wire());
         let live = (follow && running).then(|| rep.tx.subscribe());
         if !running || !follow {
             backlog.push(st.summary_event(running));
@@ -194,7 +196,8 @@ pub async fn status(coord: &Coordinator, follow: bool) -> Result<Follow, CoordEr
     drop(guard);
     match RolloutState::load(&coord.db)? {
         Some(st) => {
-            let mut backlog = st.events_as_wire();
+            let mut backlog = vec![st.header_event(false)];
+            backlog.extend(st.events_as_wire());
             backlog.push(st.summary_event(false));
             Ok(Follow { backlog, live: None })
         }

@@ -53,10 +53,15 @@ impl From<crate::error::CoordError> for Failure {
             "",
             "coordinator",
             e.to_string(),
-            "check the coordinator's log; the rollout resumes with `khctl rollout -f cluster.yaml`",
+            format!("check the coordinator's log; the operation resumes with {RERUN}"),
         )
     }
 }
+
+/// How a generic hint says "run this operation again". A
+/// [`Reporter`](super::engine::Reporter) whose operation resumes with another command
+/// (an etcd replacement) puts that command in its place.
+pub const RERUN: &str = "`khctl rollout -f cluster.yaml`";
 
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,7 +102,7 @@ impl Ops<'_> {
             node,
             step,
             explain(node, s),
-            format!("bring the agent on {node} back (`systemctl status kh-agent`), then run `khctl rollout -f cluster.yaml` again; finished work is not repeated"),
+            format!("bring the agent on {node} back (`systemctl status kh-agent`), then run {RERUN} again; finished work is not repeated"),
         )
     }
 
@@ -138,7 +143,7 @@ impl Ops<'_> {
                 node: node.to_string(),
                 step: name.to_string(),
                 message,
-                hint: format!("fix the cause on {node}, then run `khctl rollout -f cluster.yaml` again; finished work is not repeated"),
+                hint: format!("fix the cause on {node}, then run {RERUN} again; finished work is not repeated"),
                 report: Some(report),
             });
         }

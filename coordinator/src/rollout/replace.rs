@@ -102,16 +102,21 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
         }
     }
     let now = unix_ms(coord.clock.now());
+    let resume = resume_command(&req);
     let mut state = match RolloutState::load_at(&coord.db, KEY)? {
-        // An unfinished replacement is resumed, and only by the same request.
-        Some(p) if !p.outcome.as_ref().is_some_and(|o| o.ok) => {
+        // An unfinished replacement that changed something is resumed, and
+        // only by the same request; one that changed nothing is forgotten.
+        Some(p) if !p.outcome.as_ref().is_some_and(|o| o.ok) && p.changed() => {
             if p.operation != operation {
                 return Err(CoordError::FailedPrecondition(format!(
-                    "an earlier {} did not finish; finish it first by running it again",
-                    p.operation
+                    "an earlier {} did not finish and has changed the cluster ({}); finish it first: `{}`",
+                    p.operation,
+                    p.changing_steps().join(", "),
+                    if p.resume.is_empty() { format!("khctl etcd replace ... for {}", p.operation) } else { p.resume.clone() }
                 )));
             }
             RolloutState {
+                resume: resume.clone(),
                 started_ms: now,
                 finished_ms: 0,
                 outcome: None,
@@ -124,13 +129,10 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
             cluster: spec.name.clone(),
             spec_yaml: spec_yaml.clone(),
             started_ms: now,
-            resume_command: command_of(&req),
+            resume,
             ..Default::default()
         },
     };
-    if state.resume_command.is_empty() {
-        state.resume_command = command_of(&req);
-    }
     state.save(&coord.db, now)?;
     let rep = Reporter::new(coord.clone(), state);
     let live = rep.tx.subscribe();
@@ -156,20 +158,19 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
     })
 }
 
-/// The command line that started `req`, flags included, so the advice to
-/// resume it repeats it exactly.
-fn command_of(req: &EtcdReplaceRequest) -> String {
-    let mut c = format!(
+/// The exact command that resumes this replacement.
+pub fn resume_command(req: &EtcdReplaceRequest) -> String {
+    let mut cmd = format!(
         "khctl etcd replace --failed {} --with {}",
         req.failed, req.with
     );
-    if req.force {
-        c.push_str(" --force");
-    }
     if !req.address.is_empty() {
-        c.push_str(&format!(" --address {}", req.address));
+        cmd.push_str(&format!(" --address {}", req.address));
     }
-    c
+    if req.force {
+        cmd.push_str(" --force");
+    }
+    cmd
 }
 
 /// An etcd replacement that changed the cluster and did not finish.
@@ -197,7 +198,7 @@ pub async fn pending(coord: &Coordinator) -> Result<Option<Pending>, CoordError>
     if st.outcome.as_ref().is_some_and(|o| o.ok) {
         return Ok(None);
     }
-    let changed = st.steps.keys().any(|k| !k.ends_with("/preconditions"));
+    let changed = st.changed();
     let Some((failed, with)) = parse_operation(&st.operation) else {
         return Ok(None);
     };
@@ -228,10 +229,10 @@ pub async fn pending(coord: &Coordinator) -> Result<Option<Pending>, CoordError>
                 .map(|(k, _)| format!("{k} was running when the coordinator stopped"))
         })
         .unwrap_or_default();
-    let command = if st.resume_command.is_empty() {
+    let command = if st.resume.is_empty() {
         format!("khctl etcd replace --failed {failed} --with {with}")
     } else {
-        st.resume_command.clone()
+        st.resume.clone()
     };
     Ok(Some(Pending {
         operation: st.operation,
@@ -341,9 +342,7 @@ async fn steps(
                     class: "preflight",
                     node: failed.name.clone(),
                     step: "preconditions".into(),
-                    message: format!(
-                        "etcd quorum is lost: no other control plane can list the members ({e}). A member cannot be removed or added without quorum, so nothing was changed"
-                    ),
+                    message: etcd::quorum_lost(&format!("replace {}", failed.name), &e),
                     hint: "bring failed control planes back if you can; otherwise follow etcd's disaster-recovery guide: restore a snapshot with `etcdctl snapshot restore` into a new cluster".into(),
                     report: None,
                 })?;
@@ -633,8 +632,8 @@ mod tests {
             address: "10.0.0.14".into(),
         };
         assert_eq!(
-            command_of(&req),
-            "khctl etcd replace --failed cp-2 --with cp-4 --force --address 10.0.0.14"
+            resume_command(&req),
+            "khctl etcd replace --failed cp-2 --with cp-4 --address 10.0.0.14 --force"
         );
         let plain = EtcdReplaceRequest {
             force: false,
@@ -642,7 +641,7 @@ mod tests {
             ..req
         };
         assert_eq!(
-            command_of(&plain),
+            resume_command(&plain),
             "khctl etcd replace --failed cp-2 --with cp-4"
         );
         assert_eq!(

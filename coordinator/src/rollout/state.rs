@@ -19,11 +19,13 @@ use kh::time::unix_ms;
 use crate::error::CoordError;
 use crate::store::Db;
 
-const KEY: &str = "rollout/state";
+pub const KEY: &str = "rollout/state";
 /// Recent events kept with the state, for `rollout status` after a restart.
 const KEEP_EVENTS: usize = 400;
 /// How often a step transition also writes the journal.
 const JOURNAL_EVERY_MS: u64 = 1_000;
+/// Steps that only look: an operation that ran nothing else changed nothing.
+pub const READ_ONLY_STEPS: &[&str] = &["preconditions", "preflight", "endpoint-check"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,16 +77,17 @@ pub struct RolloutState {
     pub updated_ms: u64,
     pub finished_ms: u64,
     pub outcome: Option<Outcome>,
+    /// The exact command that resumes this operation, e.g.
+    /// "khctl etcd replace --failed cp-2 --with cp-4"; empty for a rollout,
+    /// which resumes with its own spec file.
+    #[serde(default)]
+    pub resume: String,
     /// Keyed "node/step" (or "cluster/step"), so resuming finds its place.
     /// Stored as records of their own; a header written before they were
     /// (an older coordinator's) still carries them and is read as well.
     #[serde(default, skip_serializing)]
     pub steps: BTreeMap<String, StepState>,
     pub events: Vec<EventRecord>,
-    /// The khctl command that resumes this operation, as first given (an
-    /// etcd replacement's flags included), for `khctl health` to advise.
-    #[serde(default)]
-    pub resume_command: String,
     /// When the header and journal were last written.
     #[serde(skip)]
     pub(super) journal_saved_ms: u64,
@@ -98,6 +101,12 @@ pub struct StepWrite {
 }
 
 impl StepWrite {
+    /// Which attempt of the step this is: when it was last started. The
+    /// audit log records each attempt once, by this.
+    pub fn attempt(&self) -> u64 {
+        self.step.started_ms
+    }
+
     /// A synced write of the step's own record.
     pub fn write(&self, db: &Db) -> Result<(), CoordError> {
         Ok(db.put_json(&self.record, &self.step)?)
@@ -130,7 +139,7 @@ impl RolloutState {
         Self::clear_at(db, KEY)
     }
 
-    /// Forgets the state under `key` (an etcd replacement's, on reset).
+    /// Forgets the state under `key`, steps and journal.
     pub fn clear_at(db: &Db, key: &str) -> Result<(), CoordError> {
         // Steps first: a header without steps resumes nothing, which is safe.
         for (k, _) in db.raw().scan_prefix(&step_prefix(key))? {
@@ -138,6 +147,32 @@ impl RolloutState {
         }
         db.delete(key)?;
         Ok(())
+    }
+
+    /// Whether any step that changes something has started, in this run or
+    /// an earlier one. Read-only checks do not count; a step that started
+    /// and failed (or whose coordinator died) does, since it may have got
+    /// halfway.
+    pub fn changed(&self) -> bool {
+        !self.changing_steps().is_empty()
+    }
+
+    /// The steps [`Self::changed`] counts, "node/step", for messages.
+    pub fn changing_steps(&self) -> Vec<String> {
+        self.steps
+            .keys()
+            .filter(|k| !READ_ONLY_STEPS.contains(&k.rsplit('/').next().unwrap_or(k)))
+            .cloned()
+            .collect()
+    }
+
+    /// When the step under `key` last started, and whether it is still
+    /// recorded as running (its coordinator stopped before it ended).
+    pub fn running_since(&self, key: &str) -> Option<u64> {
+        self.steps
+            .get(key)
+            .filter(|s| s.status == Status::Running)
+            .map(|s| s.started_ms)
     }
 
     fn key(&self) -> String {
@@ -275,6 +310,29 @@ impl RolloutState {
             .collect()
     }
 
+    /// The first line of `rollout status`: which operation, when it
+    /// started, and its state.
+    pub fn header_event(&self, running_here: bool) -> RolloutEvent {
+        let state = match &self.outcome {
+            _ if running_here => "running".to_string(),
+            Some(o) if o.ok => "finished: ok".to_string(),
+            Some(o) => format!("failed ({})", o.failure),
+            None => "interrupted (the coordinator stopped while it ran)".to_string(),
+        };
+        RolloutEvent {
+            kind: Kind::Header as i32,
+            operation: if self.operation.is_empty() {
+                format!("rollout {}", self.cluster)
+            } else {
+                self.operation.clone()
+            },
+            started_unix_ms: self.started_ms,
+            unix_ms: if running_here { 0 } else { self.finished_ms },
+            message: state,
+            ..Default::default()
+        }
+    }
+
     /// The closing event of a finished rollout, or a note that one is
     /// interrupted (the coordinator stopped while it ran).
     pub fn summary_event(&self, running_here: bool) -> RolloutEvent {
@@ -297,10 +355,17 @@ impl RolloutState {
                 kind: Kind::Finished as i32,
                 ok: false,
                 failure: "interrupted".into(),
-                message: format!(
-                    "the rollout of {} was interrupted (the coordinator stopped while it ran); run `khctl rollout -f cluster.yaml` again to resume it",
-                    self.cluster
-                ),
+                message: if self.resume.is_empty() {
+                    format!(
+                        "the rollout of {} was interrupted (the coordinator stopped while it ran); run `khctl rollout -f cluster.yaml` again to resume it",
+                        self.cluster
+                    )
+                } else {
+                    format!(
+                        "{} was interrupted (the coordinator stopped while it ran); run `{}` again to resume it",
+                        self.operation, self.resume
+                    )
+                },
                 ..Default::default()
             },
         }

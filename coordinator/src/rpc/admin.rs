@@ -130,6 +130,22 @@ impl Admin for AdminService {
         Ok(Response::new(HistoryResponse { entries }))
     }
 
+    async fn operations(
+        &self,
+        _req: Request<OperationsRequest>,
+    ) -> Result<Response<OperationsResponse>, Status> {
+        let operations = crate::rollout::operation::list(&self.0).await?;
+        Ok(Response::new(OperationsResponse { operations }))
+    }
+
+    async fn cancel_operation(
+        &self,
+        req: Request<CancelOperationRequest>,
+    ) -> Result<Response<CancelOperationResponse>, Status> {
+        let r = crate::rollout::operation::cancel(&self.0, &req.into_inner().kind).await?;
+        Ok(Response::new(r))
+    }
+
     async fn rollout(
         &self,
         req: Request<RolloutRequest>,

@@ -254,7 +254,21 @@ fn a_replacement_resumes_after_the_coordinator_dies_between_removal_and_join() {
         },
     );
     w.coordinator.kill9();
-    khctl.terminate(Duration::from_secs(5));
+    // The follower says the coordinator went away and to re-run the command.
+    eventually("khctl to end", Duration::from_secs(30), || {
+        if khctl.is_running() {
+            Err("running".to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let code = khctl.terminate(Duration::from_secs(1));
+    let log = khctl.log_text();
+    assert_eq!(code, Some(5), "{log}");
+    assert!(
+        log.contains("the coordinator closed the connection (it stopped or restarted)"),
+        "{log}"
+    );
     assert!(
         !w.agents[idx(&w, "cp-4")]
             .calls()
@@ -263,6 +277,52 @@ fn a_replacement_resumes_after_the_coordinator_dies_between_removal_and_join() {
         "killed before the join"
     );
     w.coordinator.start();
+    // It removed a member: it is pending, can only be resumed, and says how.
+    let ops = w.khctl_json(&["operation", "status"]);
+    let op = ops["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "etcd-replace")
+        .cloned()
+        .unwrap_or_else(|| panic!("{ops}"));
+    assert_eq!(op["pending"], true, "{op}");
+    assert_eq!(op["changed"], true, "{op}");
+    assert_eq!(op["state"], "interrupted", "{op}");
+    assert!(
+        op["next"]
+            .as_str()
+            .unwrap()
+            .contains("`khctl etcd replace --failed cp-2 --with cp-4`"),
+        "{op}"
+    );
+    // `rollout status` names it too.
+    let st = w.khctl(&["rollout", "status"]);
+    assert!(
+        st.stdout.contains(
+            "Pending: etcd replace cp-2 with cp-4 (interrupted): it has changed the cluster"
+        ),
+        "{}",
+        st.stdout
+    );
+    let out = w.khctl(&["operation", "cancel"]);
+    assert_eq!(out.code, Some(3), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("cannot be cancelled")
+            && out
+                .stderr
+                .contains("Finish it with `khctl etcd replace --failed cp-2 --with cp-4`"),
+        "{}",
+        out.stderr
+    );
+    let out = khctl_replace(&w, "cp-3", "cp-4", &["--force"]);
+    assert_eq!(out.code, Some(3), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("finish it first: `khctl etcd replace --failed cp-2 --with cp-4`"),
+        "{}",
+        out.stderr
+    );
     let out = khctl_replace(&w, "cp-2", "cp-4", &[]);
     assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     assert_eq!(
@@ -397,4 +457,73 @@ fn a_rollout_and_a_replacement_never_run_together() {
     );
     let log = replace.log_text();
     assert!(log.contains("Replacement complete"), "{log}");
+}
+
+#[test]
+fn a_quorum_refusal_leaves_nothing_pending_and_exits_3_for_replace_and_remove_member() {
+    let mut w = rolled_out(3, 0);
+    w.add_kube_node("cp-4");
+    w.agent("cp-2").power_off();
+    w.agent("cp-3").power_off();
+    let out = khctl_replace(&w, "cp-2", "cp-4", &["--force"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, Some(3), "{text}");
+    assert!(text.contains("nothing is left pending"), "{text}");
+    let out = w.khctl(&["etcd", "remove-member", "cp-2", "--force"]);
+    assert_eq!(
+        out.code,
+        Some(3),
+        "the same refusal, the same exit code\n{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stderr.contains("quorum"), "{}", out.stderr);
+    // Nothing is pending: another replacement is refused for quorum only,
+    // not told to finish the first.
+    let ops = w.khctl_json(&["operation", "status"]);
+    assert!(
+        !ops["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["pending"] == true),
+        "{ops}"
+    );
+    let out = khctl_replace(&w, "cp-3", "cp-4", &["--force"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code, Some(3), "{text}");
+    assert!(!text.contains("did not finish"), "{text}");
+    assert!(text.contains("quorum"), "{text}");
+    let out = w.khctl(&["operation", "cancel"]);
+    assert!(
+        out.stderr.contains("no operation is pending"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_failed_replacement_advises_running_the_replacement_again() {
+    let mut w = rolled_out(3, 0);
+    w.agent("cp-2").power_off();
+    w.add_kube_node("cp-4");
+    // The member is removed, then deleting the Node through cp-1 fails.
+    let cp1 = idx(&w, "cp-1");
+    w.agents[cp1].fail_tool("kubectl", "error: injected failure\n");
+    let out = khctl_replace(&w, "cp-2", "cp-4", &[]);
+    assert_eq!(out.code, Some(4), "{}{}", out.stdout, out.stderr);
+    let next = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("next:"))
+        .unwrap_or_else(|| panic!("no next step:\n{}", out.stdout));
+    assert!(
+        next.contains("run `khctl etcd replace --failed cp-2 --with cp-4` again"),
+        "{next}"
+    );
+    assert!(next.contains("stays pending"), "{next}");
+    assert!(!next.contains("khctl rollout"), "{next}");
+    std::fs::remove_file(w.agents[cp1].node_dir().join("fail/kubectl")).unwrap();
+    let out = khctl_replace(&w, "cp-2", "cp-4", &[]);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
 }

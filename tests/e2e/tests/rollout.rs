@@ -505,3 +505,99 @@ fn a_failed_preflight_stops_before_anything_changes() {
         );
     }
 }
+
+#[test]
+fn a_coordinator_killed_during_a_worker_join_is_reported_and_the_join_is_recorded_once() {
+    let (mut w, spec) = cluster(1, 1, "");
+    // The worker's join takes long enough to kill the coordinator in it.
+    w.set_kubeadm_latency(Duration::ZERO, Duration::ZERO, Duration::from_secs(5));
+    let mut cmd = Command::new(kh_testbed::bin("khctl"));
+    cmd.arg("--config")
+        .arg(&w.coordinator.admin)
+        .args(["rollout", "-f", spec.to_str().unwrap()]);
+    let mut khctl = Proc::spawn("khctl rollout", cmd, &w.dir().join("khctl.log"));
+    eventually("w-1's join to start", Duration::from_secs(120), || {
+        if w.agents[1]
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("kubeadm join"))
+        {
+            Ok(())
+        } else {
+            Err(format!("{:?}", w.agents[1].calls()))
+        }
+    });
+    w.coordinator.kill9();
+    // khctl says what happened, and how to go on, instead of an h2 error.
+    eventually("khctl to end", Duration::from_secs(30), || {
+        if khctl.is_running() {
+            Err("running".to_string())
+        } else {
+            Ok(())
+        }
+    });
+    let code = khctl.terminate(Duration::from_secs(1));
+    let log = khctl.log_text();
+    assert_eq!(code, Some(5), "exit 5: interrupted\n{log}");
+    assert!(
+        log.contains(
+            "the coordinator closed the connection (it stopped or restarted) while the rollout ran"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("the operation is persisted: re-run the same command (`khctl --config"),
+        "{log}"
+    );
+    // The join ends on the host with no coordinator watching.
+    let kubelet_conf = w.agents[1].path("/etc/kubernetes/kubelet.conf");
+    eventually("w-1's join to finish", Duration::from_secs(60), || {
+        if kubelet_conf.exists() {
+            Ok(())
+        } else {
+            Err(w.agents[1].calls().join("\n"))
+        }
+    });
+    w.coordinator.start();
+    // `rollout status` opens with one line: the operation, its start, its state.
+    let status = w.khctl(&["rollout", "status"]);
+    let first = status.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("rollout e2e: started ") && first.contains("interrupted"),
+        "{}\n{}",
+        status.stdout,
+        status.stderr
+    );
+    assert_eq!(status.code, Some(5), "{}", status.stderr);
+    assert!(!status.stderr.contains("at  "), "{}", status.stderr);
+
+    let out = rollout(&w, &spec, &[]);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.contains("w-1") && l.contains("join-worker done")),
+        "the resumed run shows the join that ended while the coordinator was down:\n{}",
+        out.stdout
+    );
+    assert_eq!(count_calls(&w, "kubeadm join"), vec![0, 1]);
+    // Exactly once in the audit log, however many times it was learned of.
+    let out = rollout(&w, &spec, &[]);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    let hist = w.khctl_json(&["history"]);
+    let joins: Vec<&serde_json::Value> = hist["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["node"] == "w-1" && e["step"] == "join-worker")
+        .collect();
+    assert_eq!(joins.len(), 1, "{hist}");
+    assert_eq!(joins[0]["outcome"], "done", "{hist}");
+    let status = w.khctl(&["rollout", "status"]);
+    let first = status.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with("rollout e2e: started ") && first.contains("finished: ok"),
+        "{}",
+        status.stdout
+    );
+}
