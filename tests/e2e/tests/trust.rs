@@ -142,7 +142,7 @@ fn a_revoked_admin_certificate_is_refused() {
 
     // Nobody revokes the credential they are using.
     let own = w.khctl(&["admin", "revoke", "admin"]);
-    assert_eq!(own.code, Some(1), "{}{}", own.stdout, own.stderr);
+    assert_eq!(own.code, Some(3), "{}{}", own.stdout, own.stderr);
     assert!(
         own.stderr
             .contains("the certificate this request was made with"),

@@ -25,6 +25,16 @@ pub fn free_port(ip: Ipv4Addr) -> u16 {
         .unwrap_or_else(|e| panic!("cannot bind {ip}:0: {e}"))
 }
 
+/// Two distinct ports free on `ip` right now. Both are held while the second
+/// is chosen: two calls of [`free_port`] may hand out the same port, since
+/// the first is released before the second is asked for.
+pub fn free_port_pair(ip: Ipv4Addr) -> (u16, u16) {
+    let bind = || TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("cannot bind {ip}:0: {e}"));
+    let (a, b) = (bind(), bind());
+    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).unwrap();
+    (port(&a), port(&b))
+}
+
 pub fn fresh_addr() -> SocketAddr {
     let ip = fresh_ip();
     SocketAddr::from((ip, free_port(ip)))

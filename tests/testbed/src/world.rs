@@ -568,7 +568,7 @@ impl World {
         let (g, h) = self
             .layout
             .agent_ports
-            .unwrap_or_else(|| (net::free_port(ip), net::free_port(ip)));
+            .unwrap_or_else(|| net::free_port_pair(ip));
         let idx = self.attach_agent(name, ip, g, h);
         // Declared here, so this world owns what runs there.
         self.agents[idx].attached = false;
