@@ -46,7 +46,8 @@ pub struct Coordinator {
     pub pki: pki::Pki,
     pub registry: Registry,
     pub clock: Arc<dyn Clock>,
-    pub agents: agents::Agents,
+    /// Every call to an agent goes through this seam; tests put a fake here.
+    pub agents: Arc<dyn agents::AgentApi>,
     pub rollouts: rollout::Running,
     /// When creating a token may next sweep out old spent ones.
     pub token_prune: tokens::PruneSchedule,
@@ -76,12 +77,25 @@ impl Coordinator {
     }
 
     pub fn with_db(config: Config, db: Db, clock: Arc<dyn Clock>) -> Result<Arc<Self>, CoordError> {
+        Self::with_agents(config, db, clock, |pki| {
+            Arc::new(agents::Agents::new(kh::tls::ClientCreds {
+                ca_pem: pki.ca().cert_pem().to_string(),
+                cert_pem: pki.serving_chain_pem.clone(),
+                key_pem: pki.serving_key.clone(),
+            }))
+        })
+    }
+
+    /// A coordinator whose calls to agents go through `agents`, made once
+    /// the PKI is loaded (the gRPC client presents its certificate).
+    pub fn with_agents(
+        config: Config,
+        db: Db,
+        clock: Arc<dyn Clock>,
+        agents: impl FnOnce(&pki::Pki) -> Arc<dyn agents::AgentApi>,
+    ) -> Result<Arc<Self>, CoordError> {
         let pki = pki::Pki::load_or_create(&db, &config, clock.now())?;
-        let agents = agents::Agents::new(kh::tls::ClientCreds {
-            ca_pem: pki.ca().cert_pem().to_string(),
-            cert_pem: pki.serving_chain_pem.clone(),
-            key_pem: pki.serving_key.clone(),
-        });
+        let agents = agents(&pki);
         let admins = admins::Admins::load(db.clone())?;
         Ok(Arc::new(Coordinator {
             admins,
