@@ -19,6 +19,9 @@ use tonic::transport::Channel;
 use crate::error::CoordError;
 use crate::registry::NodeRecord;
 
+#[cfg(test)]
+pub mod fake;
+
 /// Why a call to an agent failed, in the terms the coordinator acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentError {
