@@ -3,8 +3,8 @@
 //! It owns the kh CA and enrollment, the node registry, and (in later
 //! capabilities) the rollout engine and every control-plane membership change.
 //! It never touches a cluster host itself: every host effect is a typed step it
-//! asks an agent to perform. Only `store` knows sled; only `rpc` and `server`
-//! know tonic.
+//! asks an agent to perform, through the `agents::AgentApi` seam. Only `store`
+//! knows sled; only `rpc`, `server` and the gRPC client in `agents` know tonic.
 //!
 //! No unsafe code here: the package's lints only deny it, for the binary's
 //! one call into glibc (`main.rs`), so the library forbids it itself.
