@@ -3,8 +3,8 @@
 //! It owns the kh CA and enrollment, the node registry, and (in later
 //! capabilities) the rollout engine and every control-plane membership change.
 //! It never touches a cluster host itself: every host effect is a typed step it
-//! asks an agent to perform. Only `store` knows sled; only `rpc` and `server`
-//! know tonic.
+//! asks an agent to perform, through the `agents::AgentApi` seam. Only `store`
+//! knows sled; only `rpc`, `server` and the gRPC client in `agents` know tonic.
 //!
 //! No unsafe code here: the package's lints only deny it, for the binary's
 //! one call into glibc (`main.rs`), so the library forbids it itself.
@@ -46,7 +46,8 @@ pub struct Coordinator {
     pub pki: pki::Pki,
     pub registry: Registry,
     pub clock: Arc<dyn Clock>,
-    pub agents: agents::Agents,
+    /// Every call to an agent goes through this seam; tests put a fake here.
+    pub agents: Arc<dyn agents::AgentApi>,
     pub rollouts: rollout::Running,
     /// When creating a token may next sweep out old spent ones.
     pub token_prune: tokens::PruneSchedule,
@@ -76,12 +77,25 @@ impl Coordinator {
     }
 
     pub fn with_db(config: Config, db: Db, clock: Arc<dyn Clock>) -> Result<Arc<Self>, CoordError> {
+        Self::with_agents(config, db, clock, |pki| {
+            Arc::new(agents::Agents::new(kh::tls::ClientCreds {
+                ca_pem: pki.ca().cert_pem().to_string(),
+                cert_pem: pki.serving_chain_pem.clone(),
+                key_pem: pki.serving_key.clone(),
+            }))
+        })
+    }
+
+    /// A coordinator whose calls to agents go through `agents`, made once
+    /// the PKI is loaded (the gRPC client presents its certificate).
+    pub fn with_agents(
+        config: Config,
+        db: Db,
+        clock: Arc<dyn Clock>,
+        agents: impl FnOnce(&pki::Pki) -> Arc<dyn agents::AgentApi>,
+    ) -> Result<Arc<Self>, CoordError> {
         let pki = pki::Pki::load_or_create(&db, &config, clock.now())?;
-        let agents = agents::Agents::new(kh::tls::ClientCreds {
-            ca_pem: pki.ca().cert_pem().to_string(),
-            cert_pem: pki.serving_chain_pem.clone(),
-            key_pem: pki.serving_key.clone(),
-        });
+        let agents = agents(&pki);
         let admins = admins::Admins::load(db.clone())?;
         Ok(Arc::new(Coordinator {
             admins,

@@ -9,7 +9,7 @@ use kh::proto::{self, prepare_event::Kind, run_step_request::Step};
 use kh::spec::{ClusterSpec, NodeRole};
 use tokio::sync::mpsc;
 
-use crate::agents::{explain, request};
+use crate::agents::explain;
 use crate::error::CoordError;
 use crate::registry::NodeRecord;
 use crate::Coordinator;
@@ -186,13 +186,10 @@ async fn prepare_node(
         elapsed_ms: started.elapsed().as_millis() as u64,
         ..ev(Kind::NodeFinished)
     };
-    let mut client = match coord.agents.client(&t.record) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = tx.send(finish(e.to_string())).await;
-            return;
-        }
-    };
+    if let Err(e) = coord.agents.connect(&t.record) {
+        let _ = tx.send(finish(e.to_string())).await;
+        return;
+    }
     for step in steps_for(t.role) {
         let name = step_name(&step).to_string();
         let _ = tx
@@ -202,19 +199,21 @@ async fn prepare_node(
             })
             .await;
         let t0 = Instant::now();
-        let result = client
-            .run_step(request(
+        let result = coord
+            .agents
+            .run_step(
+                &t.record,
                 proto::RunStepRequest {
                     step: Some(step),
                     dry_run,
                 },
                 STEP_TIMEOUT,
-            ))
+            )
             .await;
         let report = match result {
-            Ok(r) => r.into_inner(),
-            Err(s) => {
-                let _ = tx.send(finish(explain(&node, &s))).await;
+            Ok(r) => r,
+            Err(e) => {
+                let _ = tx.send(finish(explain(&node, &e))).await;
                 return;
             }
         };
@@ -267,17 +266,21 @@ pub async fn preflight(
                 role: role.as_str().to_string(),
                 ..Default::default()
             };
-            match coord.agents.client(&t.record) {
+            match coord.agents.connect(&t.record) {
                 Err(e) => out.error = e.to_string(),
-                Ok(mut c) => {
+                Ok(()) => {
                     let req = proto::PreflightRequest {
                         role: wire_role as i32,
                         address: t.address.map(|a| a.to_string()).unwrap_or_default(),
                         kubernetes_version: version,
                     };
-                    match c.preflight(request(req, Duration::from_secs(60))).await {
-                        Ok(r) => out.report = Some(r.into_inner()),
-                        Err(s) => out.error = explain(&node, &s),
+                    match coord
+                        .agents
+                        .preflight(&t.record, req, Duration::from_secs(60))
+                        .await
+                    {
+                        Ok(r) => out.report = Some(r),
+                        Err(e) => out.error = explain(&node, &e),
                     }
                 }
             }

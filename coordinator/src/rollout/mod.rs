@@ -213,3 +213,6 @@ pub async fn status(coord: &Coordinator, follow: bool) -> Result<Follow, CoordEr
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

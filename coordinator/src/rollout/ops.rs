@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use kh::names::NodeName;
-use kh::proto::{self, agent_client::AgentClient, run_step_request::Step};
-use tonic::transport::Channel;
+use kh::proto::{self, run_step_request::Step};
 
-use crate::agents::{explain, request};
+use crate::agents::{explain, AgentError};
+use crate::registry::NodeRecord;
 use crate::Coordinator;
 
 /// Why a rollout stopped.
@@ -71,7 +71,8 @@ pub struct Ops<'a> {
 }
 
 impl Ops<'_> {
-    pub fn client(&self, node: &str) -> Result<AgentClient<Channel>, Failure> {
+    /// The registry record of `node`, once its agent can be called.
+    pub fn record(&self, node: &str) -> Result<NodeRecord, Failure> {
         let name =
             NodeName::new(node).map_err(|e| Failure::at(node, "connect", e.to_string(), ""))?;
         let rec = self
@@ -87,21 +88,22 @@ impl Ops<'_> {
                     format!("enroll it: `khctl token create --node {node}`"),
                 )
             })?;
-        self.coord.agents.client(&rec).map_err(|e| {
+        self.coord.agents.connect(&rec).map_err(|e| {
             Failure::at(
                 node,
                 "connect",
-                e.to_string(),
+                e.message,
                 "start the agent there (`systemctl start kh-agent`) and run the rollout again",
             )
-        })
+        })?;
+        Ok(rec)
     }
 
-    fn unreachable(node: &str, step: &str, s: &tonic::Status) -> Failure {
+    fn unreachable(node: &str, step: &str, e: &AgentError) -> Failure {
         Failure::at(
             node,
             step,
-            explain(node, s),
+            explain(node, e),
             format!("bring the agent on {node} back (`systemctl status kh-agent`), then run {RERUN} again; finished work is not repeated"),
         )
     }
@@ -114,18 +116,20 @@ impl Ops<'_> {
         step: Step,
         dry_run: bool,
     ) -> Result<proto::StepReport, Failure> {
-        let mut c = self.client(node)?;
-        let report = c
-            .run_step(request(
+        let rec = self.record(node)?;
+        let report = self
+            .coord
+            .agents
+            .run_step(
+                &rec,
                 proto::RunStepRequest {
                     step: Some(step),
                     dry_run,
                 },
                 STEP_TIMEOUT,
-            ))
+            )
             .await
-            .map_err(|s| Self::unreachable(node, name, &s))?
-            .into_inner();
+            .map_err(|e| Self::unreachable(node, name, &e))?;
         if report.outcome == proto::Outcome::Failed as i32 {
             let last = report.commands.last();
             let mut message = report.error.clone();
@@ -151,15 +155,14 @@ impl Ops<'_> {
     }
 
     pub async fn node_status(&self, node: &str) -> Result<proto::NodeStatusResponse, Failure> {
-        let mut c = self.client(node)?;
+        let rec = self.record(node)?;
         // The agent answers only once a step in flight has ended (a join
         // started before a coordinator crash), so allow a step's time.
-        Ok(
-            c.node_status(request(proto::NodeStatusRequest {}, STEP_TIMEOUT))
-                .await
-                .map_err(|s| Self::unreachable(node, "status", &s))?
-                .into_inner(),
-        )
+        self.coord
+            .agents
+            .node_status(&rec, STEP_TIMEOUT)
+            .await
+            .map_err(|e| Self::unreachable(node, "status", &e))
     }
 
     pub async fn etcd_members(
@@ -168,17 +171,20 @@ impl Ops<'_> {
         endpoints: &[String],
         external: bool,
     ) -> Result<Vec<proto::EtcdMember>, String> {
-        let mut c = self.client(via).map_err(|f| f.message)?;
-        c.etcd_members(request(
-            proto::EtcdRequest {
-                endpoints: endpoints.to_vec(),
-                external,
-            },
-            QUERY_TIMEOUT,
-        ))
-        .await
-        .map(|r| r.into_inner().members)
-        .map_err(|s| s.message().to_string())
+        let rec = self.record(via).map_err(|f| f.message)?;
+        self.coord
+            .agents
+            .etcd_members(
+                &rec,
+                proto::EtcdRequest {
+                    endpoints: endpoints.to_vec(),
+                    external,
+                },
+                QUERY_TIMEOUT,
+            )
+            .await
+            .map(|r| r.members)
+            .map_err(|e| e.message)
     }
 
     pub async fn etcd_health(
@@ -187,39 +193,45 @@ impl Ops<'_> {
         endpoints: &[String],
         external: bool,
     ) -> Result<proto::EtcdHealthResponse, String> {
-        let mut c = self.client(via).map_err(|f| f.message)?;
-        c.etcd_health(request(
-            proto::EtcdRequest {
-                endpoints: endpoints.to_vec(),
-                external,
-            },
-            QUERY_TIMEOUT,
-        ))
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| s.message().to_string())
+        let rec = self.record(via).map_err(|f| f.message)?;
+        self.coord
+            .agents
+            .etcd_health(
+                &rec,
+                proto::EtcdRequest {
+                    endpoints: endpoints.to_vec(),
+                    external,
+                },
+                QUERY_TIMEOUT,
+            )
+            .await
+            .map_err(|e| e.message)
     }
 
     pub async fn kube_nodes(&self, via: &str) -> Result<Vec<proto::KubeNode>, String> {
-        let mut c = self.client(via).map_err(|f| f.message)?;
-        c.kube_nodes(request(proto::KubeNodesRequest {}, QUERY_TIMEOUT))
+        let rec = self.record(via).map_err(|f| f.message)?;
+        self.coord
+            .agents
+            .kube_nodes(&rec, QUERY_TIMEOUT)
             .await
-            .map(|r| r.into_inner().nodes)
-            .map_err(|s| s.message().to_string())
+            .map(|r| r.nodes)
+            .map_err(|e| e.message)
     }
 
     pub async fn apiserver_ready(&self, via: &str, url: &str) -> Result<(), String> {
-        let mut c = self.client(via).map_err(|f| f.message)?;
-        let r = c
-            .apiserver_ready(request(
+        let rec = self.record(via).map_err(|f| f.message)?;
+        let r = self
+            .coord
+            .agents
+            .apiserver_ready(
+                &rec,
                 proto::ApiserverReadyRequest {
                     url: url.to_string(),
                 },
                 QUERY_TIMEOUT,
-            ))
+            )
             .await
-            .map_err(|s| s.message().to_string())?
-            .into_inner();
+            .map_err(|e| e.message)?;
         if r.ready {
             Ok(())
         } else {
@@ -232,17 +244,19 @@ impl Ops<'_> {
         via: &str,
         address: &str,
     ) -> Result<proto::TcpProbeResponse, Failure> {
-        let mut c = self.client(via)?;
-        Ok(c.tcp_probe(request(
-            proto::TcpProbeRequest {
-                address: address.to_string(),
-                timeout_ms: 5000,
-            },
-            QUERY_TIMEOUT,
-        ))
-        .await
-        .map_err(|s| Self::unreachable(via, "endpoint-check", &s))?
-        .into_inner())
+        let rec = self.record(via)?;
+        self.coord
+            .agents
+            .tcp_probe(
+                &rec,
+                proto::TcpProbeRequest {
+                    address: address.to_string(),
+                    timeout_ms: 5000,
+                },
+                QUERY_TIMEOUT,
+            )
+            .await
+            .map_err(|e| Self::unreachable(via, "endpoint-check", &e))
     }
 
     pub async fn read_files(
@@ -250,14 +264,17 @@ impl Ops<'_> {
         via: &str,
         set: proto::read_cluster_files_request::Set,
     ) -> Result<Vec<proto::PlacedFile>, String> {
-        let mut c = self.client(via).map_err(|f| f.message)?;
-        c.read_cluster_files(request(
-            proto::ReadClusterFilesRequest { set: set as i32 },
-            QUERY_TIMEOUT,
-        ))
-        .await
-        .map(|r| r.into_inner().files)
-        .map_err(|s| s.message().to_string())
+        let rec = self.record(via).map_err(|f| f.message)?;
+        self.coord
+            .agents
+            .read_cluster_files(
+                &rec,
+                proto::ReadClusterFilesRequest { set: set as i32 },
+                QUERY_TIMEOUT,
+            )
+            .await
+            .map(|r| r.files)
+            .map_err(|e| e.message)
     }
 }
 

@@ -177,25 +177,23 @@ impl Admin for AdminService {
             .into_iter()
             .filter(|v| v.record.role.as_deref() == Some("control-plane"))
         {
-            let Ok(mut client) = c.agents.client(&v.record) else {
+            if c.agents.connect(&v.record).is_err() {
                 continue;
+            }
+            let req = ReadClusterFilesRequest {
+                set: read_cluster_files_request::Set::AdminKubeconfig as i32,
             };
-            let req = crate::agents::request(
-                ReadClusterFilesRequest {
-                    set: read_cluster_files_request::Set::AdminKubeconfig as i32,
-                },
-                std::time::Duration::from_secs(20),
-            );
-            match client.read_cluster_files(req).await {
+            let timeout = std::time::Duration::from_secs(20);
+            match c.agents.read_cluster_files(&v.record, req, timeout).await {
                 Ok(r) => {
-                    if let Some(f) = r.into_inner().files.into_iter().next() {
+                    if let Some(f) = r.files.into_iter().next() {
                         return Ok(Response::new(KubeconfigResponse {
                             kubeconfig: String::from_utf8_lossy(&f.contents).into_owned(),
                             from_node: v.record.name.to_string(),
                         }));
                     }
                 }
-                Err(s) => last = crate::agents::explain(v.record.name.as_str(), &s),
+                Err(e) => last = crate::agents::explain(v.record.name.as_str(), &e),
             }
         }
         Err(Status::unavailable(format!(

@@ -1,0 +1,424 @@
+//! A fake of every agent of a cluster, for in-process tests of the
+//! coordinator's decisions (resume points, refreshes, refusals) without
+//! processes, sockets or TLS.
+//!
+//! It keeps a small model of the cluster: what kubeadm left on each node
+//! (the `NodeStatus` answer), the etcd members, and which agents and etcd
+//! members are down. Steps act on the model as kubeadm would (an init or a
+//! control-plane join adds a voting member, a reset removes the node's own),
+//! every step is recorded in order, and a test scripts failures: a step's
+//! Failed report, or an agent that does not answer.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kh::proto::{self, run_step_request::Step};
+use kh::spec::{ClusterSpec, NodeRole};
+
+use super::{AgentApi, AgentCall, AgentError, AgentErrorKind};
+use crate::registry::NodeRecord;
+
+/// One recorded step: on which node, which step (`Step::name`), and
+/// whether this entry is its start or its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepCall {
+    pub node: String,
+    pub step: String,
+    pub started: bool,
+}
+
+#[derive(Default)]
+struct Model {
+    addresses: HashMap<String, IpAddr>,
+    roles: HashMap<String, NodeRole>,
+    status: HashMap<String, proto::NodeStatusResponse>,
+    members: Vec<proto::EtcdMember>,
+    next_member: u64,
+    /// Agents that do not answer.
+    down: HashSet<String>,
+    /// Nodes whose etcd member runs but is not healthy.
+    etcd_down: HashSet<String>,
+    /// Scripted Failed reports, by node and step name, used up in order.
+    failures: HashMap<(String, String), VecDeque<String>>,
+    steps: Vec<StepCall>,
+    status_asked: Vec<String>,
+    cluster_ca_pem: String,
+}
+
+pub struct FakeAgents {
+    model: Mutex<Model>,
+}
+
+fn url(addr: IpAddr, port: u16) -> String {
+    crate::rollout::ops::url(addr, port)
+}
+
+impl FakeAgents {
+    /// Agents for every node of `spec`, none of which kubeadm has touched.
+    pub fn new(spec: &ClusterSpec) -> Self {
+        let ca = kh::pki::Ca::generate(std::time::SystemTime::now()).expect("a test CA");
+        let model = Model {
+            addresses: spec
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.address))
+                .collect(),
+            roles: spec
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.role))
+                .collect(),
+            next_member: 0x10,
+            cluster_ca_pem: ca.cert_pem().to_string(),
+            ..Default::default()
+        };
+        FakeAgents {
+            model: Mutex::new(model),
+        }
+    }
+
+    fn model(&self) -> std::sync::MutexGuard<'_, Model> {
+        self.model.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A node kubeadm has already set up: init (`first`) or a join, as a
+    /// control plane (with its etcd member) or a worker.
+    pub fn joined(&self, node: &str) {
+        let mut m = self.model();
+        m.set_up(node);
+    }
+
+    /// Scripts the next run of `step` on `node` to fail with `error`.
+    pub fn fail_step(&self, node: &str, step: &str, error: &str) {
+        self.model()
+            .failures
+            .entry((node.to_string(), step.to_string()))
+            .or_default()
+            .push_back(error.to_string());
+    }
+
+    /// The agent on `node` stops answering.
+    pub fn agent_down(&self, node: &str) {
+        self.model().down.insert(node.to_string());
+    }
+
+    /// The etcd member on `node` stops being healthy.
+    pub fn etcd_down(&self, node: &str) {
+        self.model().etcd_down.insert(node.to_string());
+    }
+
+    /// Every step start and end, in order.
+    pub fn step_log(&self) -> Vec<StepCall> {
+        self.model().steps.clone()
+    }
+
+    /// The steps run, as (node, step), in the order they started.
+    pub fn steps(&self) -> Vec<(String, String)> {
+        self.step_log()
+            .into_iter()
+            .filter(|c| c.started)
+            .map(|c| (c.node, c.step))
+            .collect()
+    }
+
+    /// The nodes asked for their status, in order.
+    pub fn status_asked(&self) -> Vec<String> {
+        self.model().status_asked.clone()
+    }
+
+    pub fn member_names(&self) -> Vec<String> {
+        self.model()
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
+    fn answer<T: Send + 'static>(
+        &self,
+        node: &NodeRecord,
+        f: impl FnOnce(&mut Model, &str) -> T,
+    ) -> AgentCall<'_, T> {
+        let name = node.name.to_string();
+        let result = {
+            let mut m = self.model();
+            if m.down.contains(&name) {
+                Err(AgentError::new(
+                    AgentErrorKind::Unreachable,
+                    "transport error: connection refused",
+                ))
+            } else {
+                Ok(f(&mut m, &name))
+            }
+        };
+        Box::pin(async move { result })
+    }
+}
+
+impl Model {
+    fn set_up(&mut self, node: &str) {
+        let cp = self.roles.get(node) == Some(&NodeRole::ControlPlane);
+        self.status.insert(
+            node.to_string(),
+            proto::NodeStatusResponse {
+                kubelet_conf: true,
+                admin_conf: cp,
+                apiserver_manifest: cp,
+                etcd_manifest: cp,
+            },
+        );
+        if cp && !self.members.iter().any(|m| m.name == node) {
+            let addr = self.addresses[node];
+            let id = self.next_member;
+            self.next_member += 1;
+            self.members.push(proto::EtcdMember {
+                id,
+                id_hex: format!("{id:x}"),
+                name: node.to_string(),
+                peer_urls: vec![url(addr, 2380)],
+                client_urls: vec![url(addr, 2379)],
+                is_learner: false,
+            });
+        }
+    }
+
+    fn tear_down(&mut self, node: &str) {
+        self.status.remove(node);
+        self.members.retain(|m| m.name != node);
+    }
+
+    fn member_healthy(&self, m: &proto::EtcdMember) -> bool {
+        !self.etcd_down.contains(&m.name) && !self.down.contains(&m.name)
+    }
+
+    fn apiserver_up(&self, node: &str) -> bool {
+        !self.down.contains(node) && self.status.get(node).is_some_and(|s| s.apiserver_manifest)
+    }
+
+    /// A step as kubeadm and etcdctl would carry it out on the model.
+    fn run(&mut self, node: &str, step: &Step) -> proto::StepReport {
+        let name = step.name();
+        let failed = self
+            .failures
+            .get_mut(&(node.to_string(), name.to_string()))
+            .and_then(VecDeque::pop_front);
+        if let Some(error) = failed {
+            return proto::StepReport {
+                step: name.into(),
+                outcome: proto::Outcome::Failed as i32,
+                error,
+                ..Default::default()
+            };
+        }
+        match step {
+            Step::KubeadmInit(_) | Step::KubeadmJoin(_) => self.set_up(node),
+            Step::KubeadmReset(_) => self.tear_down(node),
+            Step::EtcdMemberRemove(r) => self.members.retain(|m| m.id != r.member_id),
+            _ => {}
+        }
+        proto::StepReport {
+            step: name.into(),
+            outcome: proto::Outcome::Changed as i32,
+            message: format!("{name} done on {node}"),
+            ..Default::default()
+        }
+    }
+}
+
+impl AgentApi for FakeAgents {
+    fn connect(&self, _node: &NodeRecord) -> Result<(), AgentError> {
+        Ok(())
+    }
+
+    fn run_step(
+        &self,
+        node: &NodeRecord,
+        req: proto::RunStepRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::StepReport> {
+        let name = node.name.to_string();
+        Box::pin(async move {
+            let step = req.step.expect("a step");
+            {
+                let mut m = self.model();
+                if m.down.contains(&name) {
+                    return Err(AgentError::new(
+                        AgentErrorKind::Unreachable,
+                        "transport error: connection refused",
+                    ));
+                }
+                m.steps.push(StepCall {
+                    node: name.clone(),
+                    step: step.name().into(),
+                    started: true,
+                });
+            }
+            // A step takes time on a host: give every other task a turn,
+            // so steps that may overlap do.
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+            let mut m = self.model();
+            let report = m.run(&name, &step);
+            m.steps.push(StepCall {
+                node: name,
+                step: step.name().into(),
+                started: false,
+            });
+            Ok(report)
+        })
+    }
+
+    fn preflight(
+        &self,
+        node: &NodeRecord,
+        _req: proto::PreflightRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::PreflightReport> {
+        self.answer(node, |_, _| proto::PreflightReport::default())
+    }
+
+    fn node_status(
+        &self,
+        node: &NodeRecord,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::NodeStatusResponse> {
+        let name = node.name.to_string();
+        self.model().status_asked.push(name);
+        self.answer(node, |m, n| m.status.get(n).cloned().unwrap_or_default())
+    }
+
+    fn etcd_members(
+        &self,
+        node: &NodeRecord,
+        _req: proto::EtcdRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::EtcdMembersResponse> {
+        self.answer(node, |m, _| proto::EtcdMembersResponse {
+            members: m.members.clone(),
+        })
+    }
+
+    fn etcd_health(
+        &self,
+        node: &NodeRecord,
+        req: proto::EtcdRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::EtcdHealthResponse> {
+        self.answer(node, |m, _| {
+            let leader = m
+                .members
+                .iter()
+                .find(|x| m.member_healthy(x))
+                .map(|x| x.id)
+                .unwrap_or(0);
+            let mut out = proto::EtcdHealthResponse::default();
+            for endpoint in &req.endpoints {
+                let member = m.members.iter().find(|x| x.client_urls.contains(endpoint));
+                let healthy = member.is_some_and(|x| m.member_healthy(x));
+                out.health.push(proto::EtcdEndpointHealth {
+                    endpoint: endpoint.clone(),
+                    healthy,
+                    error: if healthy {
+                        String::new()
+                    } else {
+                        "context deadline exceeded".into()
+                    },
+                    took_ms: 1,
+                });
+                if let Some(x) = member.filter(|x| m.member_healthy(x)) {
+                    out.status.push(proto::EtcdEndpointStatus {
+                        endpoint: endpoint.clone(),
+                        member_id: x.id,
+                        leader_id: leader,
+                        db_size: 1 << 20,
+                        is_learner: x.is_learner,
+                        raft_term: 2,
+                    });
+                }
+            }
+            out
+        })
+    }
+
+    fn kube_nodes(
+        &self,
+        node: &NodeRecord,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::KubeNodesResponse> {
+        self.answer(node, |m, _| proto::KubeNodesResponse {
+            nodes: m
+                .status
+                .iter()
+                .filter(|(_, s)| s.kubelet_conf)
+                .map(|(n, _)| proto::KubeNode {
+                    name: n.clone(),
+                    ready: true,
+                    roles: vec![],
+                })
+                .collect(),
+        })
+    }
+
+    fn apiserver_ready(
+        &self,
+        node: &NodeRecord,
+        req: proto::ApiserverReadyRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::ApiserverReadyResponse> {
+        self.answer(node, |m, n| {
+            let own = m.addresses.get(n).map(|a| url(*a, 6443)) == Some(req.url.clone());
+            let ready = if own {
+                m.apiserver_up(n)
+            } else {
+                // The control-plane endpoint: any apiserver behind it.
+                m.status.keys().any(|c| m.apiserver_up(c))
+            };
+            proto::ApiserverReadyResponse {
+                ready,
+                detail: if ready {
+                    String::new()
+                } else {
+                    format!("Get \"{}/readyz\": connection refused", req.url)
+                },
+            }
+        })
+    }
+
+    fn tcp_probe(
+        &self,
+        node: &NodeRecord,
+        _req: proto::TcpProbeRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::TcpProbeResponse> {
+        self.answer(node, |_, _| proto::TcpProbeResponse {
+            result: proto::tcp_probe_response::Result::Refused as i32,
+            detail: "connection refused".into(),
+        })
+    }
+
+    fn read_cluster_files(
+        &self,
+        node: &NodeRecord,
+        req: proto::ReadClusterFilesRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::ReadClusterFilesResponse> {
+        use proto::read_cluster_files_request::Set;
+        if req.set != Set::ClusterCa as i32 {
+            let e = AgentError::new(
+                AgentErrorKind::Answered("Unimplemented".into()),
+                "the fake agents hold only the cluster CA certificate",
+            );
+            return Box::pin(async move { Err(e) });
+        }
+        self.answer(node, |m, _| proto::ReadClusterFilesResponse {
+            files: vec![proto::PlacedFile {
+                path: "ca.crt".into(),
+                contents: m.cluster_ca_pem.clone().into_bytes(),
+                mode: 0o644,
+            }],
+        })
+    }
+}

@@ -1,0 +1,344 @@
+//! The decisions of the rollout, the reset and the replacement, checked in
+//! process against fake agents (`agents::fake`): where a resumed rollout
+//! picks up, when join material is refreshed and a join retried, and what
+//! is refused before any step runs. The whole-process behaviour (real
+//! etcd, real TLS, the kubeadm double) stays with the e2e tests.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kh::names::NodeName;
+use kh::pki::{Identity, Role};
+use kh::proto::{
+    rollout_event::Kind, EtcdReplaceRequest, ResetRequest, RolloutEvent, RolloutRequest,
+};
+use kh::time::ManualClock;
+
+use super::state::{RolloutState, Status};
+use super::Follow;
+use crate::agents::fake::FakeAgents;
+use crate::config::{defaults, Config};
+use crate::store::Db;
+use crate::Coordinator;
+
+/// kubeadm's own words for a bootstrap token the cluster no longer knows.
+const TOKEN_REFUSED: &str = "error execution phase preflight: couldn't validate the identity of the API Server: token id \"abcdef\" is invalid for this cluster or it has expired. Use \"kubeadm token create\" on the control-plane node to create a new valid token";
+/// ... and for a `kubeadm-certs` Secret that has expired.
+const CERTS_GONE: &str = "error execution phase control-plane-prepare/download-certs: error downloading certs: error downloading the secret: Secret \"kubeadm-certs\" was not found in the \"kube-system\" Namespace. This Secret might have expired. Please, run `kubeadm init phase upload-certs --upload-certs` on a control plane to generate a new one";
+
+fn spec_yaml(nodes: &[(&str, &str, &str)]) -> String {
+    let mut y = String::from("apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata: {name: t}\nspec:\n  kubernetesVersion: v1.32.0\n  controlPlaneEndpoint: 10.0.0.5:6443\n  nodes:\n");
+    for (name, role, address) in nodes {
+        y.push_str(&format!(
+            "    - {{name: {name}, role: {role}, address: {address}}}\n"
+        ));
+    }
+    y
+}
+
+const SMALL: &[(&str, &str, &str)] = &[
+    ("cp-1", "control-plane", "10.0.0.11"),
+    ("w-1", "worker", "10.0.0.21"),
+];
+
+const HA: &[(&str, &str, &str)] = &[
+    ("cp-1", "control-plane", "10.0.0.11"),
+    ("cp-2", "control-plane", "10.0.0.12"),
+    ("cp-3", "control-plane", "10.0.0.13"),
+    ("w-1", "worker", "10.0.0.21"),
+    ("w-2", "worker", "10.0.0.22"),
+];
+
+/// A coordinator whose agents are `fake`, with every node of `yaml` (and
+/// `extra`) enrolled.
+fn coordinator(
+    dir: &std::path::Path,
+    yaml: &str,
+    extra: &[&str],
+) -> (Arc<Coordinator>, Arc<FakeAgents>) {
+    let spec = kh::spec::parse(yaml).unwrap();
+    let fake = Arc::new(FakeAgents::new(&spec));
+    let config = Config {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:7443".parse().unwrap(),
+        advertise: vec![],
+        heartbeat_interval: defaults::heartbeat_interval(),
+        node_cert_validity: defaults::node_cert_validity(),
+        admin_cert_validity: defaults::admin_cert_validity(),
+        default_token_ttl: defaults::token_ttl(),
+        secret_key_file: None,
+    };
+    let agents = fake.clone();
+    let coord = Coordinator::with_agents(
+        config,
+        Db::in_memory(),
+        Arc::new(ManualClock::at_unix_ms(1_700_000_000_000)),
+        move |_| agents,
+    )
+    .unwrap();
+    let names = spec
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .chain(extra.iter().copied());
+    for (i, name) in names.enumerate() {
+        let identity = Identity {
+            role: Role::Node,
+            name: name.into(),
+            serial: format!("{:x}", 100 + i),
+            not_after: SystemTime::now() + Duration::from_secs(86400),
+        };
+        coord
+            .registry
+            .enroll(&NodeName::new(name).unwrap(), &identity, 1)
+            .unwrap();
+    }
+    (coord, fake)
+}
+
+/// The state an earlier rollout of `yaml` left: the spec it accepted, the
+/// roles it recorded and the steps it finished.
+fn held(coord: &Coordinator, yaml: &str, done: &[&str]) {
+    let spec = kh::spec::parse(yaml).unwrap();
+    for n in &spec.nodes {
+        coord
+            .registry
+            .set_role(
+                &NodeName::new(&n.name).unwrap(),
+                Some(n.role.as_str().to_string()),
+            )
+            .unwrap();
+    }
+    let mut st = RolloutState {
+        operation: "rollout t".into(),
+        cluster: "t".into(),
+        spec_yaml: yaml.into(),
+        started_ms: 10,
+        ..Default::default()
+    };
+    for key in done {
+        st.mark(&coord.db, key, Status::Done, "", 20).unwrap();
+    }
+    st.save(&coord.db, 30).unwrap();
+}
+
+/// Follows an operation to its end: its events and the closing one.
+async fn follow(f: Follow) -> (Vec<RolloutEvent>, RolloutEvent) {
+    let mut events = f.backlog;
+    let mut rx = f.live.expect("a started operation has a live feed");
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("the operation ends within a minute")
+            .expect("the feed stays open until the end");
+        if ev.kind == Kind::Finished as i32 {
+            return (events, ev);
+        }
+        events.push(ev);
+    }
+}
+
+async fn rollout(coord: &Arc<Coordinator>, yaml: &str) -> (Vec<RolloutEvent>, RolloutEvent) {
+    let req = RolloutRequest {
+        spec_yaml: yaml.into(),
+        ..Default::default()
+    };
+    follow(super::start(coord.clone(), req).await.unwrap()).await
+}
+
+fn position(steps: &[(String, String)], node: &str, step: &str) -> Vec<usize> {
+    steps
+        .iter()
+        .enumerate()
+        .filter(|(_, (n, s))| n == node && s == step)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_resumed_rollout_whose_first_control_plane_is_initialized_runs_no_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(SMALL);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    // The earlier coordinator stopped after init: cp-1 runs a cluster.
+    held(&coord, &yaml, &["cp-1/kubeadm-init"]);
+    fake.joined("cp-1");
+
+    let (_, end) = rollout(&coord, &yaml).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    let steps = fake.steps();
+    assert!(
+        position(&steps, "cp-1", "kubeadm-init").is_empty(),
+        "init ran again: {steps:?}"
+    );
+    // cp-1 is neither prepared again: it only serves the join material.
+    let on_cp1: Vec<&str> = steps
+        .iter()
+        .filter(|(n, _)| n == "cp-1")
+        .map(|(_, s)| s.as_str())
+        .collect();
+    assert_eq!(on_cp1, ["token-create", "token-delete"], "{steps:?}");
+    // The worker is prepared and joined, with the new token.
+    assert_eq!(
+        position(&steps, "w-1", "disable-swap").len(),
+        1,
+        "{steps:?}"
+    );
+    let join = position(&steps, "w-1", "kubeadm-join");
+    assert_eq!(join.len(), 1, "{steps:?}");
+    assert!(position(&steps, "cp-1", "token-create")[0] < join[0]);
+}
+
+#[tokio::test]
+async fn a_refused_token_on_a_worker_join_makes_a_new_token_and_joins_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(SMALL);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    fake.fail_step("w-1", "kubeadm-join", TOKEN_REFUSED);
+
+    let (_, end) = rollout(&coord, &yaml).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    let steps = fake.steps();
+    assert_eq!(position(&steps, "cp-1", "kubeadm-init").len(), 1);
+    // Init made the first token, so only the refusal makes another one,
+    // between the two attempts.
+    let joins = position(&steps, "w-1", "kubeadm-join");
+    let tokens = position(&steps, "cp-1", "token-create");
+    assert_eq!(joins.len(), 2, "{steps:?}");
+    assert_eq!(tokens.len(), 1, "{steps:?}");
+    assert!(joins[0] < tokens[0] && tokens[0] < joins[1], "{steps:?}");
+}
+
+#[tokio::test]
+async fn expired_uploaded_certificates_on_a_control_plane_join_are_uploaded_again_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(HA);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    fake.fail_step("cp-2", "kubeadm-join", CERTS_GONE);
+
+    let (events, end) = rollout(&coord, &yaml).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    let steps = fake.steps();
+    let joins = position(&steps, "cp-2", "kubeadm-join");
+    let uploads = position(&steps, "cp-1", "upload-certs");
+    assert_eq!(joins.len(), 2, "{steps:?}");
+    assert_eq!(uploads.len(), 1, "{steps:?}");
+    assert!(joins[0] < uploads[0] && uploads[0] < joins[1], "{steps:?}");
+    // The token was fine: it is not replaced.
+    assert!(
+        position(&steps, "cp-1", "token-create").is_empty(),
+        "{steps:?}"
+    );
+    // cp-3 joins only after cp-2 has, and every control plane is a member.
+    assert!(joins[1] < position(&steps, "cp-3", "kubeadm-join")[0]);
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2", "cp-3"]);
+    assert!(events.iter().any(|e| e.node == "cp-2"
+        && e.message
+            .contains("kubeadm-certs was gone; uploading the certificates again")));
+}
+
+#[tokio::test]
+async fn a_refused_spec_change_runs_no_step_and_keeps_the_held_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(SMALL);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    held(&coord, &yaml, &["cp-1/kubeadm-init", "w-1/join-worker"]);
+    fake.joined("cp-1");
+    fake.joined("w-1");
+
+    // w-1 has joined with 10.0.0.21; an address cannot change in place.
+    let moved = spec_yaml(&[
+        ("cp-1", "control-plane", "10.0.0.11"),
+        ("w-1", "worker", "10.0.0.29"),
+    ]);
+    let (_, end) = rollout(&coord, &moved).await;
+    assert!(!end.ok);
+    assert!(end.message.contains("Refused"), "{}", end.message);
+    assert!(end.message.contains("10.0.0.29"), "{}", end.message);
+    assert_eq!(fake.steps(), Vec::<(String, String)>::new());
+    let st = RolloutState::load(&coord.db).unwrap().unwrap();
+    assert_eq!(st.spec_yaml, yaml);
+}
+
+#[tokio::test]
+async fn reset_takes_the_workers_then_the_control_planes_one_at_a_time_the_first_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(HA);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    held(&coord, &yaml, &[]);
+    for n in ["cp-1", "cp-2", "cp-3", "w-1", "w-2"] {
+        fake.joined(n);
+    }
+
+    let req = ResetRequest {
+        node: String::new(),
+        dry_run: false,
+        force: false,
+    };
+    let (_, end) = follow(super::reset::start(coord.clone(), req).await.unwrap()).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    let log = fake.step_log();
+    assert!(log.iter().all(|c| c.step == "kubeadm-reset"), "{log:?}");
+    let at = |node: &str, started: bool| {
+        log.iter()
+            .position(|c| c.node == node && c.started == started)
+            .unwrap_or_else(|| panic!("{node} was not reset: {log:?}"))
+    };
+    // Every worker has ended before any control plane starts.
+    let workers_done = at("w-1", false).max(at("w-2", false));
+    assert!(workers_done < at("cp-3", true), "{log:?}");
+    // The control planes in reverse order, each ended before the next starts.
+    assert!(at("cp-3", false) < at("cp-2", true), "{log:?}");
+    assert!(at("cp-2", false) < at("cp-1", true), "{log:?}");
+    assert_eq!(log.len(), 10, "{log:?}");
+    assert!(fake.member_names().is_empty());
+    // The lease is free again and the coordinator forgot the cluster.
+    assert!(crate::lease::current(&coord.db, coord.clock.as_ref())
+        .unwrap()
+        .is_none());
+    assert!(RolloutState::load(&coord.db).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_replacement_without_quorum_is_refused_before_any_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(HA);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &["cp-4"]);
+    held(&coord, &yaml, &[]);
+    for n in ["cp-1", "cp-2", "cp-3", "w-1", "w-2"] {
+        fake.joined(n);
+    }
+    // cp-2 is gone, and cp-3's member is unhealthy: one voter of three.
+    fake.agent_down("cp-2");
+    fake.etcd_down("cp-3");
+
+    let req = EtcdReplaceRequest {
+        failed: "cp-2".into(),
+        with: "cp-4".into(),
+        force: false,
+        address: "10.0.0.14".into(),
+    };
+    let (_, end) = follow(super::replace::start(coord.clone(), req).await.unwrap()).await;
+    assert!(!end.ok);
+    assert_eq!(end.failure, "preflight");
+    assert!(end.message.contains("lost quorum"), "{}", end.message);
+    assert!(
+        end.hint
+            .contains("nothing was changed and nothing is left pending"),
+        "{}",
+        end.hint
+    );
+    assert_eq!(fake.steps(), Vec::<(String, String)>::new());
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2", "cp-3"]);
+    // Nothing is pending, the lease is free and cp-2 is not retired.
+    assert_eq!(super::replace::pending(&coord).await.unwrap(), None);
+    assert!(crate::lease::current(&coord.db, coord.clock.as_ref())
+        .unwrap()
+        .is_none());
+    let cp2 = coord
+        .registry
+        .get(&NodeName::new("cp-2").unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(cp2.retired.is_none());
+}
