@@ -141,12 +141,32 @@ fn load_balancer(s: proto::LoadBalancerConfig) -> Result<kh_host::LoadBalancerCo
 }
 
 fn failed(step: &str, error: String) -> proto::StepReport {
+    failed_as(step, error, kh_host::FailureKind::Other)
+}
+
+fn failed_as(step: &str, error: String, kind: kh_host::FailureKind) -> proto::StepReport {
     proto::StepReport {
         step: step.to_string(),
         outcome: proto::Outcome::Failed as i32,
         message: format!("{step} failed"),
         error,
+        failure_kind: failure_kind(Some(kind)) as i32,
         ..Default::default()
+    }
+}
+
+/// The wire's failure kind; a report that did not fail has none.
+pub fn failure_kind(kind: Option<kh_host::FailureKind>) -> proto::FailureKind {
+    use kh_host::FailureKind as K;
+    match kind {
+        None => proto::FailureKind::Unspecified,
+        Some(K::Other) => proto::FailureKind::Other,
+        Some(K::TokenRefused) => proto::FailureKind::TokenRefused,
+        Some(K::CertificateKey) => proto::FailureKind::CertificateKey,
+        Some(K::LearnerLimit) => proto::FailureKind::LearnerLimit,
+        Some(K::QuorumLost) => proto::FailureKind::QuorumLost,
+        Some(K::CommandNotFound) => proto::FailureKind::CommandNotFound,
+        Some(K::Timeout) => proto::FailureKind::Timeout,
     }
 }
 
@@ -200,7 +220,7 @@ fn record(state: &AgentState, report: &proto::StepReport, dry_run: bool) {
             .inc();
     }
     if result == "failed" {
-        tracing::warn!(step = %report.step, dry_run, error = %report.error, "{}", report.message);
+        tracing::warn!(step = %report.step, dry_run, kind = report.failure_kind().as_str_name(), error = %report.error, "{}", report.message);
     } else {
         tracing::info!(step = %report.step, outcome = result, dry_run, "{}", report.message);
     }
@@ -246,7 +266,7 @@ fn move_leader(state: &AgentState, r: proto::EtcdMoveLeader, dry_run: bool) -> p
             proto::Outcome::Changed,
             format!("moved etcd leadership to {hex}"),
         ),
-        Err(e) => failed("etcd-move-leader", e.to_string()),
+        Err(e) => failed_as("etcd-move-leader", e.to_string(), e.failure_kind()),
     }
 }
 
@@ -279,7 +299,7 @@ fn remove_member(
             message: format!("etcd member {hex} is not a member"),
             ..Default::default()
         },
-        Err(e) => failed("etcd-member-remove", e.to_string()),
+        Err(e) => failed_as("etcd-member-remove", e.to_string(), e.failure_kind()),
     }
 }
 
@@ -326,6 +346,7 @@ pub fn to_wire(r: kh_host::StepReport) -> proto::StepReport {
         error: r.error.unwrap_or_default(),
         dry_run: r.dry_run,
         notes: vec![],
+        failure_kind: failure_kind(r.failure) as i32,
     }
 }
 
@@ -561,4 +582,66 @@ pub async fn read_cluster_files(
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_report(failure: Option<kh_host::FailureKind>) -> kh_host::StepReport {
+        kh_host::StepReport {
+            step: StepKind::KubeadmJoin,
+            outcome: if failure.is_some() {
+                kh_host::Outcome::Failed
+            } else {
+                kh_host::Outcome::Changed
+            },
+            files: vec![],
+            commands: vec![],
+            sysctls: vec![],
+            message: "KubeadmJoin failed".into(),
+            error: failure.map(|_| "`kubeadm join --config /var/lib/kh-agent/kubeadm-join.yaml` failed (exit status 1); stderr: ...".into()),
+            dry_run: false,
+            failure,
+        }
+    }
+
+    #[test]
+    fn the_failure_kind_travels_beside_the_message() {
+        let wire = to_wire(host_report(Some(kh_host::FailureKind::TokenRefused)));
+        assert_eq!(wire.failure_kind(), proto::FailureKind::TokenRefused);
+        assert!(wire.error.contains("kubeadm join"), "{}", wire.error);
+        let wire = to_wire(host_report(Some(kh_host::FailureKind::CertificateKey)));
+        assert_eq!(wire.failure_kind(), proto::FailureKind::CertificateKey);
+        let wire = to_wire(host_report(None));
+        assert_eq!(wire.failure_kind(), proto::FailureKind::Unspecified);
+        // A request the agent refuses before any command runs is no
+        // specific kind, but it is a failure.
+        let refused = failed("token-create", "invalid token".into());
+        assert_eq!(refused.failure_kind(), proto::FailureKind::Other);
+    }
+
+    #[test]
+    fn every_host_kind_has_its_own_wire_kind() {
+        use kh_host::FailureKind as K;
+        let all = [
+            K::Other,
+            K::TokenRefused,
+            K::CertificateKey,
+            K::LearnerLimit,
+            K::QuorumLost,
+            K::CommandNotFound,
+            K::Timeout,
+        ];
+        let wire: std::collections::BTreeSet<i32> =
+            all.iter().map(|k| failure_kind(Some(*k)) as i32).collect();
+        assert_eq!(wire.len(), all.len());
+        assert!(!wire.contains(&(proto::FailureKind::Unspecified as i32)));
+        for k in all {
+            assert_eq!(
+                failure_kind(Some(k)).as_str_name(),
+                format!("FAILURE_KIND_{}", k.name().replace('-', "_").to_uppercase())
+            );
+        }
+    }
 }

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use crate::failure::FailureKind;
+use crate::host::TIMED_OUT;
 use crate::steps::StepKind;
 
 /// Joins an argv for humans, quoting arguments that a shell would split.
@@ -103,6 +105,21 @@ pub enum HostError {
     },
 }
 
+impl HostError {
+    /// The kind of this failure, for callers that branch on it.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            HostError::CommandNotFound { .. } => FailureKind::CommandNotFound,
+            HostError::CommandFailed {
+                argv,
+                status,
+                stderr_tail,
+            } => FailureKind::of_command(argv, stderr_tail, status == TIMED_OUT),
+            _ => FailureKind::Other,
+        }
+    }
+}
+
 pub(crate) fn tail_or_empty(tail: &str) -> &str {
     if tail.trim().is_empty() {
         "(empty)"
@@ -177,6 +194,17 @@ pub enum StepError {
 
     #[error("the plan for {step:?} contains an unexpected command `{}`; plans must come from the same step's plan()", display_argv(argv))]
     UnexpectedCommand { step: StepKind, argv: Vec<String> },
+}
+
+impl StepError {
+    /// The kind of this failure, for callers that branch on it.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            StepError::Host(e) => e.failure_kind(),
+            StepError::SysctlWrite { source, .. } => source.failure_kind(),
+            _ => FailureKind::Other,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -160,6 +160,9 @@ impl Cmd {
     }
 }
 
+/// How [`CommandRecord::status_text`] words a command killed at its timeout.
+pub const TIMED_OUT: &str = "timed out and was killed";
+
 /// What one command did: recorded for reports whether it succeeded or not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandRecord {
@@ -181,7 +184,7 @@ impl CommandRecord {
     /// The exit status in words, for error messages.
     pub fn status_text(&self) -> String {
         match (self.exit_code, self.timed_out) {
-            (_, true) => "timed out and was killed".to_string(),
+            (_, true) => TIMED_OUT.to_string(),
             (Some(code), false) => format!("exit status {code}"),
             (None, false) => "killed by a signal".to_string(),
         }

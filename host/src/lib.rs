@@ -19,6 +19,7 @@
 
 pub mod error;
 pub mod facts;
+pub mod failure;
 pub mod host;
 pub mod kube;
 pub mod preflight;
@@ -28,6 +29,7 @@ pub mod tools;
 
 pub use error::{ContainerdConfigError, HostError, StepError};
 pub use facts::{collect, Facts};
+pub use failure::FailureKind;
 pub use host::{Cmd, CommandRecord, Host, SysctlKey, TcpProbe};
 pub use preflight::{preflight, Check, CheckStatus, PreflightInput, Role};
 pub use secret::{SecretBytes, SecretString};

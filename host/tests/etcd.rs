@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::TestHost;
 use kh_host::kube::{EtcdClient, EtcdMember, Scope};
-use kh_host::{Cmd, Host};
+use kh_host::{Cmd, FailureKind, Host};
 
 /// A running etcd member, killed on drop.
 struct Etcd {
@@ -181,6 +181,30 @@ fn membership_health_status_promotion_and_leadership_with_the_real_etcd() {
     assert_eq!(pending.name, "");
     assert_eq!(pending.id_hex, printed_hex, "our hex is etcdctl's hex");
 
+    // etcd admits one learner at a time: a second one is refused in etcd's
+    // own words, which kh-host recognises as the learner limit.
+    let c = Member::new("c", 3);
+    let refused = host
+        .run(
+            &Cmd::new("etcdctl")
+                .arg(format!("--endpoints={}", etcd_a.client_url))
+                .args(["member", "add", c.name, "--learner"])
+                .arg(format!("--peer-urls={}", c.peer_url())),
+        )
+        .expect("etcdctl runs");
+    assert!(!refused.success(), "{refused:?}");
+    assert!(
+        refused
+            .stderr_tail
+            .contains("etcdserver: too many learner members in cluster"),
+        "{}",
+        refused.stderr_tail
+    );
+    assert_eq!(
+        FailureKind::of_command(&refused.argv, &refused.stderr_tail, refused.timed_out),
+        FailureKind::LearnerLimit
+    );
+
     // Removing it takes the hex id; a second removal finds nothing.
     assert!(client.remove_member(&host, pending.id).unwrap());
     assert!(!client.remove_member(&host, pending.id).unwrap());
@@ -335,6 +359,8 @@ fn a_dead_endpoint_is_an_error_with_argv_and_stderr() {
     assert!(text.contains("exit status 1"), "{text}");
     assert!(text.contains("crictl ps --name etcd"), "{text}");
     assert!(err.stderr_tail().is_some_and(|s| !s.is_empty()));
+    // etcdctl gives up on a dead endpoint after its own deadline.
+    assert_eq!(err.failure_kind(), FailureKind::Timeout, "{text}");
     let health = client.endpoint_health(&host, Scope::Endpoints);
     // etcdctl prints JSON for the dead endpoint too: it is unhealthy, not an
     // error.

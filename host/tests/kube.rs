@@ -13,7 +13,7 @@ use kh_host::kube::{
     JOIN_CONFIG_FILE, KUBELET_CONF, SHARED_CA_FILES, STEP_CONFIG_FILES, TOKEN_CONFIG_FILE,
     UPLOAD_CERTS_CONFIG_FILE,
 };
-use kh_host::{Outcome, SecretBytes, SecretString, Step, StepKind, StepReport};
+use kh_host::{FailureKind, Outcome, SecretBytes, SecretString, Step, StepKind, StepReport};
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
 const CERT_KEY: &str = "4f0c6b2e9d8a7c1b3e5f7a9c0d2e4f6a8b1c3d5e7f9a0b2c4d6e8f1a3b5c7d9e";
@@ -300,9 +300,35 @@ fn a_failing_join_removes_its_config_and_scrubs_the_token() {
         error.contains("token id \"<redacted>\" is invalid"),
         "{error}"
     );
+    assert_eq!(report.failure, Some(FailureKind::TokenRefused));
     assert!(!t.exists(JOIN_CONFIG_FILE));
     assert_eq!(t.modes_seen(), vec!["600"]);
     assert_clean(&report, &[TOKEN]);
+}
+
+#[test]
+fn a_control_plane_join_without_the_kubeadm_certs_secret_is_a_certificate_key_failure() {
+    let t = kube_host();
+    std::fs::write(
+        t.tmp().join("kubeadm-fails"),
+        "error execution phase control-plane-prepare/download-certs: error downloading certs: error downloading the secret: Secret \"kubeadm-certs\" was not found in the \"kube-system\" Namespace. This Secret might have expired. Please, run `kubeadm init phase upload-certs --upload-certs` on a control plane to generate a new one\nTo see the stack trace of this error execute with --v=5 or higher\n",
+    )
+    .unwrap();
+    let join = KubeadmJoin {
+        config: SecretString::new(join_config(true)),
+        control_plane: true,
+    };
+    let report = join.run(&t.host(), false);
+    assert_eq!(report.outcome, Outcome::Failed);
+    assert_eq!(report.failure, Some(FailureKind::CertificateKey));
+    // The human message stays beside the kind.
+    let error = report.error.unwrap();
+    assert!(error.contains("This Secret might have expired"), "{error}");
+
+    std::fs::remove_file(t.tmp().join("kubeadm-fails")).unwrap();
+    let report = join.run(&t.host(), false);
+    assert_eq!(report.outcome, Outcome::Changed, "{:?}", report.error);
+    assert_eq!(report.failure, None);
 }
 
 #[test]
@@ -827,6 +853,7 @@ fn a_missing_kubeadm_fails_with_the_search_path() {
         error.contains("command `kubeadm` not found in search path"),
         "{error}"
     );
+    assert_eq!(report.failure, Some(FailureKind::CommandNotFound));
 }
 
 #[test]

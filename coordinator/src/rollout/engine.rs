@@ -599,19 +599,6 @@ impl Ctx<'_> {
     }
 }
 
-fn is_key_error(msg: &str) -> bool {
-    msg.contains("kubeadm-certs")
-}
-
-fn is_token_error(msg: &str) -> bool {
-    let m = msg.to_lowercase();
-    m.contains("token")
-        && (m.contains("expired")
-            || m.contains("invalid")
-            || m.contains("not found")
-            || m.contains("unknown"))
-}
-
 /// Runs the rollout. Errors carry the node, step and what to do next.
 pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result<(), Failure> {
     let spec = &input.spec;
@@ -1514,13 +1501,13 @@ pub(crate) async fn join_control_plane(
                         .await;
                     match result {
                         Ok(_) => break,
-                        Err(f) if attempt == 0 && upload && is_key_error(&f.message) => {
+                        Err(f) if attempt == 0 && upload && f.kind() == proto::FailureKind::CertificateKey => {
                             // The Secret expired by the cluster's clock even
                             // if not by ours: upload again and retry once.
                             ctx.rep.note("control-planes", name, "kubeadm-certs was gone; uploading the certificates again and retrying").await;
                             force_key = true;
                         }
-                        Err(f) if attempt == 0 && is_token_error(&f.message) => {
+                        Err(f) if attempt == 0 && f.kind() == proto::FailureKind::TokenRefused => {
                             ctx.rep.note("control-planes", name, "the bootstrap token was refused; creating a new one and retrying").await;
                             force_token = true;
                         }
@@ -1791,7 +1778,9 @@ async fn join_worker(
                     .await
                 {
                     Ok(r) => return Ok(((), r.message)),
-                    Err(f) if attempt == 0 && is_token_error(&f.message) => force_token = true,
+                    Err(f) if attempt == 0 && f.kind() == proto::FailureKind::TokenRefused => {
+                        force_token = true
+                    }
                     Err(f) => return Err(f),
                 }
             }

@@ -47,6 +47,17 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// What kind of failure the agent recognised, when a step report came
+    /// back Failed; `Unspecified` for anything else (an unreachable agent, a
+    /// refused spec).
+    pub fn kind(&self) -> proto::FailureKind {
+        self.report
+            .as_ref()
+            .map_or(proto::FailureKind::Unspecified, |r| r.failure_kind())
+    }
+}
+
 impl From<crate::error::CoordError> for Failure {
     fn from(e: crate::error::CoordError) -> Self {
         Failure::at(
@@ -283,5 +294,44 @@ pub fn url(addr: std::net::IpAddr, port: u16) -> String {
     match addr {
         std::net::IpAddr::V6(a) => format!("https://[{a}]:{port}"),
         std::net::IpAddr::V4(a) => format!("https://{a}:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kind_comes_from_the_report_and_never_from_the_words() {
+        let failed = |kind: proto::FailureKind, error: &str| Failure {
+            report: Some(proto::StepReport {
+                step: "kubeadm-join".into(),
+                outcome: proto::Outcome::Failed as i32,
+                error: error.into(),
+                failure_kind: kind as i32,
+                ..Default::default()
+            }),
+            ..Failure::at("cp-2", "kubeadm-join", error, "")
+        };
+        let f = failed(
+            proto::FailureKind::TokenRefused,
+            "error execution phase preflight: couldn't validate the identity of the API Server: could not find a JWS signature in the cluster-info ConfigMap for token ID \"abcdef\"",
+        );
+        assert_eq!(f.kind(), proto::FailureKind::TokenRefused);
+        // Words that once read as a token refusal are not one unless the
+        // agent says so (a wrong CA pin needs no new token).
+        let f = failed(
+            proto::FailureKind::Other,
+            "cluster CA found in cluster-info ConfigMap is invalid; check that the token is not expired",
+        );
+        assert_eq!(f.kind(), proto::FailureKind::Other);
+        // An agent that never answered has no kind.
+        let f = Failure::at(
+            "cp-2",
+            "kubeadm-join",
+            "Secret \"kubeadm-certs\" was not found",
+            "",
+        );
+        assert_eq!(f.kind(), proto::FailureKind::Unspecified);
     }
 }

@@ -407,15 +407,16 @@ impl<'a> KubeApplier<'a> {
 
     /// Builds the report from what was done and how it ended.
     pub(crate) fn finish(self, result: Result<Done, KubeError>) -> StepReport {
-        let (outcome, message, error) = match result {
-            Ok(Done::Changed(message)) => (Outcome::Changed, message, None),
-            Ok(Done::Unchanged(message)) => (Outcome::Unchanged, message, None),
+        let (outcome, message, error, failure) = match result {
+            Ok(Done::Changed(message)) => (Outcome::Changed, message, None, None),
+            Ok(Done::Unchanged(message)) => (Outcome::Unchanged, message, None, None),
             Err(err) => {
-                tracing::warn!(step = ?self.step, error = %err, "host step failed");
+                tracing::warn!(step = ?self.step, error = %err, kind = err.failure_kind().name(), "host step failed");
                 (
                     Outcome::Failed,
                     format!("{:?} failed", self.step),
                     Some(err.to_string()),
+                    Some(err.failure_kind()),
                 )
             }
         };
@@ -428,6 +429,7 @@ impl<'a> KubeApplier<'a> {
             message,
             error,
             dry_run: false,
+            failure,
         }
     }
 }

@@ -3,6 +3,8 @@
 //! the (scrubbed) stderr tail and what to do next.
 
 use crate::error::{display_argv, tail_or_empty, HostError, StepError};
+use crate::failure::FailureKind;
+use crate::host::TIMED_OUT;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -78,10 +80,33 @@ impl KubeError {
         }
     }
 
+    /// The kind of this failure, recognised from the failed command and its
+    /// stderr, for callers that branch on it.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            KubeError::Host(e) => e.failure_kind(),
+            KubeError::Step(e) => e.failure_kind(),
+            KubeError::Command {
+                argv,
+                status,
+                stderr_tail,
+                ..
+            } => FailureKind::of_command(argv, stderr_tail, status == TIMED_OUT),
+            // A learner that has not caught up yet is not the learner limit,
+            // and a secret file left behind needs the operator whatever the
+            // step's own failure was.
+            KubeError::LearnerNotReady { .. }
+            | KubeError::Output { .. }
+            | KubeError::Invalid { .. }
+            | KubeError::MissingFile { .. }
+            | KubeError::Cleanup { .. } => FailureKind::Other,
+        }
+    }
+
     /// Whether a command ran out of its time (the apiserver or etcd did not
     /// answer), which is worth retrying, unlike a refusal.
     pub fn timed_out(&self) -> bool {
-        matches!(self, KubeError::Command { status, .. } if status.contains("timed out"))
+        matches!(self, KubeError::Command { status, .. } if status == TIMED_OUT)
     }
 
     /// Whether the failure is one etcd produces while it settles after a

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{display_argv, StepError};
+use crate::failure::FailureKind;
 use crate::host::{Cmd, CommandRecord, Host, SysctlKey};
 
 pub mod containerd;
@@ -169,6 +170,9 @@ pub struct StepReport {
     /// True when this report describes a plan that was not applied.
     #[serde(default)]
     pub dry_run: bool,
+    /// What kind of failure `error` is; `None` unless the step failed.
+    #[serde(default)]
+    pub failure: Option<FailureKind>,
 }
 
 impl StepReport {
@@ -183,6 +187,7 @@ impl StepReport {
             message: format!("{step:?} failed before changing anything"),
             error: Some(error.to_string()),
             dry_run: false,
+            failure: Some(error.failure_kind()),
         }
     }
 
@@ -216,6 +221,7 @@ impl StepReport {
             message: format!("dry run: {}", parts.join("; ")),
             error: None,
             dry_run: true,
+            failure: None,
         }
     }
 }
@@ -331,11 +337,12 @@ impl<'a> Applier<'a> {
     pub(crate) fn finish(self, result: Result<String, StepError>) -> StepReport {
         let did_something =
             !self.files.is_empty() || !self.commands.is_empty() || !self.sysctls.is_empty();
-        let (outcome, message, error) = match result {
-            Ok(message) if did_something => (Outcome::Changed, message, None),
+        let (outcome, message, error, failure) = match result {
+            Ok(message) if did_something => (Outcome::Changed, message, None, None),
             Ok(_) => (
                 Outcome::Unchanged,
                 "already in the desired state".to_string(),
+                None,
                 None,
             ),
             Err(err) => {
@@ -344,6 +351,7 @@ impl<'a> Applier<'a> {
                     Outcome::Failed,
                     format!("{:?} failed", self.step),
                     Some(err.to_string()),
+                    Some(err.failure_kind()),
                 )
             }
         };
@@ -356,6 +364,7 @@ impl<'a> Applier<'a> {
             message,
             error,
             dry_run: false,
+            failure,
         }
     }
 }
