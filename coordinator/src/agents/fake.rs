@@ -41,7 +41,7 @@ struct Model {
     /// Nodes whose etcd member runs but is not healthy.
     etcd_down: HashSet<String>,
     /// Scripted Failed reports, by node and step name, used up in order.
-    failures: HashMap<(String, String), VecDeque<String>>,
+    failures: HashMap<(String, String), VecDeque<(proto::FailureKind, String)>>,
     steps: Vec<StepCall>,
     status_asked: Vec<String>,
     cluster_ca_pem: String,
@@ -91,12 +91,12 @@ impl FakeAgents {
     }
 
     /// Scripts the next run of `step` on `node` to fail with `error`.
-    pub fn fail_step(&self, node: &str, step: &str, error: &str) {
+    pub fn fail_step(&self, node: &str, step: &str, kind: proto::FailureKind, error: &str) {
         self.model()
             .failures
             .entry((node.to_string(), step.to_string()))
             .or_default()
-            .push_back(error.to_string());
+            .push_back((kind, error.to_string()));
     }
 
     /// The agent on `node` stops answering.
@@ -204,10 +204,11 @@ impl Model {
             .failures
             .get_mut(&(node.to_string(), name.to_string()))
             .and_then(VecDeque::pop_front);
-        if let Some(error) = failed {
+        if let Some((kind, error)) = failed {
             return proto::StepReport {
                 step: name.into(),
                 outcome: proto::Outcome::Failed as i32,
+                failure_kind: kind as i32,
                 error,
                 ..Default::default()
             };

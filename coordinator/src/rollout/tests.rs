@@ -194,7 +194,12 @@ async fn a_refused_token_on_a_worker_join_makes_a_new_token_and_joins_again() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = spec_yaml(SMALL);
     let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
-    fake.fail_step("w-1", "kubeadm-join", TOKEN_REFUSED);
+    fake.fail_step(
+        "w-1",
+        "kubeadm-join",
+        kh::proto::FailureKind::TokenRefused,
+        TOKEN_REFUSED,
+    );
 
     let (_, end) = rollout(&coord, &yaml).await;
     assert!(end.ok, "{}: {}", end.step, end.message);
@@ -214,7 +219,12 @@ async fn expired_uploaded_certificates_on_a_control_plane_join_are_uploaded_agai
     let dir = tempfile::tempdir().unwrap();
     let yaml = spec_yaml(HA);
     let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
-    fake.fail_step("cp-2", "kubeadm-join", CERTS_GONE);
+    fake.fail_step(
+        "cp-2",
+        "kubeadm-join",
+        kh::proto::FailureKind::CertificateKey,
+        CERTS_GONE,
+    );
 
     let (events, end) = rollout(&coord, &yaml).await;
     assert!(end.ok, "{}: {}", end.step, end.message);
