@@ -12,8 +12,8 @@ use std::net::IpAddr;
 use kh::proto::{self, run_step_request::Step};
 use kh::spec::{ClusterSpec, LoadBalancerType, NodeSpec};
 
-use super::engine::Reporter;
 use super::ops::{url, Failure, Ops};
+use super::reporter::Reporter;
 use crate::Coordinator;
 
 /// Where every control plane's apiserver listens.

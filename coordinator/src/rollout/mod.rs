@@ -17,6 +17,7 @@ pub mod operation;
 pub mod ops;
 pub mod plan;
 pub mod replace;
+pub mod reporter;
 pub mod reset;
 pub mod state;
 
@@ -29,7 +30,8 @@ use tokio::sync::broadcast;
 
 use crate::error::CoordError;
 use crate::Coordinator;
-use engine::{Input, Reporter};
+use engine::Input;
+use reporter::Reporter;
 use state::RolloutState;
 
 /// The rollout this coordinator process is running, if any.

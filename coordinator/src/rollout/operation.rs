@@ -229,8 +229,8 @@ mod tests {
     use kh::proto::rollout_event::Kind;
     use kh::time::ManualClock;
 
-    use super::super::engine::Reporter;
     use super::super::ops::Failure;
+    use super::super::reporter::Reporter;
     use super::super::state::{RolloutState, Status};
     use super::*;
     use crate::config::{defaults, Config};

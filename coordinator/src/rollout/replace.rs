@@ -17,8 +17,9 @@ use kh::proto::{self, run_step_request::Step, EtcdReplaceRequest};
 use kh::spec::{ClusterSpec, NodeRole, NodeSpec};
 use kh::time::unix_ms;
 
-use super::engine::{self, Ctx, Reporter};
+use super::engine::{self, Ctx};
 use super::ops::{url, Failure, Ops};
+use super::reporter::Reporter;
 use super::state::RolloutState;
 use super::Follow;
 use crate::error::CoordError;

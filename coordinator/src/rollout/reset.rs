@@ -23,8 +23,8 @@ use kh::proto::{self, rollout_event::Kind, run_step_request::Step, ResetRequest,
 use kh::spec::{ClusterSpec, Etcd, NodeRole, NodeSpec};
 use kh::time::unix_ms;
 
-use super::engine::Reporter;
 use super::ops::{url, Failure, Ops};
+use super::reporter::Reporter;
 use super::state::{Outcome, RolloutState};
 use super::Follow;
 use crate::error::CoordError;
