@@ -15,6 +15,7 @@ pub mod lb;
 pub mod material;
 pub mod operation;
 pub mod ops;
+pub mod phase;
 pub mod plan;
 pub mod replace;
 pub mod reporter;

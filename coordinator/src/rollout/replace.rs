@@ -17,8 +17,8 @@ use kh::proto::{self, run_step_request::Step, EtcdReplaceRequest};
 use kh::spec::{ClusterSpec, NodeRole, NodeSpec};
 use kh::time::unix_ms;
 
-use super::engine::{self, Ctx};
 use super::ops::{url, Failure, Ops};
+use super::phase::{control_plane::join_control_plane, prepare::prepare_node, Ctx};
 use super::reporter::Reporter;
 use super::state::RolloutState;
 use super::Follow;
@@ -516,9 +516,9 @@ async fn steps(
 
     rep.phase("join").await;
     let ctx = Ctx::for_operation(coord, &new_spec, rep, holder)?;
-    engine::prepare_node(&ctx, new).await?;
+    prepare_node(&ctx, new).await?;
     let status = ops.node_status(&new.name).await?;
-    engine::join_control_plane(&ctx, new, &others, status.kubelet_conf).await?;
+    join_control_plane(&ctx, new, &others, status.kubelet_conf).await?;
 
     rep.phase("verify").await;
     rep.tracked("verify", "cluster", "update-spec", async {
