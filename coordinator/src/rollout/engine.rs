@@ -23,22 +23,10 @@ use super::ops::{Failure, Ops};
 use super::phase::{
     cleanup::cleanup, cni::cni, control_plane::join_control_plane, endpoint::check_endpoint,
     init::init, preflight::preflight, prepare::prepare_node, survey::observe, survey::plan,
-    verify::verify, workers::join_worker, Ctx, NodeView, STATUS_PARALLEL,
+    verify::verify, workers::join_worker, Ctx, NodeView, Phase, STATUS_PARALLEL,
 };
 use super::reporter::Reporter;
 use crate::Coordinator;
-
-pub const PHASES: &[&str] = &[
-    "preflight",
-    "prepare",
-    "endpoint",
-    "init",
-    "cni",
-    "control-planes",
-    "workers",
-    "verify",
-    "cleanup",
-];
 
 /// What the caller sends: a validated spec and the files it names.
 pub struct Input {
@@ -165,7 +153,7 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     }
 
     // 1. Preflight, in parallel, on nodes kubeadm has not touched yet.
-    rep.phase("preflight").await;
+    rep.phase(Phase::Preflight).await;
     preflight(&ctx, &todo).await?;
     // Roles reach the registry only once preflight has passed.
     for (node, role) in &diff.record_roles {
@@ -176,7 +164,7 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     }
 
     // 2. Prepare hosts, in parallel.
-    rep.phase("prepare").await;
+    rep.phase(Phase::Prepare).await;
     let prepared = futures::future::join_all(todo.iter().map(|n| prepare_node(&ctx, n))).await;
     if let Some(Err(f)) = prepared.into_iter().find(|r| r.is_err()) {
         return Err(f);
@@ -186,7 +174,7 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     // first control plane.
     let initialized = views.get(&first.name).is_some_and(|v| v.status.admin_conf);
     if spec.load_balancer == LoadBalancerType::Haproxy {
-        rep.phase("load-balancer").await;
+        rep.phase(Phase::LoadBalancer).await;
         // The first control plane is a backend before init, which reaches
         // its apiserver through the endpoint (the health check keeps it out
         // of rotation until it answers); joined ones stay.
@@ -195,21 +183,21 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
             .into_iter()
             .filter(|cp| cp.name == first.name || joined(&cp.name, &views))
             .collect();
-        super::lb::configure(&coord, spec, &rep, "load-balancer", &serving).await?;
+        super::lb::configure(&coord, spec, &rep, Phase::LoadBalancer, &serving).await?;
     }
     if !initialized {
-        rep.phase("endpoint").await;
+        rep.phase(Phase::Endpoint).await;
         check_endpoint(&ctx).await?;
     }
-    rep.phase("init").await;
+    rep.phase(Phase::Init).await;
     init(&ctx, initialized).await?;
 
     // 5. CNI, once.
-    rep.phase("cni").await;
+    rep.phase(Phase::Cni).await;
     cni(&ctx, &input, diff.reapply_cni).await?;
 
     // 6. Control planes, one at a time, under the lease.
-    rep.phase("control-planes").await;
+    rep.phase(Phase::ControlPlanes).await;
     let cps = ctx.cps();
     for (i, cp) in cps.iter().enumerate().skip(1) {
         let already: Vec<&NodeSpec> = cps[..i].to_vec();
@@ -223,11 +211,11 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
             .filter(|(j, n)| *j <= i || joined(&n.name, &views))
             .map(|(_, n)| *n)
             .collect();
-        super::lb::configure(&coord, spec, &rep, "control-planes", &backends).await?;
+        super::lb::configure(&coord, spec, &rep, Phase::ControlPlanes, &backends).await?;
     }
 
     // 7. Workers, in parallel up to workerConcurrency.
-    rep.phase("workers").await;
+    rep.phase(Phase::Workers).await;
     let sem = Arc::new(tokio::sync::Semaphore::new(
         spec.worker_concurrency.max(1) as usize
     ));
@@ -248,9 +236,9 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     }
 
     // 8. Verify, then 9. remove the token this rollout created.
-    rep.phase("verify").await;
+    rep.phase(Phase::Verify).await;
     verify(&ctx).await?;
-    rep.phase("cleanup").await;
+    rep.phase(Phase::Cleanup).await;
     cleanup(&ctx).await?;
     Ok(())
 }

@@ -18,7 +18,7 @@ use kh::spec::{ClusterSpec, NodeRole, NodeSpec};
 use kh::time::unix_ms;
 
 use super::ops::{url, Failure, Ops};
-use super::phase::{control_plane::join_control_plane, prepare::prepare_node, Ctx};
+use super::phase::{control_plane::join_control_plane, prepare::prepare_node, Ctx, Phase};
 use super::reporter::Reporter;
 use super::state::RolloutState;
 use super::Follow;
@@ -318,13 +318,18 @@ async fn steps(
         kind: proto::rollout_event::Kind::Plan as i32,
         plan: Some(proto::RolloutPlan {
             cluster: plan.spec.name.clone(),
-            phases: ["preconditions", "remove", "join", "verify"]
-                .iter()
-                .map(|p| proto::PlannedPhase {
-                    name: p.to_string(),
-                    steps: vec![],
-                })
-                .collect(),
+            phases: [
+                Phase::Preconditions,
+                Phase::Remove,
+                Phase::Join,
+                Phase::Verify,
+            ]
+            .iter()
+            .map(|p| proto::PlannedPhase {
+                name: p.to_string(),
+                steps: vec![],
+            })
+            .collect(),
             notes: vec![],
             rendered: vec![],
         }),
@@ -336,9 +341,9 @@ async fn steps(
     // removed (a resumed run) they describe a cluster that no longer exists.
     let mut target: Option<proto::MemberInfo> = None;
     if !removed {
-        rep.phase("preconditions").await;
+        rep.phase(Phase::Preconditions).await;
         target = rep
-            .tracked("preconditions", &failed.name, "preconditions", async {
+            .tracked(Phase::Preconditions, &failed.name, "preconditions", async {
                 let view = etcd::membership(coord, &plan.spec, Some(&failed.name)).await.map_err(|e| Failure {
                     class: "preflight",
                     node: failed.name.clone(),
@@ -401,7 +406,7 @@ async fn steps(
             .await?;
     }
 
-    rep.phase("remove").await;
+    rep.phase(Phase::Remove).await;
     let via = others.first().map(|n| n.name.clone()).unwrap_or_default();
     if let Some(m) = target.as_ref() {
         if m.is_leader && m.healthy && !rep.is_done(&format!("{}/move-leader", failed.name)).await {
@@ -414,7 +419,7 @@ async fn steps(
                         .find(|x| x.id != m.id && x.healthy && !x.is_learner)
                 });
             if let Some(next) = next {
-                rep.tracked("remove", &failed.name, "move-leader", async {
+                rep.tracked(Phase::Remove, &failed.name, "move-leader", async {
                     let r = ops
                         .step(
                             &via,
@@ -434,7 +439,7 @@ async fn steps(
     }
     if !removed {
         let member = target.clone();
-        rep.tracked("remove", &failed.name, "remove-member", async {
+        rep.tracked(Phase::Remove, &failed.name, "remove-member", async {
             match member {
                 None => {
                     retire(coord, failed, new);
@@ -465,7 +470,7 @@ async fn steps(
     // Also after a resumed run whose removal finished before a crash.
     retire(coord, failed, new);
     if !rep.is_done(&format!("{}/delete-node", failed.name)).await {
-        rep.tracked("remove", &failed.name, "delete-node", async {
+        rep.tracked(Phase::Remove, &failed.name, "delete-node", async {
             let r = ops
                 .step(
                     &via,
@@ -492,7 +497,7 @@ async fn steps(
             })
             .unwrap_or(false);
         if reachable {
-            rep.tracked("remove", &failed.name, "reset", async {
+            rep.tracked(Phase::Remove, &failed.name, "reset", async {
                 let r = ops
                     .step(
                         &failed.name,
@@ -506,7 +511,7 @@ async fn steps(
             .await?;
         } else {
             rep.note(
-                "remove",
+                Phase::Remove,
                 &failed.name,
                 "unreachable: not reset (reset it with `kubeadm reset -f` if it ever comes back)",
             )
@@ -514,14 +519,14 @@ async fn steps(
         }
     }
 
-    rep.phase("join").await;
+    rep.phase(Phase::Join).await;
     let ctx = Ctx::for_operation(coord, &new_spec, rep, holder)?;
     prepare_node(&ctx, new).await?;
     let status = ops.node_status(&new.name).await?;
     join_control_plane(&ctx, new, &others, status.kubelet_conf).await?;
 
-    rep.phase("verify").await;
-    rep.tracked("verify", "cluster", "update-spec", async {
+    rep.phase(Phase::Verify).await;
+    rep.tracked(Phase::Verify, "cluster", "update-spec", async {
         update_held_spec(coord, &plan.spec_yaml, &failed.name, new)?;
         if let Ok(n) = NodeName::new(&new.name) {
             coord.registry.set_role(&n, Some("control-plane".into()))?;
@@ -535,7 +540,7 @@ async fn steps(
     })
     .await?;
     if new_spec.load_balancer == kh::spec::LoadBalancerType::Haproxy {
-        rep.tracked("verify", "cluster", "load-balancers", async {
+        rep.tracked(Phase::Verify, "cluster", "load-balancers", async {
             super::lb::refresh(coord, &new_spec).await?;
             Ok((
                 (),
@@ -547,7 +552,7 @@ async fn steps(
         })
         .await?;
     }
-    rep.tracked("verify", "cluster", "verify", async {
+    rep.tracked(Phase::Verify, "cluster", "verify", async {
         etcd::wait_healthy(coord, Duration::from_secs(120)).await?;
         Ok(((), "khctl health passes".to_string()))
     })

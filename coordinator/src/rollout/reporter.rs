@@ -10,6 +10,7 @@ use kh::time::unix_ms;
 use tokio::sync::{broadcast, Mutex};
 
 use super::ops::Failure;
+use super::phase::Phase;
 use super::state::{Outcome, RolloutState, Status};
 use crate::Coordinator;
 
@@ -52,10 +53,10 @@ impl Reporter {
         let _ = self.tx.send(ev);
     }
 
-    pub(crate) async fn note(&self, phase: &str, node: &str, message: impl Into<String>) {
+    pub(crate) async fn note(&self, phase: Phase, node: &str, message: impl Into<String>) {
         self.emit(RolloutEvent {
             kind: Kind::Note as i32,
-            phase: phase.into(),
+            phase: phase.name().into(),
             node: node.into(),
             message: message.into(),
             ..Default::default()
@@ -63,10 +64,10 @@ impl Reporter {
         .await;
     }
 
-    pub(crate) async fn waiting(&self, phase: &str, node: &str, message: impl Into<String>) {
+    pub(crate) async fn waiting(&self, phase: Phase, node: &str, message: impl Into<String>) {
         self.emit(RolloutEvent {
             kind: Kind::Waiting as i32,
-            phase: phase.into(),
+            phase: phase.name().into(),
             node: node.into(),
             message: message.into(),
             ..Default::default()
@@ -151,7 +152,7 @@ impl Reporter {
     /// as running by an earlier process, and reported done by its node now
     /// (a join that finished while the coordinator was down). It is marked
     /// done, audited and shown once; a step not left running is untouched.
-    pub(crate) async fn settle(&self, phase: &str, node: &str, step: &str, message: &str) {
+    pub(crate) async fn settle(&self, phase: Phase, node: &str, step: &str, message: &str) {
         let key = format!("{node}/{step}");
         let Some(started) = self.state.lock().await.running_since(&key) else {
             return;
@@ -163,7 +164,7 @@ impl Reporter {
         }
         self.emit(RolloutEvent {
             kind: Kind::StepFinished as i32,
-            phase: phase.into(),
+            phase: phase.name().into(),
             node: node.into(),
             step: step.into(),
             message,
@@ -188,7 +189,7 @@ impl Reporter {
     /// failed, with events either side.
     pub(crate) async fn tracked<T, F>(
         &self,
-        phase: &str,
+        phase: Phase,
         node: &str,
         step: &str,
         f: F,
@@ -200,7 +201,7 @@ impl Reporter {
         self.mark(&key, Status::Running, "").await?;
         self.emit(RolloutEvent {
             kind: Kind::StepStarted as i32,
-            phase: phase.into(),
+            phase: phase.name().into(),
             node: node.into(),
             step: step.into(),
             ..Default::default()
@@ -212,7 +213,7 @@ impl Reporter {
                 self.mark(&key, Status::Done, &message).await?;
                 self.emit(RolloutEvent {
                     kind: Kind::StepFinished as i32,
-                    phase: phase.into(),
+                    phase: phase.name().into(),
                     node: node.into(),
                     step: step.into(),
                     message,
@@ -233,7 +234,7 @@ impl Reporter {
                 self.mark(&key, Status::Failed, &fail.message).await?;
                 self.emit(RolloutEvent {
                     kind: Kind::StepFailed as i32,
-                    phase: phase.into(),
+                    phase: phase.name().into(),
                     node: node.into(),
                     step: step.into(),
                     message: fail.message.clone(),
@@ -248,10 +249,10 @@ impl Reporter {
         }
     }
 
-    pub(crate) async fn phase(&self, phase: &str) {
+    pub(crate) async fn phase(&self, phase: Phase) {
         self.emit(RolloutEvent {
             kind: Kind::PhaseStarted as i32,
-            phase: phase.into(),
+            phase: phase.name().into(),
             ..Default::default()
         })
         .await;

@@ -3,6 +3,7 @@
 use kh::proto::{self, run_step_request::Step};
 
 use super::Ctx;
+use super::Phase;
 use crate::rollout::material;
 use crate::rollout::ops::Failure;
 
@@ -16,7 +17,7 @@ pub(crate) async fn cleanup(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let id = m.meta.token_id.clone();
     drop(m);
     ctx.rep
-        .tracked("cleanup", &via, "delete-token", async {
+        .tracked(Phase::Cleanup, &via, "delete-token", async {
             ctx.ops
                 .step(
                     &via,

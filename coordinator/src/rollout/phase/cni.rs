@@ -3,6 +3,7 @@
 use kh::proto::{self, run_step_request::Step};
 
 use super::Ctx;
+use super::Phase;
 use crate::rollout::engine::Input;
 use crate::rollout::ops::Failure;
 
@@ -11,7 +12,7 @@ pub(crate) async fn cni(ctx: &Ctx<'_>, input: &Input, changed: bool) -> Result<(
     let Some(cni) = &ctx.spec.cni else {
         ctx.rep
             .note(
-                "cni",
+                Phase::Cni,
                 "",
                 "no cni.manifest in the spec: nodes stay NotReady until you apply a CNI",
             )
@@ -29,7 +30,7 @@ pub(crate) async fn cni(ctx: &Ctx<'_>, input: &Input, changed: bool) -> Result<(
         ))
     })?;
     ctx.rep
-        .tracked("cni", first, "cni", async {
+        .tracked(Phase::Cni, first, "cni", async {
             let r = ctx
                 .ops
                 .step(

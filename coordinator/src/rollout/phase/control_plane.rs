@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use kh::proto::{self, run_step_request::Step};
 use kh::spec::{CertDistribution, NodeSpec};
 
+use super::Phase;
 use super::{is_key_error, is_token_error, Ctx, READY_TIMEOUT};
 use crate::lease;
 use crate::rollout::material;
@@ -47,7 +48,7 @@ async fn with_lease<T>(
                 }
                 ctx.rep
                     .waiting(
-                        "control-planes",
+                        Phase::ControlPlanes,
                         node,
                         format!(
                             "waiting for the control-plane lease: {}",
@@ -89,7 +90,7 @@ pub(crate) async fn join_control_plane(
     // Joined means: kubelet.conf on the node AND (stacked etcd) a voting member.
     let settle = || {
         ctx.rep.settle(
-            "control-planes",
+            Phase::ControlPlanes,
             name,
             "join-control-plane",
             "joined as a control plane",
@@ -111,14 +112,14 @@ pub(crate) async fn join_control_plane(
         {
             settle().await;
             ctx.rep
-                .note("control-planes", name, "already joined; skipping")
+                .note(Phase::ControlPlanes, name, "already joined; skipping")
                 .await;
             return Ok(());
         }
     }
     with_lease(ctx, name, &format!("joining control plane {name}"), async {
         ctx.rep
-            .tracked("control-planes", name, "join-control-plane", async {
+            .tracked(Phase::ControlPlanes, name, "join-control-plane", async {
                 let mut force_token = false;
                 let mut force_key = false;
                 for attempt in 0..2 {
@@ -136,7 +137,7 @@ pub(crate) async fn join_control_plane(
                     .await?;
                     if status.kubelet_conf || status.etcd_manifest || status.apiserver_manifest {
                         // A join that died halfway left files; start clean.
-                        ctx.rep.note("control-planes", name, "a previous join attempt left kubeadm files here; running kubeadm reset -f first").await;
+                        ctx.rep.note(Phase::ControlPlanes, name, "a previous join attempt left kubeadm files here; running kubeadm reset -f first").await;
                         ctx.ops.step(name, "kubeadm-reset", Step::KubeadmReset(proto::KubeadmReset {}), false).await?;
                     }
                     let upload = ctx.spec.certificates == CertDistribution::UploadCerts;
@@ -165,11 +166,11 @@ pub(crate) async fn join_control_plane(
                         Err(f) if attempt == 0 && upload && is_key_error(&f.message) => {
                             // The Secret expired by the cluster's clock even
                             // if not by ours: upload again and retry once.
-                            ctx.rep.note("control-planes", name, "kubeadm-certs was gone; uploading the certificates again and retrying").await;
+                            ctx.rep.note(Phase::ControlPlanes, name, "kubeadm-certs was gone; uploading the certificates again and retrying").await;
                             force_key = true;
                         }
                         Err(f) if attempt == 0 && is_token_error(&f.message) => {
-                            ctx.rep.note("control-planes", name, "the bootstrap token was refused; creating a new one and retrying").await;
+                            ctx.rep.note(Phase::ControlPlanes, name, "the bootstrap token was refused; creating a new one and retrying").await;
                             force_token = true;
                         }
                         Err(f) => return Err(f),
@@ -250,7 +251,7 @@ async fn remove_stale_member(
     }
     ctx.rep
         .note(
-            "control-planes",
+            Phase::ControlPlanes,
             name,
             format!(
                 "removing stale etcd member {} ({}) left by an earlier attempt",
@@ -358,7 +359,7 @@ async fn wait_member_promoted(
         {
             ctx.rep
                 .waiting(
-                    "control-planes",
+                    Phase::ControlPlanes,
                     &node.name,
                     format!("waiting for the etcd member to be promoted and healthy ({last})"),
                 )

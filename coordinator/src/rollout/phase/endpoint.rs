@@ -4,13 +4,14 @@
 use kh::proto;
 
 use super::Ctx;
+use super::Phase;
 use crate::rollout::ops::Failure;
 
 pub(crate) async fn check_endpoint(ctx: &Ctx<'_>) -> Result<(), Failure> {
     use proto::tcp_probe_response::Result as R;
     let first = &ctx.first.name;
     ctx.rep
-        .tracked("endpoint", first, "endpoint-check", async {
+        .tracked(Phase::Endpoint, first, "endpoint-check", async {
             let r = ctx.ops.tcp_probe(first, &ctx.endpoint).await?;
             match R::try_from(r.result).unwrap_or(R::Unspecified) {
                 R::Open => Ok(((), format!("{} accepts TCP", ctx.endpoint))),

@@ -6,6 +6,7 @@ use kh::proto::{self, read_cluster_files_request::Set, run_step_request::Step};
 use kh::secret::Secret;
 use kh::spec::CertDistribution;
 
+use super::Phase;
 use super::{init_params, Ctx};
 use crate::rollout::material;
 use crate::rollout::ops::Failure;
@@ -16,7 +17,7 @@ pub(crate) async fn init(ctx: &Ctx<'_>, initialized: bool) -> Result<(), Failure
     if initialized {
         ctx.rep
             .settle(
-                "init",
+                Phase::Init,
                 first,
                 "kubeadm-init",
                 "the control plane is initialized",
@@ -25,7 +26,7 @@ pub(crate) async fn init(ctx: &Ctx<'_>, initialized: bool) -> Result<(), Failure
     }
     if !initialized && ctx.external_etcd {
         ctx.rep
-            .tracked("init", first, "external-etcd", async {
+            .tracked(Phase::Init, first, "external-etcd", async {
                 crate::rollout::external_etcd::place(&ctx.ops, &ctx.coord.db, first).await?;
                 let endpoints = ctx.etcd_endpoints(&[]);
                 let summary =
@@ -37,7 +38,7 @@ pub(crate) async fn init(ctx: &Ctx<'_>, initialized: bool) -> Result<(), Failure
     }
     if !initialized {
         ctx.rep
-            .tracked("init", first, "kubeadm-init", async {
+            .tracked(Phase::Init, first, "kubeadm-init", async {
                 let mut m = ctx.material.lock().await;
                 let config = kubeadm::render_init(&init_params(ctx, &m), false);
                 let r = ctx
@@ -66,7 +67,7 @@ pub(crate) async fn init(ctx: &Ctx<'_>, initialized: bool) -> Result<(), Failure
         && material::load_shared_ca(&ctx.coord.db)?.is_none();
     if needs_hash || needs_shared {
         ctx.rep
-            .tracked("init", first, "collect-cluster-ca", async {
+            .tracked(Phase::Init, first, "collect-cluster-ca", async {
                 let files = ctx
                     .ops
                     .read_files(first, Set::ClusterCa)

@@ -38,6 +38,82 @@ const READY_ANSWER_AGE: Duration = Duration::from_secs(2);
 /// Nodes asked for their status at once when a rollout starts.
 pub(crate) const STATUS_PARALLEL: usize = 64;
 
+/// A phase of an operation, as its events name it. The wire carries
+/// [`Phase::name`], so khctl shows the same words as always.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Preflight,
+    Prepare,
+    LoadBalancer,
+    Endpoint,
+    Init,
+    Cni,
+    ControlPlanes,
+    Workers,
+    Verify,
+    Cleanup,
+    /// Notes about the join token and uploaded certificates being refreshed.
+    JoinMaterial,
+    /// An etcd replacement's checks before it changes anything.
+    Preconditions,
+    /// An etcd replacement removing the failed member and node.
+    Remove,
+    /// An etcd replacement joining the new control plane.
+    Join,
+    /// `khctl reset --node`: one node torn down.
+    Reset,
+}
+
+impl Phase {
+    /// Every phase: a rollout's in the order it runs them (the load
+    /// balancers only with `loadBalancer: haproxy`), then the other
+    /// operations' own.
+    pub const ALL: [Phase; 15] = [
+        Phase::Preflight,
+        Phase::Prepare,
+        Phase::LoadBalancer,
+        Phase::Endpoint,
+        Phase::Init,
+        Phase::Cni,
+        Phase::ControlPlanes,
+        Phase::Workers,
+        Phase::Verify,
+        Phase::Cleanup,
+        Phase::JoinMaterial,
+        Phase::Preconditions,
+        Phase::Remove,
+        Phase::Join,
+        Phase::Reset,
+    ];
+
+    /// The name on the wire, in events and the persisted journal.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Preflight => "preflight",
+            Phase::Prepare => "prepare",
+            Phase::LoadBalancer => "load-balancer",
+            Phase::Endpoint => "endpoint",
+            Phase::Init => "init",
+            Phase::Cni => "cni",
+            Phase::ControlPlanes => "control-planes",
+            Phase::Workers => "workers",
+            Phase::Verify => "verify",
+            Phase::Cleanup => "cleanup",
+            Phase::JoinMaterial => "join-material",
+            Phase::Preconditions => "preconditions",
+            Phase::Remove => "remove",
+            Phase::Join => "join",
+            Phase::Reset => "reset",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Where a node stands, as its agent reports it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct NodeView {
@@ -174,7 +250,7 @@ impl Ctx<'_> {
             m.token = token.clone();
             self.rep
                 .note(
-                    "join-material",
+                    Phase::JoinMaterial,
                     via,
                     "creating a new bootstrap token (the last one is near expiry or was refused)",
                 )
@@ -198,7 +274,7 @@ impl Ctx<'_> {
         if need_key && (force_key || !m.key_fresh(now)) {
             self.rep
                 .note(
-                    "join-material",
+                    Phase::JoinMaterial,
                     via,
                     "uploading the certificates again (kubeadm-certs lasts 2h)",
                 )
@@ -295,5 +371,36 @@ fn join_params(ctx: &Ctx<'_>, node: &NodeSpec, m: &Material, control_plane: bool
             certificate_key: upload.then(|| m.certificate_key.clone()),
             bind_port: 6443,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Phase;
+
+    #[test]
+    fn phase_names_are_the_wire_names_and_unique() {
+        let names: Vec<&str> = Phase::ALL.iter().map(|p| p.name()).collect();
+        // The rollout's phases keep the names khctl and stored journals know.
+        assert_eq!(
+            names[..10],
+            [
+                "preflight",
+                "prepare",
+                "load-balancer",
+                "endpoint",
+                "init",
+                "cni",
+                "control-planes",
+                "workers",
+                "verify",
+                "cleanup"
+            ]
+        );
+        let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        for p in Phase::ALL {
+            assert_eq!(p.to_string(), p.name());
+        }
     }
 }

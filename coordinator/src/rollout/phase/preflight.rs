@@ -6,7 +6,7 @@ use std::time::Duration;
 use kh::proto::{self, rollout_event::Kind, RolloutEvent};
 use kh::spec::NodeSpec;
 
-use super::Ctx;
+use super::{Ctx, Phase};
 use crate::rollout::ops::Failure;
 
 pub(crate) async fn preflight(ctx: &Ctx<'_>, todo: &[&NodeSpec]) -> Result<(), Failure> {
@@ -40,7 +40,7 @@ pub(crate) async fn preflight(ctx: &Ctx<'_>, todo: &[&NodeSpec]) -> Result<(), F
         ctx.rep
             .emit(RolloutEvent {
                 kind: Kind::StepFinished as i32,
-                phase: "preflight".into(),
+                phase: Phase::Preflight.name().into(),
                 node: r.node.clone(),
                 step: "preflight".into(),
                 message: match &r.report {

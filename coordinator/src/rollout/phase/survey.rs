@@ -9,7 +9,7 @@ use kh::proto;
 use kh::secret::Secret;
 use kh::spec::{CertDistribution, NodeSpec};
 
-use super::{init_params, join_params, Ctx, NodeView, STATUS_PARALLEL};
+use super::{init_params, join_params, Ctx, NodeView, Phase, STATUS_PARALLEL};
 use crate::rollout::engine::Input;
 use crate::rollout::material;
 
@@ -79,7 +79,7 @@ pub(crate) fn plan(
         detail,
     };
     phases.push(proto::PlannedPhase {
-        name: "preflight".into(),
+        name: Phase::Preflight.name().into(),
         steps: todo
             .iter()
             .map(|n| {
@@ -93,7 +93,7 @@ pub(crate) fn plan(
             .collect(),
     });
     phases.push(proto::PlannedPhase {
-        name: "prepare".into(),
+        name: Phase::Prepare.name().into(),
         steps: todo
             .iter()
             .map(|n| {
@@ -112,7 +112,7 @@ pub(crate) fn plan(
     let init_state = || if initialized { "done" } else { "pending" }.to_string();
     if ctx.spec.load_balancer == kh::spec::LoadBalancerType::Haproxy {
         phases.push(proto::PlannedPhase {
-            name: "load-balancer".into(),
+            name: Phase::LoadBalancer.name().into(),
             steps: ctx
                 .spec
                 .load_balancers()
@@ -128,7 +128,7 @@ pub(crate) fn plan(
         });
     }
     phases.push(proto::PlannedPhase {
-        name: "endpoint".into(),
+        name: Phase::Endpoint.name().into(),
         steps: vec![step(
             &ctx.first.name,
             "endpoint-check",
@@ -137,7 +137,7 @@ pub(crate) fn plan(
         )],
     });
     phases.push(proto::PlannedPhase {
-        name: "init".into(),
+        name: Phase::Init.name().into(),
         steps: vec![step(
             &ctx.first.name,
             "kubeadm-init",
@@ -154,7 +154,7 @@ pub(crate) fn plan(
     });
     if let Some(cni) = &ctx.spec.cni {
         phases.push(proto::PlannedPhase {
-            name: "cni".into(),
+            name: Phase::Cni.name().into(),
             steps: vec![step(
                 &ctx.first.name,
                 "cni",
@@ -164,7 +164,7 @@ pub(crate) fn plan(
         });
     }
     phases.push(proto::PlannedPhase {
-        name: "control-planes".into(),
+        name: Phase::ControlPlanes.name().into(),
         steps: ctx
             .cps()
             .iter()
@@ -173,7 +173,7 @@ pub(crate) fn plan(
             .collect(),
     });
     phases.push(proto::PlannedPhase {
-        name: "workers".into(),
+        name: Phase::Workers.name().into(),
         steps: ctx
             .spec
             .workers()
@@ -181,7 +181,7 @@ pub(crate) fn plan(
             .collect(),
     });
     phases.push(proto::PlannedPhase {
-        name: "verify".into(),
+        name: Phase::Verify.name().into(),
         steps: vec![step(
             "",
             "verify",
@@ -190,7 +190,7 @@ pub(crate) fn plan(
         )],
     });
     phases.push(proto::PlannedPhase {
-        name: "cleanup".into(),
+        name: Phase::Cleanup.name().into(),
         steps: vec![step(
             "",
             "delete-token",

@@ -3,13 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use super::Phase;
 use super::{Ctx, READY_TIMEOUT};
 use crate::rollout::ops::{url, Failure};
 
 pub(crate) async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
     let cps = ctx.cps();
     ctx.rep
-        .tracked("verify", "cluster", "verify", async {
+        .tracked(Phase::Verify, "cluster", "verify", async {
             let via = ctx.healthy_cp(&cps).await?;
             // Every node Ready (the CNI may need a moment).
             let start = Instant::now();
@@ -38,7 +39,7 @@ pub(crate) async fn verify(ctx: &Ctx<'_>) -> Result<(), Failure> {
                 }
                 ctx.rep
                     .waiting(
-                        "verify",
+                        Phase::Verify,
                         "",
                         format!("waiting for nodes to be Ready: {}", missing.join(", ")),
                     )

@@ -3,6 +3,7 @@
 use kh::proto::{self, run_step_request::Step};
 use kh::spec::NodeSpec;
 
+use super::Phase;
 use super::{is_token_error, Ctx};
 use crate::rollout::ops::Failure;
 
@@ -17,12 +18,12 @@ pub(crate) async fn join_worker(
         // Joined; if by an attempt an earlier coordinator started and did not
         // see end, that attempt is recorded now.
         ctx.rep
-            .settle("workers", name, "join-worker", "joined as a worker")
+            .settle(Phase::Workers, name, "join-worker", "joined as a worker")
             .await;
         return Ok(());
     }
     ctx.rep
-        .tracked("workers", name, "join-worker", async {
+        .tracked(Phase::Workers, name, "join-worker", async {
             let mut force_token = false;
             for attempt in 0..2 {
                 let via = ctx.recently_healthy_cp(cps).await?;
