@@ -260,37 +260,13 @@ async fn run(coord: Arc<Coordinator>, plan: Plan, rep: Reporter) -> Result<(), F
         "replacing control plane {} with {}",
         plan.failed.name, plan.new.name
     );
-    match lease::acquire(&coord.db, coord.clock.as_ref(), &holder, &purpose)? {
-        Ok(_) => {}
-        Err(other) => {
-            return Err(Failure {
-                class: "preflight",
-                node: plan.failed.name.clone(),
-                step: "lease".into(),
-                message: format!(
-                    "another control-plane change is in progress: {}; nothing was changed",
-                    lease::describe(&other)
-                ),
-                hint: "wait for it to finish, then run the replacement again".into(),
-                report: None,
-            })
-        }
-    }
-    let renewer = {
-        let (coord, holder, purpose) = (coord.clone(), holder.clone(), purpose.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease::TTL / 4).await;
-                if let Err(e) = lease::renew(&coord.db, coord.clock.as_ref(), &holder, &purpose) {
-                    tracing::error!(error = %e, "control-plane lease renewal failed");
-                }
-            }
-        })
-    };
-    let result = steps(&coord, &plan, &rep, holder.clone()).await;
-    renewer.abort();
-    lease::release(&coord.db, &holder)?;
-    result
+    lease::hold(
+        &coord,
+        &holder,
+        &purpose,
+        steps(&coord, &plan, &rep, holder.clone()),
+    )
+    .await
 }
 
 async fn steps(

@@ -318,44 +318,6 @@ async fn finish_ok(coord: &Coordinator, rep: &Reporter, message: &str) {
     .await;
 }
 
-/// Holds the control-plane lease while `f` runs, renewing it.
-async fn with_lease<T>(
-    coord: &Coordinator,
-    holder: &str,
-    purpose: &str,
-    f: impl std::future::Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
-    if let Err(other) = lease::acquire(&coord.db, coord.clock.as_ref(), holder, purpose)? {
-        return Err(Failure {
-            class: "preflight",
-            node: String::new(),
-            step: "lease".into(),
-            message: format!(
-                "another control-plane change is in progress: {}; no control plane was reset",
-                lease::describe(&other)
-            ),
-            hint: "wait for it to finish, then run the reset again".into(),
-            report: None,
-        });
-    }
-    let renewer = {
-        let (db, clock) = (coord.db.clone(), coord.clock.clone());
-        let (holder, purpose) = (holder.to_string(), purpose.to_string());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease::TTL / 4).await;
-                if let Err(e) = lease::renew(&db, clock.as_ref(), &holder, &purpose) {
-                    tracing::error!(error = %e, "control-plane lease renewal failed");
-                }
-            }
-        })
-    };
-    let r = f.await;
-    renewer.abort();
-    lease::release(&coord.db, holder)?;
-    r
-}
-
 /// `kubeadm reset -f` on `node` as a tracked step.
 async fn kubeadm_reset(
     ops: &Ops<'_>,
@@ -395,11 +357,11 @@ async fn reset_cluster(
     }
     rep.phase(Phase::ControlPlanes).await;
     let holder = format!("reset {}", spec.name);
-    with_lease(coord, &holder, "resetting the control planes", async {
+    lease::hold(coord, &holder, "resetting the control planes", async {
         for cp in &cps {
             kubeadm_reset(&ops, rep, Phase::ControlPlanes, &cp.name).await?;
         }
-        Ok(())
+        Ok::<_, Failure>(())
     })
     .await?;
     rep.phase(Phase::Cleanup).await;
@@ -453,7 +415,7 @@ async fn reset_node(
     let name = node.name.as_str();
     if node.role == NodeRole::ControlPlane {
         let holder = format!("reset {} node {name}", spec.name);
-        with_lease(
+        lease::hold(
             coord,
             &holder,
             &format!("resetting control plane {name}"),
@@ -481,7 +443,7 @@ async fn reset_node(
                 if matches!(spec.etcd, Etcd::Stacked) {
                     remove_leftover_member(coord, spec, node, rep).await?;
                 }
-                Ok(())
+                Ok::<_, Failure>(())
             },
         )
         .await?;

@@ -21,7 +21,9 @@ const JOIN_POLL: Duration = Duration::from_millis(100);
 /// How often the same waiting message is repeated to followers.
 const WAITING_REPEAT: Duration = Duration::from_secs(5);
 
-/// Holds the control-plane lease for the duration of `f`, renewing it.
+/// Holds the control-plane lease for the duration of `f`, renewing it. A
+/// busy lease is waited for, up to ten minutes, telling followers who
+/// holds it.
 async fn with_lease<T>(
     ctx: &Ctx<'_>,
     node: &str,
@@ -31,50 +33,18 @@ async fn with_lease<T>(
     if ctx.lease_held {
         return f.await;
     }
-    let db = &ctx.coord.db;
-    let clock = ctx.coord.clock.clone();
-    let waited = Instant::now();
-    loop {
-        match lease::acquire(db, clock.as_ref(), &ctx.holder, purpose)? {
-            Ok(_) => break,
-            Err(other) => {
-                if waited.elapsed() > Duration::from_secs(600) {
-                    return Err(Failure::at(
-                        node,
-                        "lease",
-                        lease::describe(&other),
-                        "wait for that operation to finish, then run the rollout again",
-                    ));
-                }
-                ctx.rep
-                    .waiting(
-                        Phase::ControlPlanes,
-                        node,
-                        format!(
-                            "waiting for the control-plane lease: {}",
-                            lease::describe(&other)
-                        ),
-                    )
-                    .await;
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-        }
-    }
-    let renewer = {
-        let (db, holder, purpose) = (db.clone(), ctx.holder.clone(), purpose.to_string());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease::TTL / 4).await;
-                if let Err(e) = lease::renew(&db, clock.as_ref(), &holder, &purpose) {
-                    tracing::error!(error = %e, "control-plane lease renewal failed");
-                }
-            }
-        })
+    let wait = lease::Wait {
+        patience: Duration::from_secs(600),
+        every: Duration::from_secs(2),
+        on_busy: |other: &lease::Lease| {
+            let message = format!(
+                "waiting for the control-plane lease: {}",
+                lease::describe(other)
+            );
+            async move { ctx.rep.waiting(Phase::ControlPlanes, node, message).await }
+        },
     };
-    let r = f.await;
-    renewer.abort();
-    lease::release(db, &ctx.holder)?;
-    r
+    lease::hold_waiting(ctx.coord, &ctx.holder, purpose, wait, f).await
 }
 
 pub(crate) async fn join_control_plane(
