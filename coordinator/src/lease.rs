@@ -146,7 +146,9 @@ type NoWait = fn(&Lease) -> std::future::Ready<()>;
 
 /// Holds the control-plane lease while `work` runs: takes it (or refuses
 /// with [`Busy`] at once), renews it while `work` runs, and releases it
-/// afterwards, whether `work` succeeded or not.
+/// afterwards, whether `work` succeeded or not. Pass a large `work` boxed
+/// (`Box::pin`): the helper carries it by value, and an unboxed operation's
+/// whole future would be copied on the stack of the task's thread.
 pub async fn hold<T, E>(
     coord: &Coordinator,
     holder: &str,

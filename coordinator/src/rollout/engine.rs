@@ -9,6 +9,9 @@
 //! kubeadm already ran), and each join first checks what is really there, so
 //! a rollout resumed after any crash finishes without repeating work and
 //! without a second etcd member for any node.
+//!
+//! Each phase lives in its own file under `rollout::phase`; this module only
+//! decides their order and what each is given.
 
 use std::collections::HashMap;
 use std::sync::Arc;

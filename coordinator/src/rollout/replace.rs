@@ -260,11 +260,13 @@ async fn run(coord: Arc<Coordinator>, plan: Plan, rep: Reporter) -> Result<(), F
         "replacing control plane {} with {}",
         plan.failed.name, plan.new.name
     );
+    // Boxed: the replacement's steps make a large future, and the helper
+    // would otherwise carry it by value, on the stack of the task's thread.
     lease::hold(
         &coord,
         &holder,
         &purpose,
-        steps(&coord, &plan, &rep, holder.clone()),
+        Box::pin(steps(&coord, &plan, &rep, holder.clone())),
     )
     .await
 }

@@ -357,12 +357,17 @@ async fn reset_cluster(
     }
     rep.phase(Phase::ControlPlanes).await;
     let holder = format!("reset {}", spec.name);
-    lease::hold(coord, &holder, "resetting the control planes", async {
-        for cp in &cps {
-            kubeadm_reset(&ops, rep, Phase::ControlPlanes, &cp.name).await?;
-        }
-        Ok::<_, Failure>(())
-    })
+    lease::hold(
+        coord,
+        &holder,
+        "resetting the control planes",
+        Box::pin(async {
+            for cp in &cps {
+                kubeadm_reset(&ops, rep, Phase::ControlPlanes, &cp.name).await?;
+            }
+            Ok::<_, Failure>(())
+        }),
+    )
     .await?;
     rep.phase(Phase::Cleanup).await;
     rep.tracked(Phase::Cleanup, "cluster", "forget-cluster", async {
@@ -419,7 +424,7 @@ async fn reset_node(
             coord,
             &holder,
             &format!("resetting control plane {name}"),
-            async {
+            Box::pin(async {
                 // Again under the lease: membership may have changed since the
                 // request was checked.
                 node_preconditions(coord, spec, node, force)
@@ -444,7 +449,7 @@ async fn reset_node(
                     remove_leftover_member(coord, spec, node, rep).await?;
                 }
                 Ok::<_, Failure>(())
-            },
+            }),
         )
         .await?;
     } else {

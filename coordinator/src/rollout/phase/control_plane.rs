@@ -44,7 +44,8 @@ async fn with_lease<T>(
             async move { ctx.rep.waiting(Phase::ControlPlanes, node, message).await }
         },
     };
-    lease::hold_waiting(ctx.coord, &ctx.holder, purpose, wait, f).await
+    // Boxed, so the join is not carried by value through the helper.
+    lease::hold_waiting(ctx.coord, &ctx.holder, purpose, wait, Box::pin(f)).await
 }
 
 pub(crate) async fn join_control_plane(
