@@ -12,8 +12,9 @@ use std::net::IpAddr;
 use kh::proto::{self, run_step_request::Step};
 use kh::spec::{ClusterSpec, LoadBalancerType, NodeSpec};
 
-use super::engine::Reporter;
 use super::ops::{url, Failure, Ops};
+use super::phase::Phase;
+use super::reporter::Reporter;
 use crate::Coordinator;
 
 /// Where every control plane's apiserver listens.
@@ -127,7 +128,7 @@ pub(crate) async fn configure(
     coord: &Coordinator,
     spec: &ClusterSpec,
     rep: &Reporter,
-    phase: &str,
+    phase: Phase,
     backends: &[&NodeSpec],
 ) -> Result<(), Failure> {
     if spec.load_balancer != LoadBalancerType::Haproxy {

@@ -15,8 +15,10 @@ pub mod lb;
 pub mod material;
 pub mod operation;
 pub mod ops;
+pub mod phase;
 pub mod plan;
 pub mod replace;
+pub mod reporter;
 pub mod reset;
 pub mod state;
 
@@ -29,7 +31,8 @@ use tokio::sync::broadcast;
 
 use crate::error::CoordError;
 use crate::Coordinator;
-use engine::{Input, Reporter};
+use engine::Input;
+use reporter::Reporter;
 use state::RolloutState;
 
 /// The rollout this coordinator process is running, if any.

@@ -229,8 +229,9 @@ mod tests {
     use kh::proto::rollout_event::Kind;
     use kh::time::ManualClock;
 
-    use super::super::engine::Reporter;
     use super::super::ops::Failure;
+    use super::super::phase::Phase;
+    use super::super::reporter::Reporter;
     use super::super::state::{RolloutState, Status};
     use super::*;
     use crate::config::{defaults, Config};
@@ -313,12 +314,12 @@ mod tests {
         let loaded = RolloutState::load(&coord.db).unwrap().unwrap();
         let rep = Reporter::new(coord.clone(), loaded);
         let mut rx = rep.tx.subscribe();
-        rep.settle("workers", "w-1", "join-worker", "joined as a worker")
+        rep.settle(Phase::Workers, "w-1", "join-worker", "joined as a worker")
             .await;
-        rep.settle("workers", "w-1", "join-worker", "joined as a worker")
+        rep.settle(Phase::Workers, "w-1", "join-worker", "joined as a worker")
             .await;
         // Never started in this state: nothing to settle.
-        rep.settle("workers", "w-2", "join-worker", "joined as a worker")
+        rep.settle(Phase::Workers, "w-2", "join-worker", "joined as a worker")
             .await;
         assert_eq!(
             audit(&coord),
@@ -349,7 +350,7 @@ mod tests {
             coord.clone(),
             RolloutState::load(&coord.db).unwrap().unwrap(),
         );
-        rep.tracked("prepare", "cp-1", "swap", async {
+        rep.tracked(Phase::Prepare, "cp-1", "swap", async {
             Ok(((), "off".to_string()))
         })
         .await
@@ -372,7 +373,7 @@ mod tests {
         let rep = Reporter::new(coord.clone(), st);
         let mut rx = rep.tx.subscribe();
         let result = rep
-            .tracked("preconditions", "cp-2", "preconditions", async {
+            .tracked(Phase::Preconditions, "cp-2", "preconditions", async {
                 Err::<((), String), _>(Failure {
                     class: "preflight",
                     node: "cp-2".into(),
@@ -403,7 +404,7 @@ mod tests {
         let rep = Reporter::new(coord.clone(), st);
         let mut rx = rep.tx.subscribe();
         let result = rep
-            .tracked("remove", "cp-2", "delete-node", async {
+            .tracked(Phase::Remove, "cp-2", "delete-node", async {
                 Err::<((), String), _>(Failure::at(
                     "cp-1",
                     "delete-node",

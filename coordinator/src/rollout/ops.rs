@@ -70,7 +70,7 @@ impl From<crate::error::CoordError> for Failure {
 }
 
 /// How a generic hint says "run this operation again". A
-/// [`Reporter`](super::engine::Reporter) whose operation resumes with another command
+/// [`Reporter`](super::reporter::Reporter) whose operation resumes with another command
 /// (an etcd replacement) puts that command in its place.
 pub const RERUN: &str = "`khctl rollout -f cluster.yaml`";
 

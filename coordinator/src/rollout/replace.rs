@@ -17,8 +17,9 @@ use kh::proto::{self, run_step_request::Step, EtcdReplaceRequest};
 use kh::spec::{ClusterSpec, NodeRole, NodeSpec};
 use kh::time::unix_ms;
 
-use super::engine::{self, Ctx, Reporter};
 use super::ops::{url, Failure, Ops};
+use super::phase::{control_plane::join_control_plane, prepare::prepare_node, Ctx, Phase};
+use super::reporter::Reporter;
 use super::state::RolloutState;
 use super::Follow;
 use crate::error::CoordError;
@@ -259,37 +260,15 @@ async fn run(coord: Arc<Coordinator>, plan: Plan, rep: Reporter) -> Result<(), F
         "replacing control plane {} with {}",
         plan.failed.name, plan.new.name
     );
-    match lease::acquire(&coord.db, coord.clock.as_ref(), &holder, &purpose)? {
-        Ok(_) => {}
-        Err(other) => {
-            return Err(Failure {
-                class: "preflight",
-                node: plan.failed.name.clone(),
-                step: "lease".into(),
-                message: format!(
-                    "another control-plane change is in progress: {}; nothing was changed",
-                    lease::describe(&other)
-                ),
-                hint: "wait for it to finish, then run the replacement again".into(),
-                report: None,
-            })
-        }
-    }
-    let renewer = {
-        let (coord, holder, purpose) = (coord.clone(), holder.clone(), purpose.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease::TTL / 4).await;
-                if let Err(e) = lease::renew(&coord.db, coord.clock.as_ref(), &holder, &purpose) {
-                    tracing::error!(error = %e, "control-plane lease renewal failed");
-                }
-            }
-        })
-    };
-    let result = steps(&coord, &plan, &rep, holder.clone()).await;
-    renewer.abort();
-    lease::release(&coord.db, &holder)?;
-    result
+    // Boxed: the replacement's steps make a large future, and the helper
+    // would otherwise carry it by value, on the stack of the task's thread.
+    lease::hold(
+        &coord,
+        &holder,
+        &purpose,
+        Box::pin(steps(&coord, &plan, &rep, holder.clone())),
+    )
+    .await
 }
 
 async fn steps(
@@ -317,13 +296,18 @@ async fn steps(
         kind: proto::rollout_event::Kind::Plan as i32,
         plan: Some(proto::RolloutPlan {
             cluster: plan.spec.name.clone(),
-            phases: ["preconditions", "remove", "join", "verify"]
-                .iter()
-                .map(|p| proto::PlannedPhase {
-                    name: p.to_string(),
-                    steps: vec![],
-                })
-                .collect(),
+            phases: [
+                Phase::Preconditions,
+                Phase::Remove,
+                Phase::Join,
+                Phase::Verify,
+            ]
+            .iter()
+            .map(|p| proto::PlannedPhase {
+                name: p.to_string(),
+                steps: vec![],
+            })
+            .collect(),
             notes: vec![],
             rendered: vec![],
         }),
@@ -335,9 +319,9 @@ async fn steps(
     // removed (a resumed run) they describe a cluster that no longer exists.
     let mut target: Option<proto::MemberInfo> = None;
     if !removed {
-        rep.phase("preconditions").await;
+        rep.phase(Phase::Preconditions).await;
         target = rep
-            .tracked("preconditions", &failed.name, "preconditions", async {
+            .tracked(Phase::Preconditions, &failed.name, "preconditions", async {
                 let view = etcd::membership(coord, &plan.spec, Some(&failed.name)).await.map_err(|e| Failure {
                     class: "preflight",
                     node: failed.name.clone(),
@@ -400,7 +384,7 @@ async fn steps(
             .await?;
     }
 
-    rep.phase("remove").await;
+    rep.phase(Phase::Remove).await;
     let via = others.first().map(|n| n.name.clone()).unwrap_or_default();
     if let Some(m) = target.as_ref() {
         if m.is_leader && m.healthy && !rep.is_done(&format!("{}/move-leader", failed.name)).await {
@@ -413,7 +397,7 @@ async fn steps(
                         .find(|x| x.id != m.id && x.healthy && !x.is_learner)
                 });
             if let Some(next) = next {
-                rep.tracked("remove", &failed.name, "move-leader", async {
+                rep.tracked(Phase::Remove, &failed.name, "move-leader", async {
                     let r = ops
                         .step(
                             &via,
@@ -433,7 +417,7 @@ async fn steps(
     }
     if !removed {
         let member = target.clone();
-        rep.tracked("remove", &failed.name, "remove-member", async {
+        rep.tracked(Phase::Remove, &failed.name, "remove-member", async {
             match member {
                 None => {
                     retire(coord, failed, new);
@@ -464,7 +448,7 @@ async fn steps(
     // Also after a resumed run whose removal finished before a crash.
     retire(coord, failed, new);
     if !rep.is_done(&format!("{}/delete-node", failed.name)).await {
-        rep.tracked("remove", &failed.name, "delete-node", async {
+        rep.tracked(Phase::Remove, &failed.name, "delete-node", async {
             let r = ops
                 .step(
                     &via,
@@ -491,7 +475,7 @@ async fn steps(
             })
             .unwrap_or(false);
         if reachable {
-            rep.tracked("remove", &failed.name, "reset", async {
+            rep.tracked(Phase::Remove, &failed.name, "reset", async {
                 let r = ops
                     .step(
                         &failed.name,
@@ -505,7 +489,7 @@ async fn steps(
             .await?;
         } else {
             rep.note(
-                "remove",
+                Phase::Remove,
                 &failed.name,
                 "unreachable: not reset (reset it with `kubeadm reset -f` if it ever comes back)",
             )
@@ -513,14 +497,14 @@ async fn steps(
         }
     }
 
-    rep.phase("join").await;
+    rep.phase(Phase::Join).await;
     let ctx = Ctx::for_operation(coord, &new_spec, rep, holder)?;
-    engine::prepare_node(&ctx, new).await?;
+    prepare_node(&ctx, new).await?;
     let status = ops.node_status(&new.name).await?;
-    engine::join_control_plane(&ctx, new, &others, status.kubelet_conf).await?;
+    join_control_plane(&ctx, new, &others, status.kubelet_conf).await?;
 
-    rep.phase("verify").await;
-    rep.tracked("verify", "cluster", "update-spec", async {
+    rep.phase(Phase::Verify).await;
+    rep.tracked(Phase::Verify, "cluster", "update-spec", async {
         update_held_spec(coord, &plan.spec_yaml, &failed.name, new)?;
         if let Ok(n) = NodeName::new(&new.name) {
             coord.registry.set_role(&n, Some("control-plane".into()))?;
@@ -534,7 +518,7 @@ async fn steps(
     })
     .await?;
     if new_spec.load_balancer == kh::spec::LoadBalancerType::Haproxy {
-        rep.tracked("verify", "cluster", "load-balancers", async {
+        rep.tracked(Phase::Verify, "cluster", "load-balancers", async {
             super::lb::refresh(coord, &new_spec).await?;
             Ok((
                 (),
@@ -546,7 +530,7 @@ async fn steps(
         })
         .await?;
     }
-    rep.tracked("verify", "cluster", "verify", async {
+    rep.tracked(Phase::Verify, "cluster", "verify", async {
         etcd::wait_healthy(coord, Duration::from_secs(120)).await?;
         Ok(((), "khctl health passes".to_string()))
     })

@@ -23,8 +23,9 @@ use kh::proto::{self, rollout_event::Kind, run_step_request::Step, ResetRequest,
 use kh::spec::{ClusterSpec, Etcd, NodeRole, NodeSpec};
 use kh::time::unix_ms;
 
-use super::engine::Reporter;
 use super::ops::{url, Failure, Ops};
+use super::phase::Phase;
+use super::reporter::Reporter;
 use super::state::{Outcome, RolloutState};
 use super::Follow;
 use crate::error::CoordError;
@@ -64,7 +65,7 @@ fn plan(spec: &ClusterSpec, target: &Target) -> proto::RolloutPlan {
         Target::Cluster => {
             let (workers, cps) = order(spec);
             phases.push(proto::PlannedPhase {
-                name: "workers".into(),
+                name: Phase::Workers.name().into(),
                 steps: workers
                     .iter()
                     .map(|n| {
@@ -77,14 +78,14 @@ fn plan(spec: &ClusterSpec, target: &Target) -> proto::RolloutPlan {
                     .collect(),
             });
             phases.push(proto::PlannedPhase {
-                name: "control-planes".into(),
+                name: Phase::ControlPlanes.name().into(),
                 steps: cps
                     .iter()
                     .map(|n| planned(&n.name, "kubeadm-reset", "kubeadm reset -f, one at a time under the control-plane lease; the first control plane last"))
                     .collect(),
             });
             phases.push(proto::PlannedPhase {
-                name: "cleanup".into(),
+                name: Phase::Cleanup.name().into(),
                 steps: vec![planned(
                     "",
                     "forget-cluster",
@@ -124,7 +125,7 @@ fn plan(spec: &ClusterSpec, target: &Target) -> proto::RolloutPlan {
                 "kubectl delete node, through another control plane",
             ));
             phases.push(proto::PlannedPhase {
-                name: "reset".into(),
+                name: Phase::Reset.name().into(),
                 steps,
             });
             notes.push(format!(
@@ -317,49 +318,11 @@ async fn finish_ok(coord: &Coordinator, rep: &Reporter, message: &str) {
     .await;
 }
 
-/// Holds the control-plane lease while `f` runs, renewing it.
-async fn with_lease<T>(
-    coord: &Coordinator,
-    holder: &str,
-    purpose: &str,
-    f: impl std::future::Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
-    if let Err(other) = lease::acquire(&coord.db, coord.clock.as_ref(), holder, purpose)? {
-        return Err(Failure {
-            class: "preflight",
-            node: String::new(),
-            step: "lease".into(),
-            message: format!(
-                "another control-plane change is in progress: {}; no control plane was reset",
-                lease::describe(&other)
-            ),
-            hint: "wait for it to finish, then run the reset again".into(),
-            report: None,
-        });
-    }
-    let renewer = {
-        let (db, clock) = (coord.db.clone(), coord.clock.clone());
-        let (holder, purpose) = (holder.to_string(), purpose.to_string());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease::TTL / 4).await;
-                if let Err(e) = lease::renew(&db, clock.as_ref(), &holder, &purpose) {
-                    tracing::error!(error = %e, "control-plane lease renewal failed");
-                }
-            }
-        })
-    };
-    let r = f.await;
-    renewer.abort();
-    lease::release(&coord.db, holder)?;
-    r
-}
-
 /// `kubeadm reset -f` on `node` as a tracked step.
 async fn kubeadm_reset(
     ops: &Ops<'_>,
     rep: &Reporter,
-    phase: &str,
+    phase: Phase,
     node: &str,
 ) -> Result<(), Failure> {
     rep.tracked(phase, node, "kubeadm-reset", async {
@@ -382,27 +345,32 @@ async fn reset_cluster(
 ) -> Result<String, Failure> {
     let ops = Ops { coord };
     let (workers, cps) = order(spec);
-    rep.phase("workers").await;
+    rep.phase(Phase::Workers).await;
     let results = futures::future::join_all(
         workers
             .iter()
-            .map(|w| kubeadm_reset(&ops, rep, "workers", &w.name)),
+            .map(|w| kubeadm_reset(&ops, rep, Phase::Workers, &w.name)),
     )
     .await;
     if let Some(f) = results.into_iter().find_map(Result::err) {
         return Err(f);
     }
-    rep.phase("control-planes").await;
+    rep.phase(Phase::ControlPlanes).await;
     let holder = format!("reset {}", spec.name);
-    with_lease(coord, &holder, "resetting the control planes", async {
-        for cp in &cps {
-            kubeadm_reset(&ops, rep, "control-planes", &cp.name).await?;
-        }
-        Ok(())
-    })
+    lease::hold(
+        coord,
+        &holder,
+        "resetting the control planes",
+        Box::pin(async {
+            for cp in &cps {
+                kubeadm_reset(&ops, rep, Phase::ControlPlanes, &cp.name).await?;
+            }
+            Ok::<_, Failure>(())
+        }),
+    )
     .await?;
-    rep.phase("cleanup").await;
-    rep.tracked("cleanup", "cluster", "forget-cluster", async {
+    rep.phase(Phase::Cleanup).await;
+    rep.tracked(Phase::Cleanup, "cluster", "forget-cluster", async {
         super::material::wipe(&coord.db)?;
         super::external_etcd::wipe(&coord.db)?;
         super::state::RolloutState::clear(&coord.db)?;
@@ -448,15 +416,15 @@ async fn reset_node(
     rep: &Reporter,
 ) -> Result<String, Failure> {
     let ops = Ops { coord };
-    rep.phase("reset").await;
+    rep.phase(Phase::Reset).await;
     let name = node.name.as_str();
     if node.role == NodeRole::ControlPlane {
         let holder = format!("reset {} node {name}", spec.name);
-        with_lease(
+        lease::hold(
             coord,
             &holder,
             &format!("resetting control plane {name}"),
-            async {
+            Box::pin(async {
                 // Again under the lease: membership may have changed since the
                 // request was checked.
                 node_preconditions(coord, spec, node, force)
@@ -475,19 +443,19 @@ async fn reset_node(
                     .filter(|c| c.name != name)
                     .collect();
                 let refs: Vec<&NodeSpec> = others.iter().collect();
-                super::lb::configure(coord, spec, rep, "reset", &refs).await?;
-                kubeadm_reset(&ops, rep, "reset", name).await?;
+                super::lb::configure(coord, spec, rep, Phase::Reset, &refs).await?;
+                kubeadm_reset(&ops, rep, Phase::Reset, name).await?;
                 if matches!(spec.etcd, Etcd::Stacked) {
                     remove_leftover_member(coord, spec, node, rep).await?;
                 }
-                Ok(())
-            },
+                Ok::<_, Failure>(())
+            }),
         )
         .await?;
     } else {
-        kubeadm_reset(&ops, rep, "reset", name).await?;
+        kubeadm_reset(&ops, rep, Phase::Reset, name).await?;
     }
-    rep.tracked("reset", name, "delete-node", async {
+    rep.tracked(Phase::Reset, name, "delete-node", async {
         let via = healthy_cp(&ops, spec, name).await.ok_or_else(|| {
             Failure::at(
                 name,
@@ -521,7 +489,7 @@ async fn remove_leftover_member(
     node: &NodeSpec,
     rep: &Reporter,
 ) -> Result<(), Failure> {
-    rep.tracked("reset", &node.name, "etcd-member", async {
+    rep.tracked(Phase::Reset, &node.name, "etcd-member", async {
         let view = etcd::membership(coord, spec, Some(&node.name)).await?;
         let left = etcd::members_of(&view.members, &node.name);
         if left.is_empty() {
