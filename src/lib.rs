@@ -26,27 +26,33 @@ pub mod proto {
     tonic::include_proto!("kh.v1");
 
     impl run_step_request::Step {
-        /// The step's name on the wire and in reports, metrics and the audit log.
-        pub fn name(&self) -> &'static str {
+        /// Which step this is; its name comes from there.
+        pub fn kind(&self) -> crate::StepKind {
+            use crate::StepKind as K;
             use run_step_request::Step::*;
             match self {
-                DisableSwap(_) => "disable-swap",
-                KernelModules(_) => "kernel-modules",
-                Sysctl(_) => "sysctl",
-                ContainerdCgroup(_) => "containerd-cgroup",
-                KubeadmInit(_) => "kubeadm-init",
-                KubeadmJoin(_) => "kubeadm-join",
-                KubeadmReset(_) => "kubeadm-reset",
-                TokenCreate(_) => "token-create",
-                TokenDelete(_) => "token-delete",
-                UploadCerts(_) => "upload-certs",
-                KubectlApply(_) => "kubectl-apply",
-                KubectlDeleteNode(_) => "kubectl-delete-node",
-                PlaceFiles(_) => "place-files",
-                EtcdMemberRemove(_) => "etcd-member-remove",
-                EtcdMoveLeader(_) => "etcd-move-leader",
-                LoadBalancer(_) => "load-balancer",
+                DisableSwap(_) => K::DisableSwap,
+                KernelModules(_) => K::KernelModules,
+                Sysctl(_) => K::Sysctl,
+                ContainerdCgroup(_) => K::ContainerdCgroup,
+                KubeadmInit(_) => K::KubeadmInit,
+                KubeadmJoin(_) => K::KubeadmJoin,
+                KubeadmReset(_) => K::KubeadmReset,
+                TokenCreate(_) => K::TokenCreate,
+                TokenDelete(_) => K::TokenDelete,
+                UploadCerts(_) => K::UploadCerts,
+                KubectlApply(_) => K::KubectlApply,
+                KubectlDeleteNode(_) => K::KubectlDeleteNode,
+                PlaceFiles(_) => K::PlaceFiles,
+                EtcdMemberRemove(_) => K::EtcdMemberRemove,
+                EtcdMoveLeader(_) => K::EtcdMoveLeader,
+                LoadBalancer(_) => K::LoadBalancer,
             }
+        }
+
+        /// The step's name on the wire and in reports, metrics and the audit log.
+        pub fn name(&self) -> &'static str {
+            self.kind().name()
         }
     }
 
@@ -57,6 +63,10 @@ pub mod proto {
 
 /// Quotes an input in an error message, cut to a readable length.
 pub use bounds::echo;
+
+/// Every kh step and its wire name. `kh-host` owns the list, since it runs
+/// the steps; the coordinator and khctl name steps through this re-export.
+pub use kh_host::StepKind;
 
 /// The version every kh binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
