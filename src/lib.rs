@@ -5,11 +5,14 @@
 //! plumbing that turns a peer certificate into an [`pki::Identity`], the one
 //! authorization layer, redacting secrets, and the validated names used at the
 //! edges. It must not touch host files, spawn processes or keep state: those
-//! belong to `kh-host`, the agent and the coordinator.
+//! belong to `kh-host`, the agent and the coordinator. The one file helper
+//! here ([`fsutil`]) is how the agent and the coordinator write their own
+//! private state files.
 
 pub mod authz;
 pub mod bounds;
 pub mod codec;
+pub mod fsutil;
 pub mod khconfig;
 pub mod kubeadm;
 pub mod names;
