@@ -5,11 +5,14 @@
 //! plumbing that turns a peer certificate into an [`pki::Identity`], the one
 //! authorization layer, redacting secrets, and the validated names used at the
 //! edges. It must not touch host files, spawn processes or keep state: those
-//! belong to `kh-host`, the agent and the coordinator.
+//! belong to `kh-host`, the agent and the coordinator. The one file helper
+//! here ([`fsutil`]) is how the agent and the coordinator write their own
+//! private state files.
 
 pub mod authz;
 pub mod bounds;
 pub mod codec;
+pub mod fsutil;
 pub mod khconfig;
 pub mod kubeadm;
 pub mod names;
@@ -26,27 +29,33 @@ pub mod proto {
     tonic::include_proto!("kh.v1");
 
     impl run_step_request::Step {
-        /// The step's name on the wire and in reports, metrics and the audit log.
-        pub fn name(&self) -> &'static str {
+        /// Which step this is; its name comes from there.
+        pub fn kind(&self) -> crate::StepKind {
+            use crate::StepKind as K;
             use run_step_request::Step::*;
             match self {
-                DisableSwap(_) => "disable-swap",
-                KernelModules(_) => "kernel-modules",
-                Sysctl(_) => "sysctl",
-                ContainerdCgroup(_) => "containerd-cgroup",
-                KubeadmInit(_) => "kubeadm-init",
-                KubeadmJoin(_) => "kubeadm-join",
-                KubeadmReset(_) => "kubeadm-reset",
-                TokenCreate(_) => "token-create",
-                TokenDelete(_) => "token-delete",
-                UploadCerts(_) => "upload-certs",
-                KubectlApply(_) => "kubectl-apply",
-                KubectlDeleteNode(_) => "kubectl-delete-node",
-                PlaceFiles(_) => "place-files",
-                EtcdMemberRemove(_) => "etcd-member-remove",
-                EtcdMoveLeader(_) => "etcd-move-leader",
-                LoadBalancer(_) => "load-balancer",
+                DisableSwap(_) => K::DisableSwap,
+                KernelModules(_) => K::KernelModules,
+                Sysctl(_) => K::Sysctl,
+                ContainerdCgroup(_) => K::ContainerdCgroup,
+                KubeadmInit(_) => K::KubeadmInit,
+                KubeadmJoin(_) => K::KubeadmJoin,
+                KubeadmReset(_) => K::KubeadmReset,
+                TokenCreate(_) => K::TokenCreate,
+                TokenDelete(_) => K::TokenDelete,
+                UploadCerts(_) => K::UploadCerts,
+                KubectlApply(_) => K::KubectlApply,
+                KubectlDeleteNode(_) => K::KubectlDeleteNode,
+                PlaceFiles(_) => K::PlaceFiles,
+                EtcdMemberRemove(_) => K::EtcdMemberRemove,
+                EtcdMoveLeader(_) => K::EtcdMoveLeader,
+                LoadBalancer(_) => K::LoadBalancer,
             }
+        }
+
+        /// The step's name on the wire and in reports, metrics and the audit log.
+        pub fn name(&self) -> &'static str {
+            self.kind().name()
         }
     }
 
@@ -57,6 +66,10 @@ pub mod proto {
 
 /// Quotes an input in an error message, cut to a readable length.
 pub use bounds::echo;
+
+/// Every kh step and its wire name. `kh-host` owns the list, since it runs
+/// the steps; the coordinator and khctl name steps through this re-export.
+pub use kh_host::StepKind;
 
 /// The version every kh binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

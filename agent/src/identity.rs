@@ -195,30 +195,13 @@ pub fn create_private_dir(dir: &Path) -> Result<(), IdentityError> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io)
 }
 
+/// Writes one of the agent's own files (0600) atomically, through
+/// [`kh::fsutil::write_private_atomic`].
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: std::io::Error| IdentityError::Io {
+    kh::fsutil::write_private_atomic(path, bytes, 0o600).map_err(|e| IdentityError::Io {
         path: path.display().to_string(),
         detail: e.to_string(),
-    };
-    let tmp = path.with_extension("kh-tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = std::fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -68,10 +68,10 @@ impl Metrics {
         );
         let steps = Family::<StepLabels, Counter>::default();
         registry.register("steps", "Host steps run, by step and result", steps.clone());
-        for step in crate::steps::ALL_STEPS {
+        for step in kh_host::StepKind::ALL {
             for result in ["changed", "unchanged", "failed"] {
                 let _ = steps.get_or_create(&StepLabels {
-                    step: step.to_string(),
+                    step: step.name().to_string(),
                     result: result.into(),
                 });
             }

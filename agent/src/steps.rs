@@ -12,45 +12,6 @@ use kh_host::{SecretString, Step, StepKind};
 use crate::metrics::StepLabels;
 use crate::state::AgentState;
 
-/// Every step the agent runs, by its wire name.
-pub const ALL_STEPS: &[&str] = &[
-    "disable-swap",
-    "kernel-modules",
-    "sysctl",
-    "containerd-cgroup",
-    "kubeadm-init",
-    "kubeadm-join",
-    "kubeadm-reset",
-    "token-create",
-    "token-delete",
-    "upload-certs",
-    "kubectl-apply",
-    "kubectl-delete-node",
-    "place-files",
-    "etcd-member-remove",
-    "etcd-move-leader",
-    "load-balancer",
-];
-
-pub fn step_name(kind: StepKind) -> &'static str {
-    match kind {
-        StepKind::DisableSwap => "disable-swap",
-        StepKind::KernelModules => "kernel-modules",
-        StepKind::Sysctl => "sysctl",
-        StepKind::ContainerdCgroup => "containerd-cgroup",
-        StepKind::KubeadmInit => "kubeadm-init",
-        StepKind::KubeadmJoin => "kubeadm-join",
-        StepKind::KubeadmReset => "kubeadm-reset",
-        StepKind::TokenCreate => "token-create",
-        StepKind::TokenDelete => "token-delete",
-        StepKind::UploadCerts => "upload-certs",
-        StepKind::KubectlApply => "kubectl-apply",
-        StepKind::KubectlDeleteNode => "kubectl-delete-node",
-        StepKind::PlaceFiles => "place-files",
-        StepKind::LoadBalancer => "load-balancer",
-    }
-}
-
 fn secret(s: String) -> SecretString {
     SecretString::new(s)
 }
@@ -170,15 +131,11 @@ pub fn failure_kind(kind: Option<kh_host::FailureKind>) -> proto::FailureKind {
     }
 }
 
-fn wire_name(step: &WireStep) -> &'static str {
-    step.name()
-}
-
 /// Plans and applies (or only plans) one step; never panics the server.
 /// Steps run one at a time per agent: a resumed coordinator never runs a
 /// step beside one it started before a crash.
 pub async fn run(state: &Arc<AgentState>, step: WireStep, dry_run: bool) -> proto::StepReport {
-    let name = wire_name(&step);
+    let name = step.name();
     // The guard moves into the blocking task: if the coordinator goes away
     // mid-step, the RPC is dropped but the host work runs on, and the lock
     // must stay held until that work has really ended. For the same reason
@@ -248,7 +205,7 @@ fn settle<T>(mut f: impl FnMut() -> Result<T, KubeError>) -> Result<T, KubeError
 fn move_leader(state: &AgentState, r: proto::EtcdMoveLeader, dry_run: bool) -> proto::StepReport {
     let hex = format!("{:x}", r.target_id);
     let report = |outcome: proto::Outcome, message: String| proto::StepReport {
-        step: "etcd-move-leader".into(),
+        step: StepKind::EtcdMoveLeader.name().into(),
         outcome: outcome as i32,
         message,
         dry_run,
@@ -266,7 +223,11 @@ fn move_leader(state: &AgentState, r: proto::EtcdMoveLeader, dry_run: bool) -> p
             proto::Outcome::Changed,
             format!("moved etcd leadership to {hex}"),
         ),
-        Err(e) => failed_as("etcd-move-leader", e.to_string(), e.failure_kind()),
+        Err(e) => failed_as(
+            StepKind::EtcdMoveLeader.name(),
+            e.to_string(),
+            e.failure_kind(),
+        ),
     }
 }
 
@@ -279,7 +240,7 @@ fn remove_member(
     let hex = format!("{:x}", r.member_id);
     if dry_run {
         return proto::StepReport {
-            step: "etcd-member-remove".into(),
+            step: StepKind::EtcdMemberRemove.name().into(),
             outcome: proto::Outcome::Changed as i32,
             message: format!("dry run: would remove etcd member {hex}"),
             dry_run: true,
@@ -288,18 +249,22 @@ fn remove_member(
     }
     match settle(|| client.remove_member(&state.host, r.member_id)) {
         Ok(true) => proto::StepReport {
-            step: "etcd-member-remove".into(),
+            step: StepKind::EtcdMemberRemove.name().into(),
             outcome: proto::Outcome::Changed as i32,
             message: format!("removed etcd member {hex}"),
             ..Default::default()
         },
         Ok(false) => proto::StepReport {
-            step: "etcd-member-remove".into(),
+            step: StepKind::EtcdMemberRemove.name().into(),
             outcome: proto::Outcome::Unchanged as i32,
             message: format!("etcd member {hex} is not a member"),
             ..Default::default()
         },
-        Err(e) => failed_as("etcd-member-remove", e.to_string(), e.failure_kind()),
+        Err(e) => failed_as(
+            StepKind::EtcdMemberRemove.name(),
+            e.to_string(),
+            e.failure_kind(),
+        ),
     }
 }
 
@@ -310,7 +275,7 @@ pub fn to_wire(r: kh_host::StepReport) -> proto::StepReport {
         kh_host::Outcome::Failed => proto::Outcome::Failed,
     };
     proto::StepReport {
-        step: step_name(r.step).to_string(),
+        step: r.step.name().to_string(),
         outcome: outcome as i32,
         files: r
             .files

@@ -123,27 +123,13 @@ impl Pki {
     }
 }
 
-/// Writes a 0600 file through a temp file and rename, so a crash never leaves
-/// half a credential behind.
+/// Writes a 0600 file atomically (`kh::fsutil::write_private_atomic`), so a
+/// crash never leaves half a credential behind.
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CoordError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e: std::io::Error| {
+    kh::fsutil::write_private_atomic(path, bytes, 0o600).map_err(|e| {
         CoordError::Store(crate::store::StoreError::Io(format!(
             "{}: {e}",
             path.display()
         )))
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
+    })
 }

@@ -4,23 +4,21 @@
 mod admin;
 mod etcd;
 mod help;
+mod nodes;
 mod operation;
 mod output;
 mod prepare;
 mod reset;
 mod rollout;
+mod token;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use kh::khconfig::KhConfig;
 use kh::proto::admin_client::AdminClient;
-use kh::proto::*;
 use tonic::transport::Channel;
-
-use output::{print_json, Table};
 
 #[derive(Parser)]
 #[command(
@@ -50,12 +48,12 @@ pub enum Format {
 enum Command {
     /// Enrollment tokens for new agents.
     #[command(subcommand)]
-    Token(TokenCmd),
+    Token(token::TokenCmd),
     /// List enrolled nodes with their health; `nodes delete NAME` deregisters one.
     #[command(arg = help::output("`table` (default): one row per node, then its warnings; `json`: one object for scripts, {\"nodes\": [...], \"heartbeatIntervalMs\": N}, each node with its facts, warnings and retirement"))]
     Nodes {
         #[command(subcommand)]
-        sub: Option<NodesCmd>,
+        sub: Option<nodes::NodesCmd>,
     },
     /// Prepare hosts for kubeadm: swap off, overlay and br_netfilter, sysctls,
     /// containerd's systemd cgroup driver. Safe to re-run; --dry-run shows the plan.
@@ -134,18 +132,6 @@ enum Command {
     /// revoke.
     #[command(subcommand)]
     Admin(admin::AdminCmd),
-}
-
-#[derive(Subcommand)]
-enum NodesCmd {
-    /// Deregister a node and revoke its certificate, so its agent can no
-    /// longer connect. Refused for a node the cluster still has (in the held
-    /// spec and joined) unless a replacement retired it.
-    #[command(arg = help::output("`table` (default): the coordinator's confirmation line; `json`: one object for scripts, {\"deleted\": NAME, \"message\"}"))]
-    Delete {
-        /// The node's name, as `khctl nodes` lists it.
-        name: String,
-    },
 }
 
 #[derive(Subcommand)]
@@ -305,32 +291,6 @@ impl Failure {
     }
 }
 
-#[derive(Subcommand)]
-enum TokenCmd {
-    /// Create a single-use token bound to one node name, and print the enroll command.
-    #[command(arg = help::output("`table` (default): the token and the enroll command to run on the node; `json`: one object for scripts, {\"token\", \"node\", \"expires\", \"force\", \"caCertHash\", \"coordinator\", \"enrollCommand\"}"))]
-    Create {
-        /// The node name the agent will enroll as.
-        #[arg(long)]
-        node: String,
-        /// How long the token stays valid (e.g. 30m, 2h; at most 7d).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        ttl: Option<Duration>,
-        /// Allow re-enrolling a node that is already enrolled; its old certificate stops working.
-        #[arg(long)]
-        force: bool,
-    },
-    /// List tokens (used and expired ones stay listed for a day).
-    #[command(arg = help::output("`table` (default): one row per token; `json`: one object for scripts, {\"tokens\": [{\"id\", \"node\", \"state\", \"force\", \"created\", \"expires\"}]}"))]
-    List,
-    /// Delete a token by its id (the part before the dot) or its full text.
-    #[command(arg = help::output("`table` (default): a confirmation line; `json`: one object for scripts, {\"deleted\": ID}"))]
-    Delete {
-        /// The token's id (the part before the dot) or its full text.
-        id: String,
-    },
-}
-
 fn config_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(p) = flag {
         return Ok(p);
@@ -450,87 +410,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Kubeconfig | Command::Admin(admin::AdminCmd::Create { .. }) => Format::Table,
         _ => format(&cli.output)?,
     };
-    let now = std::time::SystemTime::now();
     match cli.command {
-        Command::Token(TokenCmd::Create { node, ttl, force }) => {
-            let r = client
-                .create_token(CreateTokenRequest {
-                    node_name: node,
-                    ttl_seconds: ttl.map(|d| d.as_secs().max(1)).unwrap_or(0),
-                    force,
-                })
-                .await
-                .map_err(|s| explain(&addr, s))?
-                .into_inner();
-            let info = r.info.unwrap_or_default();
-            if output == Format::Json {
-                print_json(&serde_json::json!({
-                    "token": r.token,
-                    "node": info.node_name,
-                    "expires": kh::time::rfc3339(info.expires_unix_ms),
-                    "force": info.force,
-                    "caCertHash": r.ca_cert_hash,
-                    "coordinator": r.coordinator,
-                    "enrollCommand": r.enroll_command,
-                }));
-            } else {
-                outln!(
-                    "Token for node {} (single use, expires {}, {}):\n",
-                    info.node_name,
-                    kh::time::relative(now, info.expires_unix_ms),
-                    kh::time::rfc3339(info.expires_unix_ms)
-                );
-                outln!("  {}\n", r.enroll_command);
-                outln!("Run it on the node as root. The token is shown only now.");
-            }
-        }
-        Command::Token(TokenCmd::List) => {
-            let r = client
-                .list_tokens(ListTokensRequest {})
-                .await
-                .map_err(|s| explain(&addr, s))?
-                .into_inner();
-            if output == Format::Json {
-                let rows: Vec<_> = r
-                    .tokens
-                    .iter()
-                    .map(|t| {
-                        serde_json::json!({
-                            "id": t.id, "node": t.node_name, "state": t.state, "force": t.force,
-                            "created": kh::time::rfc3339(t.created_unix_ms),
-                            "expires": kh::time::rfc3339(t.expires_unix_ms),
-                        })
-                    })
-                    .collect();
-                print_json(&serde_json::json!({ "tokens": rows }));
-            } else {
-                let mut t = Table::new(&["ID", "NODE", "STATE", "EXPIRES", "FORCE"]);
-                for tok in &r.tokens {
-                    t.row(vec![
-                        tok.id.clone(),
-                        tok.node_name.clone(),
-                        tok.state.clone(),
-                        kh::time::relative(now, tok.expires_unix_ms),
-                        if tok.force { "yes" } else { "" }.to_string(),
-                    ]);
-                }
-                t.print_or("No tokens. Create one with `khctl token create --node NAME`.");
-            }
-        }
-        Command::Token(TokenCmd::Delete { id }) => {
-            client
-                .delete_token(DeleteTokenRequest { id: id.clone() })
-                .await
-                .map_err(|s| explain(&addr, s))?;
-            if output == Format::Json {
-                print_json(&serde_json::json!({ "deleted": id.split('.').next() }));
-            } else {
-                outln!(
-                    "Deleted token {}.",
-                    id.split('.').next().unwrap_or_default()
-                );
-            }
-        }
+        Command::Token(cmd) => token::run(&mut client, &addr, cmd, output).await?,
         Command::Prepare {
             file,
             nodes,
@@ -597,131 +478,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             operation::cancel(&mut client, &addr, kind.unwrap_or_default(), output).await?
         }
         Command::History { limit } => etcd::history(&mut client, &addr, limit, output).await?,
-        Command::Nodes {
-            sub: Some(NodesCmd::Delete { name }),
-        } => {
-            let r = client
-                .delete_node(DeleteNodeRequest { name: name.clone() })
-                .await
-                .map_err(|s| explain(&addr, s))?
-                .into_inner();
-            if output == Format::Json {
-                print_json(&serde_json::json!({ "deleted": name, "message": r.message }));
-            } else {
-                outln!("{}", r.message);
-            }
-        }
+        Command::Nodes { sub } => nodes::run(&mut client, &addr, sub, output).await?,
         Command::Admin(cmd) => admin::run(&mut client, &addr, cmd, kubeconfig_file, output).await?,
-        Command::Nodes { sub: None } => {
-            let r = client
-                .list_nodes(ListNodesRequest {})
-                .await
-                .map_err(|s| explain(&addr, s))?
-                .into_inner();
-            print_nodes(&r, output, now)?;
-        }
-    }
-    Ok(())
-}
-
-fn print_nodes(
-    r: &ListNodesResponse,
-    format: Format,
-    now: std::time::SystemTime,
-) -> anyhow::Result<()> {
-    if format == Format::Json {
-        let rows: Vec<_> = r
-            .nodes
-            .iter()
-            .map(|n| {
-                serde_json::json!({
-                    "name": n.name,
-                    "role": n.role,
-                    "endpoint": n.endpoint,
-                    "health": n.health,
-                    "lastSeen": kh::time::rfc3339(n.last_seen_unix_ms),
-                    "enrolled": kh::time::rfc3339(n.enrolled_unix_ms),
-                    "certExpires": kh::time::rfc3339(n.cert_expires_unix_ms),
-                    "agentVersion": n.agent_version,
-                    "warnings": n.warnings,
-                    "retired": n.retired,
-                    "retiredReason": n.retired_reason,
-                    "retiredAt": if n.retired { serde_json::json!(kh::time::rfc3339(n.retired_unix_ms)) } else { serde_json::Value::Null },
-                    "facts": n.facts,
-                })
-            })
-            .collect();
-        print_json(
-            &serde_json::json!({ "nodes": rows, "heartbeatIntervalMs": r.heartbeat_interval_ms }),
-        );
-        return Ok(());
-    }
-    let mut t = Table::new(&[
-        "NAME",
-        "ROLE",
-        "ADDRESS",
-        "HEALTH",
-        "LAST SEEN",
-        "OS",
-        "KERNEL",
-        "CONTAINERD",
-        "KUBELET",
-    ]);
-    for n in &r.nodes {
-        let f = n.facts.clone().unwrap_or_default();
-        let dash = |s: &str| {
-            if s.is_empty() {
-                "-".to_string()
-            } else {
-                s.to_string()
-            }
-        };
-        t.row(vec![
-            n.name.clone(),
-            if n.retired {
-                "retired".into()
-            } else if n.role.is_empty() {
-                "<none>".into()
-            } else {
-                n.role.clone()
-            },
-            dash(&n.endpoint),
-            n.health.clone(),
-            kh::time::relative(now, n.last_seen_unix_ms),
-            dash(&f.os),
-            dash(&f.kernel),
-            dash(&f.containerd_version),
-            dash(&f.kubelet_version),
-        ]);
-    }
-    t.print_or("No nodes enrolled. Create a token with `khctl token create --node NAME` and run the printed command on the node.");
-    let warned: Vec<_> = r.nodes.iter().filter(|n| !n.warnings.is_empty()).collect();
-    if !warned.is_empty() {
-        outln!();
-        for n in warned {
-            for w in &n.warnings {
-                outln!("WARNING {}: {w}", n.name);
-            }
-        }
-    }
-    let retired: Vec<_> = r.nodes.iter().filter(|n| n.retired).collect();
-    if !retired.is_empty() {
-        outln!();
-        for n in retired {
-            outln!(
-                "RETIRED {}: {}; deregister it with `khctl nodes delete {}`",
-                n.name,
-                n.retired_reason,
-                n.name
-            );
-        }
-    }
-    if r.nodes.iter().any(|n| n.health != "Ready" && !n.retired) {
-        let window = Duration::from_millis(r.heartbeat_interval_ms * 3);
-        outln!(
-            "\nNotReady: no heartbeat within {}. Check `systemctl status kh-agent` on those nodes and that they can reach the coordinator.",
-            humantime::format_duration(window)
-        );
     }
     Ok(())
 }

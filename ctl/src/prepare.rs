@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use kh::proto::admin_client::AdminClient;
 use kh::proto::{self, prepare_event::Kind};
+use kh::StepKind;
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
@@ -219,11 +220,12 @@ pub async fn prepare(
             }
         }
         let step_names = [
-            "disable-swap",
-            "kernel-modules",
-            "sysctl",
-            "containerd-cgroup",
-        ];
+            StepKind::DisableSwap,
+            StepKind::KernelModules,
+            StepKind::Sysctl,
+            StepKind::ContainerdCgroup,
+        ]
+        .map(StepKind::name);
         let mut t = Table::new(&[
             "NODE",
             "ROLE",

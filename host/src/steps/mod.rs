@@ -28,6 +28,12 @@ pub use sysctl::Sysctl;
 pub const BACKUP_SUFFIX: &str = ".kh-bak";
 
 /// Which step a plan or report belongs to.
+///
+/// This is the one list of kh's steps: their names on the wire, in reports,
+/// metrics and the audit log all come from [`StepKind::name`], and
+/// [`StepKind::ALL`] is every one of them. The etcd membership changes are
+/// steps on the wire although they run through [`crate::kube::EtcdClient`]
+/// rather than as a plan-then-apply [`Step`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
@@ -44,7 +50,53 @@ pub enum StepKind {
     KubectlApply,
     KubectlDeleteNode,
     PlaceFiles,
+    EtcdMemberRemove,
+    EtcdMoveLeader,
     LoadBalancer,
+}
+
+impl StepKind {
+    /// Every step, in the order reports and metrics list them.
+    pub const ALL: [StepKind; 16] = [
+        StepKind::DisableSwap,
+        StepKind::KernelModules,
+        StepKind::Sysctl,
+        StepKind::ContainerdCgroup,
+        StepKind::KubeadmInit,
+        StepKind::KubeadmJoin,
+        StepKind::KubeadmReset,
+        StepKind::TokenCreate,
+        StepKind::TokenDelete,
+        StepKind::UploadCerts,
+        StepKind::KubectlApply,
+        StepKind::KubectlDeleteNode,
+        StepKind::PlaceFiles,
+        StepKind::EtcdMemberRemove,
+        StepKind::EtcdMoveLeader,
+        StepKind::LoadBalancer,
+    ];
+
+    /// The step's name on the wire and in reports, metrics and the audit log.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StepKind::DisableSwap => "disable-swap",
+            StepKind::KernelModules => "kernel-modules",
+            StepKind::Sysctl => "sysctl",
+            StepKind::ContainerdCgroup => "containerd-cgroup",
+            StepKind::KubeadmInit => "kubeadm-init",
+            StepKind::KubeadmJoin => "kubeadm-join",
+            StepKind::KubeadmReset => "kubeadm-reset",
+            StepKind::TokenCreate => "token-create",
+            StepKind::TokenDelete => "token-delete",
+            StepKind::UploadCerts => "upload-certs",
+            StepKind::KubectlApply => "kubectl-apply",
+            StepKind::KubectlDeleteNode => "kubectl-delete-node",
+            StepKind::PlaceFiles => "place-files",
+            StepKind::EtcdMemberRemove => "etcd-member-remove",
+            StepKind::EtcdMoveLeader => "etcd-move-leader",
+            StepKind::LoadBalancer => "load-balancer",
+        }
+    }
 }
 
 /// One file a plan writes.
@@ -372,6 +424,60 @@ impl<'a> Applier<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The position of each kind in `ALL`. The match is exhaustive, so a new
+    /// kind cannot compile without a place in the list.
+    fn position(kind: StepKind) -> usize {
+        match kind {
+            StepKind::DisableSwap => 0,
+            StepKind::KernelModules => 1,
+            StepKind::Sysctl => 2,
+            StepKind::ContainerdCgroup => 3,
+            StepKind::KubeadmInit => 4,
+            StepKind::KubeadmJoin => 5,
+            StepKind::KubeadmReset => 6,
+            StepKind::TokenCreate => 7,
+            StepKind::TokenDelete => 8,
+            StepKind::UploadCerts => 9,
+            StepKind::KubectlApply => 10,
+            StepKind::KubectlDeleteNode => 11,
+            StepKind::PlaceFiles => 12,
+            StepKind::EtcdMemberRemove => 13,
+            StepKind::EtcdMoveLeader => 14,
+            StepKind::LoadBalancer => 15,
+        }
+    }
+
+    #[test]
+    fn all_lists_every_step_once_under_its_wire_name() {
+        for (i, kind) in StepKind::ALL.iter().enumerate() {
+            assert_eq!(position(*kind), i, "{kind:?} is out of place in ALL");
+        }
+        // The names are a wire contract (reports, metrics, the audit log and
+        // persisted rollout state carry them): they never change.
+        let names: Vec<&str> = StepKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "disable-swap",
+                "kernel-modules",
+                "sysctl",
+                "containerd-cgroup",
+                "kubeadm-init",
+                "kubeadm-join",
+                "kubeadm-reset",
+                "token-create",
+                "token-delete",
+                "upload-certs",
+                "kubectl-apply",
+                "kubectl-delete-node",
+                "place-files",
+                "etcd-member-remove",
+                "etcd-move-leader",
+                "load-balancer",
+            ]
+        );
+    }
 
     #[test]
     fn diffs_name_the_file_and_new_files_come_from_dev_null() {

@@ -774,7 +774,16 @@ mod tests {
             format!("{}\n", child.id()),
         )
         .unwrap();
-        assert_eq!(a.haproxy_pid(), Some(child.id()));
+        // Until the child has exec'd `sh`, its command line is still the
+        // test binary's, without the host root.
+        eventually(
+            "the fake HAProxy to run",
+            Duration::from_secs(10),
+            || match a.haproxy_pid() {
+                Some(pid) if pid == child.id() => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
         child
     }
 
