@@ -1169,7 +1169,18 @@ mod tests {
     #[test]
     fn tcp_probes_tell_open_from_refused_and_unresolvable() {
         let host = host(Path::new("/"));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // An address of its own, not 127.0.0.1: a connect from 127.0.0.1 to
+        // a closed 127.0.0.1 port can pick that very port as its source and
+        // connect to itself (TCP simultaneous open), and another process
+        // may take a released port on the shared address.
+        let n = std::process::id() ^ std::time::UNIX_EPOCH.elapsed().unwrap().subsec_nanos();
+        let ip = std::net::Ipv4Addr::new(
+            127,
+            200 + (n % 50) as u8,
+            (n >> 8) as u8,
+            1 + (n >> 16) as u8 % 250,
+        );
+        let listener = TcpListener::bind((ip, 0)).unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let timeout = Duration::from_secs(2);
         assert_eq!(host.tcp_probe(&addr, timeout), TcpProbe::Open);
