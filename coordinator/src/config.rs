@@ -121,6 +121,24 @@ impl Config {
 }
 
 #[cfg(test)]
+impl Config {
+    /// A config for in-process tests: `dir` as the data dir, every other
+    /// field at its default.
+    pub(crate) fn for_test(dir: &std::path::Path) -> Config {
+        Config {
+            data_dir: dir.to_path_buf(),
+            listen: "127.0.0.1:7443".parse().unwrap(),
+            advertise: vec![],
+            heartbeat_interval: defaults::heartbeat_interval(),
+            node_cert_validity: defaults::node_cert_validity(),
+            admin_cert_validity: defaults::admin_cert_validity(),
+            default_token_ttl: defaults::token_ttl(),
+            secret_key_file: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -234,20 +234,11 @@ mod tests {
     use super::super::reporter::Reporter;
     use super::super::state::{RolloutState, Status};
     use super::*;
-    use crate::config::{defaults, Config};
+    use crate::config::Config;
     use crate::store::Db;
 
     fn coordinator(dir: &std::path::Path) -> Arc<Coordinator> {
-        let config = Config {
-            data_dir: dir.to_path_buf(),
-            listen: "127.0.0.1:7443".parse().unwrap(),
-            advertise: vec![],
-            heartbeat_interval: defaults::heartbeat_interval(),
-            node_cert_validity: defaults::node_cert_validity(),
-            admin_cert_validity: defaults::admin_cert_validity(),
-            default_token_ttl: defaults::token_ttl(),
-            secret_key_file: None,
-        };
+        let config = Config::for_test(dir);
         Coordinator::with_db(
             config,
             Db::in_memory(),

@@ -17,7 +17,7 @@ use kh::time::ManualClock;
 use super::state::{RolloutState, Status};
 use super::Follow;
 use crate::agents::fake::FakeAgents;
-use crate::config::{defaults, Config};
+use crate::config::Config;
 use crate::store::Db;
 use crate::Coordinator;
 
@@ -58,16 +58,7 @@ fn coordinator(
 ) -> (Arc<Coordinator>, Arc<FakeAgents>) {
     let spec = kh::spec::parse(yaml).unwrap();
     let fake = Arc::new(FakeAgents::new(&spec));
-    let config = Config {
-        data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:7443".parse().unwrap(),
-        advertise: vec![],
-        heartbeat_interval: defaults::heartbeat_interval(),
-        node_cert_validity: defaults::node_cert_validity(),
-        admin_cert_validity: defaults::admin_cert_validity(),
-        default_token_ttl: defaults::token_ttl(),
-        secret_key_file: None,
-    };
+    let config = Config::for_test(dir);
     let agents = fake.clone();
     let coord = Coordinator::with_agents(
         config,
