@@ -50,6 +50,8 @@ pub mod proto {
                 EtcdMemberRemove(_) => K::EtcdMemberRemove,
                 EtcdMoveLeader(_) => K::EtcdMoveLeader,
                 LoadBalancer(_) => K::LoadBalancer,
+                CertsRenew(_) => K::CertsRenew,
+                RestartControlPlane(_) => K::RestartControlPlane,
             }
         }
 

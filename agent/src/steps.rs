@@ -66,6 +66,13 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
             .map_err(e)?,
         ),
         WireStep::LoadBalancer(s) => Box::new(load_balancer(s)?),
+        WireStep::CertsRenew(s) => Box::new(kube::CertsRenew::new(s.names).map_err(e)?),
+        WireStep::RestartControlPlane(s) => Box::new(kube::RestartControlPlane {
+            wait: match s.wait_seconds {
+                0 => kube::certs::RESTART_WAIT,
+                n => Duration::from_secs(u64::from(n)),
+            },
+        }),
         WireStep::EtcdMemberRemove(_) | WireStep::EtcdMoveLeader(_) => {
             return Err("etcd membership changes are not host steps".into())
         }

@@ -66,6 +66,13 @@ pub enum KubeError {
         /// The step's own failure, when the cleanup came after one.
         earlier: Option<Box<KubeError>>,
     },
+
+    #[error("restarting {component}: {detail}")]
+    Restart {
+        /// The static pod: etcd, kube-apiserver, ...
+        component: String,
+        detail: String,
+    },
 }
 
 impl KubeError {
@@ -100,6 +107,8 @@ impl KubeError {
             | KubeError::Invalid { .. }
             | KubeError::MissingFile { .. }
             | KubeError::Cleanup { .. } => FailureKind::Other,
+            // A component that did not stop or come back in time.
+            KubeError::Restart { .. } => FailureKind::Timeout,
         }
     }
 

@@ -53,11 +53,13 @@ pub enum StepKind {
     EtcdMemberRemove,
     EtcdMoveLeader,
     LoadBalancer,
+    CertsRenew,
+    RestartControlPlane,
 }
 
 impl StepKind {
     /// Every step, in the order reports and metrics list them.
-    pub const ALL: [StepKind; 16] = [
+    pub const ALL: [StepKind; 18] = [
         StepKind::DisableSwap,
         StepKind::KernelModules,
         StepKind::Sysctl,
@@ -74,6 +76,8 @@ impl StepKind {
         StepKind::EtcdMemberRemove,
         StepKind::EtcdMoveLeader,
         StepKind::LoadBalancer,
+        StepKind::CertsRenew,
+        StepKind::RestartControlPlane,
     ];
 
     /// The step's name on the wire and in reports, metrics and the audit log.
@@ -95,6 +99,8 @@ impl StepKind {
             StepKind::EtcdMemberRemove => "etcd-member-remove",
             StepKind::EtcdMoveLeader => "etcd-move-leader",
             StepKind::LoadBalancer => "load-balancer",
+            StepKind::CertsRenew => "certs-renew",
+            StepKind::RestartControlPlane => "restart-control-plane",
         }
     }
 }
@@ -445,6 +451,8 @@ mod tests {
             StepKind::EtcdMemberRemove => 13,
             StepKind::EtcdMoveLeader => 14,
             StepKind::LoadBalancer => 15,
+            StepKind::CertsRenew => 16,
+            StepKind::RestartControlPlane => 17,
         }
     }
 
@@ -475,6 +483,8 @@ mod tests {
                 "etcd-member-remove",
                 "etcd-move-leader",
                 "load-balancer",
+                "certs-renew",
+                "restart-control-plane",
             ]
         );
     }

@@ -27,6 +27,7 @@ mod certs;
 mod helpers;
 mod init;
 mod join;
+mod renew;
 mod reset;
 mod token;
 mod upload_certs;
@@ -38,6 +39,7 @@ use helpers::*;
 pub use init::SECRETS_FILE;
 use init::*;
 use join::*;
+use renew::*;
 use reset::*;
 pub use token::table;
 use token::*;
@@ -81,7 +83,7 @@ pub fn main(env: &NodeEnv, argv: &[String]) -> i32 {
         Some("init") => init(env, &argv[1..]),
         Some("join") => join(env, &argv[1..]),
         Some("token") => token(env, &argv[1..]),
-        Some("certs") => certs_cmd(&argv[1..]),
+        Some("certs") => certs_cmd(env, &argv[1..]),
         Some("reset") => reset(env, &argv[1..]),
         Some(other) => Err(plain(format!(
             "unknown command \"{other}\" for \"kubeadm\"\nRun 'kubeadm --help' for usage."
