@@ -11,6 +11,7 @@
 //! secret the step knows, because kubeadm echoes tokens and keys.
 
 pub mod apply;
+pub mod certs;
 pub mod error;
 pub mod etcd;
 pub mod files;
@@ -19,6 +20,7 @@ pub mod kubectl;
 pub mod readyz;
 
 pub use apply::{go_duration, StepFile};
+pub use certs::{cluster_certs, ClusterCert};
 pub use error::KubeError;
 pub use etcd::{
     EndpointHealth, EndpointStatus, EndpointStatuses, EtcdClient, EtcdMember, EtcdTls, Scope,
