@@ -69,7 +69,7 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
         WireStep::CertsRenew(s) => Box::new(kube::CertsRenew::new(s.names).map_err(e)?),
         WireStep::RestartControlPlane(s) => Box::new(kube::RestartControlPlane {
             wait: match s.wait_seconds {
-                0 => kube::certs::RESTART_WAIT,
+                0 => kube::renew::RESTART_WAIT,
                 n => Duration::from_secs(u64::from(n)),
             },
         }),

@@ -287,6 +287,25 @@ impl Host {
         }
     }
 
+    /// Reads at most `max` bytes of a file; `Ok(None)` when it does not
+    /// exist. The bool is true when the file was longer (and was cut), so a
+    /// caller that reads on every scrape is bounded by what it asked for.
+    pub fn read_capped(&self, abs: &str, max: u64) -> Result<Option<(Vec<u8>, bool)>, HostError> {
+        let real = self.path(abs)?;
+        let file = match File::open(&real) {
+            Ok(f) => f,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(Self::io_error("read", abs, &real, err)),
+        };
+        let mut bytes = Vec::new();
+        file.take(max.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(|err| Self::io_error("read", abs, &real, err))?;
+        let cut = bytes.len() as u64 > max;
+        bytes.truncate(max as usize);
+        Ok(Some((bytes, cut)))
+    }
+
     pub fn exists(&self, abs: &str) -> Result<bool, HostError> {
         let real = self.path(abs)?;
         real.try_exists()

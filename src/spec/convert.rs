@@ -140,10 +140,13 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
     };
     let networking = convert_networking(spec.networking.unwrap_or_default(), errs);
     let etcd = convert_etcd(spec.etcd.unwrap_or_default(), errs);
-    let certificates = spec
-        .certificates
-        .and_then(|c| c.distribution)
-        .unwrap_or(CertDistribution::UploadCerts);
+    let (certificates, cert_renewal) = match spec.certificates {
+        None => (CertDistribution::UploadCerts, Ok(CertRenewal::default())),
+        Some(c) => (
+            c.distribution.unwrap_or(CertDistribution::UploadCerts),
+            convert_renewal(c.renew_before.as_deref(), c.auto_renew, errs),
+        ),
+    };
     let cni = match spec.cni {
         None => Ok(None),
         Some(RawCni {
@@ -212,10 +215,49 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
         networking: networking.ok()?,
         etcd: etcd?,
         certificates,
+        cert_renewal: cert_renewal.ok()?,
         cni: cni.ok()?,
         load_balancer: load_balancer?,
         worker_concurrency: worker_concurrency.ok()?,
         nodes: nodes?,
+    })
+}
+
+fn convert_renewal(
+    renew_before: Option<&str>,
+    auto_renew: Option<bool>,
+    errs: &mut Errors,
+) -> Result<CertRenewal, ()> {
+    let default = CertRenewal::default();
+    let renew_before = match renew_before {
+        None => default.renew_before,
+        Some(text) => {
+            let path = "spec.certificates.renewBefore";
+            let d = humantime::parse_duration(text.trim()).map_err(|e| {
+                errs.push(
+                    path,
+                    format!(
+                        "{} is not a duration ({e}); write it like 720h or 30d (default 30d)",
+                        crate::echo(text)
+                    ),
+                );
+            })?;
+            if d.is_zero() || d >= LEAF_CERT_VALIDITY {
+                errs.push(
+                    path,
+                    format!(
+                        "{} is out of range; it must be more than 0 and less than a year (kubeadm's certificates last one), e.g. 30d (default)",
+                        crate::echo(text)
+                    ),
+                );
+                return Err(());
+            }
+            d
+        }
+    };
+    Ok(CertRenewal {
+        renew_before,
+        auto_renew: auto_renew.unwrap_or(default.auto_renew),
     })
 }
 

@@ -43,6 +43,11 @@ pub const DEFAULT_POD_SUBNET: &str = "10.244.0.0/16";
 pub const DEFAULT_SERVICE_SUBNET: &str = "10.96.0.0/12";
 pub const DEFAULT_WORKER_CONCURRENCY: u32 = 10;
 pub const MAX_WORKER_CONCURRENCY: u32 = 1000;
+/// `certificates.renewBefore` by default: kubeadm's certificates last a year,
+/// and a month leaves time to notice a renewal that failed.
+pub const DEFAULT_RENEW_BEFORE: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// The validity of kubeadm's leaf certificates; a window as long renews always.
+pub const LEAF_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86_400);
 /// The oldest Kubernetes minor kh drives. Older kubeadm releases are out of
 /// upstream support and predate the config APIs kh renders (v1beta3/v1beta4).
 pub const MIN_KUBERNETES_MINOR: u32 = 24;
@@ -111,6 +116,8 @@ pub struct ClusterSpec {
     pub networking: Networking,
     pub etcd: Etcd,
     pub certificates: CertDistribution,
+    /// `certificates.renewBefore` and `certificates.autoRenew`.
+    pub cert_renewal: CertRenewal,
     pub cni: Option<Cni>,
     pub load_balancer: LoadBalancerType,
     pub worker_concurrency: u32,
@@ -160,6 +167,34 @@ impl CertDistribution {
             CertDistribution::Coordinator => "coordinator",
         }
     }
+}
+
+/// When the cluster's kubeadm certificates are due for renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CertRenewal {
+    /// A certificate expiring within this window needs renewal: `khctl
+    /// certs check` warns, and automatic renewal renews.
+    #[serde(serialize_with = "serialize_humantime")]
+    pub renew_before: std::time::Duration,
+    /// Whether the coordinator renews on its own when one is due.
+    pub auto_renew: bool,
+}
+
+impl Default for CertRenewal {
+    fn default() -> Self {
+        CertRenewal {
+            renew_before: DEFAULT_RENEW_BEFORE,
+            auto_renew: true,
+        }
+    }
+}
+
+fn serialize_humantime<S: serde::Serializer>(
+    d: &std::time::Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -82,10 +82,12 @@ pub(super) enum EtcdTopology {
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "a mapping such as {distribution: upload-certs}"
+    expecting = "a mapping such as {distribution: upload-certs, renewBefore: 30d, autoRenew: true}"
 )]
 pub(super) struct RawCertificates {
     pub(super) distribution: Option<CertDistribution>,
+    pub(super) renew_before: Option<String>,
+    pub(super) auto_renew: Option<bool>,
 }
 
 #[derive(Deserialize)]

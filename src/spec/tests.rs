@@ -14,7 +14,7 @@ spec:
     caFile: etcd/ca.crt
     certFile: /etc/kh/etcd/client.crt
     keyFile: etcd/client.key
-  certificates: {distribution: coordinator}
+  certificates: {distribution: coordinator, renewBefore: 720h, autoRenew: false}
   cni: {manifest: ./cni/flannel.yaml}
   loadBalancer: {type: haproxy}
   rollout: {workerConcurrency: 25}
@@ -83,6 +83,10 @@ fn full_spec_parses_to_exactly_what_it_says() {
             key_file: "etcd/client.key".into(),
         },
         certificates: CertDistribution::Coordinator,
+        cert_renewal: CertRenewal {
+            renew_before: std::time::Duration::from_secs(720 * 3600),
+            auto_renew: false,
+        },
         cni: Some(Cni {
             manifest: "./cni/flannel.yaml".into(),
         }),
@@ -119,6 +123,10 @@ fn minimal_spec_takes_the_defaults() {
             },
             etcd: Etcd::Stacked,
             certificates: CertDistribution::UploadCerts,
+            cert_renewal: CertRenewal {
+                renew_before: DEFAULT_RENEW_BEFORE,
+                auto_renew: true,
+            },
             cni: None,
             load_balancer: LoadBalancerType::External,
             worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
@@ -180,6 +188,8 @@ fn json_output_uses_the_yaml_vocabulary() {
     assert_eq!(json["etcd"]["topology"], "external");
     assert_eq!(json["etcd"]["caFile"], "etcd/ca.crt");
     assert_eq!(json["certificates"], "coordinator");
+    assert_eq!(json["certRenewal"]["renewBefore"], "30days");
+    assert_eq!(json["certRenewal"]["autoRenew"], false);
     assert_eq!(json["loadBalancer"], "haproxy");
     assert_eq!(json["workerConcurrency"], 25);
     assert_eq!(json["nodes"][0]["role"], "control-plane");
@@ -507,6 +517,33 @@ fn worker_concurrency_bounds() {
             err.errors[0].path, "spec.rollout.workerConcurrency",
             "{bad}"
         );
+    }
+}
+
+#[test]
+fn renew_before_takes_hours_or_days_inside_a_year() {
+    let with = |certs: &str| {
+        parse(&MINIMAL.replace("spec:\n", &format!("spec:\n  certificates: {certs}\n")))
+    };
+    let day = std::time::Duration::from_secs(86_400);
+    let spec = with("{renewBefore: 30d}").unwrap();
+    assert_eq!(spec.cert_renewal.renew_before, 30 * day);
+    assert!(spec.cert_renewal.auto_renew);
+    assert_eq!(spec.certificates, CertDistribution::UploadCerts);
+    assert_eq!(
+        with("{renewBefore: 48h, autoRenew: false}")
+            .unwrap()
+            .cert_renewal,
+        CertRenewal {
+            renew_before: 2 * day,
+            auto_renew: false
+        }
+    );
+    for bad in ["0s", "365d", "2y", "soon", "-3d"] {
+        let err = with(&format!("{{renewBefore: '{bad}'}}")).unwrap_err();
+        assert_eq!(err.errors.len(), 1, "{bad}: {err}");
+        assert_eq!(err.errors[0].path, "spec.certificates.renewBefore", "{bad}");
+        assert!(err.errors[0].message.contains("30d"), "{bad}: {err}");
     }
 }
 

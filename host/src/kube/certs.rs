@@ -1,647 +1,601 @@
-//! Renewing a control plane's kubeadm certificates and restarting its
-//! static pods so they use them.
+//! The expiry of a node's Kubernetes certificates, read from the files
+//! kubeadm and the kubelet keep, the way `kubeadm certs check-expiration`
+//! reads them (plus the kubelet's own client certificate, which kubeadm does
+//! not list): the PKI files under `/etc/kubernetes/pki`, the client
+//! certificates embedded in the kubeconfigs under `/etc/kubernetes`, and the
+//! file `kubelet.conf` names. Read-only; certificates are parsed here
+//! (x509-parser), never by shelling out to openssl.
 //!
-//! [`CertsRenew`] runs `kubeadm certs renew all` (or one `kubeadm certs
-//! renew NAME` per name). kubeadm renews from the files on disk with the CAs
-//! on disk; it reads the cluster's configuration first but falls back to its
-//! defaults when the apiserver does not answer, so an expired cluster can be
-//! renewed.
-//!
-//! [`RestartControlPlane`] restarts the static pods the way the kubeadm
-//! documentation does: a manifest moved out of `/etc/kubernetes/manifests`
-//! makes the kubelet stop the pod, and moved back makes it start it again.
-//! One component at a time, etcd first: each must have stopped before its
-//! manifest goes back, and be serving again (for etcd and the apiserver:
-//! serving the certificate now on disk) before the next one goes.
+//! A file that does not exist is simply absent from the answer (a worker has
+//! only the kubelet's, an external-etcd cluster no `etcd/*`); a file that
+//! exists but cannot be read or parsed is reported with its error, so one bad
+//! file does not hide the others.
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use crate::Host;
 
-use crate::error::StepError;
-use crate::host::{Cmd, Host, TcpProbe};
-use crate::kube::apply::{apply_with, Done, KubeApplier};
-use crate::kube::error::KubeError;
-use crate::kube::MANIFESTS_DIR;
-use crate::steps::{Plan, Step, StepKind, StepReport};
+/// The directory of kubeadm's PKI files.
+pub const PKI_DIR: &str = "/etc/kubernetes/pki";
+/// The name `khctl certs check` gives the kubelet's own client certificate.
+pub const KUBELET_CLIENT: &str = "kubelet-client";
+/// Certificates, keys and kubeconfigs are a few KiB; anything larger is not
+/// what kubeadm wrote, and reading it whole on every metrics scrape would let
+/// one odd file cost memory.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024;
 
-/// The certificates `kubeadm certs renew` takes by name.
-pub const RENEWABLE_CERTS: [&str; 11] = [
-    "admin.conf",
-    "apiserver",
-    "apiserver-etcd-client",
-    "apiserver-kubelet-client",
-    "controller-manager.conf",
-    "etcd-healthcheck-client",
-    "etcd-peer",
-    "etcd-server",
-    "front-proxy-client",
-    "scheduler.conf",
-    "super-admin.conf",
+/// One certificate and its validity period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterCert {
+    /// kubeadm's name (`apiserver`, `admin.conf`, `etcd-ca`, ...), or
+    /// `kubelet-client`.
+    pub name: String,
+    /// The host path of the file holding it (the kubeconfig for embedded
+    /// client certificates).
+    pub path: String,
+    /// Unix seconds; 0 when `error` is set.
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
+    /// The name of the CA that signs it (`ca`, `etcd-ca`, `front-proxy-ca`);
+    /// empty for a CA.
+    pub ca: String,
+    pub is_ca: bool,
+    /// kubeadm's rule: the signing CA's private key is not on this node, so
+    /// `kubeadm certs renew` cannot renew it here.
+    pub externally_managed: bool,
+    /// Why the file could not be read or parsed; `None` when it was.
+    pub error: Option<String>,
+}
+
+/// A CA: its name, certificate and key.
+struct Ca {
+    name: &'static str,
+    cert: &'static str,
+    key: &'static str,
+}
+
+const CAS: [Ca; 3] = [
+    Ca {
+        name: "ca",
+        cert: "/etc/kubernetes/pki/ca.crt",
+        key: "/etc/kubernetes/pki/ca.key",
+    },
+    Ca {
+        name: "etcd-ca",
+        cert: "/etc/kubernetes/pki/etcd/ca.crt",
+        key: "/etc/kubernetes/pki/etcd/ca.key",
+    },
+    Ca {
+        name: "front-proxy-ca",
+        cert: "/etc/kubernetes/pki/front-proxy-ca.crt",
+        key: "/etc/kubernetes/pki/front-proxy-ca.key",
+    },
 ];
 
-/// Where [`RestartControlPlane`] keeps a manifest while its pod is stopped:
-/// beside the manifests, on the same filesystem (a rename), in a directory
-/// of kubeadm's own `tmp` that only kh uses.
-pub const ASIDE_DIR: &str = "/etc/kubernetes/tmp/kh-restart-aside";
-
-/// How long a component may take to stop, and to come back, by default.
-pub const RESTART_WAIT: Duration = Duration::from_secs(120);
-
-/// How long a component whose port kh cannot watch stays stopped: the
-/// kubelet notices a removed static pod manifest at once (inotify), and
-/// this leaves it time to stop the pod.
-const UNWATCHED_PAUSE: Duration = Duration::from_secs(2);
-
-/// `kubeadm certs renew` writes a few files; a minute is generous.
-const RENEW_TIMEOUT: Duration = Duration::from_secs(60);
-
-const RENEW_NEXT: &str = "Check that the CA files under /etc/kubernetes/pki (ca.key, front-proxy-ca.key, etcd/ca.key) are present on this node, then renew again";
-
-/// `kubeadm certs renew all`, or the named certificates.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertsRenew {
-    names: Vec<String>,
+/// Where a leaf certificate lives.
+enum Source {
+    /// A PEM file.
+    Pem(&'static str),
+    /// The client certificate of a kubeconfig, embedded or named by path.
+    Kubeconfig(&'static str),
 }
 
-impl CertsRenew {
-    /// All certificates (an empty list) or the named ones; an unknown name
-    /// is refused with the list of kubeadm's names.
-    pub fn new(names: Vec<String>) -> Result<Self, KubeError> {
-        for name in &names {
-            if !RENEWABLE_CERTS.contains(&name.as_str()) {
-                return Err(KubeError::Invalid {
-                    what: "certificate name",
-                    value: name.chars().take(64).collect(),
-                    reason: format!(
-                        "kubeadm renews only {} (or all)",
-                        RENEWABLE_CERTS.join(", ")
-                    ),
-                });
-            }
-        }
-        Ok(Self { names })
-    }
+/// kubeadm's leaf certificates, in `kubeadm certs check-expiration` order
+/// (alphabetical), then the kubelet's.
+const LEAVES: [(&str, Source, &str); 12] = [
+    (
+        "admin.conf",
+        Source::Kubeconfig("/etc/kubernetes/admin.conf"),
+        "ca",
+    ),
+    (
+        "apiserver",
+        Source::Pem("/etc/kubernetes/pki/apiserver.crt"),
+        "ca",
+    ),
+    (
+        "apiserver-etcd-client",
+        Source::Pem("/etc/kubernetes/pki/apiserver-etcd-client.crt"),
+        "etcd-ca",
+    ),
+    (
+        "apiserver-kubelet-client",
+        Source::Pem("/etc/kubernetes/pki/apiserver-kubelet-client.crt"),
+        "ca",
+    ),
+    (
+        "controller-manager.conf",
+        Source::Kubeconfig("/etc/kubernetes/controller-manager.conf"),
+        "ca",
+    ),
+    (
+        "etcd-healthcheck-client",
+        Source::Pem("/etc/kubernetes/pki/etcd/healthcheck-client.crt"),
+        "etcd-ca",
+    ),
+    (
+        "etcd-peer",
+        Source::Pem("/etc/kubernetes/pki/etcd/peer.crt"),
+        "etcd-ca",
+    ),
+    (
+        "etcd-server",
+        Source::Pem("/etc/kubernetes/pki/etcd/server.crt"),
+        "etcd-ca",
+    ),
+    (
+        "front-proxy-client",
+        Source::Pem("/etc/kubernetes/pki/front-proxy-client.crt"),
+        "front-proxy-ca",
+    ),
+    (
+        "scheduler.conf",
+        Source::Kubeconfig("/etc/kubernetes/scheduler.conf"),
+        "ca",
+    ),
+    (
+        "super-admin.conf",
+        Source::Kubeconfig("/etc/kubernetes/super-admin.conf"),
+        "ca",
+    ),
+    (
+        KUBELET_CLIENT,
+        Source::Kubeconfig(super::KUBELET_CONF),
+        "ca",
+    ),
+];
 
-    fn commands(&self) -> Vec<Cmd> {
-        let renew = |what: &str| {
-            Cmd::new("kubeadm")
-                .args(["certs", "renew", what])
-                .timeout(RENEW_TIMEOUT)
-        };
-        if self.names.is_empty() {
-            vec![renew("all")]
-        } else {
-            self.names.iter().map(|n| renew(n)).collect()
-        }
-    }
-}
-
-impl Step for CertsRenew {
-    fn kind(&self) -> StepKind {
-        StepKind::CertsRenew
-    }
-
-    fn plan(&self, host: &Host) -> Result<Plan, StepError> {
-        let mut plan = Plan::new(StepKind::CertsRenew);
-        if !host.exists("/etc/kubernetes/pki/ca.crt")? {
-            plan.notes.push(
-                "/etc/kubernetes/pki/ca.crt does not exist: this node is not a kubeadm control plane, and kubeadm will fail".to_string(),
-            );
-        }
-        plan.commands = self.commands().iter().map(|c| c.argv().to_vec()).collect();
-        Ok(plan)
-    }
-
-    fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
-        apply_with(host, StepKind::CertsRenew, plan, |applier| {
-            let cmds = self.commands();
-            let refs: Vec<&Cmd> = cmds.iter().collect();
-            applier.check_plan(plan, &[], &refs)?;
-            let mut renewed = 0;
-            let mut missing = Vec::new();
-            for cmd in &cmds {
-                let record = applier.run_checked(cmd, RENEW_NEXT)?;
-                for line in record.stdout.lines() {
-                    if line.ends_with(" renewed") {
-                        renewed += 1;
-                    } else if let Some(m) = line.strip_prefix("MISSING! ") {
-                        missing.push(m.to_string());
-                    }
-                }
-            }
-            let mut message = format!("kubeadm renewed {renewed} certificates");
-            if !missing.is_empty() {
-                message.push_str(&format!("; not on this node: {}", missing.join("; ")));
-            }
-            Ok(Done::Changed(message))
-        })
-    }
-}
-
-/// A control-plane component as a static pod.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Component {
-    Etcd,
-    KubeApiserver,
-    KubeControllerManager,
-    KubeScheduler,
-}
-
-impl Component {
-    /// kubeadm's restart order: etcd first, the apiserver that needs it,
-    /// then its clients.
-    pub const ORDER: [Component; 4] = [
-        Component::Etcd,
-        Component::KubeApiserver,
-        Component::KubeControllerManager,
-        Component::KubeScheduler,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Component::Etcd => "etcd",
-            Component::KubeApiserver => "kube-apiserver",
-            Component::KubeControllerManager => "kube-controller-manager",
-            Component::KubeScheduler => "kube-scheduler",
-        }
-    }
-
-    fn manifest(self) -> String {
-        format!("{MANIFESTS_DIR}/{}.yaml", self.name())
-    }
-
-    fn aside(self) -> String {
-        format!("{ASIDE_DIR}/{}.yaml", self.name())
-    }
-
-    /// The certificate the component serves, which must be the one on disk
-    /// once it is back. controller-manager and scheduler serve a
-    /// self-signed certificate of their own.
-    fn serving_cert(self) -> Option<&'static str> {
-        match self {
-            Component::Etcd => Some("/etc/kubernetes/pki/etcd/server.crt"),
-            Component::KubeApiserver => Some("/etc/kubernetes/pki/apiserver.crt"),
-            _ => None,
-        }
-    }
-
-    /// Where the component serves, from its manifest's command line.
-    fn address(self, manifest: &str) -> Result<String, String> {
-        let args = command_of(manifest)?;
-        let flag = |name: &str| {
-            let prefix = format!("--{name}=");
-            args.iter()
-                .find_map(|a| a.strip_prefix(&prefix).map(str::to_string))
-        };
-        let join = |host: String, port: String| match host.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
-            _ => format!("{host}:{port}"),
-        };
-        match self {
-            Component::Etcd => {
-                let urls = flag("advertise-client-urls")
-                    .ok_or("the etcd manifest has no --advertise-client-urls")?;
-                let first = urls.split(',').next().unwrap_or_default();
-                first
-                    .strip_prefix("https://")
-                    .or_else(|| first.strip_prefix("http://"))
-                    .map(|a| a.trim_end_matches('/').to_string())
-                    .ok_or_else(|| format!("--advertise-client-urls={urls} is not a URL"))
-            }
-            Component::KubeApiserver => {
-                let host = flag("advertise-address")
-                    .ok_or("the kube-apiserver manifest has no --advertise-address")?;
-                Ok(join(host, flag("secure-port").unwrap_or("6443".into())))
-            }
-            Component::KubeControllerManager => Ok(join(
-                flag("bind-address").unwrap_or("127.0.0.1".into()),
-                flag("secure-port").unwrap_or("10257".into()),
-            )),
-            Component::KubeScheduler => Ok(join(
-                flag("bind-address").unwrap_or("127.0.0.1".into()),
-                flag("secure-port").unwrap_or("10259".into()),
-            )),
-        }
-    }
-}
-
-/// The first container's command and args of a static pod manifest.
-fn command_of(manifest: &str) -> Result<Vec<String>, String> {
-    let v: serde_yaml::Value =
-        serde_yaml::from_str(manifest).map_err(|e| format!("not a YAML manifest: {e}"))?;
-    let c = &v["spec"]["containers"][0];
+/// Every certificate of the node that exists: the leaves first, then the
+/// CAs. Never fails as a whole: a file's problem is that entry's `error`.
+pub fn cluster_certs(host: &Host) -> Vec<ClusterCert> {
+    let key_present = |ca: &str| {
+        CAS.iter()
+            .find(|c| c.name == ca)
+            .is_some_and(|c| matches!(host.exists(c.key), Ok(true)))
+    };
     let mut out = Vec::new();
-    for key in ["command", "args"] {
-        if let Some(seq) = c[key].as_sequence() {
-            out.extend(seq.iter().filter_map(|a| a.as_str().map(str::to_string)));
-        }
-    }
-    if out.is_empty() {
-        return Err("the manifest's first container has no command".into());
-    }
-    Ok(out)
-}
-
-/// Restarts the control-plane static pods one at a time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestartControlPlane {
-    pub wait: Duration,
-}
-
-impl Default for RestartControlPlane {
-    fn default() -> Self {
-        Self { wait: RESTART_WAIT }
-    }
-}
-
-/// Where a component's manifest is now.
-enum Place {
-    Installed,
-    /// Left aside by an interrupted restart.
-    Aside,
-    Absent,
-}
-
-fn place(host: &Host, c: Component) -> Result<Place, StepError> {
-    Ok(if host.exists(&c.manifest())? {
-        Place::Installed
-    } else if host.exists(&c.aside())? {
-        Place::Aside
-    } else {
-        Place::Absent
-    })
-}
-
-fn restart_error(c: Component, detail: String) -> KubeError {
-    KubeError::Restart {
-        component: c.name().to_string(),
-        detail,
-    }
-}
-
-impl RestartControlPlane {
-    fn manifest_text(host: &Host, c: Component, path: &str) -> Result<String, KubeError> {
-        host.read_to_string(path)?
-            .ok_or_else(|| restart_error(c, format!("{path} disappeared")))
-    }
-
-    /// Restarts one component; returns what happened, for the report.
-    fn restart(&self, host: &Host, c: Component, from_aside: bool) -> Result<String, KubeError> {
-        let text = if from_aside {
-            Self::manifest_text(host, c, &c.aside())?
-        } else {
-            Self::manifest_text(host, c, &c.manifest())?
+    for (name, source, ca) in &LEAVES {
+        let found = match source {
+            Source::Pem(path) => read_pem_file(host, path).map(|r| (path.to_string(), r)),
+            Source::Kubeconfig(path) => read_kubeconfig(host, path),
         };
-        let addr = c.address(&text).map_err(|e| restart_error(c, e))?;
-        let watched = c.serving_cert().is_some() || (!from_aside && open(host, &addr));
-        if !from_aside {
-            host.create_dir_all(ASIDE_DIR)?;
-            host.rename(&c.manifest(), &c.aside())?;
-            if watched {
-                let stopped = wait_until(self.wait, || !open(host, &addr));
-                if !stopped {
-                    // Put it back before failing: the step leaves no
-                    // component without its manifest.
-                    host.rename(&c.aside(), &c.manifest())?;
-                    return Err(restart_error(
-                        c,
-                        format!(
-                            "it still accepted connections on {addr} {}s after its manifest was moved out; the manifest is back in place. Check the kubelet on this node (is it running, does it watch {MANIFESTS_DIR}?)",
-                            self.wait.as_secs()
-                        ),
-                    ));
-                }
-            } else {
-                std::thread::sleep(UNWATCHED_PAUSE);
-            }
+        let Some((path, result)) = found else {
+            continue;
+        };
+        out.push(entry(name, path, result, ca, false, !key_present(ca)));
+    }
+    for ca in &CAS {
+        if let Some(result) = read_pem_file(host, ca.cert) {
+            out.push(entry(
+                ca.name,
+                ca.cert.to_string(),
+                result,
+                "",
+                true,
+                !key_present(ca.name),
+            ));
         }
-        host.rename(&c.aside(), &c.manifest())?;
-        match c.serving_cert() {
-            Some(cert) => {
-                let want = first_cert_der(host, cert).map_err(|e| restart_error(c, e))?;
-                let mut last = String::new();
-                let back = wait_until(self.wait, || match served_cert(&addr) {
-                    Ok(got) if got == want => true,
-                    Ok(_) => {
-                        last = format!("it serves a certificate other than {cert}");
-                        false
-                    }
-                    Err(e) => {
-                        last = e;
-                        false
-                    }
-                });
-                if !back {
-                    return Err(restart_error(
-                        c,
-                        format!(
-                            "it did not come back serving {cert} on {addr} within {}s ({last}); see its static pod log and the kubelet's",
-                            self.wait.as_secs()
-                        ),
-                    ));
-                }
-                Ok(format!("{}: restarted, serves the renewed {cert} on {addr}", c.name()))
-            }
-            None if watched => {
-                if !wait_until(self.wait, || open(host, &addr)) {
-                    return Err(restart_error(
-                        c,
-                        format!(
-                            "it did not listen on {addr} again within {}s; see its static pod log and the kubelet's",
-                            self.wait.as_secs()
-                        ),
-                    ));
-                }
-                Ok(format!("{}: restarted, listening on {addr} again", c.name()))
-            }
-            None => Ok(format!(
-                "{}: manifest moved out and back; nothing listened on {addr} before, so kh cannot confirm that it restarted",
-                c.name()
-            )),
-        }
+    }
+    out
+}
+
+fn entry(
+    name: &str,
+    path: String,
+    validity: Validity,
+    ca: &str,
+    is_ca: bool,
+    externally_managed: bool,
+) -> ClusterCert {
+    let (not_before_unix, not_after_unix, error) = match validity {
+        Ok((from, until)) => (from, until, None),
+        Err(e) => (0, 0, Some(e)),
+    };
+    ClusterCert {
+        name: name.to_string(),
+        path,
+        not_before_unix,
+        not_after_unix,
+        ca: ca.to_string(),
+        is_ca,
+        externally_managed,
+        error,
     }
 }
 
-impl Step for RestartControlPlane {
-    fn kind(&self) -> StepKind {
-        StepKind::RestartControlPlane
-    }
+/// `(not_before, not_after)` in Unix seconds, or why they could not be read.
+type Validity = Result<(i64, i64), String>;
 
-    fn plan(&self, host: &Host) -> Result<Plan, StepError> {
-        let mut plan = Plan::new(StepKind::RestartControlPlane);
-        for c in Component::ORDER {
-            let note = match place(host, c)? {
-                Place::Installed => format!(
-                    "{}: move {} to {ASIDE_DIR}, wait until it has stopped, move it back, wait until it serves again{}",
-                    c.name(),
-                    c.manifest(),
-                    c.serving_cert()
-                        .map(|p| format!(" with {p}"))
-                        .unwrap_or_default()
-                ),
-                Place::Aside => format!(
-                    "{}: move {} back (left aside by an interrupted restart), wait until it serves again",
-                    c.name(),
-                    c.aside()
-                ),
-                Place::Absent => continue,
-            };
-            plan.notes.push(note);
-        }
-        if plan.notes.is_empty() {
-            plan.notes
-                .push(format!("no control-plane manifest in {MANIFESTS_DIR}"));
-        }
-        Ok(plan)
-    }
-
-    fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
-        apply_with(
-            host,
-            StepKind::RestartControlPlane,
-            plan,
-            |applier: &mut KubeApplier<'_>| {
-                applier.check_plan(plan, &[], &[])?;
-                let mut done = Vec::new();
-                for c in Component::ORDER {
-                    let from_aside = match place(applier.host(), c)? {
-                        Place::Installed => false,
-                        Place::Aside => true,
-                        Place::Absent => continue,
-                    };
-                    done.push(self.restart(applier.host(), c, from_aside)?);
-                }
-                if done.is_empty() {
-                    return Err(KubeError::MissingFile {
-                        path: format!("{MANIFESTS_DIR}/kube-apiserver.yaml"),
-                        next: "this node has no control-plane static pods to restart".into(),
-                    });
-                }
-                Ok(Done::Changed(done.join("\n")))
-            },
-        )
+/// The file's bytes; `None` when it does not exist.
+fn read(host: &Host, path: &str) -> Option<Result<Vec<u8>, String>> {
+    match host.read_capped(path, MAX_FILE_BYTES) {
+        Ok(None) => None,
+        Ok(Some((_, true))) => Some(Err(format!(
+            "{path} is larger than {MAX_FILE_BYTES} bytes, which no certificate or kubeconfig is; inspect the file"
+        ))),
+        Ok(Some((bytes, false))) => Some(Ok(bytes)),
+        Err(e) => Some(Err(e.to_string())),
     }
 }
 
-fn open(host: &Host, addr: &str) -> bool {
-    host.tcp_probe(addr, Duration::from_secs(1)) == TcpProbe::Open
+fn read_pem_file(host: &Host, path: &str) -> Option<Validity> {
+    Some(read(host, path)?.and_then(|bytes| validity_of_pem(&bytes, path)))
 }
 
-/// Polls `f` every 200 ms until it holds or `limit` passes.
-fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
+/// The validity period of the first certificate in PEM `bytes`.
+pub fn validity_of_pem(bytes: &[u8], what: &str) -> Validity {
+    let mut rest = bytes;
     loop {
-        if f() {
-            return true;
+        let (next, pem) = x509_parser::pem::parse_x509_pem(rest).map_err(|e| {
+            format!("{what} holds no PEM certificate ({e}); restore it from a backup or renew it")
+        })?;
+        if pem.label == "CERTIFICATE" {
+            let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).map_err(|e| {
+                format!("{what}: the certificate does not parse ({e}); restore it from a backup or renew it")
+            })?;
+            let v = cert.validity();
+            return Ok((v.not_before.timestamp(), v.not_after.timestamp()));
         }
-        if start.elapsed() >= limit {
-            return false;
+        // A key block before the certificate, as in kubelet-client-current.pem.
+        rest = next;
+    }
+}
+
+/// The client certificate of the kubeconfig at `path`: embedded
+/// (`client-certificate-data`) or in the file `client-certificate` names,
+/// which is then the path reported. `None` when the kubeconfig (or the file
+/// it names) does not exist.
+fn read_kubeconfig(host: &Host, path: &str) -> Option<(String, Validity)> {
+    let bytes = match read(host, path)? {
+        Ok(b) => b,
+        Err(e) => return Some((path.to_string(), Err(e))),
+    };
+    match client_cert_of(&bytes, path) {
+        Err(e) => Some((path.to_string(), Err(e))),
+        Ok(ClientCert::Data(pem)) => Some((path.to_string(), validity_of_pem(&pem, path))),
+        Ok(ClientCert::File(file)) => {
+            let file = if file.starts_with('/') {
+                file
+            } else {
+                // kubeconfig paths are relative to the kubeconfig's directory.
+                let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
+                format!("{dir}/{file}")
+            };
+            let validity = read_pem_file(host, &file)?;
+            Some((file, validity))
         }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-fn first_cert_der(host: &Host, path: &str) -> Result<Vec<u8>, String> {
-    let pem = host
-        .read_to_string(path)
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{path} does not exist"))?;
-    CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .ok_or_else(|| format!("{path} holds no certificate"))?
-        .map(|c| c.as_ref().to_vec())
-        .map_err(|e| format!("{path} is not valid PEM: {e}"))
+enum ClientCert {
+    Data(Vec<u8>),
+    File(String),
 }
 
-/// Records the server's leaf certificate and ends the handshake there: the
-/// certificate is only compared with the file on disk, nothing is sent.
-#[derive(Debug, Default)]
-struct Recorder(Mutex<Option<Vec<u8>>>);
-
-const RECORDED: &str = "kh: server certificate recorded";
-
-impl ServerCertVerifier for Recorder {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(end_entity.as_ref().to_vec());
-        }
-        Err(rustls::Error::General(RECORDED.into()))
+/// The current context's user's client certificate (the first user's, when
+/// there is no current context).
+fn client_cert_of(kubeconfig: &[u8], path: &str) -> Result<ClientCert, String> {
+    #[derive(Deserialize)]
+    struct Kubeconfig {
+        #[serde(rename = "current-context", default)]
+        current_context: Option<String>,
+        #[serde(default)]
+        contexts: Vec<Named<ContextBody>>,
+        #[serde(default)]
+        users: Vec<Named<UserBody>>,
     }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(RECORDED.into()))
+    #[derive(Deserialize)]
+    struct Named<T> {
+        name: String,
+        #[serde(alias = "context", alias = "user")]
+        body: Option<T>,
     }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(RECORDED.into()))
+    #[derive(Deserialize)]
+    struct ContextBody {
+        user: Option<String>,
     }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+    #[derive(Deserialize)]
+    struct UserBody {
+        #[serde(rename = "client-certificate-data")]
+        data: Option<String>,
+        #[serde(rename = "client-certificate")]
+        file: Option<String>,
     }
-}
-
-/// The DER of the leaf certificate `addr` (`ip:port`) serves.
-pub fn served_cert(addr: &str) -> Result<Vec<u8>, String> {
-    let sock: SocketAddr = addr
-        .parse()
-        .map_err(|_| format!("`{addr}` is not an address:port"))?;
-    let recorder = Arc::new(Recorder::default());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(recorder.clone())
-        .with_no_client_auth();
-    let name = ServerName::IpAddress(sock.ip().into());
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name)
-        .map_err(|e| format!("cannot start TLS with {addr}: {e}"))?;
-    let mut tcp = TcpStream::connect_timeout(&sock, Duration::from_secs(2))
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    tcp.set_read_timeout(Some(Duration::from_secs(5)))
-        .and_then(|()| tcp.set_write_timeout(Some(Duration::from_secs(5))))
-        .map_err(|e| format!("cannot set timeouts on {addr}: {e}"))?;
-    let outcome = drive(&mut conn, &mut tcp);
-    let recorded = recorder.0.lock().ok().and_then(|mut s| s.take());
-    match (recorded, outcome) {
-        (Some(der), _) => Ok(der),
-        (None, Err(e)) => Err(format!("TLS with {addr} failed: {e}")),
-        (None, Ok(())) => Err(format!("{addr} presented no certificate")),
+    let bad = |why: String| {
+        format!("{path}: {why}; regenerate it with kubeadm (kubeadm init phase kubeconfig) or restore it from a backup")
+    };
+    let kc: Kubeconfig =
+        serde_yaml::from_slice(kubeconfig).map_err(|e| bad(format!("not a kubeconfig ({e})")))?;
+    let wanted = kc.current_context.as_deref().and_then(|cur| {
+        kc.contexts
+            .iter()
+            .find(|c| c.name == cur)
+            .and_then(|c| c.body.as_ref()?.user.clone())
+    });
+    let user = match &wanted {
+        Some(u) => kc.users.iter().find(|x| &x.name == u),
+        None => kc.users.first(),
     }
-}
-
-/// Runs the handshake until it ends (here, with the recorder's refusal).
-fn drive(conn: &mut rustls::ClientConnection, tcp: &mut TcpStream) -> Result<(), String> {
-    while conn.is_handshaking() {
-        conn.complete_io(tcp).map_err(|e| e.to_string())?;
+    .and_then(|u| u.body.as_ref())
+    .ok_or_else(|| bad("names no user with a client certificate".to_string()))?;
+    if let Some(data) = &user.data {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| bad(format!("client-certificate-data is not base64 ({e})")))?;
+        return Ok(ClientCert::Data(pem));
     }
-    Ok(())
+    match &user.file {
+        Some(f) if !f.is_empty() => Ok(ClientCert::File(f.clone())),
+        _ => Err(bad("its user has no client certificate".to_string())),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-    #[test]
-    fn unknown_certificate_names_are_refused_and_all_is_one_command() {
-        let err = CertsRenew::new(vec!["apiserver".into(), "etcd-bogus".into()]).unwrap_err();
-        assert!(err.to_string().contains("etcd-bogus"), "{err}");
-        assert!(err.to_string().contains("etcd-server"), "{err}");
-        let all = CertsRenew::new(vec![]).unwrap();
-        let argv: Vec<Vec<String>> = all.commands().iter().map(|c| c.argv().to_vec()).collect();
-        assert_eq!(argv, vec![vec!["kubeadm", "certs", "renew", "all"]]);
-        let two = CertsRenew::new(vec!["apiserver".into(), "etcd-server".into()]).unwrap();
-        assert_eq!(two.commands().len(), 2);
-        assert_eq!(two.commands()[1].argv()[3], "etcd-server");
+    const DAY: i64 = 86_400;
+    const T0: i64 = 1_780_000_000;
+
+    fn at(secs: i64) -> time::OffsetDateTime {
+        time::OffsetDateTime::from_unix_timestamp(secs).unwrap()
     }
 
-    #[test]
-    fn addresses_come_from_the_manifests() {
-        let m = |cmd: &[&str]| {
-            let lines: Vec<String> = cmd.iter().map(|c| format!("    - {c}")).collect();
-            format!(
-                "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: x\n    command:\n{}\n",
-                lines.join("\n")
-            )
-        };
-        assert_eq!(
-            Component::Etcd
-                .address(&m(&[
-                    "etcd",
-                    "--advertise-client-urls=https://10.0.0.1:2379"
-                ]))
-                .unwrap(),
-            "10.0.0.1:2379"
-        );
-        assert_eq!(
-            Component::KubeApiserver
-                .address(&m(&[
-                    "kube-apiserver",
-                    "--advertise-address=10.0.0.1",
-                    "--secure-port=7443"
-                ]))
-                .unwrap(),
-            "10.0.0.1:7443"
-        );
-        assert_eq!(
-            Component::KubeScheduler
-                .address(&m(&["kube-scheduler", "--bind-address=127.0.0.1"]))
-                .unwrap(),
-            "127.0.0.1:10259"
-        );
-        assert!(Component::KubeApiserver
-            .address(&m(&["kube-apiserver"]))
-            .is_err());
+    struct TestCa {
+        cert_pem: String,
+        issuer: Issuer<'static, KeyPair>,
+        key_pem: String,
     }
 
-    #[test]
-    fn a_manifest_left_aside_by_an_interrupted_restart_is_moved_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let host = Host::new(dir.path(), vec![]);
-        // A port nothing listens on: bind one, note it, close it.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let manifest = format!(
-            "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n  - name: s\n    command:\n    - kube-scheduler\n    - --bind-address=127.0.0.1\n    - --secure-port={port}\n"
-        );
-        host.create_dir_all(ASIDE_DIR).unwrap();
-        host.create_dir_all(MANIFESTS_DIR).unwrap();
-        host.write_atomic(
-            &Component::KubeScheduler.aside(),
-            manifest.as_bytes(),
-            0o600,
+    fn ca(cn: &str, from: i64, until: i64) -> TestCa {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.not_before = at(from);
+        p.not_after = at(until);
+        let cert = p.self_signed(&key).unwrap();
+        let key_pem = key.serialize_pem();
+        TestCa {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(p, key),
+            key_pem,
+        }
+    }
+
+    fn leaf(ca: &TestCa, cn: &str, from: i64, until: i64) -> String {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.not_before = at(from);
+        p.not_after = at(until);
+        p.signed_by(&key, &ca.issuer).unwrap().pem()
+    }
+
+    fn kubeconfig_with_data(cert_pem: &str) -> String {
+        let data = base64::engine::general_purpose::STANDARD.encode(cert_pem);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: []\ncontexts:\n- name: other\n  context: {{cluster: c, user: nobody}}\n- name: main\n  context: {{cluster: c, user: me}}\ncurrent-context: main\nusers:\n- name: nobody\n  user: {{token: x}}\n- name: me\n  user:\n    client-certificate-data: {data}\n    client-key-data: c2VjcmV0\n"
         )
-        .unwrap();
-        let step = RestartControlPlane {
-            wait: Duration::from_secs(1),
-        };
-        let plan = step.plan(&host).unwrap();
-        assert_eq!(plan.notes.len(), 1, "{:?}", plan.notes);
-        assert!(plan.notes[0].contains("interrupted"), "{:?}", plan.notes);
-        let report = step.apply(&host, &plan);
-        assert_eq!(report.outcome, crate::steps::Outcome::Changed, "{report:?}");
-        assert!(
-            report.message.contains("cannot confirm"),
-            "{}",
-            report.message
+    }
+
+    fn write(root: &std::path::Path, abs: &str, text: &str) {
+        let p = root.join(abs.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn by_name<'a>(certs: &'a [ClusterCert], name: &str) -> &'a ClusterCert {
+        certs
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {certs:#?}"))
+    }
+
+    #[test]
+    fn a_control_plane_reports_every_certificate_with_its_ca_and_validity() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let kca = ca("kubernetes", T0, T0 + 3650 * DAY);
+        let eca = ca("etcd-ca", T0, T0 + 3650 * DAY);
+        let fca = ca("front-proxy-ca", T0 + 1, T0 + 3650 * DAY);
+        write(root, "/etc/kubernetes/pki/ca.crt", &kca.cert_pem);
+        write(root, "/etc/kubernetes/pki/ca.key", &kca.key_pem);
+        write(root, "/etc/kubernetes/pki/etcd/ca.crt", &eca.cert_pem);
+        write(root, "/etc/kubernetes/pki/etcd/ca.key", &eca.key_pem);
+        // The front-proxy CA's key is kept elsewhere: externally managed.
+        write(
+            root,
+            "/etc/kubernetes/pki/front-proxy-ca.crt",
+            &fca.cert_pem,
         );
-        assert!(host.exists(&Component::KubeScheduler.manifest()).unwrap());
-        assert!(!host.exists(&Component::KubeScheduler.aside()).unwrap());
-        // A second run finds it in place and restarts it again.
-        let again = step.plan(&host).unwrap();
+        let year = |ca: &TestCa, cn: &str| leaf(ca, cn, T0, T0 + 365 * DAY);
+        for (file, ca, cn) in [
+            ("apiserver", &kca, "kube-apiserver"),
+            (
+                "apiserver-kubelet-client",
+                &kca,
+                "kube-apiserver-kubelet-client",
+            ),
+            ("apiserver-etcd-client", &eca, "kube-apiserver-etcd-client"),
+            ("etcd/server", &eca, "cp-1"),
+            ("etcd/peer", &eca, "cp-1"),
+            (
+                "etcd/healthcheck-client",
+                &eca,
+                "kube-etcd-healthcheck-client",
+            ),
+            ("front-proxy-client", &fca, "front-proxy-client"),
+        ] {
+            write(
+                root,
+                &format!("/etc/kubernetes/pki/{file}.crt"),
+                &year(ca, cn),
+            );
+        }
+        for conf in ["admin", "super-admin", "controller-manager"] {
+            write(
+                root,
+                &format!("/etc/kubernetes/{conf}.conf"),
+                &kubeconfig_with_data(&year(&kca, conf)),
+            );
+        }
+        // A kubeconfig that is not one.
+        write(root, "/etc/kubernetes/scheduler.conf", "{{{ not yaml");
+        // The kubelet names its rotated file: key first, then certificate.
+        let kubelet_pem = leaf(&kca, "system:node:cp-1", T0 + 5, T0 + 20 * DAY);
+        write(
+            root,
+            "/var/lib/kubelet/pki/kubelet-client-current.pem",
+            &format!(
+                "{}{kubelet_pem}",
+                KeyPair::generate().unwrap().serialize_pem()
+            ),
+        );
+        write(
+            root,
+            "/etc/kubernetes/kubelet.conf",
+            "apiVersion: v1\nkind: Config\ncurrent-context: k\ncontexts:\n- name: k\n  context: {cluster: c, user: default-auth}\nusers:\n- name: default-auth\n  user:\n    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem\n    client-key: /var/lib/kubelet/pki/kubelet-client-current.pem\n",
+        );
+
+        let host = Host::new(root, vec![]);
+        let certs = cluster_certs(&host);
+        let names: Vec<&str> = certs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "admin.conf",
+                "apiserver",
+                "apiserver-etcd-client",
+                "apiserver-kubelet-client",
+                "controller-manager.conf",
+                "etcd-healthcheck-client",
+                "etcd-peer",
+                "etcd-server",
+                "front-proxy-client",
+                "scheduler.conf",
+                "super-admin.conf",
+                "kubelet-client",
+                "ca",
+                "etcd-ca",
+                "front-proxy-ca",
+            ]
+        );
+        assert_eq!(
+            by_name(&certs, "etcd-peer"),
+            &ClusterCert {
+                name: "etcd-peer".into(),
+                path: "/etc/kubernetes/pki/etcd/peer.crt".into(),
+                not_before_unix: T0,
+                not_after_unix: T0 + 365 * DAY,
+                ca: "etcd-ca".into(),
+                is_ca: false,
+                externally_managed: false,
+                error: None,
+            }
+        );
+        let admin = by_name(&certs, "admin.conf");
+        assert_eq!(
+            (admin.path.as_str(), admin.not_after_unix, admin.ca.as_str()),
+            ("/etc/kubernetes/admin.conf", T0 + 365 * DAY, "ca")
+        );
+        let kubelet = by_name(&certs, KUBELET_CLIENT);
+        assert_eq!(
+            (
+                kubelet.path.as_str(),
+                kubelet.not_before_unix,
+                kubelet.not_after_unix
+            ),
+            (
+                "/var/lib/kubelet/pki/kubelet-client-current.pem",
+                T0 + 5,
+                T0 + 20 * DAY
+            )
+        );
+        let fp = by_name(&certs, "front-proxy-client");
+        assert!(fp.externally_managed && fp.error.is_none(), "{fp:?}");
+        let fpca = by_name(&certs, "front-proxy-ca");
+        assert!(fpca.is_ca && fpca.externally_managed && fpca.ca.is_empty());
+        assert_eq!(fpca.not_before_unix, T0 + 1);
+        let kca_entry = by_name(&certs, "ca");
+        assert!(kca_entry.is_ca && !kca_entry.externally_managed);
+        assert_eq!(kca_entry.not_after_unix, T0 + 3650 * DAY);
+        let sched = by_name(&certs, "scheduler.conf");
+        let err = sched.error.as_deref().unwrap();
         assert!(
-            again.notes[0].starts_with("kube-scheduler: move"),
-            "{:?}",
-            again.notes
+            err.contains("/etc/kubernetes/scheduler.conf") && err.contains("not a kubeconfig"),
+            "{err}"
+        );
+        assert_eq!((sched.not_before_unix, sched.not_after_unix), (0, 0));
+        // Nothing secret reaches the answer.
+        assert!(!format!("{certs:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn a_worker_has_only_its_kubelet_certificate_and_bad_files_are_reported_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let kca = ca("kubernetes", T0, T0 + 3650 * DAY);
+        // A worker: the CA certificate without its key, and kubelet.conf
+        // with the certificate embedded.
+        write(root, "/etc/kubernetes/pki/ca.crt", &kca.cert_pem);
+        write(
+            root,
+            "/etc/kubernetes/kubelet.conf",
+            &kubeconfig_with_data(&leaf(&kca, "system:node:w-1", T0, T0 + 365 * DAY)),
+        );
+        let host = Host::new(root, vec![]);
+        let certs = cluster_certs(&host);
+        let names: Vec<&str> = certs.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["kubelet-client", "ca"]);
+        assert!(certs
+            .iter()
+            .all(|c| c.externally_managed && c.error.is_none()));
+
+        // A garbage certificate and a huge file are errors of their own.
+        write(root, "/etc/kubernetes/pki/apiserver.crt", "garbage");
+        write(
+            root,
+            "/etc/kubernetes/pki/front-proxy-client.crt",
+            &"x".repeat(MAX_FILE_BYTES as usize + 1),
+        );
+        let certs = cluster_certs(&host);
+        let api = by_name(&certs, "apiserver");
+        assert!(
+            api.error
+                .as_deref()
+                .unwrap()
+                .contains("holds no PEM certificate"),
+            "{api:?}"
+        );
+        let big = by_name(&certs, "front-proxy-client");
+        assert!(
+            big.error.as_deref().unwrap().contains("larger than"),
+            "{big:?}"
+        );
+        assert!(by_name(&certs, KUBELET_CLIENT).error.is_none());
+        // A kubelet.conf naming a file that is gone: the kubelet's
+        // certificate is absent, not an error.
+        write(
+            root,
+            "/etc/kubernetes/kubelet.conf",
+            "users:\n- name: u\n  user: {client-certificate: pki/gone.pem}\n",
+        );
+        assert!(!cluster_certs(&host)
+            .iter()
+            .any(|c| c.name == KUBELET_CLIENT));
+        write(
+            root,
+            "/etc/kubernetes/pki/gone.pem",
+            &leaf(&kca, "n", T0, T0 + 9),
+        );
+        let k = cluster_certs(&host);
+        let k = by_name(&k, KUBELET_CLIENT);
+        assert_eq!(
+            (k.path.as_str(), k.not_after_unix),
+            ("/etc/kubernetes/pki/gone.pem", T0 + 9)
         );
     }
 }

@@ -18,9 +18,10 @@ pub mod files;
 pub mod kubeadm;
 pub mod kubectl;
 pub mod readyz;
+pub mod renew;
 
 pub use apply::{go_duration, StepFile};
-pub use certs::{CertsRenew, Component, RestartControlPlane, RENEWABLE_CERTS};
+pub use certs::{cluster_certs, ClusterCert};
 pub use error::KubeError;
 pub use etcd::{
     EndpointHealth, EndpointStatus, EndpointStatuses, EtcdClient, EtcdMember, EtcdTls, Scope,
@@ -35,6 +36,7 @@ pub use kubeadm::{
 };
 pub use kubectl::{kubectl_delete_node, kubectl_nodes, KubeNode, KubectlApply, KubectlDeleteNode};
 pub use readyz::{apiserver_readyz, READYZ_TIMEOUT};
+pub use renew::{CertsRenew, Component, RestartControlPlane, RENEWABLE_CERTS};
 
 /// The kubeconfig kubeadm writes for cluster administrators on a control plane.
 pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";

@@ -181,6 +181,13 @@ impl ApiServer {
         if let Some(der) = &req.peer_cert {
             let (cn, orgs) =
                 pki::subject_of(der).ok_or_else(|| status(401, "Unauthorized", "Unauthorized"))?;
+            // kube-apiserver's x509 authenticator: a certificate outside its
+            // validity period (at the testbed clock) authenticates nobody.
+            let now = clock::unix_secs(self.now());
+            match pki::validity_of(der) {
+                Some((from, until)) if from <= now && now <= until => {}
+                _ => return Err(status(401, "Unauthorized", "Unauthorized")),
+            }
             if orgs
                 .iter()
                 .any(|o| o == "system:masters" || o == "kubeadm:cluster-admins")
@@ -819,6 +826,51 @@ pub fn main(args: Vec<String>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_certificate_outside_its_validity_is_unauthorized() {
+        let world = tempfile::tempdir().unwrap();
+        let ca = CaPair::generate("kubernetes").unwrap();
+        let api = ApiServer {
+            etcd: EtcdClient::new(
+                &["https://127.0.0.1:1".to_string()],
+                &ca.cert_pem,
+                &ca.cert_pem,
+                &ca.key_pem,
+            )
+            .unwrap(),
+            ca_cert: world.path().join("ca.crt"),
+            ca_key: world.path().join("ca.key"),
+            world_dir: Some(world.path().to_path_buf()),
+            version: "v1.31.0".into(),
+        };
+        let (cert, _) = ca
+            .issue(&Leaf {
+                cn: "kubernetes-admin".into(),
+                orgs: vec!["kubeadm:cluster-admins".into()],
+                client: true,
+                ..Leaf::default()
+            })
+            .unwrap();
+        let req = Request {
+            method: "GET".into(),
+            path: "/api/v1/nodes".into(),
+            query: Default::default(),
+            headers: Default::default(),
+            body: vec![],
+            peer_cert: Some(pki::cert_der(&cert).unwrap()),
+        };
+        assert_eq!(
+            api.authenticate(&req).unwrap(),
+            Who::Admin("kubernetes-admin".into())
+        );
+        // A year and a day later, at the testbed clock, it has expired.
+        clock::set_offset_secs(world.path(), 366 * 86_400).unwrap();
+        assert_eq!(api.authenticate(&req).unwrap_err().status, 401);
+        // Two hours before it was issued, it is not valid yet.
+        clock::set_offset_secs(world.path(), -2 * 3600).unwrap();
+        assert_eq!(api.authenticate(&req).unwrap_err().status, 401);
+    }
 
     #[test]
     fn plurals_match_kubectl() {

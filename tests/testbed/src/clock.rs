@@ -3,8 +3,14 @@
 //!
 //! The offset lives in `<world dir>/clock-offset` (whole seconds, may be
 //! negative). Every double reads it on every use, so a change takes effect at
-//! once in every running process. Certificates are not affected: TLS checks
-//! validity against the real clock, and testbed certificates last a year.
+//! once in every running process.
+//!
+//! The kubeadm double issues certificates at this clock (valid from an hour
+//! before the earlier of real and testbed time until testbed time plus a
+//! year, ten for CAs), while real etcd and every TLS client judge them by the
+//! real clock. To age a cluster, set the offset negative before building it
+//! (a cluster "built 345 days ago") and set it back to 0 afterwards: its
+//! certificates then truly expire in 20 days, for every process alike.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

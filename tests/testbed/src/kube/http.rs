@@ -571,6 +571,66 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Verifies a client certificate's chain but not its validity period, as
+/// kube-apiserver's TLS layer does (`RequestClientCert`): the x509
+/// authenticator judges the period afterwards and answers 401, which the
+/// apiserver double does at the testbed clock.
+#[derive(Debug)]
+struct ChainOnly(Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+impl rustls::server::danger::ClientCertVerifier for ChainOnly {
+    fn offer_client_auth(&self) -> bool {
+        self.0.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.0.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.0.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // Check the chain at an instant inside the leaf's own validity.
+        let at = crate::kube::pki::validity_of(end_entity)
+            .map(|(from, until)| {
+                UnixTime::since_unix_epoch(Duration::from_secs(
+                    (from + (until - from) / 2).max(0) as u64
+                ))
+            })
+            .unwrap_or(now);
+        self.0.verify_client_cert(end_entity, intermediates, at)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
 /// Server TLS: `cert`/`key` PEM; client certificates are optional and, when
 /// presented, verified against `client_ca`.
 pub fn server_config(cert: &str, key_pem: &str, client_ca: &str) -> Result<Arc<ServerConfig>> {
@@ -578,10 +638,11 @@ pub fn server_config(cert: &str, key_pem: &str, client_ca: &str) -> Result<Arc<S
     for c in certs(client_ca)? {
         roots.add(c)?;
     }
-    let verifier =
+    let verifier = Arc::new(ChainOnly(
         rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .allow_unauthenticated()
-            .build()?;
+            .build()?,
+    ));
     let cfg = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -795,6 +856,34 @@ mod tests {
         assert_eq!(
             (r.status, r.body.as_str()),
             (200, "GET /api/v1/nodes kubernetes-admin")
+        );
+        // A certificate expired by the real clock still completes the
+        // handshake: the handler (the apiserver's authenticator) judges it.
+        let long_ago = std::time::SystemTime::now() - Duration::from_secs(400 * 86_400);
+        let (old_cert, old_key) = ca
+            .issue_between(
+                &Leaf {
+                    cn: "kubernetes-admin".into(),
+                    orgs: vec!["kubeadm:cluster-admins".into()],
+                    client: true,
+                    ..Leaf::default()
+                },
+                long_ago,
+                long_ago + Duration::from_secs(365 * 86_400),
+            )
+            .unwrap();
+        let expired = Client::new(
+            &server,
+            &Trust::Ca(ca.cert_pem.clone()),
+            &Credentials {
+                cert: Some((old_cert, old_key)),
+                bearer: None,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            expired.get("/api").unwrap().body,
+            "GET /api kubernetes-admin"
         );
         let anon = Client::new(&server, &Trust::Insecure, &Credentials::default()).unwrap();
         assert_eq!(anon.get("/healthz").unwrap().body, "GET /healthz anonymous");

@@ -41,20 +41,29 @@ pub struct Leaf {
     pub client: bool,
 }
 
+/// The validity window of a certificate issued now: it starts an hour before
+/// the earlier of real and testbed time, so real etcd and rustls (which judge
+/// by the real clock) never see a not-yet-valid certificate after the clock
+/// moved, and it ends `validity` after testbed time, as kubeadm's would. A
+/// cluster built with the clock set back 345 days is therefore truly 20 days
+/// from expiry once the clock is set back to real time.
+pub fn validity_window(validity: Duration) -> (SystemTime, SystemTime) {
+    let real = SystemTime::now();
+    let testbed = crate::clock::now();
+    (
+        real.min(testbed) - Duration::from_secs(3600),
+        testbed + validity,
+    )
+}
+
 fn window(params: &mut CertificateParams, validity: Duration) {
-    // Real time, not the testbed clock: TLS checks validity against the
-    // real clock, and moving the testbed clock must not break TLS.
-    let now = SystemTime::now();
-    let secs = |t: SystemTime| {
-        t.duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0)
+    let (from, until) = validity_window(validity);
+    let at = |t: SystemTime| {
+        time::OffsetDateTime::from_unix_timestamp(crate::clock::unix_secs(t))
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
     };
-    params.not_before =
-        time::OffsetDateTime::from_unix_timestamp(secs(now - Duration::from_secs(3600)))
-            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    params.not_after = time::OffsetDateTime::from_unix_timestamp(secs(now + validity))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    params.not_before = at(from);
+    params.not_after = at(until);
 }
 
 fn serial(params: &mut CertificateParams) {
@@ -133,6 +142,26 @@ impl CaPair {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// Like [`CaPair::issue`], valid from `not_before` to `not_after`
+    /// whatever the clocks say (for tests of expired certificates).
+    pub fn issue_between(
+        &self,
+        spec: &Leaf,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = Self::leaf_params(spec);
+        let at = |t: SystemTime| {
+            time::OffsetDateTime::from_unix_timestamp(crate::clock::unix_secs(t))
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        };
+        params.not_before = at(not_before);
+        params.not_after = at(not_after);
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
     /// Signs a CSR for `spec` (subject and SANs come from `spec`, as a
     /// Kubernetes signer decides them, not the requester).
     pub fn sign_csr(&self, csr_pem: &str, spec: &Leaf) -> Result<String> {
@@ -182,6 +211,13 @@ pub fn ca_cert_hash(cert_pem: &str) -> Result<String> {
         "sha256:{}",
         hex::encode(ring::digest::digest(&ring::digest::SHA256, spki))
     ))
+}
+
+/// `(not_before, not_after)` of a DER certificate, in Unix seconds.
+pub fn validity_of(der: &[u8]) -> Option<(i64, i64)> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
 /// Subject common name and organizations of a DER certificate.
