@@ -61,6 +61,7 @@ pub const POLICY: &[(&str, Access)] = &[
         "/kh.v1.Agent/ReadClusterFiles",
         Access::Role(Role::Coordinator),
     ),
+    ("/kh.v1.Agent/ClusterCerts", Access::Role(Role::Coordinator)),
     ("/kh.v1.Admin/ListAdmins", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/CreateAdmin", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/RevokeAdmin", Access::Role(Role::Admin)),

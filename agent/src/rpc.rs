@@ -127,4 +127,15 @@ impl Agent for AgentService {
             .map(Response::new)
             .map_err(failed)
     }
+
+    async fn cluster_certs(
+        &self,
+        req: Request<ClusterCertsRequest>,
+    ) -> Result<Response<ClusterCertsResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
+        steps::cluster_certs(&self.0)
+            .await
+            .map(Response::new)
+            .map_err(failed)
+    }
 }

@@ -556,9 +556,60 @@ pub async fn read_cluster_files(
     })
 }
 
+/// The node's Kubernetes certificates and their validity.
+pub async fn cluster_certs(state: &Arc<AgentState>) -> Result<proto::ClusterCertsResponse, String> {
+    blocking(state, |st| Ok(kube::cluster_certs(&st.host)))
+        .await
+        .map(|certs| proto::ClusterCertsResponse {
+            certs: certs.into_iter().map(cluster_cert_to_proto).collect(),
+        })
+}
+
+pub fn cluster_cert_to_proto(c: kube::ClusterCert) -> proto::ClusterCert {
+    proto::ClusterCert {
+        name: c.name,
+        path: c.path,
+        not_before_unix: c.not_before_unix,
+        not_after_unix: c.not_after_unix,
+        ca: c.ca,
+        is_ca: c.is_ca,
+        externally_managed: c.externally_managed,
+        error: c.error.unwrap_or_default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_certificate_reaches_the_wire_with_its_error_or_none() {
+        let c = kube::ClusterCert {
+            name: "etcd-peer".into(),
+            path: "/etc/kubernetes/pki/etcd/peer.crt".into(),
+            not_before_unix: 10,
+            not_after_unix: 20,
+            ca: "etcd-ca".into(),
+            is_ca: false,
+            externally_managed: true,
+            error: None,
+        };
+        let wire = cluster_cert_to_proto(c.clone());
+        assert_eq!(
+            (
+                wire.name.as_str(),
+                wire.not_before_unix,
+                wire.not_after_unix
+            ),
+            ("etcd-peer", 10, 20)
+        );
+        assert!(wire.externally_managed && !wire.is_ca && wire.error.is_empty());
+        let bad = cluster_cert_to_proto(kube::ClusterCert {
+            error: Some("unparseable".into()),
+            ..c
+        });
+        assert_eq!(bad.error, "unparseable");
+    }
 
     fn host_report(failure: Option<kh_host::FailureKind>) -> kh_host::StepReport {
         kh_host::StepReport {

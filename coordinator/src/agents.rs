@@ -128,6 +128,12 @@ pub trait AgentApi: Send + Sync {
         req: proto::ReadClusterFilesRequest,
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse>;
+    /// The validity of the node's Kubernetes certificates.
+    fn cluster_certs(
+        &self,
+        node: &NodeRecord,
+        timeout: Duration,
+    ) -> AgentCall<'_, proto::ClusterCertsResponse>;
 }
 
 /// The agents over gRPC with mutual TLS.
@@ -280,6 +286,20 @@ impl AgentApi for Agents {
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse> {
         call!(self, node, read_cluster_files, req, timeout)
+    }
+
+    fn cluster_certs(
+        &self,
+        node: &NodeRecord,
+        timeout: Duration,
+    ) -> AgentCall<'_, proto::ClusterCertsResponse> {
+        call!(
+            self,
+            node,
+            cluster_certs,
+            proto::ClusterCertsRequest {},
+            timeout
+        )
     }
 }
 

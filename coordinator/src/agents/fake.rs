@@ -45,6 +45,8 @@ struct Model {
     steps: Vec<StepCall>,
     status_asked: Vec<String>,
     cluster_ca_pem: String,
+    /// What `cluster_certs` answers, by node, as a test scripted it.
+    certs: HashMap<String, Vec<proto::ClusterCert>>,
 }
 
 pub struct FakeAgents {
@@ -97,6 +99,11 @@ impl FakeAgents {
             .entry((node.to_string(), step.to_string()))
             .or_default()
             .push_back((kind, error.to_string()));
+    }
+
+    /// Scripts what `cluster_certs` answers for `node` (nothing until then).
+    pub fn set_certs(&self, node: &str, certs: Vec<proto::ClusterCert>) {
+        self.model().certs.insert(node.to_string(), certs);
     }
 
     /// The agent on `node` stops answering.
@@ -420,6 +427,16 @@ impl AgentApi for FakeAgents {
                 contents: m.cluster_ca_pem.clone().into_bytes(),
                 mode: 0o644,
             }],
+        })
+    }
+
+    fn cluster_certs(
+        &self,
+        node: &NodeRecord,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::ClusterCertsResponse> {
+        self.answer(node, |m, name| proto::ClusterCertsResponse {
+            certs: m.certs.get(name).cloned().unwrap_or_default(),
         })
     }
 }
