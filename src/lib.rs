@@ -73,5 +73,8 @@ pub use bounds::echo;
 /// the steps; the coordinator and khctl name steps through this re-export.
 pub use kh_host::StepKind;
 
+/// The certificate names `kubeadm certs renew` takes (besides `all`).
+pub use kh_host::kube::RENEWABLE_CERTS;
+
 /// The version every kh binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

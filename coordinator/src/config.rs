@@ -36,6 +36,13 @@ pub struct Config {
     /// `None`: `secret.key` in the data dir.
     #[serde(default)]
     pub secret_key_file: Option<PathBuf>,
+    /// How often the coordinator checks the control planes' kubeadm
+    /// certificates for automatic renewal (`certificates.autoRenew`).
+    #[serde(
+        default = "defaults::cert_check_interval",
+        with = "kh::time::serde_duration"
+    )]
+    pub cert_check_interval: Duration,
 }
 
 pub mod defaults {
@@ -51,6 +58,9 @@ pub mod defaults {
     }
     pub fn token_ttl() -> Duration {
         Duration::from_secs(30 * 60)
+    }
+    pub fn cert_check_interval() -> Duration {
+        Duration::from_secs(3600)
     }
     pub const LISTEN: &str = "0.0.0.0:7443";
 }
@@ -84,6 +94,11 @@ impl Config {
                     humantime::format_duration(MAX_VALIDITY)
                 ));
             }
+        }
+        if self.cert_check_interval < Duration::from_secs(1)
+            || self.cert_check_interval > MAX_VALIDITY
+        {
+            return Err("certCheckInterval must be between 1s and 10 years".into());
         }
         if self.node_cert_validity < Duration::from_secs(3) {
             return Err("nodeCertValidity must be at least 3s".into());
@@ -134,6 +149,7 @@ impl Config {
             admin_cert_validity: defaults::admin_cert_validity(),
             default_token_ttl: defaults::token_ttl(),
             secret_key_file: None,
+            cert_check_interval: defaults::cert_check_interval(),
         }
     }
 }

@@ -61,6 +61,10 @@ struct ServeArgs {
     /// Lifetime of node certificates; agents renew after two thirds [default: 90d].
     #[arg(long, value_parser = humantime::parse_duration)]
     node_cert_validity: Option<Duration>,
+    /// How often to check the control planes' kubeadm certificates for
+    /// automatic renewal (default 1h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    cert_check_interval: Option<Duration>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -75,6 +79,7 @@ struct FileConfig {
     admin_cert_validity: Option<String>,
     default_token_ttl: Option<String>,
     secret_key_file: Option<PathBuf>,
+    cert_check_interval: Option<String>,
 }
 
 fn duration(field: &str, v: Option<String>) -> anyhow::Result<Option<Duration>> {
@@ -136,6 +141,10 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             .secret_key_file
             .or(file.secret_key_file)
             .or_else(credential_key_file),
+        cert_check_interval: args
+            .cert_check_interval
+            .or(duration("certCheckInterval", file.cert_check_interval)?)
+            .unwrap_or_else(defaults::cert_check_interval),
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok(cfg)
@@ -251,6 +260,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "kh-coordinator ready"
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    tokio::spawn(kh_coordinator::rollout::autorenew::run(
+        coord.clone(),
+        coord.config.cert_check_interval,
+    ));
     kh_coordinator::server::serve(coord, listener, shutdown_signal()).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("kh-coordinator stopped");

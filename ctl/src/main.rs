@@ -2,6 +2,8 @@
 //! the admin credentials of a khconfig file, and never to agents.
 
 mod admin;
+mod certs;
+mod certs_renew;
 mod etcd;
 mod help;
 mod nodes;
@@ -132,6 +134,9 @@ enum Command {
     /// revoke.
     #[command(subcommand)]
     Admin(admin::AdminCmd),
+    /// The cluster's kubeadm certificates: renew them.
+    #[command(subcommand)]
+    Certs(certs::CertsCmd),
 }
 
 #[derive(Subcommand)]
@@ -144,7 +149,7 @@ enum OperationCmd {
     /// One that changed something is refused: it must be resumed.
     #[command(arg = help::output("`table` (default): what was forgotten; `json`: one object for scripts, {\"message\"}"))]
     Cancel {
-        /// `rollout` or `etcd-replace`; may be left out when only one is pending.
+        /// `rollout`, `etcd-replace` or `certs-renew`; may be left out when only one is pending.
         kind: Option<String>,
     },
 }
@@ -479,6 +484,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::History { limit } => etcd::history(&mut client, &addr, limit, output).await?,
         Command::Nodes { sub } => nodes::run(&mut client, &addr, sub, output).await?,
+        Command::Certs(cmd) => certs::run(&mut client, &addr, cmd, output).await?,
         Command::Admin(cmd) => admin::run(&mut client, &addr, cmd, kubeconfig_file, output).await?,
     }
     Ok(())

@@ -419,7 +419,7 @@ fn plan_json(p: &proto::RolloutPlan) -> Value {
 
 /// Follows a stream of rollout events to its end; the exit code follows the
 /// outcome.
-async fn follow(
+pub(crate) async fn follow(
     mut stream: tonic::Streaming<RolloutEvent>,
     format: Format,
     dry_run: bool,

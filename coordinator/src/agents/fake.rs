@@ -224,6 +224,11 @@ impl Model {
             Step::KubeadmInit(_) | Step::KubeadmJoin(_) => self.set_up(node),
             Step::KubeadmReset(_) => self.tear_down(node),
             Step::EtcdMemberRemove(r) => self.members.retain(|m| m.id != r.member_id),
+            // A restart with renewed certificates brings back a member that
+            // was down because its certificates had expired.
+            Step::RestartControlPlane(_) => {
+                self.etcd_down.remove(node);
+            }
             _ => {}
         }
         proto::StepReport {

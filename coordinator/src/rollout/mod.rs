@@ -9,6 +9,8 @@
 // operator; failures are rare and cold, so their size does not matter.
 #![allow(clippy::result_large_err)]
 
+pub mod autorenew;
+pub mod certs;
 pub mod engine;
 pub mod external_etcd;
 pub mod lb;
@@ -217,5 +219,7 @@ pub async fn status(coord: &Coordinator, follow: bool) -> Result<Follow, CoordEr
     }
 }
 
+#[cfg(test)]
+mod certs_tests;
 #[cfg(test)]
 mod tests;

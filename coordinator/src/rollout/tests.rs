@@ -26,7 +26,7 @@ const TOKEN_REFUSED: &str = "error execution phase preflight: couldn't validate 
 /// ... and for a `kubeadm-certs` Secret that has expired.
 const CERTS_GONE: &str = "error execution phase control-plane-prepare/download-certs: error downloading certs: error downloading the secret: Secret \"kubeadm-certs\" was not found in the \"kube-system\" Namespace. This Secret might have expired. Please, run `kubeadm init phase upload-certs --upload-certs` on a control plane to generate a new one";
 
-fn spec_yaml(nodes: &[(&str, &str, &str)]) -> String {
+pub(super) fn spec_yaml(nodes: &[(&str, &str, &str)]) -> String {
     let mut y = String::from("apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata: {name: t}\nspec:\n  kubernetesVersion: v1.32.0\n  controlPlaneEndpoint: 10.0.0.5:6443\n  nodes:\n");
     for (name, role, address) in nodes {
         y.push_str(&format!(
@@ -41,7 +41,7 @@ const SMALL: &[(&str, &str, &str)] = &[
     ("w-1", "worker", "10.0.0.21"),
 ];
 
-const HA: &[(&str, &str, &str)] = &[
+pub(super) const HA: &[(&str, &str, &str)] = &[
     ("cp-1", "control-plane", "10.0.0.11"),
     ("cp-2", "control-plane", "10.0.0.12"),
     ("cp-3", "control-plane", "10.0.0.13"),
@@ -51,7 +51,7 @@ const HA: &[(&str, &str, &str)] = &[
 
 /// A coordinator whose agents are `fake`, with every node of `yaml` (and
 /// `extra`) enrolled.
-fn coordinator(
+pub(super) fn coordinator(
     dir: &std::path::Path,
     yaml: &str,
     extra: &[&str],
@@ -89,7 +89,7 @@ fn coordinator(
 
 /// The state an earlier rollout of `yaml` left: the spec it accepted, the
 /// roles it recorded and the steps it finished.
-fn held(coord: &Coordinator, yaml: &str, done: &[&str]) {
+pub(super) fn held(coord: &Coordinator, yaml: &str, done: &[&str]) {
     let spec = kh::spec::parse(yaml).unwrap();
     for n in &spec.nodes {
         coord
@@ -114,7 +114,7 @@ fn held(coord: &Coordinator, yaml: &str, done: &[&str]) {
 }
 
 /// Follows an operation to its end: its events and the closing one.
-async fn follow(f: Follow) -> (Vec<RolloutEvent>, RolloutEvent) {
+pub(super) async fn follow(f: Follow) -> (Vec<RolloutEvent>, RolloutEvent) {
     let mut events = f.backlog;
     let mut rx = f.live.expect("a started operation has a live feed");
     loop {

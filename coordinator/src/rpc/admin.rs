@@ -70,6 +70,15 @@ impl Admin for AdminService {
         Ok(Response::new(follow_stream(f)))
     }
     type EtcdReplaceStream = EventStream<RolloutEvent>;
+    type CertsRenewStream = EventStream<RolloutEvent>;
+
+    async fn certs_renew(
+        &self,
+        req: Request<kh::proto::CertsRenewRequest>,
+    ) -> Result<Response<Self::CertsRenewStream>, Status> {
+        let f = crate::rollout::certs::start(self.0.clone(), req.into_inner()).await?;
+        Ok(Response::new(follow_stream(f)))
+    }
 
     async fn etcd_members(
         &self,

@@ -62,13 +62,15 @@ pub enum Phase {
     Join,
     /// `khctl reset --node`: one node torn down.
     Reset,
+    /// `khctl certs renew`: one control plane after another.
+    Renew,
 }
 
 impl Phase {
     /// Every phase: a rollout's in the order it runs them (the load
     /// balancers only with `loadBalancer: haproxy`), then the other
     /// operations' own.
-    pub const ALL: [Phase; 15] = [
+    pub const ALL: [Phase; 16] = [
         Phase::Preflight,
         Phase::Prepare,
         Phase::LoadBalancer,
@@ -84,6 +86,7 @@ impl Phase {
         Phase::Remove,
         Phase::Join,
         Phase::Reset,
+        Phase::Renew,
     ];
 
     /// The name on the wire, in events and the persisted journal.
@@ -104,6 +107,7 @@ impl Phase {
             Phase::Remove => "remove",
             Phase::Join => "join",
             Phase::Reset => "reset",
+            Phase::Renew => "renew",
         }
     }
 }
