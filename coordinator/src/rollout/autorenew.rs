@@ -170,7 +170,12 @@ pub async fn run(coord: Arc<Coordinator>, interval: Duration) {
             Checked::Busy(why) => {
                 tracing::info!(reason = %why, "automatic certificate check skipped")
             }
-            Checked::NoCluster | Checked::Off | Checked::NothingDue => {}
+            Checked::NothingDue => {
+                tracing::info!(
+                    "automatic certificate check: no control-plane certificate is due for renewal"
+                )
+            }
+            Checked::NoCluster | Checked::Off => {}
         }
         tokio::time::sleep(interval).await;
     }

@@ -180,12 +180,15 @@ impl Component {
         format!("{ASIDE_DIR}/{}.yaml", self.name())
     }
 
-    /// The certificate the component serves, which must be the one on disk
-    /// once it is back. controller-manager and scheduler serve a
-    /// self-signed certificate of their own.
+    /// The certificate the component serves where kh watches it, which must
+    /// be the one on disk once it is back. For etcd that is the peer
+    /// listener: etcd serves its clients only once it has joined a quorum,
+    /// which a member of an expired cluster cannot until a majority is
+    /// renewed, but it serves its peers at once. controller-manager and
+    /// scheduler serve a self-signed certificate of their own.
     fn serving_cert(self) -> Option<&'static str> {
         match self {
-            Component::Etcd => Some("/etc/kubernetes/pki/etcd/server.crt"),
+            Component::Etcd => Some("/etc/kubernetes/pki/etcd/peer.crt"),
             Component::KubeApiserver => Some("/etc/kubernetes/pki/apiserver.crt"),
             _ => None,
         }
@@ -205,14 +208,15 @@ impl Component {
         };
         match self {
             Component::Etcd => {
-                let urls = flag("advertise-client-urls")
-                    .ok_or("the etcd manifest has no --advertise-client-urls")?;
+                let urls = flag("initial-advertise-peer-urls")
+                    .or_else(|| flag("listen-peer-urls"))
+                    .ok_or("the etcd manifest has no --initial-advertise-peer-urls")?;
                 let first = urls.split(',').next().unwrap_or_default();
                 first
                     .strip_prefix("https://")
                     .or_else(|| first.strip_prefix("http://"))
                     .map(|a| a.trim_end_matches('/').to_string())
-                    .ok_or_else(|| format!("--advertise-client-urls={urls} is not a URL"))
+                    .ok_or_else(|| format!("the peer URL {urls} is not a URL"))
             }
             Component::KubeApiserver => {
                 let host = flag("advertise-address")
@@ -574,10 +578,11 @@ mod tests {
             Component::Etcd
                 .address(&m(&[
                     "etcd",
-                    "--advertise-client-urls=https://10.0.0.1:2379"
+                    "--advertise-client-urls=https://10.0.0.1:2379",
+                    "--initial-advertise-peer-urls=https://10.0.0.1:2380"
                 ]))
                 .unwrap(),
-            "10.0.0.1:2379"
+            "10.0.0.1:2380"
         );
         assert_eq!(
             Component::KubeApiserver
