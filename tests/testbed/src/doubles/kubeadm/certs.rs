@@ -1,16 +1,17 @@
-//! `kubeadm certs certificate-key`.
+//! `kubeadm certs certificate-key` and `kubeadm certs check-expiration`.
 
 use super::*;
 
-pub(super) fn certs_cmd(argv: &[String]) -> R<()> {
+pub(super) fn certs_cmd(env: &NodeEnv, argv: &[String]) -> R<()> {
     match argv.first().map(String::as_str) {
+        Some("check-expiration") => check_expiration(env, &argv[1..]),
         Some("certificate-key") => {
             parse(&argv[1..], &[])?;
             println!("{}", random_key());
             Ok(())
         }
         other => Err(plain(format!(
-            "the kh testbed kubeadm double supports only `kubeadm certs certificate-key`, not {other:?}"
+            "the kh testbed kubeadm double supports only `kubeadm certs certificate-key` and `check-expiration`, not {other:?}"
         ))),
     }
 }

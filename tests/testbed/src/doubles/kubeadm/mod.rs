@@ -24,6 +24,7 @@ use crate::kube::{b64, write_file, NodeEnv};
 
 mod certificates;
 mod certs;
+mod check_expiration;
 mod helpers;
 mod init;
 mod join;
@@ -34,6 +35,7 @@ mod version;
 
 use certificates::*;
 use certs::*;
+use check_expiration::*;
 use helpers::*;
 pub use init::SECRETS_FILE;
 use init::*;
@@ -81,7 +83,7 @@ pub fn main(env: &NodeEnv, argv: &[String]) -> i32 {
         Some("init") => init(env, &argv[1..]),
         Some("join") => join(env, &argv[1..]),
         Some("token") => token(env, &argv[1..]),
-        Some("certs") => certs_cmd(&argv[1..]),
+        Some("certs") => certs_cmd(env, &argv[1..]),
         Some("reset") => reset(env, &argv[1..]),
         Some(other) => Err(plain(format!(
             "unknown command \"{other}\" for \"kubeadm\"\nRun 'kubeadm --help' for usage."
