@@ -146,13 +146,9 @@ fn fix(node: &str, c: &proto::ClusterCert, reason: &str) -> String {
         );
     }
     if c.name == KUBELET_CLIENT {
+        // kubeadm certs renew leaves it alone since Kubernetes 1.17.
         return format!(
-            "the kubelet renews its own client certificate (rotateCertificates); check the kubelet's log on {node}{}",
-            if c.externally_managed {
-                ""
-            } else {
-                ", or run `khctl certs renew --all` on a control plane"
-            }
+            "the kubelet renews its own client certificate (rotateCertificates); check the kubelet's log on {node}"
         );
     }
     if c.externally_managed {
