@@ -65,6 +65,7 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/ListAdmins", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/CreateAdmin", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/RevokeAdmin", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/CertsCheck", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/CertsRenew", Access::Role(Role::Admin)),
 ];
 

@@ -38,6 +38,14 @@ async fn readyz(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
+    // Read at scrape time, so the gauge is as fresh as the files: a dozen
+    // small reads, each capped (kh_host::kube::certs::MAX_FILE_BYTES).
+    let st = state.clone();
+    if let Ok(certs) =
+        tokio::task::spawn_blocking(move || kh_host::kube::cluster_certs(&st.host)).await
+    {
+        state.metrics.set_cluster_certs(&certs);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -25,6 +25,11 @@ pub struct EndpointLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabel {
+    pub cert: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -38,6 +43,9 @@ pub struct Metrics {
     /// 1 while this host's stacked etcd member answers `endpoint health`, 0
     /// when it does not; no series on hosts without a member.
     pub etcd_member_healthy: Family<EndpointLabel, Gauge>,
+    /// The notAfter of each Kubernetes certificate on this host, read at
+    /// scrape time ([`Metrics::set_cluster_certs`]).
+    pub cluster_cert_expiry: Family<CertLabel, Gauge>,
 }
 
 impl Metrics {
@@ -88,13 +96,34 @@ impl Metrics {
             "Whether this host's stacked etcd member answers a health check (1) or not (0)",
             etcd_member_healthy.clone(),
         );
+        let cluster_cert_expiry = Family::<CertLabel, Gauge>::default();
+        registry.register(
+            "cluster_cert_expiry_seconds",
+            "Unix time when each Kubernetes certificate on this host expires (its notAfter), by kubeadm's name (apiserver, admin.conf, etcd-ca, ...; kubelet-client for the kubelet's own); alert on `kh_agent_cluster_cert_expiry_seconds - time()`. Files that cannot be read have no series",
+            cluster_cert_expiry.clone(),
+        );
         Metrics {
+            cluster_cert_expiry,
             etcd_member_healthy,
             registry,
             heartbeats,
             last_heartbeat,
             steps,
             cert_expiry,
+        }
+    }
+
+    /// Replaces the certificate series with `certs`: a certificate that is
+    /// gone (a node reset) loses its series, one that cannot be read has
+    /// none.
+    pub fn set_cluster_certs(&self, certs: &[kh_host::kube::ClusterCert]) {
+        self.cluster_cert_expiry.clear();
+        for c in certs.iter().filter(|c| c.error.is_none()) {
+            self.cluster_cert_expiry
+                .get_or_create(&CertLabel {
+                    cert: c.name.clone(),
+                })
+                .set(c.not_after_unix);
         }
     }
 
@@ -134,5 +163,39 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+    }
+
+    #[test]
+    fn cluster_certificates_are_gauges_of_their_not_after() {
+        let m = Metrics::new();
+        let cert = |name: &str, not_after: i64, error: Option<&str>| kh_host::kube::ClusterCert {
+            name: name.into(),
+            path: format!("/etc/kubernetes/pki/{name}.crt"),
+            not_before_unix: 1,
+            not_after_unix: not_after,
+            ca: "ca".into(),
+            is_ca: false,
+            externally_managed: false,
+            error: error.map(str::to_string),
+        };
+        m.set_cluster_certs(&[
+            cert("apiserver", 1_800_000_000, None),
+            cert("etcd-peer", 0, Some("unparseable")),
+        ]);
+        let text = m.encode();
+        assert!(
+            text.contains("kh_agent_cluster_cert_expiry_seconds{cert=\"apiserver\"} 1800000000"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP kh_agent_cluster_cert_expiry_seconds Unix time"));
+        assert!(!text.contains("cert=\"etcd-peer\""), "{text}");
+        // A later scrape without the certificate drops its series.
+        m.set_cluster_certs(&[cert("admin.conf", 1_700_000_000, None)]);
+        let text = m.encode();
+        assert!(
+            !text.contains("cert=\"apiserver\"")
+                && text.contains("cert=\"admin.conf\"} 1700000000"),
+            "{text}"
+        );
     }
 }

@@ -13,6 +13,7 @@
 pub mod admins;
 pub mod agents;
 pub mod audit;
+pub mod certs;
 pub mod config;
 pub mod error;
 pub mod etcd;

@@ -134,7 +134,8 @@ enum Command {
     /// revoke.
     #[command(subcommand)]
     Admin(admin::AdminCmd),
-    /// The cluster's kubeadm certificates: renew them.
+    /// The cluster's Kubernetes certificates: `certs check` shows when each
+    /// expires on every node, `certs renew` renews them.
     #[command(subcommand)]
     Certs(certs::CertsCmd),
 }
@@ -245,6 +246,10 @@ pub const EXIT_CODES: &[(i32, &str)] = &[
         5,
         "interrupted: the coordinator stopped while the operation ran; it is persisted, re-run the same command",
     ),
+    (
+        6,
+        "attention needed: a certificate is inside certificates.renewBefore, expired or unreadable, or a node could not be asked (`khctl certs check`)",
+    ),
 ];
 
 fn after_help() -> String {
@@ -272,6 +277,9 @@ pub enum Failure {
     /// The coordinator went away while an operation ran.
     #[error("{0}")]
     Interrupted(String),
+    /// A check found something that needs the operator (`certs check`).
+    #[error("{0}")]
+    Attention(String),
 }
 
 impl Failure {
@@ -281,6 +289,7 @@ impl Failure {
             Failure::Preflight(_) => 3,
             Failure::Operation(_) => 4,
             Failure::Interrupted(_) => 5,
+            Failure::Attention(_) => 6,
         }
     }
 
@@ -484,8 +493,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::History { limit } => etcd::history(&mut client, &addr, limit, output).await?,
         Command::Nodes { sub } => nodes::run(&mut client, &addr, sub, output).await?,
-        Command::Certs(cmd) => certs::run(&mut client, &addr, cmd, output).await?,
         Command::Admin(cmd) => admin::run(&mut client, &addr, cmd, kubeconfig_file, output).await?,
+        Command::Certs(cmd) => certs::run(&mut client, &addr, cmd, output).await?,
     }
     Ok(())
 }
@@ -509,6 +518,7 @@ mod tests {
             Failure::Preflight(String::new()),
             Failure::Operation(String::new()),
             Failure::Interrupted(String::new()),
+            Failure::Attention(String::new()),
         ] {
             assert!(codes.contains(&f.exit_code()));
         }

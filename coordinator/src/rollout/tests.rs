@@ -343,3 +343,69 @@ async fn a_replacement_without_quorum_is_refused_before_any_step() {
         .unwrap();
     assert!(cp2.retired.is_none());
 }
+
+/// `khctl certs check` asks every control plane and worker (never a load
+/// balancer), reports an unreachable one instead of skipping it, and judges
+/// the answers against the held spec's certificates.renewBefore.
+#[tokio::test]
+async fn certs_check_asks_every_node_and_reports_the_unreachable_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = HA.to_vec();
+    nodes.push(("lb-1", "loadbalancer", "10.0.0.5"));
+    let yaml = spec_yaml(&nodes).replace(
+        "  nodes:\n",
+        "  certificates: {renewBefore: 10d}\n  nodes:\n",
+    );
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    held(&coord, &yaml, &[]);
+    let now = 1_700_000_000i64;
+    let cert = |name: &str, days: i64| kh::proto::ClusterCert {
+        name: name.into(),
+        path: format!("/etc/kubernetes/pki/{name}.crt"),
+        not_before_unix: now - 300 * 86_400,
+        not_after_unix: now + days * 86_400,
+        ca: "ca".into(),
+        is_ca: false,
+        externally_managed: false,
+        error: String::new(),
+    };
+    for cp in ["cp-1", "cp-2", "cp-3"] {
+        fake.set_certs(cp, vec![cert("apiserver", 65), cert("admin.conf", 65)]);
+    }
+    fake.set_certs("cp-2", vec![cert("apiserver", 9), cert("admin.conf", 65)]);
+    fake.set_certs("w-1", vec![cert("kubelet-client", 300)]);
+    fake.agent_down("w-2");
+
+    let r = crate::certs::check(&coord).await.unwrap();
+    assert_eq!(r.now_unix, now);
+    assert_eq!(r.renew_before_seconds, 10 * 86_400);
+    let asked: Vec<(&str, &str, usize)> = r
+        .nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n.role.as_str(), n.certs.len()))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            ("cp-1", "control-plane", 2),
+            ("cp-2", "control-plane", 2),
+            ("cp-3", "control-plane", 2),
+            ("w-1", "worker", 1),
+            ("w-2", "worker", 0),
+        ]
+    );
+    assert!(r.nodes[4].error.contains("w-2"), "{}", r.nodes[4].error);
+    let attention: Vec<(&str, &str, &str)> = r
+        .attention
+        .iter()
+        .map(|a| (a.node.as_str(), a.cert.as_str(), a.reason.as_str()))
+        .collect();
+    assert_eq!(
+        attention,
+        [
+            ("cp-2", "apiserver", "expiring"),
+            ("w-2", "", "unreachable")
+        ]
+    );
+    assert!(!r.ok);
+}

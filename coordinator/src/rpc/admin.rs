@@ -99,6 +99,13 @@ impl Admin for AdminService {
         Ok(Response::new(crate::etcd::health(&self.0).await?))
     }
 
+    async fn certs_check(
+        &self,
+        _req: Request<CertsCheckRequest>,
+    ) -> Result<Response<CertsCheckResponse>, Status> {
+        Ok(Response::new(crate::certs::check(&self.0).await?))
+    }
+
     async fn etcd_remove_member(
         &self,
         req: Request<EtcdRemoveMemberRequest>,

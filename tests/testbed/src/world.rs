@@ -686,6 +686,18 @@ impl World {
         self.set_clock_offset(self.clock_offset() + by.as_secs() as i64);
     }
 
+    /// Runs `build` with the testbed clock `days` in the past, then sets it
+    /// back to real time, so what kubeadm issued meanwhile is `days` old: a
+    /// cluster rolled out inside is as close to its certificates' expiry as
+    /// a real one built then, for real etcd and TLS too (CONTRACT.md, "The
+    /// clock").
+    pub fn in_the_past<T>(&self, days: u64, build: impl FnOnce(&Self) -> T) -> T {
+        self.set_clock_offset(-(days as i64) * 86_400);
+        let out = build(self);
+        self.set_clock_offset(0);
+        out
+    }
+
     /// Gives the kubeadm double a fixed latency per operation, for
     /// benchmarks: `init`, control-plane `join`, worker `join`. Takes effect
     /// for every later call on every host (see CONTRACT.md).

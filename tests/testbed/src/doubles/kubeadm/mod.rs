@@ -24,6 +24,7 @@ use crate::kube::{b64, write_file, NodeEnv};
 
 mod certificates;
 mod certs;
+mod check_expiration;
 mod helpers;
 mod init;
 mod join;
@@ -35,6 +36,7 @@ mod version;
 
 use certificates::*;
 use certs::*;
+use check_expiration::*;
 use helpers::*;
 pub use init::SECRETS_FILE;
 use init::*;
