@@ -377,15 +377,29 @@ async fn cluster_health(coord: &Coordinator, spec: &ClusterSpec) -> (bool, Strin
                     bad.push(format!("etcd member of {} unhealthy", m.node));
                 }
             }
-            Err(e) => bad.push(format!("etcd: {e}")),
+            Err(e) => bad.push(format!("etcd: {}", short(&e.to_string()))),
         }
     }
     for cp in spec.control_planes() {
         if let Err(e) = ops.apiserver_ready(&cp.name, &url(cp.address, 6443)).await {
-            bad.push(format!("apiserver on {}: {e}", cp.name));
+            bad.push(format!("apiserver on {}: {}", cp.name, short(&e)));
         }
     }
     (bad.is_empty(), bad.join("; "))
+}
+
+/// The gist of a failure for a one-line summary: its first line, cut.
+fn short(text: &str) -> String {
+    const MAX: usize = 160;
+    let line = text.lines().next().unwrap_or_default();
+    if line.len() <= MAX {
+        return line.to_string();
+    }
+    let mut cut = MAX;
+    while !line.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{} …", &line[..cut])
 }
 
 /// One control plane healthy: its apiserver ready and its etcd member

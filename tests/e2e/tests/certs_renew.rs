@@ -233,6 +233,25 @@ fn an_expired_cluster_is_renewed_with_khctl_and_answers_again() {
         }
     });
 
+    // The dry run shows the plan and the gate, and changes nothing.
+    let dry = w.khctl(&["certs", "renew", "--all", "--dry-run"]);
+    assert!(dry.ok(), "{}\n{}", dry.stdout, dry.stderr);
+    assert!(
+        dry.stdout
+            .contains("would run cp-2: kubeadm certs renew all"),
+        "{}",
+        dry.stdout
+    );
+    assert!(dry.stdout.contains("cluster was down"), "{}", dry.stdout);
+    let renewals = |w: &World| {
+        w.agents[idx(w, "cp-1")]
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("kubeadm certs renew"))
+            .count()
+    };
+    assert_eq!(renewals(&w), 1, "only the aging renewal ran");
+
     let out = w.khctl(&["certs", "renew", "--all"]);
     assert!(
         out.ok(),
