@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use kh_testbed::eventually;
 use kh_testbed::kube::pki;
+use kh_testbed::proc::Proc;
 use kh_testbed::spec::{cluster_yaml, SpecNode};
 use kh_testbed::world::World;
 
@@ -203,7 +204,7 @@ fn a_cluster_near_expiry_is_renewed_automatically_once_one_control_plane_at_a_ti
 
 #[test]
 fn an_expired_cluster_is_renewed_with_khctl_and_answers_again() {
-    let w = rolled_out_in_the_past(&[], 0);
+    let mut w = rolled_out_in_the_past(&[], 0);
     // Age every control plane's certificates: renewed by kubeadm with the
     // clock 13 months back, they expired a month ago for real. The static
     // pods are restarted so they serve and use them.
@@ -252,6 +253,60 @@ fn an_expired_cluster_is_renewed_with_khctl_and_answers_again() {
     };
     assert_eq!(renewals(&w), 1, "only the aging renewal ran");
 
+    // Renew, and kill the coordinator while cp-2's static pods are being
+    // restarted (a manifest of cp-2 is aside).
+    let mut cmd = std::process::Command::new(kh_testbed::bin("khctl"));
+    cmd.arg("--config")
+        .arg(&w.coordinator.admin)
+        .args(["certs", "renew", "--all"]);
+    let mut khctl = Proc::spawn("khctl certs renew", cmd, &w.dir().join("renew.log"));
+    let aside = w.agents[idx(&w, "cp-2")].path("/etc/kubernetes/tmp/kh-restart-aside");
+    eventually("cp-2's restart to begin", Duration::from_secs(120), || {
+        let n = std::fs::read_dir(&aside).map(|d| d.count()).unwrap_or(0);
+        if n > 0 {
+            Ok(())
+        } else {
+            Err(khctl.log_text())
+        }
+    });
+    w.coordinator.kill9();
+    eventually("khctl to end", Duration::from_secs(30), || {
+        if khctl.is_running() {
+            Err("running".to_string())
+        } else {
+            Ok(())
+        }
+    });
+    assert_eq!(
+        khctl.terminate(Duration::from_secs(1)),
+        Some(5),
+        "{}",
+        khctl.log_text()
+    );
+    w.coordinator.start();
+    let ops = w.khctl_json(&["operation", "status"]);
+    let op = ops["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "certs-renew")
+        .cloned()
+        .unwrap_or_else(|| panic!("{ops}"));
+    assert_eq!(
+        (op["pending"].clone(), op["changed"].clone()),
+        (true.into(), true.into()),
+        "{op}"
+    );
+    assert!(
+        op["next"]
+            .as_str()
+            .unwrap()
+            .contains("`khctl certs renew --all`"),
+        "{op}"
+    );
+
+    // The same command resumes it: cp-1 is not renewed again, cp-2's
+    // restart runs again (its manifests back first), then cp-3.
     let out = w.khctl(&["certs", "renew", "--all"]);
     assert!(
         out.ok(),
@@ -260,7 +315,25 @@ fn an_expired_cluster_is_renewed_with_khctl_and_answers_again() {
         out.stderr,
         w.coordinator.log_text()
     );
+    assert!(
+        out.stdout
+            .contains("resuming; decided before the first change"),
+        "{}",
+        out.stdout
+    );
     assert!(out.stdout.contains("cluster was down"), "{}", out.stdout);
+    assert_eq!(renewals(&w), 2, "cp-1 renewed once by kh");
+    let history = w.khctl_json(&["history", "--limit", "1000"]);
+    assert!(
+        history["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["node"] == "cp-2"
+                && e["step"] == "restart"
+                && e["outcome"] == "interrupted"),
+        "{history}"
+    );
     for cp in CPS {
         assert!(leaf_expiries(&w, cp)
             .iter()
