@@ -132,6 +132,29 @@ pub fn attention(
     out
 }
 
+/// The certificates `kubeadm certs renew` can renew that are due: on each
+/// node, those inside `renew_before` of `now_unix` or expired, that are not
+/// CAs, not the kubelet's own, and whose CA key is on the node. As (node,
+/// kubeadm's certificate name), in node order.
+pub fn due_for_renewal(
+    nodes: &[proto::NodeCerts],
+    now_unix: i64,
+    renew_before: Duration,
+) -> Vec<(String, String)> {
+    nodes
+        .iter()
+        .flat_map(|n| n.certs.iter().map(move |c| (n, c)))
+        .filter(|(_, c)| {
+            c.error.is_empty()
+                && !c.is_ca
+                && !c.externally_managed
+                && c.name != KUBELET_CLIENT
+                && c.not_after_unix.saturating_sub(now_unix) < renew_before.as_secs() as i64
+        })
+        .map(|(n, c)| (n.node.clone(), c.name.clone()))
+        .collect()
+}
+
 fn fix(node: &str, c: &proto::ClusterCert, reason: &str) -> String {
     if reason == "unreadable" {
         return format!(
@@ -262,6 +285,14 @@ mod tests {
         // A shorter window lets the 20-day certificate be.
         let a = attention(&nodes[..1], now, Duration::from_secs(7 * DAY as u64));
         assert!(!a.iter().any(|x| x.cert == "apiserver"));
+        // Renewal takes only what kubeadm renews on that node.
+        assert_eq!(
+            due_for_renewal(&nodes, now, Duration::from_secs(30 * DAY as u64)),
+            [
+                ("cp-1".to_string(), "apiserver".to_string()),
+                ("cp-1".to_string(), "scheduler.conf".to_string()),
+            ]
+        );
     }
 
     #[test]
