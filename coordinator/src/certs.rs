@@ -185,18 +185,7 @@ fn fix(node: &str, c: &proto::ClusterCert, reason: &str) -> String {
 
 /// A residual time the way kubeadm prints it (`364d`, `23h`, `9y`).
 pub fn residual(secs: i64) -> String {
-    let s = secs.max(0);
-    if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m", s / 60)
-    } else if s < 86_400 {
-        format!("{}h", s / 3600)
-    } else if s < 365 * 86_400 {
-        format!("{}d", s / 86_400)
-    } else {
-        format!("{}y", s / (365 * 86_400))
-    }
+    kh::time::short_duration(secs)
 }
 
 #[cfg(test)]
