@@ -83,6 +83,24 @@ pub fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(from_unix_ms(ms)).to_string()
 }
 
+/// A duration the way kubeadm prints residual times (apimachinery's
+/// `ShortHumanDuration`): the largest whole unit, `45s`, `5m`, `23h`, `364d`,
+/// `9y`; negative counts as zero.
+pub fn short_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    if s < 60 {
+        format!("{s}s")
+    } else if s < 3600 {
+        format!("{}m", s / 60)
+    } else if s < 86_400 {
+        format!("{}h", s / 3600)
+    } else if s < 365 * 86_400 {
+        format!("{}d", s / 86_400)
+    } else {
+        format!("{}y", s / (365 * 86_400))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

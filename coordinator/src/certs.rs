@@ -132,6 +132,29 @@ pub fn attention(
     out
 }
 
+/// The certificates `kubeadm certs renew` can renew that are due: on each
+/// node, those inside `renew_before` of `now_unix` or expired, that are not
+/// CAs, not the kubelet's own, and whose CA key is on the node. As (node,
+/// kubeadm's certificate name), in node order.
+pub fn due_for_renewal(
+    nodes: &[proto::NodeCerts],
+    now_unix: i64,
+    renew_before: Duration,
+) -> Vec<(String, String)> {
+    nodes
+        .iter()
+        .flat_map(|n| n.certs.iter().map(move |c| (n, c)))
+        .filter(|(_, c)| {
+            c.error.is_empty()
+                && !c.is_ca
+                && !c.externally_managed
+                && c.name != KUBELET_CLIENT
+                && c.not_after_unix.saturating_sub(now_unix) < renew_before.as_secs() as i64
+        })
+        .map(|(n, c)| (n.node.clone(), c.name.clone()))
+        .collect()
+}
+
 fn fix(node: &str, c: &proto::ClusterCert, reason: &str) -> String {
     if reason == "unreadable" {
         return format!(
@@ -162,18 +185,7 @@ fn fix(node: &str, c: &proto::ClusterCert, reason: &str) -> String {
 
 /// A residual time the way kubeadm prints it (`364d`, `23h`, `9y`).
 pub fn residual(secs: i64) -> String {
-    let s = secs.max(0);
-    if s < 60 {
-        format!("{s}s")
-    } else if s < 3600 {
-        format!("{}m", s / 60)
-    } else if s < 86_400 {
-        format!("{}h", s / 3600)
-    } else if s < 365 * 86_400 {
-        format!("{}d", s / 86_400)
-    } else {
-        format!("{}y", s / (365 * 86_400))
-    }
+    kh::time::short_duration(secs)
 }
 
 #[cfg(test)]
@@ -262,6 +274,14 @@ mod tests {
         // A shorter window lets the 20-day certificate be.
         let a = attention(&nodes[..1], now, Duration::from_secs(7 * DAY as u64));
         assert!(!a.iter().any(|x| x.cert == "apiserver"));
+        // Renewal takes only what kubeadm renews on that node.
+        assert_eq!(
+            due_for_renewal(&nodes, now, Duration::from_secs(30 * DAY as u64)),
+            [
+                ("cp-1".to_string(), "apiserver".to_string()),
+                ("cp-1".to_string(), "scheduler.conf".to_string()),
+            ]
+        );
     }
 
     #[test]

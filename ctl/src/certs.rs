@@ -90,22 +90,7 @@ fn residual(not_after: i64, now: i64) -> String {
     if not_after <= now {
         "expired".into()
     } else {
-        residual_time(not_after - now)
-    }
-}
-
-/// A positive duration the way kubeadm's table prints it.
-fn residual_time(secs: i64) -> String {
-    if secs < 60 {
-        format!("{secs}s")
-    } else if secs < 3600 {
-        format!("{}m", secs / 60)
-    } else if secs < 86_400 {
-        format!("{}h", secs / 3600)
-    } else if secs < 365 * 86_400 {
-        format!("{}d", secs / 86_400)
-    } else {
-        format!("{}y", secs / (365 * 86_400))
+        kh::time::short_duration(not_after - now)
     }
 }
 

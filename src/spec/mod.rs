@@ -175,7 +175,7 @@ impl CertDistribution {
 pub struct CertRenewal {
     /// A certificate expiring within this window needs renewal: `khctl
     /// certs check` warns, and automatic renewal renews.
-    #[serde(serialize_with = "serialize_humantime")]
+    #[serde(serialize_with = "crate::time::serde_duration::serialize")]
     pub renew_before: std::time::Duration,
     /// Whether the coordinator renews on its own when one is due.
     pub auto_renew: bool,
@@ -188,13 +188,6 @@ impl Default for CertRenewal {
             auto_renew: true,
         }
     }
-}
-
-fn serialize_humantime<S: serde::Serializer>(
-    d: &std::time::Duration,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_str(&humantime::format_duration(*d))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

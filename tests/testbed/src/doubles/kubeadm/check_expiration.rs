@@ -241,30 +241,37 @@ impl Line {
     }
 }
 
-/// Go's tabwriter as kubeadm sets it up (minwidth 10, padding 3, every
-/// cell followed by a tab, so the last column is padded too).
+/// Go's tabwriter as kubeadm sets it up (`tabwriter.NewWriter(out, 10, 4,
+/// 3, ' ', 0)`): every column but the last is as wide as its widest cell
+/// plus 3, at least 10. The last cell ends the line unpadded; kubeadm
+/// prints a row's yes/no with `%-8v`.
 fn tabwriter(header: &[&str], lines: &[Line]) -> String {
     let rows: Vec<Vec<String>> = std::iter::once(header.iter().map(|h| h.to_string()).collect())
         .chain(lines.iter().map(Line::cells))
         .collect();
-    let mut width = vec![0usize; header.len()];
-    for r in &rows {
-        // A missing row's single cell does not widen the first column:
-        // tabwriter cells end at a tab, and its only tab ends the line.
-        if r.len() == 1 && header.len() > 1 {
-            continue;
-        }
-        for (i, c) in r.iter().enumerate() {
-            width[i] = width[i].max(c.len().max(10 - 3) + 3);
+    let last = header.len() - 1;
+    let mut width = vec![0usize; last];
+    // A missing row's single cell is text without a tab: it widens nothing.
+    for r in rows.iter().filter(|r| r.len() == header.len()) {
+        for (i, c) in r.iter().take(last).enumerate() {
+            width[i] = width[i].max((c.len() + 3).max(10));
         }
     }
     let mut out = String::new();
-    for r in &rows {
-        if r.len() == 1 && header.len() > 1 {
-            out.push_str(&r[0]);
+    for (n, r) in rows.iter().enumerate() {
+        if r.len() != header.len() {
+            out.push_str(&r.concat());
         } else {
             for (i, c) in r.iter().enumerate() {
-                out.push_str(&format!("{c:<w$}", w = width[i]));
+                if i == last {
+                    if n == 0 {
+                        out.push_str(c);
+                    } else {
+                        out.push_str(&format!("{c:<8}"));
+                    }
+                } else {
+                    out.push_str(&format!("{c:<w$}", w = width[i]));
+                }
             }
         }
         out.push('\n');
@@ -341,8 +348,8 @@ mod tests {
         );
         assert_eq!(
             t,
-            "CERTIFICATE                EXPIRES                  RESIDUAL TIME   CERTIFICATE AUTHORITY   EXTERNALLY MANAGED   \n\
-             apiserver-kubelet-client   Mar 15, 2023 01:59 UTC   362d            ca                      no                   \n\
+            "CERTIFICATE                EXPIRES                  RESIDUAL TIME   CERTIFICATE AUTHORITY   EXTERNALLY MANAGED\n\
+             apiserver-kubelet-client   Mar 15, 2023 01:59 UTC   362d            ca                      no      \n\
              !MISSING! etcd-peer\n"
         );
     }
