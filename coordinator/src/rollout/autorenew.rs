@@ -32,27 +32,16 @@ impl Due {
     /// Who started the renewal and why, for the history.
     pub fn reason(&self, spec: &ClusterSpec) -> String {
         let left = if self.left_secs < 0 {
-            format!("expired {} ago", human(-self.left_secs))
+            format!("expired {} ago", kh::time::short_duration(-self.left_secs))
         } else {
-            format!("expires in {}", human(self.left_secs))
+            format!("expires in {}", kh::time::short_duration(self.left_secs))
         };
         format!(
             "started by the coordinator (automatic renewal, certificates.renewBefore {}): {} on {} {left}",
-            human(spec.cert_renewal.renew_before.as_secs() as i64),
+            kh::time::short_duration(spec.cert_renewal.renew_before.as_secs() as i64),
             self.cert,
             self.node
         )
-    }
-}
-
-fn human(secs: i64) -> String {
-    let (d, h, m) = (secs / 86_400, (secs % 86_400) / 3600, (secs % 3600) / 60);
-    if d > 0 {
-        format!("{d}d{h}h")
-    } else if h > 0 {
-        format!("{h}h{m}m")
-    } else {
-        format!("{m}m")
     }
 }
 

@@ -349,7 +349,7 @@ fn automatic_renewal_is_due_inside_the_window_only_for_renewable_leaves() {
     );
     assert!(
         due.reason(&spec)
-            .contains("etcd-peer on cp-3 expires in 20d0h"),
+            .contains("etcd-peer on cp-3 expires in 20d"),
         "{}",
         due.reason(&spec)
     );
