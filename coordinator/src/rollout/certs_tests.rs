@@ -421,3 +421,32 @@ async fn automatic_renewal_waits_for_a_pending_operation() {
     assert!(why.contains("etcd replace cp-2 with cp-4"), "{why}");
     assert!(fake.steps().is_empty());
 }
+
+#[tokio::test]
+async fn no_renewal_without_a_held_cluster_or_while_the_lease_is_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(HA);
+    let (coord, _fake) = coordinator(dir.path(), &yaml, &[]);
+    // Nothing rolled out yet.
+    let err = super::certs::start(coord.clone(), all())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("khctl rollout"), "{err}");
+
+    let (coord, fake) = joined_ha(dir.path());
+    // Another control-plane change holds the lease (another coordinator's
+    // replacement, say): the renewal changes nothing.
+    crate::lease::acquire(
+        &coord.db,
+        coord.clock.as_ref(),
+        "etcd replace cp-2",
+        "replacing cp-2",
+    )
+    .unwrap()
+    .unwrap();
+    let (_, end) = follow(super::certs::start(coord.clone(), all()).await.unwrap()).await;
+    assert!(!end.ok);
+    assert!(end.message.contains("etcd replace cp-2"), "{}", end.message);
+    assert!(fake.steps().is_empty(), "{:?}", fake.steps());
+}
