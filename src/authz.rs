@@ -47,6 +47,10 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/CancelOperation", Access::Role(Role::Admin)),
     ("/kh.v1.Agent/GetFacts", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/RunStep", Access::Role(Role::Coordinator)),
+    (
+        "/kh.v1.Agent/PutEtcdSnapshot",
+        Access::Role(Role::Coordinator),
+    ),
     ("/kh.v1.Agent/Preflight", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/NodeStatus", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/EtcdMembers", Access::Role(Role::Coordinator)),

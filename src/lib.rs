@@ -50,6 +50,9 @@ pub mod proto {
                 EtcdMemberRemove(_) => K::EtcdMemberRemove,
                 EtcdMoveLeader(_) => K::EtcdMoveLeader,
                 LoadBalancer(_) => K::LoadBalancer,
+                EtcdStopControlPlane(_) => K::EtcdStopControlPlane,
+                EtcdRestore(_) => K::EtcdRestore,
+                EtcdStartControlPlane(_) => K::EtcdStartControlPlane,
             }
         }
 

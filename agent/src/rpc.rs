@@ -127,4 +127,14 @@ impl Agent for AgentService {
             .map(Response::new)
             .map_err(failed)
     }
+
+    async fn put_etcd_snapshot(
+        &self,
+        req: Request<tonic::Streaming<EtcdSnapshotPiece>>,
+    ) -> Result<Response<PutEtcdSnapshotResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
+        steps::put_etcd_snapshot(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

@@ -17,6 +17,7 @@ pub mod files;
 pub mod kubeadm;
 pub mod kubectl;
 pub mod readyz;
+pub mod restore;
 
 pub use apply::{go_duration, StepFile};
 pub use error::KubeError;

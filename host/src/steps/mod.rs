@@ -53,11 +53,14 @@ pub enum StepKind {
     EtcdMemberRemove,
     EtcdMoveLeader,
     LoadBalancer,
+    EtcdStopControlPlane,
+    EtcdRestore,
+    EtcdStartControlPlane,
 }
 
 impl StepKind {
     /// Every step, in the order reports and metrics list them.
-    pub const ALL: [StepKind; 16] = [
+    pub const ALL: [StepKind; 19] = [
         StepKind::DisableSwap,
         StepKind::KernelModules,
         StepKind::Sysctl,
@@ -74,6 +77,9 @@ impl StepKind {
         StepKind::EtcdMemberRemove,
         StepKind::EtcdMoveLeader,
         StepKind::LoadBalancer,
+        StepKind::EtcdStopControlPlane,
+        StepKind::EtcdRestore,
+        StepKind::EtcdStartControlPlane,
     ];
 
     /// The step's name on the wire and in reports, metrics and the audit log.
@@ -95,6 +101,9 @@ impl StepKind {
             StepKind::EtcdMemberRemove => "etcd-member-remove",
             StepKind::EtcdMoveLeader => "etcd-move-leader",
             StepKind::LoadBalancer => "load-balancer",
+            StepKind::EtcdStopControlPlane => "etcd-stop-control-plane",
+            StepKind::EtcdRestore => "etcd-restore",
+            StepKind::EtcdStartControlPlane => "etcd-start-control-plane",
         }
     }
 }
@@ -445,6 +454,9 @@ mod tests {
             StepKind::EtcdMemberRemove => 13,
             StepKind::EtcdMoveLeader => 14,
             StepKind::LoadBalancer => 15,
+            StepKind::EtcdStopControlPlane => 16,
+            StepKind::EtcdRestore => 17,
+            StepKind::EtcdStartControlPlane => 18,
         }
     }
 
@@ -475,6 +487,9 @@ mod tests {
                 "etcd-member-remove",
                 "etcd-move-leader",
                 "load-balancer",
+                "etcd-stop-control-plane",
+                "etcd-restore",
+                "etcd-start-control-plane",
             ]
         );
     }
