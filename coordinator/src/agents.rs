@@ -128,7 +128,19 @@ pub trait AgentApi: Send + Sync {
         req: proto::ReadClusterFilesRequest,
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse>;
+    /// Streams an etcd snapshot to `node` for a restore: `header` names the
+    /// operation, size and SHA-256; `data` yields the plaintext in pieces.
+    fn put_etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        header: proto::EtcdSnapshotPiece,
+        data: SnapshotPieces,
+        timeout: Duration,
+    ) -> AgentCall<'_, proto::PutEtcdSnapshotResponse>;
 }
+
+/// A snapshot's plaintext in pieces, as the store reads it.
+pub type SnapshotPieces = futures::stream::BoxStream<'static, Vec<u8>>;
 
 /// The agents over gRPC with mutual TLS.
 pub struct Agents {
@@ -280,6 +292,44 @@ impl AgentApi for Agents {
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse> {
         call!(self, node, read_cluster_files, req, timeout)
+    }
+
+    fn put_etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        header: proto::EtcdSnapshotPiece,
+        data: SnapshotPieces,
+        timeout: Duration,
+    ) -> AgentCall<'_, proto::PutEtcdSnapshotResponse> {
+        use futures::StreamExt;
+        let client = self.connected(node);
+        // A concrete stream type (a channel fed by a task): tonic's
+        // client-streaming call with a boxed stream defeats the compiler's
+        // proof that the call's future is Send.
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::EtcdSnapshotPiece>(4);
+        let mut data = data;
+        tokio::spawn(async move {
+            if tx.send(header).await.is_err() {
+                return;
+            }
+            while let Some(d) = data.next().await {
+                let piece = proto::EtcdSnapshotPiece {
+                    data: d,
+                    ..Default::default()
+                };
+                if tx.send(piece).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let req = request(tokio_stream::wrappers::ReceiverStream::new(rx), timeout);
+        Box::pin(async move {
+            let mut c = client?;
+            c.put_etcd_snapshot(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| AgentError::from_status(&s))
+        })
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use kh::proto::{self, run_step_request::Step};
 use kh::spec::{ClusterSpec, NodeRole};
 
-use super::{AgentApi, AgentCall, AgentError, AgentErrorKind};
+use super::{AgentApi, AgentCall, AgentError, AgentErrorKind, SnapshotPieces};
 use crate::registry::NodeRecord;
 
 /// One recorded step: on which node, which step (`Step::name`), and
@@ -217,6 +217,43 @@ impl Model {
             Step::KubeadmInit(_) | Step::KubeadmJoin(_) => self.set_up(node),
             Step::KubeadmReset(_) => self.tear_down(node),
             Step::EtcdMemberRemove(r) => self.members.retain(|m| m.id != r.member_id),
+            Step::EtcdStopControlPlane(_) => {
+                if let Some(s) = self.status.get_mut(node) {
+                    s.etcd_manifest = false;
+                    s.apiserver_manifest = false;
+                }
+                self.etcd_down.insert(node.to_string());
+            }
+            // Every member restored from one snapshot with one
+            // --initial-cluster gets the same membership: those members.
+            Step::EtcdRestore(r) => {
+                let members: Vec<proto::EtcdMember> = r
+                    .initial_cluster
+                    .split(',')
+                    .filter_map(|m| m.split_once('='))
+                    .enumerate()
+                    .map(|(i, (name, peer))| {
+                        let id = 0x1000 + i as u64;
+                        let client = peer.replace(":2380", ":2379");
+                        proto::EtcdMember {
+                            id,
+                            id_hex: format!("{id:x}"),
+                            name: name.to_string(),
+                            peer_urls: vec![peer.to_string()],
+                            client_urls: vec![client],
+                            is_learner: false,
+                        }
+                    })
+                    .collect();
+                self.members = members;
+            }
+            Step::EtcdStartControlPlane(_) => {
+                if let Some(s) = self.status.get_mut(node) {
+                    s.etcd_manifest = true;
+                    s.apiserver_manifest = true;
+                }
+                self.etcd_down.remove(node);
+            }
             _ => {}
         }
         proto::StepReport {
@@ -420,6 +457,63 @@ impl AgentApi for FakeAgents {
                 contents: m.cluster_ca_pem.clone().into_bytes(),
                 mode: 0o644,
             }],
+        })
+    }
+
+    /// Takes the whole stream and checks its size and SHA-256 as the agent
+    /// does; a scripted failure of `put-etcd-snapshot` is the agent's
+    /// `etcdctl snapshot status` refusing the file.
+    fn put_etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        header: proto::EtcdSnapshotPiece,
+        data: SnapshotPieces,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::PutEtcdSnapshotResponse> {
+        use futures::StreamExt;
+        let name = node.name.to_string();
+        Box::pin(async move {
+            let bytes: Vec<u8> = data.concat().await;
+            let mut m = self.model();
+            if m.down.contains(&name) {
+                return Err(AgentError::new(
+                    AgentErrorKind::Unreachable,
+                    "transport error: connection refused",
+                ));
+            }
+            m.steps.push(StepCall {
+                node: name.clone(),
+                step: "put-etcd-snapshot".into(),
+                started: true,
+            });
+            let sha = ring::digest::digest(&ring::digest::SHA256, &bytes);
+            let sha: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            let scripted = m
+                .failures
+                .get_mut(&(name.clone(), "put-etcd-snapshot".to_string()))
+                .and_then(VecDeque::pop_front);
+            let refused = if bytes.len() as u64 != header.size || sha != header.sha256 {
+                Some(format!("snapshot transfer: {} bytes with SHA-256 {sha} arrived; {} bytes with {} were announced", bytes.len(), header.size, header.sha256))
+            } else {
+                scripted.map(|(_, e)| e)
+            };
+            m.steps.push(StepCall {
+                node: name,
+                step: "put-etcd-snapshot".into(),
+                started: false,
+            });
+            match refused {
+                Some(e) => Err(AgentError::new(
+                    AgentErrorKind::Answered("FailedPrecondition".into()),
+                    e,
+                )),
+                None => Ok(proto::PutEtcdSnapshotResponse {
+                    hash: 1,
+                    revision: 42,
+                    total_keys: 10,
+                    total_size: bytes.len() as u64,
+                }),
+            }
         })
     }
 }

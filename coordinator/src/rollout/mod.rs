@@ -20,6 +20,7 @@ pub mod plan;
 pub mod replace;
 pub mod reporter;
 pub mod reset;
+pub mod restore;
 pub mod state;
 
 use std::collections::HashMap;

@@ -10,7 +10,7 @@
 use kh::proto::{CancelOperationResponse, OperationInfo};
 
 use super::state::{self, RolloutState};
-use super::{replace, reset};
+use super::{replace, reset, restore};
 use crate::error::CoordError;
 use crate::Coordinator;
 
@@ -19,6 +19,7 @@ const KINDS: &[(&str, &str, bool)] = &[
     ("rollout", state::KEY, true),
     ("etcd-replace", replace::KEY, true),
     ("reset", reset::KEY, false),
+    ("etcd-restore", restore::KEY, true),
 ];
 
 struct Held {
@@ -169,7 +170,7 @@ pub async fn cancel(
     let all = held(coord, running.as_ref()).await?;
     if !kind.is_empty() && !KINDS.iter().any(|(k, _, r)| *k == kind && *r) {
         return Err(CoordError::InvalidArgument(format!(
-            "{kind:?} is not an operation that can be cancelled; name one of: rollout, etcd-replace"
+            "{kind:?} is not an operation that can be cancelled; name one of: rollout, etcd-replace, etcd-restore"
         )));
     }
     if let Some(op) = all

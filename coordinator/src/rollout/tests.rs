@@ -343,3 +343,265 @@ async fn a_replacement_without_quorum_is_refused_before_any_step() {
         .unwrap();
     assert!(cp2.retired.is_none());
 }
+
+/// A stored snapshot for restore tests: its bytes in memory, and whether
+/// the store's integrity check fails it.
+struct MemSnapshots {
+    data: Vec<u8>,
+    corrupt: bool,
+}
+
+impl MemSnapshots {
+    fn new(corrupt: bool) -> Arc<Self> {
+        Arc::new(MemSnapshots {
+            data: (0..200_000u32).map(|i| (i % 251) as u8).collect(),
+            corrupt,
+        })
+    }
+
+    fn reference(&self) -> super::restore::SnapshotRef {
+        let sha = ring::digest::digest(&ring::digest::SHA256, &self.data);
+        super::restore::SnapshotRef {
+            id: "s-1".into(),
+            size: self.data.len() as u64,
+            sha256: sha.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            created_ms: 1_700_000_000_000 - 3_600_000,
+        }
+    }
+}
+
+impl super::restore::Snapshots for MemSnapshots {
+    fn get(
+        &self,
+        id: &str,
+    ) -> Result<Option<super::restore::SnapshotRef>, crate::error::CoordError> {
+        Ok((id == "s-1").then(|| self.reference()))
+    }
+    fn latest(&self) -> Result<Option<super::restore::SnapshotRef>, crate::error::CoordError> {
+        Ok(Some(self.reference()))
+    }
+    fn verify(&self, _id: &str) -> Result<(), crate::error::CoordError> {
+        if self.corrupt {
+            Err(crate::error::CoordError::FailedPrecondition(
+                "the etcd integrity trailer does not match".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+    fn pieces(&self, _id: &str) -> Result<crate::agents::SnapshotPieces, crate::error::CoordError> {
+        use futures::StreamExt;
+        let chunks: Vec<Vec<u8>> = self.data.chunks(64 * 1024).map(<[u8]>::to_vec).collect();
+        Ok(futures::stream::iter(chunks).boxed())
+    }
+}
+
+fn restore_req(force: bool) -> kh::proto::EtcdRestoreRequest {
+    kh::proto::EtcdRestoreRequest {
+        snapshot: "s-1".into(),
+        force,
+        dry_run: false,
+    }
+}
+
+/// A 3-control-plane cluster whose quorum is lost: cp-2 and cp-3's members
+/// are down (their agents answer).
+fn lost_quorum(dir: &std::path::Path) -> (Arc<Coordinator>, Arc<FakeAgents>) {
+    let yaml = spec_yaml(HA);
+    let (coord, fake) = coordinator(dir, &yaml, &[]);
+    held(&coord, &yaml, &[]);
+    for n in ["cp-1", "cp-2", "cp-3", "w-1", "w-2"] {
+        fake.joined(n);
+    }
+    fake.etcd_down("cp-2");
+    fake.etcd_down("cp-3");
+    (coord, fake)
+}
+
+fn steps_named(fake: &FakeAgents, step: &str) -> Vec<String> {
+    fake.steps()
+        .into_iter()
+        .filter(|(_, s)| s == step)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_restore_over_a_healthy_cluster_is_refused_without_force_and_leaves_nothing_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(HA);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    held(&coord, &yaml, &[]);
+    for n in ["cp-1", "cp-2", "cp-3", "w-1", "w-2"] {
+        fake.joined(n);
+    }
+    let f = super::restore::start(coord.clone(), restore_req(false), MemSnapshots::new(false))
+        .await
+        .unwrap();
+    let (_, end) = follow(f).await;
+    assert!(!end.ok);
+    assert_eq!(end.failure, "preflight");
+    assert!(
+        end.message.contains("loses every write made since it"),
+        "{}",
+        end.message
+    );
+    assert!(end.message.contains("s-1, is 60m old"), "{}", end.message);
+    assert!(end.hint.contains("--force"), "{}", end.hint);
+    assert_eq!(fake.steps(), Vec::<(String, String)>::new());
+    assert!(RolloutState::load_at(&coord.db, super::restore::KEY)
+        .unwrap()
+        .is_none());
+    assert!(crate::lease::current(&coord.db, coord.clock.as_ref())
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_snapshot_refused_on_a_node_or_by_the_store_stops_the_restore_before_anything_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = lost_quorum(dir.path());
+    let f = super::restore::start(coord.clone(), restore_req(false), MemSnapshots::new(true))
+        .await
+        .unwrap();
+    let (_, end) = follow(f).await;
+    assert!(!end.ok);
+    assert!(end.message.contains("integrity check"), "{}", end.message);
+    assert_eq!(fake.steps(), Vec::<(String, String)>::new());
+
+    fake.fail_step(
+        "cp-2",
+        "put-etcd-snapshot",
+        kh::proto::FailureKind::Other,
+        "`etcdctl snapshot status` failed: invalid database",
+    );
+    let f = super::restore::start(coord.clone(), restore_req(false), MemSnapshots::new(false))
+        .await
+        .unwrap();
+    let (_, end) = follow(f).await;
+    assert!(!end.ok);
+    assert!(end.message.contains("invalid database"), "{}", end.message);
+    assert!(end.hint.contains("nothing was stopped"), "{}", end.hint);
+    assert_eq!(steps_named(&fake, "put-etcd-snapshot").len(), 3);
+    assert!(steps_named(&fake, "etcd-stop-control-plane").is_empty());
+    // Receiving a snapshot changes nothing: nothing is pending.
+    let ops = super::operation::list(&coord).await.unwrap();
+    assert!(
+        !ops.iter().any(|o| o.kind == "etcd-restore" && o.pending),
+        "{ops:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_restore_after_lost_quorum_stops_everything_before_it_restores_and_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = lost_quorum(dir.path());
+    let f = super::restore::start(coord.clone(), restore_req(false), MemSnapshots::new(false))
+        .await
+        .unwrap();
+    let (events, end) = follow(f).await;
+    assert!(end.ok, "{end:?}");
+    let order: Vec<String> = fake.steps().into_iter().map(|(_, s)| s).collect();
+    let last = |s: &str| order.iter().rposition(|x| x == s).unwrap();
+    let first = |s: &str| order.iter().position(|x| x == s).unwrap();
+    assert!(
+        last("put-etcd-snapshot") < first("etcd-stop-control-plane"),
+        "{order:?}"
+    );
+    assert!(
+        last("etcd-stop-control-plane") < first("etcd-restore"),
+        "{order:?}"
+    );
+    assert!(
+        last("etcd-restore") < first("etcd-start-control-plane"),
+        "{order:?}"
+    );
+    assert_eq!(steps_named(&fake, "etcd-restore").len(), 3);
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2", "cp-3"]);
+    let plan = events
+        .iter()
+        .find_map(|e| e.plan.clone())
+        .expect("a plan event");
+    assert!(plan.notes.iter().any(|n| n.contains(
+        "--initial-cluster cp-1=https://10.0.0.11:2380,cp-2=https://10.0.0.12:2380,cp-3=https://10.0.0.13:2380"
+    )), "{:?}", plan.notes);
+    // Audited, and nothing is pending afterwards.
+    let audit = crate::audit::list(&coord.db, 200).unwrap();
+    assert!(audit
+        .iter()
+        .any(|e| e.operation == "etcd restore s-1" && e.step == "restore" && e.node == "cp-2"));
+    let ops = super::operation::list(&coord).await.unwrap();
+    assert!(
+        ops.iter()
+            .any(|o| o.kind == "etcd-restore" && o.state == "done"),
+        "{ops:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_restore_keeps_its_members_and_token_and_repeats_no_finished_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = lost_quorum(dir.path());
+    fake.fail_step(
+        "cp-2",
+        "etcd-restore",
+        kh::proto::FailureKind::Other,
+        "no space left on device",
+    );
+    let f = super::restore::start(coord.clone(), restore_req(false), MemSnapshots::new(false))
+        .await
+        .unwrap();
+    let (_, end) = follow(f).await;
+    assert!(!end.ok);
+    assert!(
+        end.hint.contains("khctl etcd restore --snapshot s-1 --yes"),
+        "{}",
+        end.hint
+    );
+    let fixed: super::restore::Fixed = coord.db.get_json("etcd/restore-plan").unwrap().unwrap();
+    let ops = super::operation::list(&coord).await.unwrap();
+    let op = ops.iter().find(|o| o.kind == "etcd-restore").unwrap();
+    assert!(op.pending && op.changed, "{op:?}");
+
+    let before = fake.steps().len();
+    let f = super::restore::start(coord.clone(), restore_req(false), MemSnapshots::new(false))
+        .await
+        .unwrap();
+    let (_, end) = follow(f).await;
+    assert!(end.ok, "{end:?}");
+    let again: Vec<(String, String)> = fake.steps()[before..].to_vec();
+    let named = |s: &str| -> Vec<&str> {
+        again
+            .iter()
+            .filter(|(_, x)| x == s)
+            .map(|(n, _)| n.as_str())
+            .collect()
+    };
+    assert_eq!(named("etcd-stop-control-plane"), Vec::<&str>::new());
+    assert_eq!(named("etcd-restore"), ["cp-2"]);
+    assert_eq!(named("put-etcd-snapshot"), ["cp-2"]);
+    assert_eq!(named("etcd-start-control-plane").len(), 3);
+    let after: super::restore::Fixed = coord.db.get_json("etcd/restore-plan").unwrap().unwrap();
+    assert_eq!(after, fixed);
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2", "cp-3"]);
+}
+
+#[tokio::test]
+async fn a_restore_with_an_unreachable_control_plane_restores_the_others_and_says_how_to_add_it_back(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = lost_quorum(dir.path());
+    fake.agent_down("cp-3");
+    let f = super::restore::start(coord.clone(), restore_req(false), MemSnapshots::new(false))
+        .await
+        .unwrap();
+    let (events, end) = follow(f).await;
+    assert!(end.ok, "{end:?}");
+    let mut restored = steps_named(&fake, "etcd-restore");
+    restored.sort();
+    assert_eq!(restored, ["cp-1", "cp-2"]);
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2"]);
+    assert!(events.iter().any(|e| e.node == "cp-3"
+        && e.message.contains("khctl reset --node cp-3")
+        && e.message.contains("khctl rollout -f")));
+}

@@ -384,6 +384,12 @@ impl Step for StartControlPlane {
         }
         plan.notes
             .push("wait until the local etcd member answers".to_string());
+        if host.exists(&self.op.state_dir())? {
+            plan.notes.push(format!(
+                "remove {} (the received snapshot holds every secret of the cluster)",
+                self.op.state_dir()
+            ));
+        }
         Ok(plan)
     }
 
@@ -412,6 +418,15 @@ impl Step for StartControlPlane {
             wait_member_answers(host, &url)?;
             for (from, to) in &rest {
                 a.host().rename(from, to)?;
+            }
+            // The restored member runs: the snapshot copy is not needed any
+            // more, and the restore's markers only matter before this point.
+            host.remove_dir_all(&self.op.state_dir())?;
+            if host
+                .read_dir(&self.op.manifests_aside())?
+                .is_some_and(|e| e.is_empty())
+            {
+                host.remove_dir_all(&self.op.manifests_aside())?;
             }
             if moves.is_empty() {
                 Ok(Done::Unchanged(format!(

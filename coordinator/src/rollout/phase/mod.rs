@@ -62,13 +62,21 @@ pub enum Phase {
     Join,
     /// `khctl reset --node`: one node torn down.
     Reset,
+    /// An etcd restore sending the snapshot to the control planes.
+    Distribute,
+    /// An etcd restore stopping etcd and the apiservers.
+    Stop,
+    /// An etcd restore restoring the snapshot on each control plane.
+    Restore,
+    /// An etcd restore starting the restored members.
+    Start,
 }
 
 impl Phase {
     /// Every phase: a rollout's in the order it runs them (the load
     /// balancers only with `loadBalancer: haproxy`), then the other
     /// operations' own.
-    pub const ALL: [Phase; 15] = [
+    pub const ALL: [Phase; 19] = [
         Phase::Preflight,
         Phase::Prepare,
         Phase::LoadBalancer,
@@ -84,6 +92,10 @@ impl Phase {
         Phase::Remove,
         Phase::Join,
         Phase::Reset,
+        Phase::Distribute,
+        Phase::Stop,
+        Phase::Restore,
+        Phase::Start,
     ];
 
     /// The name on the wire, in events and the persisted journal.
@@ -104,6 +116,10 @@ impl Phase {
             Phase::Remove => "remove",
             Phase::Join => "join",
             Phase::Reset => "reset",
+            Phase::Distribute => "distribute",
+            Phase::Stop => "stop",
+            Phase::Restore => "restore",
+            Phase::Start => "start",
         }
     }
 }
