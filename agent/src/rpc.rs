@@ -127,4 +127,16 @@ impl Agent for AgentService {
             .map(Response::new)
             .map_err(failed)
     }
+
+    type EtcdSnapshotStream = crate::snapshot::SnapshotStream;
+
+    async fn etcd_snapshot(
+        &self,
+        req: Request<EtcdSnapshotRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotStream>, Status> {
+        crate::pin::check(&self.0, &req).await?;
+        crate::snapshot::stream(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

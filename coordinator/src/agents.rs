@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use kh::proto::{self, agent_client::AgentClient};
 use kh::tls::ClientCreds;
 use tonic::transport::Channel;
@@ -128,7 +129,19 @@ pub trait AgentApi: Send + Sync {
         req: proto::ReadClusterFilesRequest,
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse>;
+    /// `etcdctl snapshot save` on the node, streamed back: the first chunk
+    /// carries the status and the file size. `timeout` bounds the whole
+    /// stream.
+    fn etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        req: proto::EtcdSnapshotRequest,
+        timeout: Duration,
+    ) -> AgentCall<'_, SnapshotChunks>;
 }
+
+/// The chunks of a snapshot as an agent streams them.
+pub type SnapshotChunks = BoxStream<'static, Result<proto::EtcdSnapshotChunk, AgentError>>;
 
 /// The agents over gRPC with mutual TLS.
 pub struct Agents {
@@ -280,6 +293,27 @@ impl AgentApi for Agents {
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse> {
         call!(self, node, read_cluster_files, req, timeout)
+    }
+
+    fn etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        req: proto::EtcdSnapshotRequest,
+        timeout: Duration,
+    ) -> AgentCall<'_, SnapshotChunks> {
+        use futures::StreamExt;
+        let client = self.connected(node);
+        Box::pin(async move {
+            let mut c = client?;
+            let stream = c
+                .etcd_snapshot(request(req, timeout))
+                .await
+                .map_err(|s| AgentError::from_status(&s))?
+                .into_inner();
+            Ok(stream
+                .map(|r| r.map_err(|s| AgentError::from_status(&s)))
+                .boxed())
+        })
     }
 }
 
