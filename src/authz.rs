@@ -68,6 +68,11 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/ListAdmins", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/CreateAdmin", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/RevokeAdmin", Access::Role(Role::Admin)),
+    ("/kh.v1.Agent/EtcdSnapshot", Access::Role(Role::Coordinator)),
+    ("/kh.v1.Admin/EtcdSnapshotSave", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdSnapshotList", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdSnapshotDelete", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdSnapshotGet", Access::Role(Role::Admin)),
 ];
 
 /// The services a server exposes; the coordinator and the agent differ.

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use kh::proto::{self, agent_client::AgentClient};
 use kh::tls::ClientCreds;
 use tonic::transport::Channel;
@@ -128,6 +129,15 @@ pub trait AgentApi: Send + Sync {
         req: proto::ReadClusterFilesRequest,
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse>;
+    /// `etcdctl snapshot save` on the node, streamed back: the first chunk
+    /// carries the status and the file size. `timeout` bounds the whole
+    /// stream.
+    fn etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        req: proto::EtcdSnapshotRequest,
+        timeout: Duration,
+    ) -> AgentCall<'_, SnapshotChunks>;
     /// Streams an etcd snapshot to `node` for a restore: `header` names the
     /// operation, size and SHA-256; `data` yields the plaintext in pieces.
     fn put_etcd_snapshot(
@@ -138,6 +148,9 @@ pub trait AgentApi: Send + Sync {
         timeout: Duration,
     ) -> AgentCall<'_, proto::PutEtcdSnapshotResponse>;
 }
+
+/// The chunks of a snapshot as an agent streams them.
+pub type SnapshotChunks = BoxStream<'static, Result<proto::EtcdSnapshotChunk, AgentError>>;
 
 /// A snapshot's plaintext in pieces, as the store reads it.
 pub type SnapshotPieces = futures::stream::BoxStream<'static, Vec<u8>>;
@@ -292,6 +305,27 @@ impl AgentApi for Agents {
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse> {
         call!(self, node, read_cluster_files, req, timeout)
+    }
+
+    fn etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        req: proto::EtcdSnapshotRequest,
+        timeout: Duration,
+    ) -> AgentCall<'_, SnapshotChunks> {
+        use futures::StreamExt;
+        let client = self.connected(node);
+        Box::pin(async move {
+            let mut c = client?;
+            let stream = c
+                .etcd_snapshot(request(req, timeout))
+                .await
+                .map_err(|s| AgentError::from_status(&s))?
+                .into_inner();
+            Ok(stream
+                .map(|r| r.map_err(|s| AgentError::from_status(&s)))
+                .boxed())
+        })
     }
 
     fn put_etcd_snapshot(

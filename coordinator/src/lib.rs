@@ -24,6 +24,7 @@ pub mod registry;
 pub mod rollout;
 pub mod rpc;
 pub mod server;
+pub mod snapshots;
 pub mod store;
 pub mod tokens;
 

@@ -220,6 +220,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Coordinator::open(cfg, Arc::new(kh::time::SystemClock))
     })
     .await??;
+    // A snapshot write or deletion a killed coordinator did not finish.
+    match kh_coordinator::snapshots::clean_up(&coord) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::warn!(files = ?removed, "removed etcd snapshot files an interrupted write or deletion left behind")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "could not clean up the etcd snapshot directory"),
+    }
     let wrote = coord.pki.ensure_admin_config(
         &data_dir,
         &coord.public_address(),

@@ -10,6 +10,7 @@ mod output;
 mod prepare;
 mod reset;
 mod rollout;
+mod snapshot;
 mod token;
 
 use std::path::PathBuf;
@@ -186,6 +187,10 @@ enum EtcdCmd {
         #[arg(long)]
         address: Option<String>,
     },
+    /// etcd snapshots stored on the coordinator, sealed: save, list, get,
+    /// delete.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
 }
 
 #[derive(clap::Args)]
@@ -407,7 +412,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // it is the format.
     let kubeconfig_file = cli.output.clone().filter(|o| o != "-").map(PathBuf::from);
     let output = match cli.command {
-        Command::Kubeconfig | Command::Admin(admin::AdminCmd::Create { .. }) => Format::Table,
+        Command::Kubeconfig
+        | Command::Admin(admin::AdminCmd::Create { .. })
+        | Command::Etcd(EtcdCmd::Snapshot(_)) => Format::Table,
         _ => format(&cli.output)?,
     };
     match cli.command {
@@ -463,6 +470,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 address: address.unwrap_or_default(),
             };
             etcd::replace(&mut client, &addr, req, output).await?
+        }
+        Command::Etcd(EtcdCmd::Snapshot(cmd)) => {
+            snapshot::run(&mut client, &addr, cmd, &cli.output).await?
         }
         Command::Health => etcd::health(&mut client, &addr, output).await?,
         Command::Reset {

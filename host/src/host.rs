@@ -445,6 +445,26 @@ impl Host {
         }
     }
 
+    /// Opens a file for reading without following a symbolic link at any
+    /// component below the root; `Ok(None)` when it does not exist. For
+    /// files too large to read whole (an etcd snapshot).
+    pub fn open_nofollow(&self, abs: &str) -> Result<Option<File>, HostError> {
+        let real = self.path(abs)?;
+        let Some((dir, name)) = self.open_parent_nofollow(abs, false)? else {
+            return Ok(None);
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(&dir, name.as_str(), flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(rustix::io::Errno::LOOP) => Err(HostError::Symlink {
+                path: abs.to_string(),
+                link: abs.to_string(),
+            }),
+            Err(e) => Err(Self::io_error("open", abs, &real, e.into())),
+        }
+    }
+
     /// The permission bits of a file, without following a symbolic link at
     /// any component; `Ok(None)` when it does not exist.
     pub fn file_mode_nofollow(&self, abs: &str) -> Result<Option<u32>, HostError> {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use kh::proto::{self, run_step_request::Step};
 use kh::spec::{ClusterSpec, NodeRole};
 
-use super::{AgentApi, AgentCall, AgentError, AgentErrorKind, SnapshotPieces};
+use super::{AgentApi, AgentCall, AgentError, AgentErrorKind, SnapshotChunks, SnapshotPieces};
 use crate::registry::NodeRecord;
 
 /// One recorded step: on which node, which step (`Step::name`), and
@@ -45,6 +45,10 @@ struct Model {
     steps: Vec<StepCall>,
     status_asked: Vec<String>,
     cluster_ca_pem: String,
+    /// Nodes asked for an etcd snapshot, in order.
+    snapshots_taken: Vec<String>,
+    /// Snapshot refusals scripted per node (the agent's message).
+    snapshot_failures: HashMap<String, String>,
 }
 
 pub struct FakeAgents {
@@ -134,6 +138,18 @@ impl FakeAgents {
             .iter()
             .map(|m| m.name.clone())
             .collect()
+    }
+
+    /// The nodes asked for an etcd snapshot, in order.
+    pub fn snapshots_taken(&self) -> Vec<String> {
+        self.model().snapshots_taken.clone()
+    }
+
+    /// The next snapshots on `node` fail with `message`.
+    pub fn fail_snapshot(&self, node: &str, message: &str) {
+        self.model()
+            .snapshot_failures
+            .insert(node.to_string(), message.to_string());
     }
 
     fn answer<T: Send + 'static>(
@@ -460,6 +476,53 @@ impl AgentApi for FakeAgents {
         })
     }
 
+    fn etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        _req: proto::EtcdSnapshotRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, SnapshotChunks> {
+        use futures::StreamExt;
+        let name = node.name.to_string();
+        let result = {
+            let mut m = self.model();
+            if m.down.contains(&name) {
+                Err(AgentError::new(
+                    AgentErrorKind::Unreachable,
+                    "transport error: connection refused",
+                ))
+            } else if let Some(msg) = m.snapshot_failures.get(&name) {
+                Err(AgentError::new(
+                    AgentErrorKind::Answered("FailedPrecondition".into()),
+                    msg.clone(),
+                ))
+            } else {
+                m.snapshots_taken.push(name.clone());
+                let revision = i64::try_from(m.snapshots_taken.len()).unwrap_or(0);
+                let file = fake_etcd_snapshot(revision);
+                let size = file.len() as u64;
+                let chunks: Vec<Result<proto::EtcdSnapshotChunk, AgentError>> = file
+                    .chunks(4096)
+                    .enumerate()
+                    .map(|(i, c)| {
+                        Ok(proto::EtcdSnapshotChunk {
+                            data: c.to_vec(),
+                            status: (i == 0).then_some(proto::EtcdSnapshotStatus {
+                                hash: 7,
+                                revision,
+                                total_keys: 3,
+                                total_size: (size - 32) as i64,
+                            }),
+                            file_size: if i == 0 { size } else { 0 },
+                        })
+                    })
+                    .collect();
+                Ok(futures::stream::iter(chunks).boxed())
+            }
+        };
+        Box::pin(async move { result })
+    }
+
     /// Takes the whole stream and checks its size and SHA-256 as the agent
     /// does; a scripted failure of `put-etcd-snapshot` is the agent's
     /// `etcdctl snapshot status` refusing the file.
@@ -516,4 +579,16 @@ impl AgentApi for FakeAgents {
             }
         })
     }
+}
+
+/// Bytes shaped like an etcd snapshot file: whole 4 KiB pages (a bolt
+/// database) and the SHA-256 of them appended, as `etcdctl snapshot save`
+/// writes it. `revision` varies the content.
+pub fn fake_etcd_snapshot(revision: i64) -> Vec<u8> {
+    let mut file: Vec<u8> = (0..3 * 4096u32)
+        .map(|i| (i as u8) ^ (revision as u8))
+        .collect();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &file);
+    file.extend_from_slice(digest.as_ref());
+    file
 }

@@ -357,6 +357,48 @@ impl Admin for AdminService {
         }))
     }
 
+    type EtcdSnapshotSaveStream = EventStream<EtcdSnapshotSaveEvent>;
+    type EtcdSnapshotGetStream = EventStream<EtcdSnapshotData>;
+
+    async fn etcd_snapshot_save(
+        &self,
+        req: Request<EtcdSnapshotSaveRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotSaveStream>, Status> {
+        Ok(Response::new(crate::rpc::snapshots::save(
+            self.0.clone(),
+            req.into_inner(),
+        )))
+    }
+
+    async fn etcd_snapshot_list(
+        &self,
+        _req: Request<EtcdSnapshotListRequest>,
+    ) -> Result<Response<EtcdSnapshotListResponse>, Status> {
+        let snapshots = crate::snapshots::list(&self.0)?
+            .iter()
+            .map(crate::snapshots::SnapshotMeta::to_proto)
+            .collect();
+        Ok(Response::new(EtcdSnapshotListResponse { snapshots }))
+    }
+
+    async fn etcd_snapshot_delete(
+        &self,
+        req: Request<EtcdSnapshotDeleteRequest>,
+    ) -> Result<Response<EtcdSnapshotDeleteResponse>, Status> {
+        crate::rpc::snapshots::delete(&self.0, &req.into_inner().id)?;
+        Ok(Response::new(EtcdSnapshotDeleteResponse {}))
+    }
+
+    async fn etcd_snapshot_get(
+        &self,
+        req: Request<EtcdSnapshotGetRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotGetStream>, Status> {
+        Ok(Response::new(crate::rpc::snapshots::get(
+            &self.0,
+            &req.into_inner().id,
+        )?))
+    }
+
     async fn revoke_admin(
         &self,
         req: Request<RevokeAdminRequest>,
