@@ -73,6 +73,8 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/EtcdSnapshotList", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/EtcdSnapshotDelete", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/EtcdSnapshotGet", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdRestore", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdSnapshotImport", Access::Role(Role::Admin)),
 ];
 
 /// The services a server exposes; the coordinator and the agent differ.

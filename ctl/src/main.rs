@@ -9,6 +9,7 @@ mod operation;
 mod output;
 mod prepare;
 mod reset;
+mod restore;
 mod rollout;
 mod snapshot;
 mod token;
@@ -191,6 +192,29 @@ enum EtcdCmd {
     /// delete.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCmd),
+    /// Disaster recovery after a lost quorum: restore a snapshot on every
+    /// reachable control plane (etcd and the apiservers stopped, each member
+    /// restored with its node name and peer URL into a new data dir, the old
+    /// one moved aside), start them and verify. Every write made after the
+    /// snapshot is lost. Asks first unless --yes. Resumable.
+    #[command(arg = help::output("`table` (default): progress per node and step, then the outcome; `json`: nothing until the end, then one object for scripts: ok, failure, node, step, message, hint, dryRun, plan and every event"))]
+    Restore {
+        /// A stored snapshot's id (`khctl etcd snapshot list`), or a snapshot
+        /// file (`etcdctl snapshot save`), which is first stored on the
+        /// coordinator. To resume an unfinished restore, give the same id.
+        #[arg(long, value_name = "ID|FILE")]
+        snapshot: String,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Restore even though etcd still has quorum: every write made since
+        /// the snapshot is lost.
+        #[arg(long)]
+        force: bool,
+        /// Check the preconditions and print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -471,6 +495,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             etcd::replace(&mut client, &addr, req, output).await?
         }
+        Command::Etcd(EtcdCmd::Restore {
+            snapshot,
+            yes,
+            force,
+            dry_run,
+        }) => restore::restore(&mut client, &addr, snapshot, yes, force, dry_run, output).await?,
         Command::Etcd(EtcdCmd::Snapshot(cmd)) => {
             snapshot::run(&mut client, &addr, cmd, &cli.output).await?
         }

@@ -555,6 +555,16 @@ pub async fn rollout(
     follow(stream, format, dry_run, roles, "Rollout").await
 }
 
+/// Follows an operation's events that may be a dry run's (an etcd restore).
+pub async fn follow_operation(
+    stream: tonic::Streaming<RolloutEvent>,
+    format: Format,
+    dry_run: bool,
+    label: &str,
+) -> anyhow::Result<()> {
+    follow(stream, format, dry_run, BTreeMap::new(), label).await
+}
+
 /// Follows any stream of rollout-shaped events (an etcd replacement too).
 pub async fn follow_events(
     stream: tonic::Streaming<RolloutEvent>,

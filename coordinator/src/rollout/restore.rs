@@ -56,9 +56,10 @@ pub trait Snapshots: Send + Sync {
     fn get(&self, id: &str) -> Result<Option<SnapshotRef>, CoordError>;
     /// The newest stored snapshot.
     fn latest(&self) -> Result<Option<SnapshotRef>, CoordError>;
-    /// Checks the stored file (etcd's integrity trailer); the error says why
-    /// it fails.
-    fn verify(&self, id: &str) -> Result<(), CoordError>;
+    /// Reads the stored file through, checking every sealed chunk and the
+    /// SHA-256 of the whole (etcd's integrity trailer was checked when it
+    /// was stored); the error says why it fails.
+    fn verify(&self, id: &str) -> futures::future::BoxFuture<'static, Result<(), CoordError>>;
     /// The plaintext in pieces.
     fn pieces(&self, id: &str) -> Result<SnapshotPieces, CoordError>;
 }
@@ -292,7 +293,7 @@ async fn reachable(
 /// The preconditions; on success, what the restore will do.
 async fn preconditions(coord: &Coordinator, plan: &Plan) -> Result<Fixed, Failure> {
     let snap = &plan.snapshot;
-    plan.source.verify(&snap.id).map_err(|e| {
+    plan.source.verify(&snap.id).await.map_err(|e| {
         pre(
             format!("snapshot {} fails its integrity check: {e}", snap.id),
             "take a new snapshot with `khctl etcd snapshot save` while the cluster is healthy, or pass another with --snapshot; nothing was changed",
@@ -376,6 +377,24 @@ fn plan_notes(plan: &Plan, fixed: &Fixed, now_ms: u64) -> Vec<String> {
     notes
 }
 
+fn step_detail(plan: &Plan, fixed: &Fixed, step: &str, node: &str, addr: IpAddr) -> String {
+    let aside = format!("/etc/kubernetes/kh-etcd-restore-{}", fixed.op_id);
+    match step {
+        "receive-snapshot" => format!(
+            "snapshot {} ({} bytes), checked by size and SHA-256, then `etcdctl snapshot status`",
+            plan.snapshot.id, plan.snapshot.size
+        ),
+        "stop" => format!(
+            "move etcd.yaml and kube-apiserver.yaml to {aside}; wait until {addr}:2379, :2380 and :6443 close"
+        ),
+        "restore" => format!(
+            "etcdctl snapshot restore --name={node} --initial-advertise-peer-urls={} into a new dir; the old data dir moved aside",
+            url(addr, 2380)
+        ),
+        _ => "etcd.yaml back, wait until the member answers, then kube-apiserver.yaml".into(),
+    }
+}
+
 async fn steps(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<(), Failure> {
     let ops = &Ops { coord };
     let resumed = rep.state.lock().await.changed();
@@ -427,24 +446,45 @@ async fn steps(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<
         }
     };
     let now = unix_ms(coord.clock.now());
+    let mut phases = vec![];
+    for (phase, step) in [
+        (Phase::Distribute, "receive-snapshot"),
+        (Phase::Stop, "stop"),
+        (Phase::Restore, "restore"),
+        (Phase::Start, "start"),
+    ] {
+        let mut steps = vec![];
+        for (node, addr) in &fixed.members {
+            let done = rep.is_done(&format!("{node}/{step}")).await;
+            steps.push(proto::PlannedStep {
+                node: node.clone(),
+                step: step.into(),
+                state: if done { "done" } else { "pending" }.into(),
+                detail: step_detail(plan, &fixed, step, node, *addr),
+            });
+        }
+        phases.push(proto::PlannedPhase {
+            name: phase.to_string(),
+            steps,
+        });
+    }
+    phases.push(proto::PlannedPhase {
+        name: Phase::Verify.to_string(),
+        steps: vec![proto::PlannedStep {
+            node: "cluster".into(),
+            step: "verify".into(),
+            state: "pending".into(),
+            detail: format!(
+                "{} healthy etcd members, each apiserver's /readyz",
+                fixed.members.len()
+            ),
+        }],
+    });
     rep.emit(proto::RolloutEvent {
         kind: proto::rollout_event::Kind::Plan as i32,
         plan: Some(proto::RolloutPlan {
             cluster: plan.spec.name.clone(),
-            phases: [
-                Phase::Preconditions,
-                Phase::Distribute,
-                Phase::Stop,
-                Phase::Restore,
-                Phase::Start,
-                Phase::Verify,
-            ]
-            .iter()
-            .map(|p| proto::PlannedPhase {
-                name: p.to_string(),
-                steps: vec![],
-            })
-            .collect(),
+            phases,
             notes: plan_notes(plan, &fixed, now),
             rendered: vec![],
         }),
@@ -653,4 +693,57 @@ async fn verify(coord: &Coordinator, spec: &ClusterSpec, fixed: &Fixed) -> Resul
         format!("the restored cluster is not healthy after 180s: {last}"),
         "run `khctl health`; read etcd's log on the control planes (`crictl logs` of the etcd container)",
     ))
+}
+
+/// The coordinator's snapshot store (`crate::snapshots`) as the restore's
+/// source.
+pub struct StoreSnapshots(pub Arc<Coordinator>);
+
+fn reference(m: crate::snapshots::SnapshotMeta) -> SnapshotRef {
+    SnapshotRef {
+        id: m.id,
+        size: m.size,
+        sha256: m.sha256,
+        created_ms: m.created_ms,
+    }
+}
+
+impl Snapshots for StoreSnapshots {
+    fn get(&self, id: &str) -> Result<Option<SnapshotRef>, CoordError> {
+        Ok(crate::snapshots::get(&self.0, id)?.map(reference))
+    }
+
+    fn latest(&self) -> Result<Option<SnapshotRef>, CoordError> {
+        Ok(crate::snapshots::list(&self.0)?.pop().map(reference))
+    }
+
+    fn verify(&self, id: &str) -> futures::future::BoxFuture<'static, Result<(), CoordError>> {
+        let (coord, id) = (self.0.clone(), id.to_string());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                for chunk in crate::snapshots::reader(&coord, &id)? {
+                    chunk?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|e| CoordError::Unavailable(format!("the snapshot check panicked: {e}")))?
+        })
+    }
+
+    fn pieces(&self, id: &str) -> Result<SnapshotPieces, CoordError> {
+        use futures::StreamExt;
+        let id = id.to_string();
+        // A read error ends the stream early; the agent then refuses the
+        // short file by its size and SHA-256, and the error is logged here.
+        Ok(crate::snapshots::read_stream(&self.0, &id)?
+            .take_while(move |r| {
+                if let Err(e) = r {
+                    tracing::warn!(snapshot = %id, error = %e, "reading a stored snapshot failed");
+                }
+                futures::future::ready(r.is_ok())
+            })
+            .filter_map(|r| futures::future::ready(r.ok()))
+            .boxed())
+    }
 }

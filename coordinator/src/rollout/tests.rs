@@ -380,14 +380,20 @@ impl super::restore::Snapshots for MemSnapshots {
     fn latest(&self) -> Result<Option<super::restore::SnapshotRef>, crate::error::CoordError> {
         Ok(Some(self.reference()))
     }
-    fn verify(&self, _id: &str) -> Result<(), crate::error::CoordError> {
-        if self.corrupt {
-            Err(crate::error::CoordError::FailedPrecondition(
-                "the etcd integrity trailer does not match".into(),
-            ))
-        } else {
-            Ok(())
-        }
+    fn verify(
+        &self,
+        _id: &str,
+    ) -> futures::future::BoxFuture<'static, Result<(), crate::error::CoordError>> {
+        let corrupt = self.corrupt;
+        Box::pin(async move {
+            if corrupt {
+                Err(crate::error::CoordError::FailedPrecondition(
+                    "the etcd integrity trailer does not match".into(),
+                ))
+            } else {
+                Ok(())
+            }
+        })
     }
     fn pieces(&self, _id: &str) -> Result<crate::agents::SnapshotPieces, crate::error::CoordError> {
         use futures::StreamExt;

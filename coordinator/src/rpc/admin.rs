@@ -359,6 +359,7 @@ impl Admin for AdminService {
 
     type EtcdSnapshotSaveStream = EventStream<EtcdSnapshotSaveEvent>;
     type EtcdSnapshotGetStream = EventStream<EtcdSnapshotData>;
+    type EtcdRestoreStream = EventStream<RolloutEvent>;
 
     async fn etcd_snapshot_save(
         &self,
@@ -397,6 +398,33 @@ impl Admin for AdminService {
             &self.0,
             &req.into_inner().id,
         )?))
+    }
+
+    async fn etcd_restore(
+        &self,
+        req: Request<EtcdRestoreRequest>,
+    ) -> Result<Response<Self::EtcdRestoreStream>, Status> {
+        let source = Arc::new(crate::rollout::restore::StoreSnapshots(self.0.clone()));
+        let f = crate::rollout::restore::start(self.0.clone(), req.into_inner(), source).await?;
+        Ok(Response::new(follow_stream(f)))
+    }
+
+    async fn etcd_snapshot_import(
+        &self,
+        req: Request<tonic::Streaming<EtcdSnapshotImportPiece>>,
+    ) -> Result<Response<SnapshotMeta>, Status> {
+        let pieces = req.into_inner().map(|p| {
+            p.map(|p| p.data).map_err(|s| {
+                crate::error::CoordError::InvalidArgument(format!(
+                    "the snapshot upload broke off: {}",
+                    s.message()
+                ))
+            })
+        });
+        let meta =
+            crate::snapshots::import(&self.0, Box::pin(pieces), crate::snapshots::REASON_IMPORT)
+                .await?;
+        Ok(Response::new(meta.to_proto()))
     }
 
     async fn revoke_admin(
