@@ -419,30 +419,36 @@ async fn steps(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<
         }
         _ => {
             rep.phase(Phase::Preconditions).await;
-            let f = rep
-                .tracked(Phase::Preconditions, "cluster", "preconditions", async {
-                    let f = preconditions(coord, plan).await?;
-                    let note = format!(
-                        "restoring {} on {}{}",
-                        plan.snapshot.id,
-                        f.members
-                            .iter()
-                            .map(|(n, _)| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        if f.left_out.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; not reachable, left out: {}", f.left_out.join(", "))
-                        }
-                    );
-                    Ok((f, note))
-                })
-                .await?;
-            if !plan.req.dry_run {
+            let check = async {
+                let f = preconditions(coord, plan).await?;
+                let note = format!(
+                    "restoring {} on {}{}",
+                    plan.snapshot.id,
+                    f.members
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if f.left_out.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; not reachable, left out: {}", f.left_out.join(", "))
+                    }
+                );
+                Ok((f, note))
+            };
+            if plan.req.dry_run {
+                // A dry run records nothing: no step record, no audit entry.
+                let (f, note) = check.await?;
+                rep.note(Phase::Preconditions, "cluster", note).await;
+                f
+            } else {
+                let f = rep
+                    .tracked(Phase::Preconditions, "cluster", "preconditions", check)
+                    .await?;
                 coord.db.put_json(PLAN_KEY, &f).map_err(CoordError::from)?;
+                f
             }
-            f
         }
     };
     let now = unix_ms(coord.clock.now());

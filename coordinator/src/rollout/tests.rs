@@ -611,3 +611,37 @@ async fn a_restore_with_an_unreachable_control_plane_restores_the_others_and_say
         && e.message.contains("khctl reset --node cp-3")
         && e.message.contains("khctl rollout -f")));
 }
+
+#[tokio::test]
+async fn a_restore_dry_run_prints_the_plan_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = lost_quorum(dir.path());
+    let req = kh::proto::EtcdRestoreRequest {
+        dry_run: true,
+        ..restore_req(false)
+    };
+    let f = super::restore::start(coord.clone(), req, MemSnapshots::new(false))
+        .await
+        .unwrap();
+    let (events, end) = follow(f).await;
+    assert!(end.ok, "{end:?}");
+    let plan = events.iter().find_map(|e| e.plan.clone()).expect("a plan");
+    let phases: Vec<&str> = plan.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(phases, ["distribute", "stop", "restore", "start", "verify"]);
+    assert_eq!(plan.phases[2].steps.len(), 3);
+    assert!(plan
+        .notes
+        .iter()
+        .any(|n| n.contains("every write made after the snapshot is lost")));
+    assert_eq!(fake.steps(), Vec::<(String, String)>::new());
+    assert!(RolloutState::load_at(&coord.db, super::restore::KEY)
+        .unwrap()
+        .is_none());
+    assert!(coord
+        .db
+        .raw()
+        .scan_prefix("etcd/restore#step/")
+        .unwrap()
+        .is_empty());
+    assert!(crate::audit::list(&coord.db, 100).unwrap().is_empty());
+}
