@@ -258,6 +258,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         new_admin_config = wrote,
         "kh-coordinator ready"
     );
+    tokio::spawn(kh_coordinator::snapshots::schedule::run(coord.clone()));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     kh_coordinator::server::serve(coord, listener, shutdown_signal()).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
