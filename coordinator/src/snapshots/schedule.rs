@@ -22,12 +22,18 @@ use crate::Coordinator;
 /// picked up within it.
 pub const MAX_TICK: Duration = Duration::from_secs(60);
 
-/// How often to look: a tenth of the period, between 1 s and [`MAX_TICK`].
+/// How often to look for a schedule while there is none: a rollout that
+/// adds one (or builds the cluster) gets its first snapshot within this.
+/// A look reads one record of the store.
+pub const OFF_TICK: Duration = Duration::from_secs(5);
+
+/// How often to look: a tenth of the period, between 1 s and [`MAX_TICK`];
+/// [`OFF_TICK`] without a schedule.
 pub fn tick_interval(schedule: Option<&SnapshotSchedule>) -> Duration {
-    schedule
-        .map(|s| s.every / 10)
-        .unwrap_or(MAX_TICK)
-        .clamp(Duration::from_secs(1), MAX_TICK)
+    match schedule {
+        Some(s) => (s.every / 10).clamp(Duration::from_secs(1), MAX_TICK),
+        None => OFF_TICK,
+    }
 }
 
 /// What one tick did.
