@@ -36,6 +36,9 @@ pub struct Config {
     /// `None`: `secret.key` in the data dir.
     #[serde(default)]
     pub secret_key_file: Option<PathBuf>,
+    /// Where to serve plain-HTTP `/metrics` and `/healthz`; `None`: not at all.
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
 }
 
 pub mod defaults {
@@ -134,6 +137,7 @@ impl Config {
             admin_cert_validity: defaults::admin_cert_validity(),
             default_token_ttl: defaults::token_ttl(),
             secret_key_file: None,
+            metrics_address: None,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod etcd;
 pub mod lease;
+pub mod metrics;
 pub mod nodes;
 pub mod pki;
 pub mod prepare;

@@ -33,7 +33,7 @@ enum Command {
 struct ServeArgs {
     /// A YAML config file (camelCase keys: dataDir, listen, advertise,
     /// heartbeatInterval, nodeCertValidity, adminCertValidity, defaultTokenTtl,
-    /// secretKeyFile).
+    /// secretKeyFile, metricsAddress).
     /// Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -61,6 +61,10 @@ struct ServeArgs {
     /// Lifetime of node certificates; agents renew after two thirds [default: 90d].
     #[arg(long, value_parser = humantime::parse_duration)]
     node_cert_validity: Option<Duration>,
+    /// Address for a plain-HTTP /metrics and /healthz endpoint for
+    /// Prometheus (etcd snapshot age, count, size) [default: none, off].
+    #[arg(long)]
+    metrics_address: Option<SocketAddr>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -75,6 +79,7 @@ struct FileConfig {
     admin_cert_validity: Option<String>,
     default_token_ttl: Option<String>,
     secret_key_file: Option<PathBuf>,
+    metrics_address: Option<SocketAddr>,
 }
 
 fn duration(field: &str, v: Option<String>) -> anyhow::Result<Option<Duration>> {
@@ -136,6 +141,7 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             .secret_key_file
             .or(file.secret_key_file)
             .or_else(credential_key_file),
+        metrics_address: args.metrics_address.or(file.metrics_address),
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok(cfg)
@@ -258,6 +264,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         new_admin_config = wrote,
         "kh-coordinator ready"
     );
+    tokio::spawn(kh_coordinator::snapshots::schedule::run(coord.clone()));
+    if let Some(addr) = coord.config.metrics_address {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--metrics-address)"))?;
+        tracing::info!(metrics = %addr, "serving /metrics and /healthz");
+        tokio::spawn(kh_coordinator::metrics::serve(coord.clone(), metrics));
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     kh_coordinator::server::serve(coord, listener, shutdown_signal()).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);

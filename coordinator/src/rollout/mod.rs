@@ -42,6 +42,18 @@ pub struct Running {
     current: tokio::sync::Mutex<Option<Reporter>>,
 }
 
+impl Running {
+    /// Whether an operation (rollout, replacement, reset, ...) is running
+    /// now; background work that must not overlap one checks this.
+    pub async fn busy(&self) -> bool {
+        let guard = self.current.lock().await;
+        match guard.as_ref() {
+            Some(rep) => rep.state.lock().await.outcome.is_none(),
+            None => false,
+        }
+    }
+}
+
 /// A started (or dry-run) rollout: its past events and a live feed.
 pub struct Follow {
     pub backlog: Vec<RolloutEvent>,

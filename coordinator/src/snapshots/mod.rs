@@ -19,6 +19,7 @@
 //! before its metadata is written; [`clean_up`] (at coordinator start)
 //! removes partial files and files without metadata.
 
+pub mod schedule;
 pub mod sealed;
 
 use std::path::PathBuf;

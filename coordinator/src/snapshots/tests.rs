@@ -19,13 +19,23 @@ const HA: &str = "apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata: {name: t}
 
 /// A coordinator holding the HA spec, every node enrolled and set up.
 fn coordinator(dir: &std::path::Path) -> (Arc<Coordinator>, Arc<FakeAgents>) {
-    let spec = kh::spec::parse(HA).unwrap();
+    let (coord, fake, _) = coordinator_with(dir, HA);
+    (coord, fake)
+}
+
+/// A coordinator holding `yaml`, its clock, every node enrolled and set up.
+fn coordinator_with(
+    dir: &std::path::Path,
+    yaml: &str,
+) -> (Arc<Coordinator>, Arc<FakeAgents>, Arc<ManualClock>) {
+    let spec = kh::spec::parse(yaml).unwrap();
     let fake = Arc::new(FakeAgents::new(&spec));
     let agents = fake.clone();
+    let clock = Arc::new(ManualClock::at_unix_ms(1_700_000_000_000));
     let coord = Coordinator::with_agents(
         Config::for_test(dir),
         Db::in_memory(),
-        Arc::new(ManualClock::at_unix_ms(1_700_000_000_000)),
+        clock.clone(),
         move |_| agents,
     )
     .unwrap();
@@ -45,10 +55,10 @@ fn coordinator(dir: &std::path::Path) -> (Arc<Coordinator>, Arc<FakeAgents>) {
     let mut st = RolloutState::default();
     st.operation = "rollout t".into();
     st.cluster = "t".into();
-    st.spec_yaml = HA.into();
+    st.spec_yaml = yaml.into();
     st.started_ms = 10;
     st.save(&coord.db, 30).unwrap();
-    (coord, fake)
+    (coord, fake, clock)
 }
 
 fn read_back(coord: &Coordinator, id: &str) -> Vec<u8> {
@@ -220,4 +230,65 @@ async fn a_file_altered_after_it_was_stored_is_refused_on_read() {
         .collect::<Result<Vec<_>, _>>()
         .unwrap_err();
     assert!(matches!(err, SnapshotError::Tampered { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn the_schedule_takes_a_snapshot_when_due_and_prunes_automatic_ones_only() {
+    use schedule::{tick, Tick};
+    let tmp = tempfile::tempdir().unwrap();
+    let (coord, _, _) = coordinator_with(tmp.path(), HA);
+    assert_eq!(tick(&coord).await.unwrap(), Tick::Off);
+
+    let yaml = HA.replace(
+        "  nodes:\n",
+        "  etcd:\n    snapshots: {every: 10s, keep: 2}\n  nodes:\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (coord, fake, clock) = coordinator_with(tmp.path(), &yaml);
+    let manual = take(&coord, REASON_MANUAL, None).await.unwrap();
+    // A manual snapshot does not count: the schedule takes its own.
+    let Tick::Taken { id: first, pruned } = tick(&coord).await.unwrap() else {
+        panic!("no scheduled snapshot")
+    };
+    assert!(pruned.is_empty());
+    assert_eq!(tick(&coord).await.unwrap(), Tick::NotDue);
+    clock.advance(Duration::from_secs(5));
+    let before = take(&coord, &reason_before("etcd replace"), None)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(6));
+    // Due from the scheduled one, but a before-operation snapshot is
+    // automatic too and 6 s old.
+    assert_eq!(tick(&coord).await.unwrap(), Tick::NotDue);
+    clock.advance(Duration::from_secs(5));
+    let Tick::Taken { id: third, pruned } = tick(&coord).await.unwrap() else {
+        panic!("no scheduled snapshot")
+    };
+    assert_eq!(pruned, vec![first]);
+    let ids: Vec<String> = list(&coord).unwrap().into_iter().map(|m| m.id).collect();
+    assert_eq!(ids, vec![manual.id.clone(), before.id.clone(), third]);
+
+    // Not while the control-plane lease is held, nor while it fails.
+    clock.advance(Duration::from_secs(11));
+    crate::lease::acquire(&coord.db, coord.clock.as_ref(), "restore", "etcd restore")
+        .unwrap()
+        .unwrap();
+    assert_eq!(tick(&coord).await.unwrap(), Tick::Busy);
+    crate::lease::release(&coord.db, "restore").unwrap();
+    for n in ["cp-1", "cp-2", "cp-3"] {
+        fake.etcd_down(n);
+    }
+    assert!(tick(&coord).await.is_err());
+    assert_eq!(list(&coord).unwrap().len(), 3);
+    let failed = crate::audit::list(&coord.db, 50)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.operation == AUDIT_OPERATION && e.outcome == "failed")
+        .count();
+    assert_eq!(failed, 1);
+    assert_eq!(
+        schedule::tick_interval(kh::spec::parse(&yaml).unwrap().etcd_snapshots.as_ref()),
+        Duration::from_secs(1)
+    );
+    assert_eq!(schedule::tick_interval(None), schedule::OFF_TICK);
 }

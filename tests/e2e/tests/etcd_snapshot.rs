@@ -2,26 +2,33 @@
 //! `etcdctl snapshot save/status` against real etcd 3.4, streamed to the
 //! coordinator and stored sealed.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use kh_testbed::spec::{cluster_yaml, SpecNode};
 use kh_testbed::world::World;
 
-/// A rolled-out cluster of one control plane.
-fn rolled_out() -> World {
-    let mut w = World::new(&[]);
+/// A rolled-out cluster of one control plane whose spec schedules a
+/// snapshot every 3 s, keeping 2, and a coordinator serving metrics at the
+/// address returned.
+fn rolled_out() -> (World, SocketAddr) {
+    let metrics = kh_testbed::net::fresh_addr();
+    let mut w = World::new(&["--metrics-address", &metrics.to_string()]);
     let idx = w.add_kube_node("cp-1");
     let nodes = vec![SpecNode {
         name: "cp-1".into(),
         role: "control-plane".into(),
         ip: w.agents[idx].ip.to_string(),
     }];
+    let extra = "  etcd:\n    snapshots: {every: 3s, keep: 2}\n";
     let spec =
-        kh_testbed::spec::write(w.dir(), "cluster.yaml", &cluster_yaml("e2e", &nodes, "")).unwrap();
+        kh_testbed::spec::write(w.dir(), "cluster.yaml", &cluster_yaml("e2e", &nodes, extra))
+            .unwrap();
     let out = w.khctl(&["rollout", "-f", spec.to_str().unwrap()]);
     assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
-    w
+    (w, metrics)
 }
 
 /// Every file's bytes under `dir`, recursively.
@@ -40,16 +47,19 @@ fn contains_bytes(dir: &Path, needle: &[u8]) -> Vec<String> {
     hits
 }
 
-fn list(w: &World) -> Vec<serde_json::Value> {
+fn list(w: &World, reason: &str) -> Vec<serde_json::Value> {
     w.khctl_json(&["etcd", "snapshot", "list"])["snapshots"]
         .as_array()
         .cloned()
         .unwrap()
+        .into_iter()
+        .filter(|m| m["reason"] == reason)
+        .collect()
 }
 
 #[test]
-fn snapshots_are_saved_sealed_listed_written_out_and_deleted() {
-    let w = rolled_out();
+fn snapshots_are_saved_sealed_listed_written_out_deleted_scheduled_pruned_and_measured() {
+    let (w, metrics) = rolled_out();
     let cp = &w.agents[0];
     let marker = format!("kh-plaintext-marker-{}", std::process::id());
     cp.etcdctl(&[], &["put", "/kh-e2e/secret", &marker])
@@ -99,7 +109,7 @@ fn snapshots_are_saved_sealed_listed_written_out_and_deleted() {
     let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert!(status["totalKey"].as_i64().unwrap() > 0, "{status}");
 
-    let all = list(&w);
+    let all = list(&w, "manual");
     assert_eq!(all.len(), 2, "{all:?}");
     assert_eq!(all[0]["id"], id.as_str());
     let table = w.khctl(&["etcd", "snapshot", "list"]).expect_ok("list");
@@ -128,7 +138,7 @@ fn snapshots_are_saved_sealed_listed_written_out_and_deleted() {
     w.khctl(&["etcd", "snapshot", "delete", &id])
         .expect_ok("snapshot delete");
     assert!(!sealed.exists());
-    assert_eq!(list(&w).len(), 1);
+    assert_eq!(list(&w, "manual").len(), 1);
     let again = w.khctl(&["etcd", "snapshot", "delete", &id]);
     assert_eq!(again.code, Some(2), "{}\n{}", again.stdout, again.stderr);
     assert!(
@@ -143,4 +153,68 @@ fn snapshots_are_saved_sealed_listed_written_out_and_deleted() {
         "{}",
         history.stdout
     );
+
+    // Scheduled snapshots appear every 3 s and are pruned to the newest 2;
+    // the manual one stays.
+    kh_testbed::eventually(
+        "a scheduled snapshot pruned",
+        Duration::from_secs(60),
+        || {
+            let history = w.khctl_json(&["history"]);
+            let pruned = history["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["operation"] == "etcd snapshot" && e["step"] == "prune")
+                .count();
+            let scheduled = list(&w, "scheduled").len();
+            if pruned >= 1 && scheduled == 2 {
+                Ok(())
+            } else {
+                let log = w.coordinator.log_text();
+                let tail: Vec<&str> = log.lines().filter(|l| l.contains("snapshot")).collect();
+                Err(format!(
+                    "{pruned} pruned, {scheduled} scheduled kept; the coordinator's log:\n{}",
+                    tail[tail.len().saturating_sub(5)..].join("\n")
+                ))
+            }
+        },
+    );
+    assert_eq!(list(&w, "manual").len(), 1);
+
+    let (code, text) = kh_testbed::world::http_get(metrics, "/metrics").unwrap();
+    assert_eq!(code, 200, "{text}");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let last = value("kh_coordinator_etcd_snapshot_last_success_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(last > now - 60.0 && last <= now + 1.0, "{last} vs {now}");
+    assert!(value("kh_coordinator_etcd_snapshots") >= 3.0, "{text}");
+    assert_eq!(value("kh_coordinator_etcd_snapshot_schedule_seconds"), 3.0);
+    // Every coordinator metric the alert rules use is exported.
+    let rules = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/monitoring/kh-alerts.yml"),
+    )
+    .unwrap();
+    let used: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("kh_coordinator_"))
+        .collect();
+    assert!(used.len() >= 2, "{used:?}");
+    for m in used {
+        assert!(
+            text.contains(m),
+            "the alert rules use {m}, which kh-coordinator does not export"
+        );
+    }
+    let (code, _) = kh_testbed::world::http_get(metrics, "/healthz").unwrap();
+    assert_eq!(code, 200);
 }
