@@ -306,4 +306,27 @@ fn etcd_is_restored_after_quorum_loss_and_a_restore_resumes_after_a_coordinator_
     for n in CPS {
         assert_eq!(old_dirs(&w, n).len(), 2, "{n}");
     }
+
+    // A control plane that does not answer is left out of a restore, and
+    // the advice to add it back works: reset it, then roll out.
+    w.agent("cp-3").power_off();
+    let out = w.khctl(&["etcd", "restore", "--snapshot", &id, "--yes", "--force"]);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("khctl reset --node cp-3"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(members(&w, "cp-1").unwrap(), ["cp-1", "cp-2"]);
+    w.agent("cp-3").start();
+    w.agent("cp-3").start_kubelet();
+    let out = w.khctl(&["reset", "--node", "cp-3", "--yes"]);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    let spec = w.dir().join("cluster.yaml");
+    let out = w.khctl(&["rollout", "-f", spec.to_str().unwrap()]);
+    assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(members(&w, "cp-3").unwrap(), CPS);
+    assert_eq!(get(&w, "kh-e2e/a"), "before");
+    let h = w.khctl(&["health"]);
+    assert!(h.ok(), "{}{}", h.stdout, h.stderr);
 }
