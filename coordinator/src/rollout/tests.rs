@@ -568,6 +568,18 @@ async fn a_resumed_restore_keeps_its_members_and_token_and_repeats_no_finished_s
     let ops = super::operation::list(&coord).await.unwrap();
     let op = ops.iter().find(|o| o.kind == "etcd-restore").unwrap();
     assert!(op.pending && op.changed, "{op:?}");
+    let check = super::restore::health_check(&coord).await.unwrap();
+    assert!(!check.ok);
+    assert!(
+        check
+            .detail
+            .contains("cp-2/restore failed: no space left on device"),
+        "{check:?}"
+    );
+    assert_eq!(
+        check.fix,
+        "resume it: `khctl etcd restore --snapshot s-1 --yes`"
+    );
 
     let before = fake.steps().len();
     let f = super::restore::start(coord.clone(), restore_req(false), MemSnapshots::new(false))
@@ -587,6 +599,7 @@ async fn a_resumed_restore_keeps_its_members_and_token_and_repeats_no_finished_s
     assert_eq!(named("etcd-restore"), ["cp-2"]);
     assert_eq!(named("put-etcd-snapshot"), ["cp-2"]);
     assert_eq!(named("etcd-start-control-plane").len(), 3);
+    assert!(super::restore::health_check(&coord).await.unwrap().ok);
     let after: super::restore::Fixed = coord.db.get_json("etcd/restore-plan").unwrap().unwrap();
     assert_eq!(after, fixed);
     assert_eq!(fake.member_names(), ["cp-1", "cp-2", "cp-3"]);

@@ -221,6 +221,13 @@ fn etcd_is_restored_after_quorum_loss_and_a_restore_resumes_after_a_coordinator_
     assert_eq!(op["changed"], true, "{op}");
     let resume = format!("khctl etcd restore --snapshot {id} --yes");
     assert!(op["next"].as_str().unwrap().contains(&resume), "{op}");
+    let h = w.khctl(&["health"]);
+    assert!(!h.ok());
+    assert!(
+        h.stdout.contains("etcd-restore-finished") && h.stdout.contains(&resume),
+        "{}",
+        h.stdout
+    );
 
     let out = w.khctl(&["etcd", "restore", "--snapshot", &id, "--yes"]);
     assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
