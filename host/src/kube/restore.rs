@@ -300,15 +300,11 @@ impl Step for StopControlPlane {
             match (host.exists(path)?, host.exists(&target)?) {
                 (true, false) => moved(&mut plan, path, &target),
                 (true, true) => {
-                    return Err(StepError::Host(crate::error::HostError::Io {
-                        action: "move aside",
-                        path: path.to_string(),
-                        real: host.path(path)?,
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::AlreadyExists,
-                            format!("{target} exists too: something put the manifest back while this restore ran; compare the two and remove one"),
-                        ),
-                    }))
+                    return Err(StepError::Kube(Box::new(KubeError::Invalid {
+                        what: "manifest",
+                        value: path.to_string(),
+                        reason: format!("{target} exists too: something put the manifest back while this restore ran; compare the two, keep one, and run the restore again"),
+                    })))
                 }
                 (false, _) => {}
             }
@@ -668,12 +664,7 @@ impl Step for EtcdRestore {
         let to_step = |e: KubeError| match e {
             KubeError::Host(h) => StepError::Host(h),
             KubeError::Step(s) => s,
-            other => StepError::Host(crate::error::HostError::Io {
-                action: "plan",
-                path: self.op.snapshot_path(),
-                real: Default::default(),
-                source: std::io::Error::other(other.to_string()),
-            }),
+            other => StepError::Kube(Box::new(other)),
         };
         let actions = self.actions(host).map_err(to_step)?;
         for a in &actions {
@@ -859,6 +850,31 @@ mod tests {
         host.create_dir_all("/var/lib/etcd.kh-old-r-1").unwrap();
         touch(&host, "/var/lib/etcd/member/wal/0.wal");
         assert_eq!(s.actions(&host).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn a_data_dir_that_came_back_after_the_old_data_moved_aside_is_refused_not_overwritten() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Host::new(root.path(), vec![]);
+        let s = step();
+        touch(&host, "/var/lib/etcd.kh-old-r-1/member/wal/0.wal");
+        touch(&host, "/var/lib/etcd.kh-restore-r-1/member/snap/db");
+        touch(&host, "/var/lib/etcd/member/wal/new.wal");
+        let e = s.actions(&host).unwrap_err().to_string();
+        assert!(e.contains("etcd must have run in between"), "{e}");
+        let r = s.run(&host, false);
+        assert_eq!(r.outcome, crate::Outcome::Failed, "{r:?}");
+        assert!(host.exists("/var/lib/etcd/member/wal/new.wal").unwrap());
+        // A manifest found both in place and aside stops the stop step.
+        touch(&host, ETCD_MANIFEST);
+        touch(&host, "/etc/kubernetes/kh-etcd-restore-r-1/etcd.yaml");
+        let stop = StopControlPlane {
+            op: s.op.clone(),
+            ports: vec![],
+        };
+        let r = stop.run(&host, false);
+        assert_eq!(r.outcome, crate::Outcome::Failed, "{r:?}");
+        assert!(r.error.unwrap().contains("exists too"));
     }
 
     #[test]
