@@ -53,6 +53,7 @@ pub mod proto {
                 EtcdStopControlPlane(_) => K::EtcdStopControlPlane,
                 EtcdRestore(_) => K::EtcdRestore,
                 EtcdStartControlPlane(_) => K::EtcdStartControlPlane,
+                EtcdRestoreDiscard(_) => K::EtcdRestoreDiscard,
             }
         }
 

@@ -80,6 +80,9 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
         WireStep::EtcdStartControlPlane(s) => Box::new(kube::restore::StartControlPlane {
             op: kube::restore::OperationId::new(&s.operation).map_err(e)?,
         }),
+        WireStep::EtcdRestoreDiscard(s) => Box::new(kube::restore::Discard {
+            op: kube::restore::OperationId::new(&s.operation).map_err(e)?,
+        }),
         WireStep::EtcdMemberRemove(_) | WireStep::EtcdMoveLeader(_) => {
             return Err("etcd membership changes are not host steps".into())
         }

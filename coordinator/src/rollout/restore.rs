@@ -543,8 +543,30 @@ async fn steps(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<
             .await
         }
     });
-    for r in futures::future::join_all(sends).await {
-        r?;
+    let refused = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .find_map(Result::err);
+    if let Some(f) = refused {
+        // Nothing was stopped: the copies that arrived are removed, since
+        // they hold every Secret of the cluster. Best effort; a node that
+        // keeps one is named.
+        if !rep.state.lock().await.changed() {
+            for (node, _) in &fixed.members {
+                let step = Step::EtcdRestoreDiscard(proto::EtcdRestoreDiscard {
+                    operation: op.clone(),
+                });
+                if let Err(e) = ops.step(node, step.name(), step, false).await {
+                    rep.note(
+                        Phase::Distribute,
+                        node,
+                        format!("could not remove the received snapshot: {}; remove /var/lib/kh-agent/etcd-restore-{op} there by hand", e.message),
+                    )
+                    .await;
+                }
+            }
+        }
+        return Err(f);
     }
 
     // c. Stop etcd and the apiserver everywhere before any member restores.

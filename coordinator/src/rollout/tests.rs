@@ -490,6 +490,8 @@ async fn a_snapshot_refused_on_a_node_or_by_the_store_stops_the_restore_before_a
     assert!(end.hint.contains("nothing was stopped"), "{}", end.hint);
     assert_eq!(steps_named(&fake, "put-etcd-snapshot").len(), 3);
     assert!(steps_named(&fake, "etcd-stop-control-plane").is_empty());
+    // The copies that arrived are removed from every node.
+    assert_eq!(steps_named(&fake, "etcd-restore-discard").len(), 3);
     // Receiving a snapshot changes nothing: nothing is pending.
     let ops = super::operation::list(&coord).await.unwrap();
     assert!(

@@ -458,6 +458,51 @@ fn wait_member_answers(host: &Host, url: &str) -> Result<(), KubeError> {
     }
 }
 
+/// Removes the received snapshot of a restore that stopped before anything
+/// was stopped: it holds every Secret of the cluster. Refused once the
+/// restore has moved a manifest aside (the snapshot is still needed then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discard {
+    pub op: OperationId,
+}
+
+impl Step for Discard {
+    fn kind(&self) -> StepKind {
+        StepKind::EtcdRestoreDiscard
+    }
+
+    fn plan(&self, host: &Host) -> Result<Plan, StepError> {
+        let mut plan = Plan::new(self.kind());
+        if host.exists(&self.op.manifests_aside())? {
+            return Err(StepError::Kube(Box::new(KubeError::Invalid {
+                what: "restore",
+                value: self.op.as_str().into(),
+                reason: format!("its manifests are aside in {}: the restore has stopped etcd here and must be resumed, not discarded", self.op.manifests_aside()),
+            })));
+        }
+        if host.exists(&self.op.state_dir())? {
+            plan.notes.push(format!("remove {}", self.op.state_dir()));
+        }
+        Ok(plan)
+    }
+
+    fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
+        apply_with(host, self.kind(), plan, |a| {
+            if plan.notes.is_empty() {
+                return Ok(Done::Unchanged(format!(
+                    "no snapshot of restore {} here",
+                    self.op.as_str()
+                )));
+            }
+            a.host().remove_dir_all(&self.op.state_dir())?;
+            Ok(Done::Changed(format!(
+                "removed the received snapshot ({})",
+                self.op.state_dir()
+            )))
+        })
+    }
+}
+
 /// `etcdctl snapshot restore` of the operation's snapshot into a fresh dir
 /// next to the data dir, then the old data aside and the restored data in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -972,6 +1017,22 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn a_discarded_restore_removes_its_snapshot_unless_it_has_stopped_pods() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Host::new(root.path(), vec![]);
+        let op = OperationId::new("r-4").unwrap();
+        touch(&host, &op.snapshot_path());
+        let d = Discard { op: op.clone() };
+        assert_eq!(d.run(&host, false).outcome, crate::Outcome::Changed);
+        assert!(!host.exists(&op.state_dir()).unwrap());
+        assert_eq!(d.run(&host, false).outcome, crate::Outcome::Unchanged);
+        touch(&host, &op.snapshot_path());
+        touch(&host, "/etc/kubernetes/kh-etcd-restore-r-4/etcd.yaml");
+        assert_eq!(d.run(&host, false).outcome, crate::Outcome::Failed);
+        assert!(host.exists(&op.snapshot_path()).unwrap());
     }
 
     #[test]

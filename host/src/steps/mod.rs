@@ -56,11 +56,12 @@ pub enum StepKind {
     EtcdStopControlPlane,
     EtcdRestore,
     EtcdStartControlPlane,
+    EtcdRestoreDiscard,
 }
 
 impl StepKind {
     /// Every step, in the order reports and metrics list them.
-    pub const ALL: [StepKind; 19] = [
+    pub const ALL: [StepKind; 20] = [
         StepKind::DisableSwap,
         StepKind::KernelModules,
         StepKind::Sysctl,
@@ -80,6 +81,7 @@ impl StepKind {
         StepKind::EtcdStopControlPlane,
         StepKind::EtcdRestore,
         StepKind::EtcdStartControlPlane,
+        StepKind::EtcdRestoreDiscard,
     ];
 
     /// The step's name on the wire and in reports, metrics and the audit log.
@@ -104,6 +106,7 @@ impl StepKind {
             StepKind::EtcdStopControlPlane => "etcd-stop-control-plane",
             StepKind::EtcdRestore => "etcd-restore",
             StepKind::EtcdStartControlPlane => "etcd-start-control-plane",
+            StepKind::EtcdRestoreDiscard => "etcd-restore-discard",
         }
     }
 }
@@ -457,6 +460,7 @@ mod tests {
             StepKind::EtcdStopControlPlane => 16,
             StepKind::EtcdRestore => 17,
             StepKind::EtcdStartControlPlane => 18,
+            StepKind::EtcdRestoreDiscard => 19,
         }
     }
 
@@ -490,6 +494,7 @@ mod tests {
                 "etcd-stop-control-plane",
                 "etcd-restore",
                 "etcd-start-control-plane",
+                "etcd-restore-discard",
             ]
         );
     }

@@ -151,6 +151,16 @@ fn etcd_is_restored_after_quorum_loss_and_a_restore_resumes_after_a_coordinator_
     assert!(text.contains("refused on"), "{text}");
     assert!(text.contains("nothing was stopped"), "{text}");
     assert!(manifests_in_place(&w).iter().all(|(_, ok)| *ok));
+    // No copy of it stays on any node.
+    for n in CPS {
+        let dir = w.agents[idx(&w, n)].path("/var/lib/kh-agent");
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|f| f.starts_with("etcd-restore-"))
+            .collect();
+        assert!(left.is_empty(), "{n}: {left:?}");
+    }
     assert_eq!(members(&w, "cp-1").unwrap(), CPS);
     assert!(restore_pending(&w).is_none());
 
@@ -254,6 +264,16 @@ fn etcd_is_restored_after_quorum_loss_and_a_restore_resumes_after_a_coordinator_
         assert_eq!(old_dirs(&w, n).len(), 1, "{n}");
     }
     assert!(old_dirs(&w, "cp-1")[0].join("member/snap/db").exists());
+    for n in CPS {
+        let a = &w.agents[idx(&w, n)];
+        let left: Vec<String> = std::fs::read_dir(a.path("/var/lib/kh-agent"))
+            .unwrap()
+            .chain(std::fs::read_dir(a.path("/etc/kubernetes")).unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|f| f.contains("etcd-restore-"))
+            .collect();
+        assert!(left.is_empty(), "{n}: {left:?}");
+    }
     assert!(restore_pending(&w).is_none());
     let hist = w.khctl_json(&["history"]);
     let steps: Vec<String> = hist["entries"]
