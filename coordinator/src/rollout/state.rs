@@ -25,7 +25,7 @@ const KEEP_EVENTS: usize = 400;
 /// How often a step transition also writes the journal.
 const JOURNAL_EVERY_MS: u64 = 1_000;
 /// Steps that only look: an operation that ran nothing else changed nothing.
-pub const READ_ONLY_STEPS: &[&str] = &["preconditions", "preflight", "endpoint-check"];
+pub const READ_ONLY_STEPS: &[&str] = &["preconditions", "preflight", "endpoint-check", "snapshot"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
