@@ -164,6 +164,10 @@ enum EtcdCmd {
         /// Allow removing a healthy member when the rest could then not lose another.
         #[arg(long)]
         force: bool,
+        /// Remove it without taking an etcd snapshot first (by default one
+        /// is taken, and a failed snapshot refuses the removal).
+        #[arg(long)]
+        no_snapshot: bool,
     },
     /// Replace a failed control plane: remove its member, join the new node
     /// under fresh join material, verify. `--with` the same name re-joins a
@@ -187,6 +191,10 @@ enum EtcdCmd {
         /// The new node's cluster address [default: its agent's address].
         #[arg(long)]
         address: Option<String>,
+        /// Replace without taking an etcd snapshot first (by default one is
+        /// taken, and a failed snapshot refuses the replacement).
+        #[arg(long)]
+        no_snapshot: bool,
     },
     /// etcd snapshots stored on the coordinator, sealed: save, list, get,
     /// delete.
@@ -231,6 +239,11 @@ struct RolloutArgs {
     /// Allow an even number of control planes (etcd quorum gains nothing from it).
     #[arg(long)]
     allow_even: bool,
+    /// Join control planes into a running cluster without taking an etcd
+    /// snapshot first (by default one is taken, and a failed snapshot stops
+    /// the rollout before the first join).
+    #[arg(long)]
+    no_snapshot: bool,
 }
 
 #[derive(Subcommand)]
@@ -466,6 +479,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     &file,
                     args.dry_run,
                     args.allow_even,
+                    args.no_snapshot,
                     output,
                 )
                 .await?
@@ -478,20 +492,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Kubeconfig => rollout::kubeconfig(&mut client, &addr, kubeconfig_file).await?,
         Command::Etcd(EtcdCmd::Members) => etcd::members(&mut client, &addr, output).await?,
-        Command::Etcd(EtcdCmd::RemoveMember { member, force }) => {
-            etcd::remove_member(&mut client, &addr, member, force, output).await?
+        Command::Etcd(EtcdCmd::RemoveMember {
+            member,
+            force,
+            no_snapshot,
+        }) => {
+            let req = kh::proto::EtcdRemoveMemberRequest {
+                member,
+                force,
+                no_snapshot,
+            };
+            etcd::remove_member(&mut client, &addr, req, output).await?
         }
         Command::Etcd(EtcdCmd::Replace {
             failed,
             with,
             force,
             address,
+            no_snapshot,
         }) => {
             let req = kh::proto::EtcdReplaceRequest {
                 failed,
                 with,
                 force,
                 address: address.unwrap_or_default(),
+                no_snapshot,
             };
             etcd::replace(&mut client, &addr, req, output).await?
         }

@@ -531,6 +531,7 @@ pub async fn rollout(
     file: &Path,
     dry_run: bool,
     allow_even: bool,
+    no_snapshot: bool,
     format: Format,
 ) -> anyhow::Result<()> {
     let (spec_yaml, files) = load(file)?;
@@ -548,6 +549,7 @@ pub async fn rollout(
             files,
             dry_run,
             allow_even,
+            no_snapshot,
         })
         .await
         .map_err(|s| explain(addr, s))?

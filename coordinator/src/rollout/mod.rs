@@ -128,6 +128,7 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
         files,
         dry_run: req.dry_run,
         held,
+        no_snapshot: req.no_snapshot,
     };
     let task_rep = rep.clone();
     let task_coord = coord.clone();

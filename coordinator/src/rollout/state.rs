@@ -31,6 +31,7 @@ pub const READ_ONLY_STEPS: &[&str] = &[
     "preconditions",
     "preflight",
     "endpoint-check",
+    "snapshot",
     "receive-snapshot",
 ];
 

@@ -318,6 +318,7 @@ async fn a_replacement_without_quorum_is_refused_before_any_step() {
         with: "cp-4".into(),
         force: false,
         address: "10.0.0.14".into(),
+        no_snapshot: false,
     };
     let (_, end) = follow(super::replace::start(coord.clone(), req).await.unwrap()).await;
     assert!(!end.ok);
@@ -342,6 +343,173 @@ async fn a_replacement_without_quorum_is_refused_before_any_step() {
         .unwrap()
         .unwrap();
     assert!(cp2.retired.is_none());
+}
+
+/// The index of the first event of `step` on `node` with `kind`.
+fn event_at(events: &[RolloutEvent], node: &str, step: &str, kind: Kind) -> Option<usize> {
+    events
+        .iter()
+        .position(|e| e.node == node && e.step == step && e.kind == kind as i32)
+}
+
+#[tokio::test]
+async fn control_plane_joins_into_a_running_cluster_take_a_snapshot_first_and_a_first_build_none() {
+    // A first build has nothing to lose yet.
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(HA);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    let (_, end) = rollout(&coord, &yaml).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    assert!(fake.snapshots_taken().is_empty());
+
+    // cp-1 runs the cluster; cp-2 and cp-3 join it.
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    held(&coord, &yaml, &["cp-1/kubeadm-init"]);
+    fake.joined("cp-1");
+    let (events, end) = rollout(&coord, &yaml).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    assert_eq!(fake.snapshots_taken(), ["cp-1"]);
+    let snap = event_at(&events, "cp-1", "snapshot", Kind::StepFinished).expect("a snapshot step");
+    let join = event_at(&events, "cp-2", "join-control-plane", Kind::StepStarted).unwrap();
+    assert!(snap < join, "{events:?}");
+    let stored = crate::snapshots::list(&coord).unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].reason, "before rollout");
+
+    // A snapshot that fails stops the rollout before the first join.
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    held(&coord, &yaml, &["cp-1/kubeadm-init"]);
+    fake.joined("cp-1");
+    fake.fail_snapshot("cp-1", "etcd snapshot failed (other): disk full");
+    let (_, end) = rollout(&coord, &yaml).await;
+    assert!(!end.ok);
+    assert_eq!(end.step, "snapshot");
+    assert!(end.message.contains("disk full"), "{}", end.message);
+    assert!(end.message.contains("--no-snapshot"), "{}", end.message);
+    assert!(
+        position(&fake.steps(), "cp-2", "kubeadm-join").is_empty(),
+        "{:?}",
+        fake.steps()
+    );
+
+    // --no-snapshot joins without one.
+    let req = RolloutRequest {
+        spec_yaml: yaml.clone(),
+        no_snapshot: true,
+        ..Default::default()
+    };
+    let (_, end) = follow(super::start(coord.clone(), req).await.unwrap()).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    assert!(fake.snapshots_taken().is_empty());
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2", "cp-3"]);
+}
+
+#[tokio::test]
+async fn a_replacement_takes_a_snapshot_before_its_first_change_or_is_refused_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(HA);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &["cp-4"]);
+    held(&coord, &yaml, &[]);
+    for n in ["cp-1", "cp-2", "cp-3", "w-1", "w-2"] {
+        fake.joined(n);
+    }
+    fake.agent_down("cp-2");
+    let req = EtcdReplaceRequest {
+        failed: "cp-2".into(),
+        with: "cp-4".into(),
+        force: false,
+        address: "10.0.0.14".into(),
+        no_snapshot: false,
+    };
+
+    // No member can be snapshotted: refused, nothing changed, nothing pending.
+    fake.fail_snapshot(
+        "cp-1",
+        "etcd snapshot failed (timeout): context deadline exceeded",
+    );
+    fake.fail_snapshot(
+        "cp-3",
+        "etcd snapshot failed (timeout): context deadline exceeded",
+    );
+    let (_, end) = follow(
+        super::replace::start(coord.clone(), req.clone())
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(!end.ok);
+    assert_eq!(end.failure, "preflight");
+    assert_eq!(end.step, "snapshot");
+    assert!(
+        end.message.contains("context deadline exceeded"),
+        "{}",
+        end.message
+    );
+    assert!(end.hint.contains("--no-snapshot"), "{}", end.hint);
+    assert_eq!(fake.steps(), Vec::<(String, String)>::new());
+    assert_eq!(super::replace::pending(&coord).await.unwrap(), None);
+
+    // With a snapshot: taken before the member is removed.
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = coordinator(dir.path(), &yaml, &["cp-4"]);
+    held(&coord, &yaml, &[]);
+    for n in ["cp-1", "cp-2", "cp-3", "w-1", "w-2"] {
+        fake.joined(n);
+    }
+    fake.agent_down("cp-2");
+    // Followed up to its first change only: what comes after is the
+    // replacement's own business (and waits on a join the fake never
+    // promotes).
+    let f = super::replace::start(coord.clone(), req).await.unwrap();
+    let mut events = f.backlog;
+    let mut rx = f.live.unwrap();
+    while event_at(&events, "cp-2", "remove-member", Kind::StepStarted).is_none() {
+        let ev = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("the replacement reaches its member removal within a minute")
+            .unwrap();
+        assert_ne!(ev.kind, Kind::Finished as i32, "{ev:?}");
+        events.push(ev);
+    }
+    assert_eq!(fake.snapshots_taken(), ["cp-1"]);
+    let snap = event_at(&events, "cp-2", "snapshot", Kind::StepFinished).expect("a snapshot step");
+    let remove =
+        event_at(&events, "cp-2", "remove-member", Kind::StepStarted).expect("the member removal");
+    assert!(snap < remove, "{events:?}");
+    assert_eq!(
+        crate::snapshots::list(&coord).unwrap()[0].reason,
+        "before etcd replace"
+    );
+}
+
+#[tokio::test]
+async fn remove_member_takes_a_snapshot_first_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(HA);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    held(&coord, &yaml, &[]);
+    for n in ["cp-1", "cp-2", "cp-3"] {
+        fake.joined(n);
+        fake.fail_snapshot(n, "etcd snapshot failed (other): no space left on device");
+    }
+    let err = crate::etcd::remove_member(&coord, "cp-3", true, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        crate::error::CoordError::FailedPrecondition(_)
+    ));
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert!(err.to_string().contains("--no-snapshot"), "{err}");
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2", "cp-3"]);
+
+    crate::etcd::remove_member(&coord, "cp-3", true, true)
+        .await
+        .unwrap();
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2"]);
+    assert!(fake.snapshots_taken().is_empty());
 }
 
 /// A stored snapshot for restore tests: its bytes in memory, and whether

@@ -96,7 +96,7 @@ impl Admin for AdminService {
     ) -> Result<Response<EtcdRemoveMemberResponse>, Status> {
         let r = req.into_inner();
         Ok(Response::new(
-            crate::etcd::remove_member(&self.0, &r.member, r.force).await?,
+            crate::etcd::remove_member(&self.0, &r.member, r.force, r.no_snapshot).await?,
         ))
     }
 

@@ -397,6 +397,24 @@ async fn take_inner(
     Ok(meta)
 }
 
+/// The snapshot a membership change takes before its first change:
+/// `operation` is its name (`etcd replace`), `what` says in words what
+/// waits for it. The error says that nothing was changed and that
+/// `--no-snapshot` skips it.
+pub async fn take_before(
+    coord: &Coordinator,
+    operation: &str,
+    what: &str,
+) -> Result<SnapshotMeta, String> {
+    take(coord, &reason_before(operation), None)
+        .await
+        .map_err(|e| {
+            format!(
+                "no etcd snapshot could be taken before {what}, so nothing was changed: {e}. Fix the cause and run the command again, or add --no-snapshot to go ahead without one"
+            )
+        })
+}
+
 /// Stores an operator-supplied snapshot file arriving as `bytes` (pieces of
 /// any size), with the same sealing and etcd integrity check as [`take`].
 /// A file that fails the check is refused and leaves nothing behind.
