@@ -570,19 +570,33 @@ async fn steps(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<
     }
 
     // c. Stop etcd and the apiserver everywhere before any member restores.
+    // A leader told to stop first hands its leadership to a peer, which
+    // waits for followers that are stopping too (etcd's request timeout,
+    // beyond the kubelet's grace): the leader, if there is one, stops last.
     rep.phase(Phase::Stop).await;
-    let stops = fixed.members.iter().map(|(node, addr)| {
-        let step = Step::EtcdStopControlPlane(proto::EtcdStopControlPlane {
-            operation: op.clone(),
-            ports: [2379u16, 2380, 6443]
-                .iter()
-                .map(|p| std::net::SocketAddr::new(*addr, *p).to_string())
-                .collect(),
-        });
-        node_step(ops, rep, Phase::Stop, node, "stop", step)
-    });
-    for r in futures::future::join_all(stops).await {
+    let mut all_stopped = true;
+    for (n, _) in &fixed.members {
+        all_stopped &= rep.is_done(&format!("{n}/stop")).await;
+    }
+    let leader = if all_stopped {
+        None
+    } else {
+        leader_node(coord, &plan.spec).await
+    };
+    let followers = fixed
+        .members
+        .iter()
+        .filter(|(n, _)| Some(n) != leader.as_ref())
+        .map(|(n, a)| node_step(ops, rep, Phase::Stop, n, "stop", stop_step(&op, *a)));
+    for r in futures::future::join_all(followers).await {
         r?;
+    }
+    if let Some((n, a)) = fixed
+        .members
+        .iter()
+        .find(|(n, _)| Some(n) == leader.as_ref())
+    {
+        node_step(ops, rep, Phase::Stop, n, "stop", stop_step(&op, *a)).await?;
     }
 
     // d. Restore on each, with the same membership and token.
@@ -640,6 +654,30 @@ async fn steps(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<
         rep.note(Phase::Verify, n, add_back_advice(n)).await;
     }
     Ok(())
+}
+
+/// The node whose member leads, when etcd has a leader (it has none without
+/// quorum). Best effort: without an answer every member stops at once.
+async fn leader_node(coord: &Coordinator, spec: &ClusterSpec) -> Option<String> {
+    let view = tokio::time::timeout(REACH_TIMEOUT, etcd::membership(coord, spec, None))
+        .await
+        .ok()?
+        .ok()?;
+    view.members
+        .iter()
+        .find(|m| m.is_leader && m.healthy)
+        .map(|m| m.node.clone())
+        .filter(|n| !n.is_empty())
+}
+
+fn stop_step(op: &str, addr: IpAddr) -> Step {
+    Step::EtcdStopControlPlane(proto::EtcdStopControlPlane {
+        operation: op.to_string(),
+        ports: [2379u16, 2380, 6443]
+            .iter()
+            .map(|p| std::net::SocketAddr::new(addr, *p).to_string())
+            .collect(),
+    })
 }
 
 async fn node_step(

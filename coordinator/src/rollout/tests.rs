@@ -828,3 +828,35 @@ async fn a_restore_dry_run_prints_the_plan_and_records_nothing() {
         .is_empty());
     assert!(crate::audit::list(&coord.db, 100).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_forced_restore_stops_the_leader_after_the_other_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = spec_yaml(HA);
+    let (coord, fake) = coordinator(dir.path(), &yaml, &[]);
+    held(&coord, &yaml, &[]);
+    for n in ["cp-1", "cp-2", "cp-3", "w-1", "w-2"] {
+        fake.joined(n);
+    }
+    let f = super::restore::start(coord.clone(), restore_req(true), MemSnapshots::new(false))
+        .await
+        .unwrap();
+    let (_, end) = follow(f).await;
+    assert!(end.ok, "{end:?}");
+    // The fake's leader is cp-1's member: its stop starts after the others end.
+    let log: Vec<_> = fake
+        .step_log()
+        .into_iter()
+        .filter(|c| c.step == "etcd-stop-control-plane")
+        .collect();
+    let leader_start = log
+        .iter()
+        .position(|c| c.node == "cp-1" && c.started)
+        .unwrap();
+    let others_end = log
+        .iter()
+        .rposition(|c| c.node != "cp-1" && !c.started)
+        .unwrap();
+    assert!(others_end < leader_start, "{log:?}");
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2", "cp-3"]);
+}

@@ -311,18 +311,23 @@ fn etcd_is_restored_after_quorum_loss_and_a_restore_resumes_after_a_coordinator_
     let wall = t0.elapsed();
     assert!(out.ok(), "{}\n{}", out.stdout, out.stderr);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    // Steps of a phase run in parallel: the phase takes its slowest.
+    // Steps of a phase run in parallel, so a phase takes its slowest; the
+    // stop phase stops the leader after the others: its slowest other step
+    // plus the leader's (the last to finish).
     let mut split = vec![];
     for phase in ["distribute", "stop", "restore", "start", "verify"] {
-        let ms = v["events"]
+        let ms: Vec<u64> = v["events"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|e| e["phase"] == phase && e["kind"] == "KIND_STEP_FINISHED")
             .filter_map(|e| e["elapsedMs"].as_u64())
-            .max()
-            .unwrap_or(0);
-        split.push(format!("{phase} {ms} ms"));
+            .collect();
+        let wall = match (phase, ms.split_last()) {
+            ("stop", Some((leader, others))) => leader + others.iter().max().unwrap_or(&0),
+            _ => ms.iter().copied().max().unwrap_or(0),
+        };
+        split.push(format!("{phase} {wall} ms"));
     }
     eprintln!(
         "BENCH etcd restore of 3 members: {} ms from the command to healthy; {}",
