@@ -1,7 +1,8 @@
 //! The EtcdSnapshot stream: `etcdctl snapshot save` into the agent's
-//! private state directory (through kh-host), its `snapshot status`, then
-//! the file read back in chunks of [`CHUNK`] bytes on the blocking pool and
-//! sent as they are read, never held whole in memory. The file is removed
+//! private state directory (through kh-host), then the file read back in
+//! chunks of [`CHUNK`] bytes on the blocking pool and sent as they are read,
+//! never held whole in memory, while `etcdctl snapshot status` reads the
+//! same file; its answer is the last message. The file is removed
 //! when the stream ends, whatever the outcome (a coordinator that hangs up
 //! mid-stream included).
 
@@ -32,7 +33,7 @@ fn failed(e: &KubeError) -> Status {
     ))
 }
 
-fn take(st: &AgentState, req: proto::EtcdSnapshotRequest) -> Result<TakenSnapshot, Status> {
+fn save(st: &AgentState, req: proto::EtcdSnapshotRequest) -> Result<TakenSnapshot, Status> {
     let endpoint = if req.endpoint.is_empty() {
         local_etcd_endpoint(&st.host)
             .map_err(|e| failed(&e))?
@@ -44,73 +45,84 @@ fn take(st: &AgentState, req: proto::EtcdSnapshotRequest) -> Result<TakenSnapsho
     } else {
         req.endpoint
     };
-    TakenSnapshot::take(&st.host, &EtcdClient::stacked(vec![endpoint])).map_err(|e| failed(&e))
+    TakenSnapshot::save(&st.host, &EtcdClient::stacked(vec![endpoint])).map_err(|e| failed(&e))
 }
 
-/// Takes the snapshot, then streams it: the first message carries its
-/// status and size.
+/// Reads up to [`CHUNK`] bytes; fewer only at the end of the file.
+fn read_chunk(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut filled = 0;
+    while filled < CHUNK {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Saves the snapshot, then streams it: the first message carries the
+/// file's size, the last one (without data) its `etcdctl snapshot status`,
+/// which runs while the file is read and sent.
 pub async fn stream(
     state: &Arc<AgentState>,
     req: proto::EtcdSnapshotRequest,
 ) -> Result<SnapshotStream, Status> {
     let st = state.clone();
-    let taken = tokio::task::spawn_blocking(move || take(&st, req))
+    let taken = tokio::task::spawn_blocking(move || save(&st, req))
         .await
         .map_err(|e| Status::internal(format!("the snapshot panicked: {e}")))??;
     let mut file = taken.open().map_err(|e| failed(&e))?;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
-        // Owned here so the file is removed when the last chunk is sent or
-        // the receiver is gone.
+        // Owned here so the file is removed when the last message is sent
+        // or the receiver is gone.
         let taken = taken;
-        let mut first = Some((taken.status, taken.size));
-        loop {
-            let mut buf = vec![0u8; CHUNK];
-            let mut filled = 0;
-            let read = loop {
-                match file.read(&mut buf[filled..]) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        filled += n;
-                        if filled == CHUNK {
-                            break Ok(());
-                        }
+        std::thread::scope(|scope| {
+            let status = scope.spawn(|| taken.status());
+            let mut file_size = taken.size;
+            loop {
+                let data = match read_chunk(&mut file) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(Status::internal(format!(
+                            "etcd snapshot failed (other): reading {}: {e}",
+                            taken.path
+                        ))));
+                        return;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => break Err(e),
+                };
+                if data.is_empty() {
+                    break;
                 }
-            };
-            if let Err(e) = read {
-                let _ = tx.blocking_send(Err(Status::internal(format!(
-                    "etcd snapshot failed (other): reading {}: {e}",
-                    taken.path
-                ))));
-                return;
+                let chunk = proto::EtcdSnapshotChunk {
+                    data,
+                    status: None,
+                    file_size: std::mem::take(&mut file_size),
+                };
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    return;
+                }
             }
-            buf.truncate(filled);
-            let (status, file_size) = match first.take() {
-                Some((s, size)) => (
-                    Some(proto::EtcdSnapshotStatus {
+            let last = match status.join() {
+                Ok(Ok(s)) => Ok(proto::EtcdSnapshotChunk {
+                    data: Vec::new(),
+                    status: Some(proto::EtcdSnapshotStatus {
                         hash: s.hash,
                         revision: s.revision,
                         total_keys: s.total_keys,
                         total_size: s.total_size,
                     }),
-                    size,
-                ),
-                None if filled == 0 => return,
-                None => (None, 0),
+                    file_size,
+                }),
+                Ok(Err(e)) => Err(failed(&e)),
+                Err(_) => Err(Status::internal("the snapshot status panicked")),
             };
-            let done = filled < CHUNK;
-            let chunk = proto::EtcdSnapshotChunk {
-                data: buf,
-                status,
-                file_size,
-            };
-            if tx.blocking_send(Ok(chunk)).is_err() || done {
-                return;
-            }
-        }
+            let _ = tx.blocking_send(last);
+        });
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
 }

@@ -130,7 +130,7 @@ pub trait AgentApi: Send + Sync {
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse>;
     /// `etcdctl snapshot save` on the node, streamed back: the first chunk
-    /// carries the status and the file size. `timeout` bounds the whole
+    /// carries the file size, the last one (without data) the status. `timeout` bounds the whole
     /// stream.
     fn etcd_snapshot(
         &self,

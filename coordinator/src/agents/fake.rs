@@ -49,6 +49,8 @@ struct Model {
     snapshots_taken: Vec<String>,
     /// Snapshot refusals scripted per node (the agent's message).
     snapshot_failures: HashMap<String, String>,
+    /// Nodes whose snapshot stream ends after the data, without the status.
+    snapshot_cut: HashSet<String>,
 }
 
 pub struct FakeAgents {
@@ -143,6 +145,11 @@ impl FakeAgents {
     /// The nodes asked for an etcd snapshot, in order.
     pub fn snapshots_taken(&self) -> Vec<String> {
         self.model().snapshots_taken.clone()
+    }
+
+    /// The next snapshots on `node` end after the data, without a status.
+    pub fn cut_snapshot_stream(&self, node: &str) {
+        self.model().snapshot_cut.insert(node.to_string());
     }
 
     /// The next snapshots on `node` fail with `message`.
@@ -501,22 +508,31 @@ impl AgentApi for FakeAgents {
                 let revision = i64::try_from(m.snapshots_taken.len()).unwrap_or(0);
                 let file = fake_etcd_snapshot(revision);
                 let size = file.len() as u64;
-                let chunks: Vec<Result<proto::EtcdSnapshotChunk, AgentError>> = file
+                // As the agent sends it: the size first, the status last.
+                let mut chunks: Vec<Result<proto::EtcdSnapshotChunk, AgentError>> = file
                     .chunks(4096)
                     .enumerate()
                     .map(|(i, c)| {
                         Ok(proto::EtcdSnapshotChunk {
                             data: c.to_vec(),
-                            status: (i == 0).then_some(proto::EtcdSnapshotStatus {
-                                hash: 7,
-                                revision,
-                                total_keys: 3,
-                                total_size: (size - 32) as i64,
-                            }),
+                            status: None,
                             file_size: if i == 0 { size } else { 0 },
                         })
                     })
                     .collect();
+                if m.snapshot_cut.contains(&name) {
+                    return Box::pin(async move { Ok(futures::stream::iter(chunks).boxed()) });
+                }
+                chunks.push(Ok(proto::EtcdSnapshotChunk {
+                    data: Vec::new(),
+                    status: Some(proto::EtcdSnapshotStatus {
+                        hash: 7,
+                        revision,
+                        total_keys: 3,
+                        total_size: (size - 32) as i64,
+                    }),
+                    file_size: 0,
+                }));
                 Ok(futures::stream::iter(chunks).boxed())
             }
         };

@@ -233,7 +233,7 @@ pub fn clean_up(coord: &Coordinator) -> Result<Vec<PathBuf>, CoordError> {
 }
 
 /// etcd's own view of a snapshot, from the agent that took it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Status {
     revision: i64,
     hash: u32,
@@ -246,7 +246,7 @@ async fn store<S>(
     coord: &Coordinator,
     mut chunks: S,
     mut progress: impl FnMut(u64, u64) + Send,
-) -> Result<(String, sealed::Written, Status), CoordError>
+) -> Result<(String, sealed::Written, Option<Status>), CoordError>
 where
     S: Stream<Item = Result<(Vec<u8>, Option<Status>, u64), CoordError>> + Unpin,
 {
@@ -258,11 +258,11 @@ where
         tokio::task::spawn_blocking(move || SealedWriter::create(&dir, &create_id, sealer))
             .await
             .map_err(|e| CoordError::Unavailable(format!("the snapshot writer panicked: {e}")))??;
-    let mut status = Status::default();
+    let mut status = None;
     let mut total = 0;
     while let Some(next) = chunks.next().await {
         let (data, st, size) = next?;
-        if let Some(st) = st {
+        if st.is_some() {
             status = st;
         }
         if size > 0 {
@@ -381,6 +381,14 @@ async fn take_inner(
         .map_err(|e| failed(&e))
     });
     let (id, written, status) = store(coord, chunks, progress).await?;
+    let Some(status) = status else {
+        // The sealed file is complete but etcd never vouched for it: the
+        // agent's stream ended early. It has no metadata yet, so it goes.
+        let _ = std::fs::remove_file(sealed::path(&dir(coord), &id));
+        return Err(CoordError::Unavailable(format!(
+            "the agent on {node} ended the snapshot stream without the snapshot's status; nothing was stored. Run the command again; check the agent's log if it repeats"
+        )));
+    };
     let meta = SnapshotMeta {
         id,
         created_ms: unix_ms(coord.clock.now()),

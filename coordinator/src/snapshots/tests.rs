@@ -292,3 +292,18 @@ async fn the_schedule_takes_a_snapshot_when_due_and_prunes_automatic_ones_only()
     );
     assert_eq!(schedule::tick_interval(None), schedule::OFF_TICK);
 }
+
+#[tokio::test]
+async fn a_stream_that_ends_without_the_status_stores_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (coord, fake) = coordinator(tmp.path());
+    fake.cut_snapshot_stream("cp-1");
+    let err = take(&coord, REASON_MANUAL, Some("cp-1")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("without the snapshot's status"),
+        "{err}"
+    );
+    assert!(list(&coord).unwrap().is_empty());
+    let (ids, partial) = sealed::scan(&dir(&coord)).unwrap();
+    assert!(ids.is_empty() && partial.is_empty(), "{ids:?} {partial:?}");
+}

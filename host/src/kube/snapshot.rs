@@ -83,17 +83,18 @@ impl EtcdClient {
 #[derive(Debug)]
 pub struct TakenSnapshot {
     host: Host,
+    client: EtcdClient,
     /// Absolute host path of the file.
     pub path: String,
-    pub status: SnapshotStatus,
     /// Size of the file in bytes.
     pub size: u64,
 }
 
 impl TakenSnapshot {
-    /// Saves a snapshot of the member at `client`'s endpoints, then asks
-    /// etcdctl for its status. The file is removed again if either fails.
-    pub fn take(host: &Host, client: &EtcdClient) -> Result<Self, KubeError> {
+    /// Saves a snapshot of the member at `client`'s endpoints; the file is
+    /// removed again if that fails. Its status is [`TakenSnapshot::status`],
+    /// which the caller may run while it reads the file.
+    pub fn save(host: &Host, client: &EtcdClient) -> Result<Self, KubeError> {
         host.create_private_dir(AGENT_STATE_DIR)?;
         let path = format!(
             "{AGENT_STATE_DIR}/{SNAPSHOT_FILE_PREFIX}{}-{}.db",
@@ -102,18 +103,11 @@ impl TakenSnapshot {
         );
         let mut taken = TakenSnapshot {
             host: host.clone(),
+            client: client.clone().command_timeout(SNAPSHOT_TIMEOUT),
             path,
-            status: SnapshotStatus {
-                hash: 0,
-                revision: 0,
-                total_keys: 0,
-                total_size: 0,
-            },
             size: 0,
         };
-        let client = client.clone().command_timeout(SNAPSHOT_TIMEOUT);
-        client.snapshot_save(host, &taken.path)?;
-        taken.status = client.snapshot_status(host, &taken.path)?;
+        taken.client.snapshot_save(host, &taken.path)?;
         let file = taken.open()?;
         taken.size = file
             .metadata()
@@ -127,6 +121,12 @@ impl TakenSnapshot {
             })?
             .len();
         Ok(taken)
+    }
+
+    /// `etcdctl snapshot status` of the saved file: it fails on a file
+    /// that is not an etcd database.
+    pub fn status(&self) -> Result<SnapshotStatus, KubeError> {
+        self.client.snapshot_status(&self.host, &self.path)
     }
 
     /// The file, for reading in chunks.
