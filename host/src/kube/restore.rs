@@ -125,7 +125,11 @@ impl SnapshotReceiver {
         }
         host.create_private_dir(AGENT_STATE_DIR)?;
         host.create_private_dir(&op.state_dir())?;
-        let part = format!("{}.part", op.snapshot_path());
+        // One name per transfer: a transfer cut off by a coordinator that
+        // died cleans up only its own file, never a newer one's.
+        static TRANSFERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = TRANSFERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let part = format!("{}.part-{n}", op.snapshot_path());
         let file = host.create_private_file(&part)?;
         Ok(Self {
             op,
