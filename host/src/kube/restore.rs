@@ -124,6 +124,7 @@ impl SnapshotReceiver {
             });
         }
         host.create_private_dir(AGENT_STATE_DIR)?;
+        discard_others(host, &op)?;
         host.create_private_dir(&op.state_dir())?;
         // One name per transfer: a transfer cut off by a coordinator that
         // died cleans up only its own file, never a newer one's.
@@ -198,6 +199,29 @@ impl SnapshotReceiver {
         host.rename(&self.part, &self.op.snapshot_path())?;
         snapshot_status(host, &self.op.snapshot_path())
     }
+}
+
+/// Removes the snapshot copies of earlier restores that never stopped a
+/// pod here (a restore refused, cancelled or killed while distributing):
+/// they hold every Secret of the cluster, and a new restore means no
+/// earlier one is pending. One that has manifests aside is kept.
+fn discard_others(host: &Host, op: &OperationId) -> Result<(), KubeError> {
+    for name in host.read_dir(AGENT_STATE_DIR)?.unwrap_or_default() {
+        let Some(id) = name.strip_prefix("etcd-restore-") else {
+            continue;
+        };
+        let Ok(other) = OperationId::new(id) else {
+            continue;
+        };
+        if other != *op && !host.exists(&other.manifests_aside())? {
+            host.remove_dir_all(&other.state_dir())?;
+            tracing::info!(
+                operation = id,
+                "removed the snapshot copy of an earlier restore"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -1046,8 +1070,19 @@ mod tests {
         let op = OperationId::new("r-3").unwrap();
         let data = b"not an etcd database";
         let sha = hex(ring::digest::digest(&SHA256, data).as_ref());
+        // Copies of earlier restores go, unless that restore stopped pods.
+        touch(&host, "/var/lib/kh-agent/etcd-restore-r-old/snapshot.db");
+        touch(
+            &host,
+            "/var/lib/kh-agent/etcd-restore-r-stopped/snapshot.db",
+        );
+        touch(&host, "/etc/kubernetes/kh-etcd-restore-r-stopped/etcd.yaml");
         let mut r =
             SnapshotReceiver::begin(&host, op.clone(), data.len() as u64, &"0".repeat(64)).unwrap();
+        assert!(!host.exists("/var/lib/kh-agent/etcd-restore-r-old").unwrap());
+        assert!(host
+            .exists("/var/lib/kh-agent/etcd-restore-r-stopped/snapshot.db")
+            .unwrap());
         r.write(&host, data).unwrap();
         let e = r.finish(&host).unwrap_err().to_string();
         assert!(e.contains("SHA-256"), "{e}");
