@@ -128,8 +128,8 @@ pub struct SealedWriter {
     file: Option<File>,
     buf: Vec<u8>,
     index: u64,
-    sha: Context,
-    /// SHA-256 of everything but the last 32 bytes seen so far.
+    /// SHA-256 of everything but the last 32 bytes seen so far: etcd's
+    /// checksum, and with the last 32 bytes the file's own (one pass).
     etcd: Context,
     tail: Vec<u8>,
     size: u64,
@@ -168,7 +168,6 @@ impl SealedWriter {
             file: Some(file),
             buf: Vec::with_capacity(CHUNK),
             index: 0,
-            sha: Context::new(&SHA256),
             etcd: Context::new(&SHA256),
             tail: Vec::with_capacity(2 * SHA256_OUTPUT_LEN),
             size: 0,
@@ -191,7 +190,6 @@ impl SealedWriter {
 
     /// Takes the next bytes of the snapshot, in pieces of any size.
     pub fn write(&mut self, mut data: &[u8]) -> Result<(), SnapshotError> {
-        self.sha.update(data);
         self.size += data.len() as u64;
         self.track_tail(data);
         while !data.is_empty() {
@@ -246,6 +244,8 @@ impl SealedWriter {
     /// makes the file durable and moves it into place.
     pub fn finish(mut self) -> Result<Written, SnapshotError> {
         check_etcd(&self.id, self.size, self.etcd.clone(), &self.tail)?;
+        let mut whole = self.etcd.clone();
+        whole.update(&self.tail);
         self.seal_buf(true)?;
         let file = self.file.take().expect("an open writer");
         file.sync_all().map_err(|e| self.io("fsync", e))?;
@@ -258,7 +258,7 @@ impl SealedWriter {
             .map_err(|e| self.io("fsync the directory of", e))?;
         Ok(Written {
             size: self.size,
-            sha256: hex::encode(self.sha.clone().finish().as_ref()),
+            sha256: hex::encode(whole.finish().as_ref()),
         })
     }
 }
