@@ -166,7 +166,7 @@ impl SealedWriter {
             sealer,
             dir: dir.to_path_buf(),
             file: Some(file),
-            buf: Vec::with_capacity(CHUNK),
+            buf: Vec::with_capacity(CHUNK + Sealer::OVERHEAD),
             index: 0,
             etcd: Context::new(&SHA256),
             tail: Vec::with_capacity(2 * SHA256_OUTPUT_LEN),
@@ -223,16 +223,20 @@ impl SealedWriter {
     }
 
     fn seal_buf(&mut self, last: bool) -> Result<(), SnapshotError> {
-        let sealed = self
+        // The same bytes as `Sealer::seal_with` (nonce, ciphertext, tag),
+        // sealed in the buffer itself rather than in a copy.
+        let nonce = self
             .sealer
-            .seal_with(&aad(&self.id, self.index, last), &self.buf);
-        let len = u32::try_from(sealed.len()).expect("a chunk is far below 4 GiB");
-        let mut head = [0u8; 5];
+            .seal_in_place(&aad(&self.id, self.index, last), &mut self.buf);
+        let len = u32::try_from(nonce.len() + self.buf.len()).expect("a chunk is far below 4 GiB");
+        let mut head = [0u8; 5 + ring::aead::NONCE_LEN];
         head[0] = if last { FLAG_LAST } else { FLAG_MORE };
-        head[1..].copy_from_slice(&len.to_be_bytes());
+        head[1..5].copy_from_slice(&len.to_be_bytes());
+        head[5..].copy_from_slice(&nonce);
         let result = {
             let file = self.file.as_mut().expect("an open writer");
-            file.write_all(&head).and_then(|()| file.write_all(&sealed))
+            file.write_all(&head)
+                .and_then(|()| file.write_all(&self.buf))
         };
         result.map_err(|e| self.io("write", e))?;
         self.buf.clear();
