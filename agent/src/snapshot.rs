@@ -1,12 +1,11 @@
 //! The EtcdSnapshot stream: `etcdctl snapshot save` into the agent's
-//! private state directory (through kh-host), then the file read back in
-//! chunks of [`CHUNK`] bytes on the blocking pool and sent as they are read,
-//! never held whole in memory, while `etcdctl snapshot status` reads the
-//! same file; its answer is the last message. The file is removed
+//! private state directory (through kh-host), the file read in chunks of
+//! [`CHUNK`] bytes on the blocking pool while etcdctl writes it and sent as
+//! they are read, never held whole in memory; then `etcdctl snapshot
+//! status` of the complete file, whose answer is the last message. The file is removed
 //! when the stream ends, whatever the outcome (a coordinator that hangs up
 //! mid-stream included).
 
-use std::io::Read;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -33,7 +32,7 @@ fn failed(e: &KubeError) -> Status {
     ))
 }
 
-fn save(st: &AgentState, req: proto::EtcdSnapshotRequest) -> Result<TakenSnapshot, Status> {
+fn client(st: &AgentState, req: proto::EtcdSnapshotRequest) -> Result<EtcdClient, Status> {
     let endpoint = if req.endpoint.is_empty() {
         local_etcd_endpoint(&st.host)
             .map_err(|e| failed(&e))?
@@ -45,70 +44,34 @@ fn save(st: &AgentState, req: proto::EtcdSnapshotRequest) -> Result<TakenSnapsho
     } else {
         req.endpoint
     };
-    TakenSnapshot::save(&st.host, &EtcdClient::stacked(vec![endpoint])).map_err(|e| failed(&e))
+    Ok(EtcdClient::stacked(vec![endpoint]))
 }
 
-/// Reads up to [`CHUNK`] bytes; fewer only at the end of the file.
-fn read_chunk(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut filled = 0;
-    while filled < CHUNK {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
-}
-
-/// Saves the snapshot, then streams it: the first message carries the
-/// file's size, the last one (without data) its `etcdctl snapshot status`,
-/// which runs while the file is read and sent.
+/// Saves the snapshot and streams it as etcdctl writes it; then `etcdctl
+/// snapshot status` reads the complete file, and its answer and the file's
+/// size are the last message (without data). A failure at any point is the
+/// stream's error: the bytes sent before it are no snapshot, which the
+/// coordinator's check of etcd's trailing SHA-256 would tell anyway.
 pub async fn stream(
     state: &Arc<AgentState>,
     req: proto::EtcdSnapshotRequest,
 ) -> Result<SnapshotStream, Status> {
-    let st = state.clone();
-    let taken = tokio::task::spawn_blocking(move || save(&st, req))
-        .await
-        .map_err(|e| Status::internal(format!("the snapshot panicked: {e}")))??;
-    let mut file = taken.open().map_err(|e| failed(&e))?;
+    let client = client(state, req)?;
     let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let st = state.clone();
     tokio::task::spawn_blocking(move || {
-        // Owned here so the file is removed when the last message is sent
-        // or the receiver is gone.
-        let taken = taken;
-        std::thread::scope(|scope| {
-            let status = scope.spawn(|| taken.status());
-            let mut file_size = taken.size;
-            loop {
-                let data = match read_chunk(&mut file) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(Status::internal(format!(
-                            "etcd snapshot failed (other): reading {}: {e}",
-                            taken.path
-                        ))));
-                        return;
-                    }
-                };
-                if data.is_empty() {
-                    break;
-                }
-                let chunk = proto::EtcdSnapshotChunk {
-                    data,
-                    status: None,
-                    file_size: std::mem::take(&mut file_size),
-                };
-                if tx.blocking_send(Ok(chunk)).is_err() {
-                    return;
-                }
-            }
-            let last = match status.join() {
-                Ok(Ok(s)) => Ok(proto::EtcdSnapshotChunk {
+        let sent = |data: Vec<u8>| {
+            tx.blocking_send(Ok(proto::EtcdSnapshotChunk {
+                data,
+                status: None,
+                file_size: 0,
+            }))
+            .is_ok()
+        };
+        // Dropped (and the file removed) at the end of this block.
+        let last = match TakenSnapshot::save_streaming(&st.host, &client, CHUNK, sent) {
+            Ok(taken) => match taken.status() {
+                Ok(s) => Ok(proto::EtcdSnapshotChunk {
                     data: Vec::new(),
                     status: Some(proto::EtcdSnapshotStatus {
                         hash: s.hash,
@@ -116,13 +79,13 @@ pub async fn stream(
                         total_keys: s.total_keys,
                         total_size: s.total_size,
                     }),
-                    file_size,
+                    file_size: taken.size,
                 }),
-                Ok(Err(e)) => Err(failed(&e)),
-                Err(_) => Err(Status::internal("the snapshot status panicked")),
-            };
-            let _ = tx.blocking_send(last);
-        });
+                Err(e) => Err(failed(&e)),
+            },
+            Err(e) => Err(failed(&e)),
+        };
+        let _ = tx.blocking_send(last);
     });
     Ok(Box::pin(ReceiverStream::new(rx)))
 }

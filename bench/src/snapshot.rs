@@ -82,6 +82,15 @@ pub fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         .expect_ok("etcdctl snapshot save");
     let alone_s = t.elapsed().as_secs_f64();
     let size = std::fs::metadata(&alone)?.len();
+    // What kh adds after the save: etcdctl reading the whole file back.
+    let t = Instant::now();
+    b.world.agents[idx]
+        .etcdctl(
+            &[],
+            &["snapshot", "status", "-w", "json", alone.to_str().unwrap()],
+        )
+        .expect_ok("etcdctl snapshot status");
+    let status_s = t.elapsed().as_secs_f64();
     std::fs::remove_file(&alone)?;
 
     // kh: save, stream, seal, store, with the coordinator's RSS sampled.
@@ -101,6 +110,13 @@ pub fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
             max
         })
     };
+    let agent_pid = b.world.agents[idx]
+        .proc
+        .as_ref()
+        .and_then(|p| p.pid())
+        .context("the agent is not running")?;
+    let cpu = |pid| sys::cpu_ticks(pid).unwrap_or(0);
+    let (coord_cpu, agent_cpu) = (cpu(pid), cpu(agent_pid));
     let t = Instant::now();
     let out = b.world.khctl(&["etcd", "snapshot", "save", "-o", "json"]);
     let kh_s = t.elapsed().as_secs_f64();
@@ -115,6 +131,9 @@ pub fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
     }
     let meta: serde_json::Value = serde_json::from_str(&out.stdout)?;
     let growth_mib = peak.saturating_sub(before) as f64 / 1024.0;
+    let secs = |ticks: u64| ticks as f64 / sys::clk_tck();
+    let coord_cpu_s = secs(cpu(pid).saturating_sub(coord_cpu));
+    let agent_cpu_s = secs(cpu(agent_pid).saturating_sub(agent_cpu));
 
     println!(
         "## etcd snapshot of a {:.0} MiB database (one run each)\n",
@@ -128,6 +147,10 @@ pub fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         s1(kh_s)
     );
     println!("| ratio (goal <= 1.3) | {} |", f2(kh_s / alone_s));
+    println!(
+        "| for reference: `etcdctl snapshot status` of the file alone | {} |",
+        s1(status_s)
+    );
     println!();
     println!(
         "coordinator RSS: {:.1} MiB before, {:.1} MiB peak during the stream: growth {:.1} MiB (goal < 32 MiB)",
@@ -139,5 +162,13 @@ pub fn run(args: &SnapshotArgs) -> anyhow::Result<()> {
         "stored: {} bytes, revision {}, {} keys",
         meta["size"], meta["revision"], meta["totalKeys"]
     );
+    println!(
+        "CPU during kh's run: coordinator {:.2} s, agent {:.2} s (etcd and etcdctl besides)",
+        coord_cpu_s, agent_cpu_s
+    );
+    let log = b.world.coordinator.log_text();
+    for line in log.lines().filter(|l| l.contains("etcd snapshot sealed")) {
+        println!("coordinator: {line}");
+    }
     Ok(())
 }

@@ -129,8 +129,8 @@ pub trait AgentApi: Send + Sync {
         req: proto::ReadClusterFilesRequest,
         timeout: Duration,
     ) -> AgentCall<'_, proto::ReadClusterFilesResponse>;
-    /// `etcdctl snapshot save` on the node, streamed back: the first chunk
-    /// carries the file size, the last one (without data) the status. `timeout` bounds the whole
+    /// `etcdctl snapshot save` on the node, streamed back as it is
+    /// written: the last chunk (without data) carries the size and status. `timeout` bounds the whole
     /// stream.
     fn etcd_snapshot(
         &self,

@@ -283,6 +283,20 @@ impl Sealer {
         out
     }
 
+    /// [`Sealer::seal_with`] without a copy: encrypts `buf` in place and
+    /// appends the tag; the nonce to write before it is returned.
+    pub fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>) -> [u8; NONCE_LEN] {
+        let nonce_bytes = kh::token::random_bytes::<NONCE_LEN>();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad),
+                buf,
+            )
+            .expect("sealing cannot fail for in-memory buffers");
+        nonce_bytes
+    }
+
     /// Opens what [`Sealer::seal_with`] sealed under the same `aad`, in
     /// place; `None` when the bytes, the associated data or the key differ.
     pub fn open_with(&self, aad: &[u8], mut sealed: Vec<u8>) -> Option<Vec<u8>> {

@@ -508,15 +508,14 @@ impl AgentApi for FakeAgents {
                 let revision = i64::try_from(m.snapshots_taken.len()).unwrap_or(0);
                 let file = fake_etcd_snapshot(revision);
                 let size = file.len() as u64;
-                // As the agent sends it: the size first, the status last.
+                // As the agent sends it: the data, then the size and status.
                 let mut chunks: Vec<Result<proto::EtcdSnapshotChunk, AgentError>> = file
                     .chunks(4096)
-                    .enumerate()
-                    .map(|(i, c)| {
+                    .map(|c| {
                         Ok(proto::EtcdSnapshotChunk {
                             data: c.to_vec(),
                             status: None,
-                            file_size: if i == 0 { size } else { 0 },
+                            file_size: 0,
                         })
                     })
                     .collect();
@@ -531,7 +530,7 @@ impl AgentApi for FakeAgents {
                         total_keys: 3,
                         total_size: (size - 32) as i64,
                     }),
-                    file_size: 0,
+                    file_size: size,
                 }));
                 Ok(futures::stream::iter(chunks).boxed())
             }

@@ -370,6 +370,18 @@ async fn control_plane_joins_into_a_running_cluster_take_a_snapshot_first_and_a_
     let (events, end) = rollout(&coord, &yaml).await;
     assert!(end.ok, "{}: {}", end.step, end.message);
     assert_eq!(fake.snapshots_taken(), ["cp-1"]);
+    // The plan says so, in the words of the run.
+    let plan = events
+        .iter()
+        .find_map(|e| e.plan.as_ref())
+        .expect("a plan event");
+    let cp_phase = plan
+        .phases
+        .iter()
+        .find(|p| p.name == super::phase::Phase::ControlPlanes.name())
+        .unwrap();
+    assert_eq!(cp_phase.steps[0].step, "snapshot", "{cp_phase:?}");
+    assert_eq!(cp_phase.steps[0].node, "cp-1");
     let snap = event_at(&events, "cp-1", "snapshot", Kind::StepFinished).expect("a snapshot step");
     let join = event_at(&events, "cp-2", "join-control-plane", Kind::StepStarted).unwrap();
     assert!(snap < join, "{events:?}");

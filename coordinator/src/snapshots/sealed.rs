@@ -128,8 +128,8 @@ pub struct SealedWriter {
     file: Option<File>,
     buf: Vec<u8>,
     index: u64,
-    sha: Context,
-    /// SHA-256 of everything but the last 32 bytes seen so far.
+    /// SHA-256 of everything but the last 32 bytes seen so far: etcd's
+    /// checksum, and with the last 32 bytes the file's own (one pass).
     etcd: Context,
     tail: Vec<u8>,
     size: u64,
@@ -166,9 +166,8 @@ impl SealedWriter {
             sealer,
             dir: dir.to_path_buf(),
             file: Some(file),
-            buf: Vec::with_capacity(CHUNK),
+            buf: Vec::with_capacity(CHUNK + Sealer::OVERHEAD),
             index: 0,
-            sha: Context::new(&SHA256),
             etcd: Context::new(&SHA256),
             tail: Vec::with_capacity(2 * SHA256_OUTPUT_LEN),
             size: 0,
@@ -191,7 +190,6 @@ impl SealedWriter {
 
     /// Takes the next bytes of the snapshot, in pieces of any size.
     pub fn write(&mut self, mut data: &[u8]) -> Result<(), SnapshotError> {
-        self.sha.update(data);
         self.size += data.len() as u64;
         self.track_tail(data);
         while !data.is_empty() {
@@ -225,16 +223,20 @@ impl SealedWriter {
     }
 
     fn seal_buf(&mut self, last: bool) -> Result<(), SnapshotError> {
-        let sealed = self
+        // The same bytes as `Sealer::seal_with` (nonce, ciphertext, tag),
+        // sealed in the buffer itself rather than in a copy.
+        let nonce = self
             .sealer
-            .seal_with(&aad(&self.id, self.index, last), &self.buf);
-        let len = u32::try_from(sealed.len()).expect("a chunk is far below 4 GiB");
-        let mut head = [0u8; 5];
+            .seal_in_place(&aad(&self.id, self.index, last), &mut self.buf);
+        let len = u32::try_from(nonce.len() + self.buf.len()).expect("a chunk is far below 4 GiB");
+        let mut head = [0u8; 5 + ring::aead::NONCE_LEN];
         head[0] = if last { FLAG_LAST } else { FLAG_MORE };
-        head[1..].copy_from_slice(&len.to_be_bytes());
+        head[1..5].copy_from_slice(&len.to_be_bytes());
+        head[5..].copy_from_slice(&nonce);
         let result = {
             let file = self.file.as_mut().expect("an open writer");
-            file.write_all(&head).and_then(|()| file.write_all(&sealed))
+            file.write_all(&head)
+                .and_then(|()| file.write_all(&self.buf))
         };
         result.map_err(|e| self.io("write", e))?;
         self.buf.clear();
@@ -246,6 +248,8 @@ impl SealedWriter {
     /// makes the file durable and moves it into place.
     pub fn finish(mut self) -> Result<Written, SnapshotError> {
         check_etcd(&self.id, self.size, self.etcd.clone(), &self.tail)?;
+        let mut whole = self.etcd.clone();
+        whole.update(&self.tail);
         self.seal_buf(true)?;
         let file = self.file.take().expect("an open writer");
         file.sync_all().map_err(|e| self.io("fsync", e))?;
@@ -258,7 +262,7 @@ impl SealedWriter {
             .map_err(|e| self.io("fsync the directory of", e))?;
         Ok(Written {
             size: self.size,
-            sha256: hex::encode(self.sha.clone().finish().as_ref()),
+            sha256: hex::encode(whole.finish().as_ref()),
         })
     }
 }

@@ -8,6 +8,7 @@
 //! killed mid-stream.
 
 use std::fs::File;
+use std::io::Read;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -120,6 +121,112 @@ impl TakenSnapshot {
                 })
             })?
             .len();
+        Ok(taken)
+    }
+
+    /// [`TakenSnapshot::save`], handing the file's bytes to `sink` in
+    /// pieces of `chunk` bytes (the last one shorter) while etcdctl is
+    /// still writing them, so a caller that streams them elsewhere does not
+    /// wait for the whole file first. etcdctl writes `<file>.part` and
+    /// renames it when complete; the bytes are read from the `.part` file's
+    /// descriptor, which the rename does not affect. `sink` returns false
+    /// when it wants no more (etcdctl still runs to its end, so the file
+    /// can be removed afterwards). On an error the bytes handed over so far
+    /// are not a snapshot; etcd's own checksum at the end of the file tells
+    /// a complete one.
+    pub fn save_streaming(
+        host: &Host,
+        client: &EtcdClient,
+        chunk: usize,
+        mut sink: impl FnMut(Vec<u8>) -> bool,
+    ) -> Result<Self, KubeError> {
+        host.create_private_dir(AGENT_STATE_DIR)?;
+        let path = format!(
+            "{AGENT_STATE_DIR}/{SNAPSHOT_FILE_PREFIX}{}-{}.db",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut taken = TakenSnapshot {
+            host: host.clone(),
+            client: client.clone().command_timeout(SNAPSHOT_TIMEOUT),
+            path,
+            size: 0,
+        };
+        let part = format!("{}.part", taken.path);
+        let io = |e: std::io::Error, path: &str| {
+            KubeError::from(HostError::Io {
+                action: "read",
+                path: path.to_string(),
+                real: host.path(path).unwrap_or_default(),
+                source: e,
+            })
+        };
+        std::thread::scope(|scope| {
+            let saver = scope.spawn(|| taken.client.snapshot_save(host, &taken.path));
+            let mut file: Option<(File, &str)> = None;
+            let mut buf = Vec::with_capacity(chunk);
+            let mut wanted = true;
+            loop {
+                // Looked at before reading: once etcdctl has ended, the
+                // read that follows sees every byte it wrote.
+                let finished = saver.is_finished();
+                if file.is_none() {
+                    if let Some(f) = host.open_nofollow(&part)? {
+                        file = Some((f, part.as_str()));
+                    } else if finished {
+                        if let Some(f) = host.open_nofollow(&taken.path)? {
+                            file = Some((f, taken.path.as_str()));
+                        }
+                    }
+                }
+                let mut progressed = false;
+                if let Some((f, name)) = file.as_mut() {
+                    loop {
+                        let want = chunk - buf.len();
+                        let start = buf.len();
+                        buf.resize(chunk, 0);
+                        let n = match f.read(&mut buf[start..start + want]) {
+                            Ok(n) => n,
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                            Err(e) => {
+                                buf.truncate(start);
+                                return Err(io(e, name));
+                            }
+                        };
+                        buf.truncate(start + n);
+                        taken.size += n as u64;
+                        if n == 0 {
+                            break;
+                        }
+                        progressed = true;
+                        if buf.len() == chunk && wanted {
+                            wanted = sink(std::mem::replace(&mut buf, Vec::with_capacity(chunk)));
+                        } else if buf.len() == chunk {
+                            buf.clear();
+                        }
+                    }
+                }
+                if finished {
+                    break;
+                }
+                if !progressed {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+            saver
+                .join()
+                .unwrap_or_else(|_| panic!("etcdctl snapshot save's thread panicked"))?;
+            if file.is_none() {
+                return Err(KubeError::MissingFile {
+                    path: taken.path.clone(),
+                    next: "etcdctl reported a saved snapshot but the file is gone; check what else writes to /var/lib/kh-agent".into(),
+                });
+            }
+            if !buf.is_empty() && wanted {
+                sink(buf);
+            }
+            Ok(())
+        })?;
         Ok(taken)
     }
 
