@@ -47,6 +47,10 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/CancelOperation", Access::Role(Role::Admin)),
     ("/kh.v1.Agent/GetFacts", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/RunStep", Access::Role(Role::Coordinator)),
+    (
+        "/kh.v1.Agent/PutEtcdSnapshot",
+        Access::Role(Role::Coordinator),
+    ),
     ("/kh.v1.Agent/Preflight", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/NodeStatus", Access::Role(Role::Coordinator)),
     ("/kh.v1.Agent/EtcdMembers", Access::Role(Role::Coordinator)),
@@ -67,6 +71,13 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/RevokeAdmin", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/CertsCheck", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/CertsRenew", Access::Role(Role::Admin)),
+    ("/kh.v1.Agent/EtcdSnapshot", Access::Role(Role::Coordinator)),
+    ("/kh.v1.Admin/EtcdSnapshotSave", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdSnapshotList", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdSnapshotDelete", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdSnapshotGet", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdRestore", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/EtcdSnapshotImport", Access::Role(Role::Admin)),
 ];
 
 /// The services a server exposes; the coordinator and the agent differ.

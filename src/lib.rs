@@ -52,6 +52,10 @@ pub mod proto {
                 LoadBalancer(_) => K::LoadBalancer,
                 CertsRenew(_) => K::CertsRenew,
                 RestartControlPlane(_) => K::RestartControlPlane,
+                EtcdStopControlPlane(_) => K::EtcdStopControlPlane,
+                EtcdRestore(_) => K::EtcdRestore,
+                EtcdStartControlPlane(_) => K::EtcdStartControlPlane,
+                EtcdRestoreDiscard(_) => K::EtcdRestoreDiscard,
             }
         }
 

@@ -13,5 +13,6 @@ pub mod identity;
 pub mod metrics;
 pub mod pin;
 pub mod rpc;
+pub mod snapshot;
 pub mod state;
 pub mod steps;

@@ -193,6 +193,17 @@ async fn serve(c: ServeCmd) -> anyhow::Result<()> {
             tracing::error!(error = %e, "could not remove kubeadm configs an interrupted step left behind; remove them by hand, they hold join secrets")
         }
     }
+    // A snapshot streamed by an agent that was killed holds every Secret
+    // of the cluster.
+    match kh_host::kube::remove_leftover_snapshots(&host) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::warn!(files = ?removed, "removed etcd snapshot files an interrupted stream left behind")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "could not remove etcd snapshot files an interrupted stream left behind; remove them by hand, they hold every Secret of the cluster")
+        }
+    }
     let server_cert = ServerCert::new(tls::certified_key(
         &format!("{}{}", id.cert_pem, id.ca_pem),
         &id.key_pem,

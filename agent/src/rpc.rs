@@ -138,4 +138,26 @@ impl Agent for AgentService {
             .map(Response::new)
             .map_err(failed)
     }
+
+    type EtcdSnapshotStream = crate::snapshot::SnapshotStream;
+
+    async fn etcd_snapshot(
+        &self,
+        req: Request<EtcdSnapshotRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotStream>, Status> {
+        crate::pin::check(&self.0, &req).await?;
+        crate::snapshot::stream(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn put_etcd_snapshot(
+        &self,
+        req: Request<tonic::Streaming<EtcdSnapshotPiece>>,
+    ) -> Result<Response<PutEtcdSnapshotResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
+        steps::put_etcd_snapshot(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
+    }
 }

@@ -73,6 +73,23 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
                 n => Duration::from_secs(u64::from(n)),
             },
         }),
+        WireStep::EtcdStopControlPlane(s) => Box::new(kube::restore::StopControlPlane {
+            op: kube::restore::OperationId::new(&s.operation).map_err(e)?,
+            ports: s.ports,
+        }),
+        WireStep::EtcdRestore(s) => Box::new(kube::restore::EtcdRestore {
+            op: kube::restore::OperationId::new(&s.operation).map_err(e)?,
+            name: s.name,
+            initial_cluster: s.initial_cluster,
+            token: s.initial_cluster_token,
+            peer_url: s.initial_advertise_peer_url,
+        }),
+        WireStep::EtcdStartControlPlane(s) => Box::new(kube::restore::StartControlPlane {
+            op: kube::restore::OperationId::new(&s.operation).map_err(e)?,
+        }),
+        WireStep::EtcdRestoreDiscard(s) => Box::new(kube::restore::Discard {
+            op: kube::restore::OperationId::new(&s.operation).map_err(e)?,
+        }),
         WireStep::EtcdMemberRemove(_) | WireStep::EtcdMoveLeader(_) => {
             return Err("etcd membership changes are not host steps".into())
         }
@@ -576,6 +593,63 @@ pub fn cluster_cert_to_proto(c: kube::ClusterCert) -> proto::ClusterCert {
         externally_managed: c.externally_managed,
         error: c.error.unwrap_or_default(),
     }
+}
+
+/// Receives a snapshot for a restore: the pieces go through a bounded
+/// channel to one blocking writer, so the agent holds a few pieces at most,
+/// never the file.
+pub async fn put_etcd_snapshot(
+    state: &Arc<AgentState>,
+    mut pieces: tonic::Streaming<proto::EtcdSnapshotPiece>,
+) -> Result<proto::PutEtcdSnapshotResponse, tonic::Status> {
+    let first = pieces
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::invalid_argument("PutEtcdSnapshot: the stream was empty; the first piece names the operation, size and sha256"))?;
+    let op = kube::restore::OperationId::new(&first.operation)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let st = state.clone();
+    let (size, sha) = (first.size, first.sha256.clone());
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut r = kube::restore::SnapshotReceiver::begin(&st.host, op, size, &sha)?;
+        while let Some(chunk) = rx.blocking_recv() {
+            r.write(&st.host, &chunk)?;
+        }
+        r.finish(&st.host)
+    });
+    let send = |data: Vec<u8>| {
+        let tx = tx.clone();
+        async move { tx.send(data).await.is_ok() }
+    };
+    let mut ok = first.data.is_empty() || send(first.data).await;
+    while ok {
+        match pieces.message().await {
+            Ok(Some(p)) => ok = send(p.data).await,
+            Ok(None) => break,
+            Err(e) => {
+                drop(tx);
+                let _ = writer.await;
+                return Err(e);
+            }
+        }
+    }
+    drop(tx);
+    let status = writer
+        .await
+        .map_err(|e| tonic::Status::internal(format!("the snapshot writer panicked: {e}")))?
+        .map_err(|e| tonic::Status::failed_precondition(e.to_string()))?;
+    tracing::info!(
+        revision = status.revision,
+        keys = status.total_key,
+        "received and verified an etcd snapshot"
+    );
+    Ok(proto::PutEtcdSnapshotResponse {
+        hash: status.hash,
+        revision: status.revision,
+        total_keys: status.total_key,
+        total_size: status.total_size,
+    })
 }
 
 #[cfg(test)]

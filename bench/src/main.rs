@@ -14,6 +14,7 @@ mod agent;
 mod common;
 mod rollout;
 mod scale;
+mod snapshot;
 mod stats;
 mod sys;
 
@@ -89,6 +90,13 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// kh's etcd snapshot (save, stream, seal, store) against `etcdctl
+    /// snapshot save` alone, and the coordinator's RSS growth meanwhile.
+    Snapshot {
+        /// Size of the etcd database to snapshot, in MiB.
+        #[arg(long, default_value_t = 200)]
+        mib: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -133,5 +141,6 @@ fn main() -> anyhow::Result<()> {
             interval: heartbeat_interval,
             runs,
         }),
+        Command::Snapshot { mib } => snapshot::run(&snapshot::SnapshotArgs { mib }),
     }
 }

@@ -288,6 +288,7 @@ fn one_run(
                 }],
                 dry_run: false,
                 allow_even: false,
+                no_snapshot: false,
             })
             .await?
             .into_inner();

@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use kh::proto::{self, agent_client::AgentClient};
 use kh::tls::ClientCreds;
 use tonic::transport::Channel;
@@ -134,7 +135,31 @@ pub trait AgentApi: Send + Sync {
         node: &NodeRecord,
         timeout: Duration,
     ) -> AgentCall<'_, proto::ClusterCertsResponse>;
+    /// `etcdctl snapshot save` on the node, streamed back as it is
+    /// written: the last chunk (without data) carries the size and status. `timeout` bounds the whole
+    /// stream.
+    fn etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        req: proto::EtcdSnapshotRequest,
+        timeout: Duration,
+    ) -> AgentCall<'_, SnapshotChunks>;
+    /// Streams an etcd snapshot to `node` for a restore: `header` names the
+    /// operation, size and SHA-256; `data` yields the plaintext in pieces.
+    fn put_etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        header: proto::EtcdSnapshotPiece,
+        data: SnapshotPieces,
+        timeout: Duration,
+    ) -> AgentCall<'_, proto::PutEtcdSnapshotResponse>;
 }
+
+/// The chunks of a snapshot as an agent streams them.
+pub type SnapshotChunks = BoxStream<'static, Result<proto::EtcdSnapshotChunk, AgentError>>;
+
+/// A snapshot's plaintext in pieces, as the store reads it.
+pub type SnapshotPieces = futures::stream::BoxStream<'static, Vec<u8>>;
 
 /// The agents over gRPC with mutual TLS.
 pub struct Agents {
@@ -300,6 +325,65 @@ impl AgentApi for Agents {
             proto::ClusterCertsRequest {},
             timeout
         )
+    }
+
+    fn etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        req: proto::EtcdSnapshotRequest,
+        timeout: Duration,
+    ) -> AgentCall<'_, SnapshotChunks> {
+        use futures::StreamExt;
+        let client = self.connected(node);
+        Box::pin(async move {
+            let mut c = client?;
+            let stream = c
+                .etcd_snapshot(request(req, timeout))
+                .await
+                .map_err(|s| AgentError::from_status(&s))?
+                .into_inner();
+            Ok(stream
+                .map(|r| r.map_err(|s| AgentError::from_status(&s)))
+                .boxed())
+        })
+    }
+
+    fn put_etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        header: proto::EtcdSnapshotPiece,
+        data: SnapshotPieces,
+        timeout: Duration,
+    ) -> AgentCall<'_, proto::PutEtcdSnapshotResponse> {
+        use futures::StreamExt;
+        let client = self.connected(node);
+        // A concrete stream type (a channel fed by a task): tonic's
+        // client-streaming call with a boxed stream defeats the compiler's
+        // proof that the call's future is Send.
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::EtcdSnapshotPiece>(4);
+        let mut data = data;
+        tokio::spawn(async move {
+            if tx.send(header).await.is_err() {
+                return;
+            }
+            while let Some(d) = data.next().await {
+                let piece = proto::EtcdSnapshotPiece {
+                    data: d,
+                    ..Default::default()
+                };
+                if tx.send(piece).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let req = request(tokio_stream::wrappers::ReceiverStream::new(rx), timeout);
+        Box::pin(async move {
+            let mut c = client?;
+            c.put_etcd_snapshot(req)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| AgentError::from_status(&s))
+        })
     }
 }
 

@@ -43,6 +43,9 @@ pub struct Config {
         with = "kh::time::serde_duration"
     )]
     pub cert_check_interval: Duration,
+    /// Where to serve plain-HTTP `/metrics` and `/healthz`; `None`: not at all.
+    #[serde(default)]
+    pub metrics_address: Option<SocketAddr>,
 }
 
 pub mod defaults {
@@ -150,6 +153,7 @@ impl Config {
             default_token_ttl: defaults::token_ttl(),
             secret_key_file: None,
             cert_check_interval: defaults::cert_check_interval(),
+            metrics_address: None,
         }
     }
 }

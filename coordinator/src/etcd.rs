@@ -212,6 +212,7 @@ pub async fn remove_member(
     coord: &Coordinator,
     which: &str,
     force: bool,
+    no_snapshot: bool,
 ) -> Result<proto::EtcdRemoveMemberResponse, CoordError> {
     let spec = held_spec(coord)?;
     if is_external(&spec) {
@@ -229,7 +230,7 @@ pub async fn remove_member(
             lease::describe(&other)
         )));
     }
-    let result = remove_member_locked(coord, &spec, which, force, &holder).await;
+    let result = remove_member_locked(coord, &spec, which, force, no_snapshot, &holder).await;
     lease::release(&coord.db, &holder)?;
     result
 }
@@ -239,6 +240,7 @@ async fn remove_member_locked(
     spec: &ClusterSpec,
     which: &str,
     force: bool,
+    no_snapshot: bool,
     holder: &str,
 ) -> Result<proto::EtcdRemoveMemberResponse, CoordError> {
     // No member list means no quorum: the same refusal as `etcd replace`,
@@ -260,6 +262,17 @@ async fn remove_member_locked(
         if let Some(r) = tolerance_refusal(&q, &format!("remove member {}", target.id_hex)) {
             return Err(CoordError::FailedPrecondition(r));
         }
+    }
+    // Quorum and tolerance first: without them the removal is refused for
+    // a reason no snapshot changes.
+    if !no_snapshot {
+        crate::snapshots::take_before(
+            coord,
+            "etcd remove-member",
+            &format!("removing etcd member {}", target.id_hex),
+        )
+        .await
+        .map_err(CoordError::FailedPrecondition)?;
     }
     let ops = Ops { coord };
     // Ask through a control plane other than the target, so the request does
@@ -976,6 +989,7 @@ pub async fn health(coord: &Coordinator) -> Result<proto::HealthResponse, CoordE
         }
     }
     checks.push(replacement_check(pending.as_ref()));
+    checks.push(crate::rollout::restore::health_check(coord).await?);
 
     // 5. Every apiserver ready, asked through its own node. A control plane
     // whose agent reports is running: it is checked, not replaced.

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod etcd;
 pub mod lease;
+pub mod metrics;
 pub mod nodes;
 pub mod pki;
 pub mod prepare;
@@ -25,6 +26,7 @@ pub mod registry;
 pub mod rollout;
 pub mod rpc;
 pub mod server;
+pub mod snapshots;
 pub mod store;
 pub mod tokens;
 

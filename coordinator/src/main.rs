@@ -33,7 +33,7 @@ enum Command {
 struct ServeArgs {
     /// A YAML config file (camelCase keys: dataDir, listen, advertise,
     /// heartbeatInterval, nodeCertValidity, adminCertValidity, defaultTokenTtl,
-    /// secretKeyFile).
+    /// secretKeyFile, metricsAddress).
     /// Flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -65,6 +65,10 @@ struct ServeArgs {
     /// automatic renewal (default 1h).
     #[arg(long, value_parser = humantime::parse_duration)]
     cert_check_interval: Option<Duration>,
+    /// Address for a plain-HTTP /metrics and /healthz endpoint for
+    /// Prometheus (etcd snapshot age, count, size) [default: none, off].
+    #[arg(long)]
+    metrics_address: Option<SocketAddr>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -80,6 +84,7 @@ struct FileConfig {
     default_token_ttl: Option<String>,
     secret_key_file: Option<PathBuf>,
     cert_check_interval: Option<String>,
+    metrics_address: Option<SocketAddr>,
 }
 
 fn duration(field: &str, v: Option<String>) -> anyhow::Result<Option<Duration>> {
@@ -145,6 +150,7 @@ fn config(args: ServeArgs) -> anyhow::Result<Config> {
             .cert_check_interval
             .or(duration("certCheckInterval", file.cert_check_interval)?)
             .unwrap_or_else(defaults::cert_check_interval),
+        metrics_address: args.metrics_address.or(file.metrics_address),
     };
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok(cfg)
@@ -229,6 +235,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Coordinator::open(cfg, Arc::new(kh::time::SystemClock))
     })
     .await??;
+    // A snapshot write or deletion a killed coordinator did not finish.
+    match kh_coordinator::snapshots::clean_up(&coord) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::warn!(files = ?removed, "removed etcd snapshot files an interrupted write or deletion left behind")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::error!(error = %e, "could not clean up the etcd snapshot directory"),
+    }
     let wrote = coord.pki.ensure_admin_config(
         &data_dir,
         &coord.public_address(),
@@ -259,6 +273,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         new_admin_config = wrote,
         "kh-coordinator ready"
     );
+    tokio::spawn(kh_coordinator::snapshots::schedule::run(coord.clone()));
+    if let Some(addr) = coord.config.metrics_address {
+        let metrics = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (--metrics-address)"))?;
+        tracing::info!(metrics = %addr, "serving /metrics and /healthz");
+        tokio::spawn(kh_coordinator::metrics::serve(coord.clone(), metrics));
+    }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     tokio::spawn(kh_coordinator::rollout::autorenew::run(
         coord.clone(),

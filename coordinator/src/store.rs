@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
+use ring::aead::{
+    Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, MAX_TAG_LEN as TAG_LEN, NONCE_LEN,
+};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -259,6 +261,61 @@ impl Sealer {
         out
     }
 
+    /// Seals `plain` with `aad` as associated data: a random nonce, then
+    /// the ciphertext and its tag. For sealed data that lives outside sled
+    /// (etcd snapshot files), whose callers bind position and identity in
+    /// `aad`.
+    pub fn seal_with(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let nonce_bytes = kh::token::random_bytes::<NONCE_LEN>();
+        let mut out = Vec::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
+        out.extend_from_slice(&nonce_bytes);
+        out.extend_from_slice(plain);
+        let (_, body) = out.split_at_mut(NONCE_LEN);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad),
+                body,
+            )
+            .expect("sealing cannot fail for in-memory buffers");
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// [`Sealer::seal_with`] without a copy: encrypts `buf` in place and
+    /// appends the tag; the nonce to write before it is returned.
+    pub fn seal_in_place(&self, aad: &[u8], buf: &mut Vec<u8>) -> [u8; NONCE_LEN] {
+        let nonce_bytes = kh::token::random_bytes::<NONCE_LEN>();
+        self.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad),
+                buf,
+            )
+            .expect("sealing cannot fail for in-memory buffers");
+        nonce_bytes
+    }
+
+    /// Opens what [`Sealer::seal_with`] sealed under the same `aad`, in
+    /// place; `None` when the bytes, the associated data or the key differ.
+    pub fn open_with(&self, aad: &[u8], mut sealed: Vec<u8>) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE_LEN + TAG_LEN {
+            return None;
+        }
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
+        let len = self
+            .key
+            .open_within(nonce, Aad::from(aad), &mut sealed, NONCE_LEN..)
+            .ok()?
+            .len();
+        sealed.truncate(len);
+        Some(sealed)
+    }
+
+    /// Bytes [`Sealer::seal_with`] adds to what it seals.
+    pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
     fn open(&self, slot: &str, sealed: &[u8]) -> Result<Vec<u8>, StoreError> {
         if sealed.len() < NONCE_LEN {
             return Err(StoreError::Corrupt {
@@ -358,6 +415,12 @@ impl Db {
             Sealer::from_key(&key, "<memory>".into()),
         )
         .expect("a fresh in-memory store always opens")
+    }
+
+    /// The key that seals the store's secrets, for sealed data kept
+    /// outside sled (etcd snapshots).
+    pub fn sealer(&self) -> &Arc<Sealer> {
+        &self.sealer
     }
 
     pub fn raw(&self) -> &dyn Store {

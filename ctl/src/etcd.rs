@@ -133,12 +133,11 @@ pub async fn health(
 pub async fn remove_member(
     client: &mut AdminClient<Channel>,
     addr: &str,
-    member: String,
-    force: bool,
+    req: proto::EtcdRemoveMemberRequest,
     format: Format,
 ) -> anyhow::Result<()> {
     let r = client
-        .etcd_remove_member(proto::EtcdRemoveMemberRequest { member, force })
+        .etcd_remove_member(req)
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();

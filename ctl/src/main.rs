@@ -11,7 +11,9 @@ mod operation;
 mod output;
 mod prepare;
 mod reset;
+mod restore;
 mod rollout;
+mod snapshot;
 mod token;
 
 use std::path::PathBuf;
@@ -168,6 +170,10 @@ enum EtcdCmd {
         /// Allow removing a healthy member when the rest could then not lose another.
         #[arg(long)]
         force: bool,
+        /// Remove it without taking an etcd snapshot first (by default one
+        /// is taken, and a failed snapshot refuses the removal).
+        #[arg(long)]
+        no_snapshot: bool,
     },
     /// Replace a failed control plane: remove its member, join the new node
     /// under fresh join material, verify. `--with` the same name re-joins a
@@ -191,6 +197,37 @@ enum EtcdCmd {
         /// The new node's cluster address [default: its agent's address].
         #[arg(long)]
         address: Option<String>,
+        /// Replace without taking an etcd snapshot first (by default one is
+        /// taken, and a failed snapshot refuses the replacement).
+        #[arg(long)]
+        no_snapshot: bool,
+    },
+    /// etcd snapshots stored on the coordinator, sealed: save, list, get,
+    /// delete.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
+    /// Disaster recovery after a lost quorum: restore a snapshot on every
+    /// reachable control plane (etcd and the apiservers stopped, each member
+    /// restored with its node name and peer URL into a new data dir, the old
+    /// one moved aside), start them and verify. Every write made after the
+    /// snapshot is lost. Asks first unless --yes. Resumable.
+    #[command(arg = help::output("`table` (default): progress per node and step, then the outcome; `json`: nothing until the end, then one object for scripts: ok, failure, node, step, message, hint, dryRun, plan and every event"))]
+    Restore {
+        /// A stored snapshot's id (`khctl etcd snapshot list`), or a snapshot
+        /// file (`etcdctl snapshot save`), which is first stored on the
+        /// coordinator. To resume an unfinished restore, give the same id.
+        #[arg(long, value_name = "ID|FILE")]
+        snapshot: String,
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Restore even though etcd still has quorum: every write made since
+        /// the snapshot is lost.
+        #[arg(long)]
+        force: bool,
+        /// Check the preconditions and print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -208,6 +245,11 @@ struct RolloutArgs {
     /// Allow an even number of control planes (etcd quorum gains nothing from it).
     #[arg(long)]
     allow_even: bool,
+    /// Join control planes into a running cluster without taking an etcd
+    /// snapshot first (by default one is taken, and a failed snapshot stops
+    /// the rollout before the first join).
+    #[arg(long)]
+    no_snapshot: bool,
 }
 
 #[derive(Subcommand)]
@@ -421,7 +463,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // it is the format.
     let kubeconfig_file = cli.output.clone().filter(|o| o != "-").map(PathBuf::from);
     let output = match cli.command {
-        Command::Kubeconfig | Command::Admin(admin::AdminCmd::Create { .. }) => Format::Table,
+        Command::Kubeconfig
+        | Command::Admin(admin::AdminCmd::Create { .. })
+        | Command::Etcd(EtcdCmd::Snapshot(_)) => Format::Table,
         _ => format(&cli.output)?,
     };
     match cli.command {
@@ -449,6 +493,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     &file,
                     args.dry_run,
                     args.allow_even,
+                    args.no_snapshot,
                     output,
                 )
                 .await?
@@ -461,22 +506,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Kubeconfig => rollout::kubeconfig(&mut client, &addr, kubeconfig_file).await?,
         Command::Etcd(EtcdCmd::Members) => etcd::members(&mut client, &addr, output).await?,
-        Command::Etcd(EtcdCmd::RemoveMember { member, force }) => {
-            etcd::remove_member(&mut client, &addr, member, force, output).await?
+        Command::Etcd(EtcdCmd::RemoveMember {
+            member,
+            force,
+            no_snapshot,
+        }) => {
+            let req = kh::proto::EtcdRemoveMemberRequest {
+                member,
+                force,
+                no_snapshot,
+            };
+            etcd::remove_member(&mut client, &addr, req, output).await?
         }
         Command::Etcd(EtcdCmd::Replace {
             failed,
             with,
             force,
             address,
+            no_snapshot,
         }) => {
             let req = kh::proto::EtcdReplaceRequest {
                 failed,
                 with,
                 force,
                 address: address.unwrap_or_default(),
+                no_snapshot,
             };
             etcd::replace(&mut client, &addr, req, output).await?
+        }
+        Command::Etcd(EtcdCmd::Restore {
+            snapshot,
+            yes,
+            force,
+            dry_run,
+        }) => restore::restore(&mut client, &addr, snapshot, yes, force, dry_run, output).await?,
+        Command::Etcd(EtcdCmd::Snapshot(cmd)) => {
+            snapshot::run(&mut client, &addr, cmd, &cli.output).await?
         }
         Command::Health => etcd::health(&mut client, &addr, output).await?,
         Command::Reset {

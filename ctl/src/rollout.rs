@@ -531,6 +531,7 @@ pub async fn rollout(
     file: &Path,
     dry_run: bool,
     allow_even: bool,
+    no_snapshot: bool,
     format: Format,
 ) -> anyhow::Result<()> {
     let (spec_yaml, files) = load(file)?;
@@ -548,11 +549,22 @@ pub async fn rollout(
             files,
             dry_run,
             allow_even,
+            no_snapshot,
         })
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
     follow(stream, format, dry_run, roles, "Rollout").await
+}
+
+/// Follows an operation's events that may be a dry run's (an etcd restore).
+pub async fn follow_operation(
+    stream: tonic::Streaming<RolloutEvent>,
+    format: Format,
+    dry_run: bool,
+    label: &str,
+) -> anyhow::Result<()> {
+    follow(stream, format, dry_run, BTreeMap::new(), label).await
 }
 
 /// Follows any stream of rollout-shaped events (an etcd replacement too).

@@ -194,6 +194,11 @@ pub enum StepError {
 
     #[error("the plan for {step:?} contains an unexpected command `{}`; plans must come from the same step's plan()", display_argv(argv))]
     UnexpectedCommand { step: StepKind, argv: Vec<String> },
+
+    /// A Kubernetes step's own failure found while planning (an etcd
+    /// restore that finds the host in a state it cannot continue from).
+    #[error(transparent)]
+    Kube(Box<crate::kube::KubeError>),
 }
 
 impl StepError {
@@ -202,6 +207,7 @@ impl StepError {
         match self {
             StepError::Host(e) => e.failure_kind(),
             StepError::SysctlWrite { source, .. } => source.failure_kind(),
+            StepError::Kube(e) => e.failure_kind(),
             _ => FailureKind::Other,
         }
     }

@@ -464,6 +464,26 @@ impl Host {
         }
     }
 
+    /// Opens a file for reading without following a symbolic link at any
+    /// component below the root; `Ok(None)` when it does not exist. For
+    /// files too large to read whole (an etcd snapshot).
+    pub fn open_nofollow(&self, abs: &str) -> Result<Option<File>, HostError> {
+        let real = self.path(abs)?;
+        let Some((dir, name)) = self.open_parent_nofollow(abs, false)? else {
+            return Ok(None);
+        };
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match rustix::fs::openat(&dir, name.as_str(), flags, Mode::empty()) {
+            Ok(fd) => Ok(Some(File::from(fd))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(rustix::io::Errno::LOOP) => Err(HostError::Symlink {
+                path: abs.to_string(),
+                link: abs.to_string(),
+            }),
+            Err(e) => Err(Self::io_error("open", abs, &real, e.into())),
+        }
+    }
+
     /// The permission bits of a file, without following a symbolic link at
     /// any component; `Ok(None)` when it does not exist.
     pub fn file_mode_nofollow(&self, abs: &str) -> Result<Option<u32>, HostError> {
@@ -545,6 +565,64 @@ impl Host {
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|err| Self::io_error("fsync the directory of", to, dir, err))
+    }
+
+    /// Removes a directory and everything under it; `Ok(false)` when it did
+    /// not exist. Only for directories kh itself made (a partial etcd
+    /// restore of one operation): callers name them exactly.
+    pub fn remove_dir_all(&self, abs: &str) -> Result<bool, HostError> {
+        let real = self.path(abs)?;
+        match fs::remove_dir_all(&real) {
+            Ok(()) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(err) => Err(Self::io_error("remove directory", abs, &real, err)),
+        }
+    }
+
+    /// Creates (or truncates) a 0600 file for a large write made in pieces,
+    /// such as an etcd snapshot streamed from the coordinator, without
+    /// following a symbolic link at the last component. The caller writes,
+    /// syncs and then renames it into place.
+    pub fn create_private_file(&self, abs: &str) -> Result<File, HostError> {
+        let real = self.path(abs)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&real)
+            .map_err(|err| Self::io_error("create", abs, &real, err))?;
+        // An existing file keeps its mode through `create`; make it 0600.
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|err| Self::io_error("chmod 0600", abs, &real, err))?;
+        Ok(file)
+    }
+
+    /// Opens a file for reading in pieces (to hash a large file).
+    pub fn open_read(&self, abs: &str) -> Result<Option<File>, HostError> {
+        let real = self.path(abs)?;
+        match File::open(&real) {
+            Ok(f) => Ok(Some(f)),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Self::io_error("open", abs, &real, err)),
+        }
+    }
+
+    /// Whether `abs` is a mount point, from `/proc/self/mountinfo` under the
+    /// root (no mountinfo there: nothing is a mount point). A directory that
+    /// is a mount point cannot be renamed; its contents can be moved.
+    pub fn is_mount_point(&self, abs: &str) -> Result<bool, HostError> {
+        let Some(info) = self.read_to_string("/proc/self/mountinfo")? else {
+            return Ok(false);
+        };
+        let wanted = abs.trim_end_matches('/');
+        Ok(info.lines().any(|line| {
+            line.split(' ')
+                .nth(4)
+                .map(unescape_mountinfo)
+                .is_some_and(|m| m.trim_end_matches('/') == wanted && !m.is_empty())
+        }))
     }
 
     /// Removes a file; `Ok(false)` when it did not exist.
@@ -907,6 +985,31 @@ fn wait_with_timeout(
         thread::sleep(pause.min(deadline - now));
         pause = (pause * 2).min(Duration::from_millis(50));
     }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 4 <= bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = u16::from(bytes[i + 1] - b'0') * 64
+                + u16::from(bytes[i + 2] - b'0') * 8
+                + u16::from(bytes[i + 3] - b'0');
+            out.push((v & 0xff) as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The last [`STDERR_TAIL_LINES`] lines of stderr, at most [`STDERR_TAIL_BYTES`].

@@ -139,7 +139,6 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
         }),
     };
     let networking = convert_networking(spec.networking.unwrap_or_default(), errs);
-    let etcd = convert_etcd(spec.etcd.unwrap_or_default(), errs);
     let (certificates, cert_renewal) = match spec.certificates {
         None => (CertDistribution::UploadCerts, Ok(CertRenewal::default())),
         Some(c) => (
@@ -147,6 +146,13 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
             convert_renewal(c.renew_before.as_deref(), c.auto_renew, errs),
         ),
     };
+    let mut raw_etcd = spec.etcd.unwrap_or_default();
+    let etcd_snapshots = raw_etcd
+        .snapshots
+        .take()
+        .map(|raw| convert_snapshots(raw, &raw_etcd, errs))
+        .transpose();
+    let etcd = convert_etcd(raw_etcd, errs);
     let cni = match spec.cni {
         None => Ok(None),
         Some(RawCni {
@@ -220,6 +226,7 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
         load_balancer: load_balancer?,
         worker_concurrency: worker_concurrency.ok()?,
         nodes: nodes?,
+        etcd_snapshots: etcd_snapshots.ok()?,
     })
 }
 
@@ -259,6 +266,62 @@ fn convert_renewal(
         renew_before,
         auto_renew: auto_renew.unwrap_or(default.auto_renew),
     })
+}
+
+fn convert_snapshots(
+    raw: RawSnapshots,
+    etcd: &RawEtcd,
+    errs: &mut Errors,
+) -> Result<SnapshotSchedule, ()> {
+    let mut ok = true;
+    if matches!(etcd.topology, Some(EtcdTopology::External)) {
+        ok = false;
+        errs.push(
+            "spec.etcd.snapshots",
+            "kh takes no snapshots of an external etcd cluster (it does not run its members); remove it and snapshot that cluster with your etcd tooling",
+        );
+    }
+    let every = match raw.every.as_deref() {
+        None => DEFAULT_SNAPSHOT_EVERY,
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) => d,
+            Ok(_) => {
+                ok = false;
+                errs.push(
+                    "spec.etcd.snapshots.every",
+                    format!("{text} is too short; use at least 1s (default 6h)"),
+                );
+                DEFAULT_SNAPSHOT_EVERY
+            }
+            Err(e) => {
+                ok = false;
+                errs.push(
+                    "spec.etcd.snapshots.every",
+                    format!("{text} is not a duration ({e}); write it like 6h, 30m or 1d"),
+                );
+                DEFAULT_SNAPSHOT_EVERY
+            }
+        },
+    };
+    let keep = match raw.keep {
+        None => DEFAULT_SNAPSHOT_KEEP,
+        Some(n) => match u32::try_from(n).ok().filter(|n| *n >= 1) {
+            Some(n) => n,
+            None => {
+                ok = false;
+                errs.push(
+                    "spec.etcd.snapshots.keep",
+                    format!("{n} is out of range; keep at least 1 automatic snapshot (default {DEFAULT_SNAPSHOT_KEEP})"),
+                );
+                DEFAULT_SNAPSHOT_KEEP
+            }
+        },
+    };
+    if ok {
+        Ok(SnapshotSchedule { every, keep })
+    } else {
+        Err(())
+    }
 }
 
 fn convert_networking(raw: RawNetworking, errs: &mut Errors) -> Result<Networking, ()> {

@@ -122,7 +122,23 @@ pub struct ClusterSpec {
     pub load_balancer: LoadBalancerType,
     pub worker_concurrency: u32,
     pub nodes: Vec<NodeSpec>,
+    /// `etcd.snapshots`: the coordinator's scheduled etcd snapshots; `None`
+    /// when the spec has none.
+    pub etcd_snapshots: Option<SnapshotSchedule>,
 }
+
+/// How often the coordinator takes an automatic etcd snapshot, and how many
+/// automatic ones it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSchedule {
+    #[serde(with = "crate::time::serde_duration")]
+    pub every: std::time::Duration,
+    pub keep: u32,
+}
+
+pub const DEFAULT_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+pub const DEFAULT_SNAPSHOT_KEEP: u32 = 14;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -69,6 +69,18 @@ pub(super) struct RawEtcd {
     pub(super) ca_file: Option<PathBuf>,
     pub(super) cert_file: Option<PathBuf>,
     pub(super) key_file: Option<PathBuf>,
+    pub(super) snapshots: Option<RawSnapshots>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping such as {every: 6h, keep: 14}"
+)]
+pub(super) struct RawSnapshots {
+    pub(super) every: Option<String>,
+    pub(super) keep: Option<i64>,
 }
 
 #[derive(Clone, Copy, Deserialize)]

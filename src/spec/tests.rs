@@ -100,6 +100,7 @@ fn full_spec_parses_to_exactly_what_it_says() {
             node("w-2", NodeRole::Worker, "fd00::22"),
             node("lb-1", NodeRole::LoadBalancer, "10.0.0.5"),
         ],
+        etcd_snapshots: None,
     };
     assert_eq!(spec, expected);
     assert_eq!(
@@ -134,6 +135,7 @@ fn minimal_spec_takes_the_defaults() {
                 node("cp-1", NodeRole::ControlPlane, "127.0.0.11"),
                 node("w-1", NodeRole::Worker, "127.0.0.21"),
             ],
+            etcd_snapshots: None,
         }
     );
     assert_eq!(spec.networking.pod_subnet.to_string(), "10.244.0.0/16");
@@ -589,4 +591,46 @@ fn corpus_of_invalid_specs_gives_exactly_the_expected_errors() {
         files.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn etcd_snapshots_take_a_duration_and_a_count_and_name_the_field_when_wrong() {
+    let with = |block: &str| {
+        MINIMAL.replace(
+            "spec:\n",
+            &format!("spec:\n  etcd:\n    snapshots: {block}\n"),
+        )
+    };
+    let spec = parse(&with("{every: 6h, keep: 14}")).unwrap();
+    assert_eq!(
+        spec.etcd_snapshots,
+        Some(SnapshotSchedule {
+            every: std::time::Duration::from_secs(6 * 3600),
+            keep: 14
+        })
+    );
+    let spec = parse(&with("{every: 2s}")).unwrap();
+    assert_eq!(
+        spec.etcd_snapshots,
+        Some(SnapshotSchedule {
+            every: std::time::Duration::from_secs(2),
+            keep: DEFAULT_SNAPSHOT_KEEP
+        })
+    );
+    assert_eq!(parse(MINIMAL).unwrap().etcd_snapshots, None);
+    for (block, field, words) in [
+        (
+            "{every: often}",
+            "spec.etcd.snapshots.every",
+            "not a duration",
+        ),
+        ("{every: 10ms}", "spec.etcd.snapshots.every", "at least 1s"),
+        ("{keep: 0}", "spec.etcd.snapshots.keep", "keep at least 1"),
+        ("{keep: -3}", "spec.etcd.snapshots.keep", "out of range"),
+    ] {
+        let err = parse(&with(block)).unwrap_err().to_string();
+        assert!(err.contains(field) && err.contains(words), "{block}: {err}");
+    }
+    let err = parse(&with("{often: yes}")).unwrap_err().to_string();
+    assert!(err.contains("often"), "{err}");
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use kh::proto::{self, run_step_request::Step};
 use kh::spec::{ClusterSpec, NodeRole};
 
-use super::{AgentApi, AgentCall, AgentError, AgentErrorKind};
+use super::{AgentApi, AgentCall, AgentError, AgentErrorKind, SnapshotChunks, SnapshotPieces};
 use crate::registry::NodeRecord;
 
 /// One recorded step: on which node, which step (`Step::name`), and
@@ -47,6 +47,12 @@ struct Model {
     cluster_ca_pem: String,
     /// What `cluster_certs` answers, by node, as a test scripted it.
     certs: HashMap<String, Vec<proto::ClusterCert>>,
+    /// Nodes asked for an etcd snapshot, in order.
+    snapshots_taken: Vec<String>,
+    /// Snapshot refusals scripted per node (the agent's message).
+    snapshot_failures: HashMap<String, String>,
+    /// Nodes whose snapshot stream ends after the data, without the status.
+    snapshot_cut: HashSet<String>,
 }
 
 pub struct FakeAgents {
@@ -143,6 +149,23 @@ impl FakeAgents {
             .collect()
     }
 
+    /// The nodes asked for an etcd snapshot, in order.
+    pub fn snapshots_taken(&self) -> Vec<String> {
+        self.model().snapshots_taken.clone()
+    }
+
+    /// The next snapshots on `node` end after the data, without a status.
+    pub fn cut_snapshot_stream(&self, node: &str) {
+        self.model().snapshot_cut.insert(node.to_string());
+    }
+
+    /// The next snapshots on `node` fail with `message`.
+    pub fn fail_snapshot(&self, node: &str, message: &str) {
+        self.model()
+            .snapshot_failures
+            .insert(node.to_string(), message.to_string());
+    }
+
     fn answer<T: Send + 'static>(
         &self,
         node: &NodeRecord,
@@ -227,6 +250,43 @@ impl Model {
             // A restart with renewed certificates brings back a member that
             // was down because its certificates had expired.
             Step::RestartControlPlane(_) => {
+                self.etcd_down.remove(node);
+            }
+            Step::EtcdStopControlPlane(_) => {
+                if let Some(s) = self.status.get_mut(node) {
+                    s.etcd_manifest = false;
+                    s.apiserver_manifest = false;
+                }
+                self.etcd_down.insert(node.to_string());
+            }
+            // Every member restored from one snapshot with one
+            // --initial-cluster gets the same membership: those members.
+            Step::EtcdRestore(r) => {
+                let members: Vec<proto::EtcdMember> = r
+                    .initial_cluster
+                    .split(',')
+                    .filter_map(|m| m.split_once('='))
+                    .enumerate()
+                    .map(|(i, (name, peer))| {
+                        let id = 0x1000 + i as u64;
+                        let client = peer.replace(":2380", ":2379");
+                        proto::EtcdMember {
+                            id,
+                            id_hex: format!("{id:x}"),
+                            name: name.to_string(),
+                            peer_urls: vec![peer.to_string()],
+                            client_urls: vec![client],
+                            is_learner: false,
+                        }
+                    })
+                    .collect();
+                self.members = members;
+            }
+            Step::EtcdStartControlPlane(_) => {
+                if let Some(s) = self.status.get_mut(node) {
+                    s.etcd_manifest = true;
+                    s.apiserver_manifest = true;
+                }
                 self.etcd_down.remove(node);
             }
             _ => {}
@@ -444,4 +504,128 @@ impl AgentApi for FakeAgents {
             certs: m.certs.get(name).cloned().unwrap_or_default(),
         })
     }
+
+    fn etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        _req: proto::EtcdSnapshotRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, SnapshotChunks> {
+        use futures::StreamExt;
+        let name = node.name.to_string();
+        let result = {
+            let mut m = self.model();
+            if m.down.contains(&name) {
+                Err(AgentError::new(
+                    AgentErrorKind::Unreachable,
+                    "transport error: connection refused",
+                ))
+            } else if let Some(msg) = m.snapshot_failures.get(&name) {
+                Err(AgentError::new(
+                    AgentErrorKind::Answered("FailedPrecondition".into()),
+                    msg.clone(),
+                ))
+            } else {
+                m.snapshots_taken.push(name.clone());
+                let revision = i64::try_from(m.snapshots_taken.len()).unwrap_or(0);
+                let file = fake_etcd_snapshot(revision);
+                let size = file.len() as u64;
+                // As the agent sends it: the data, then the size and status.
+                let mut chunks: Vec<Result<proto::EtcdSnapshotChunk, AgentError>> = file
+                    .chunks(4096)
+                    .map(|c| {
+                        Ok(proto::EtcdSnapshotChunk {
+                            data: c.to_vec(),
+                            status: None,
+                            file_size: 0,
+                        })
+                    })
+                    .collect();
+                if m.snapshot_cut.contains(&name) {
+                    return Box::pin(async move { Ok(futures::stream::iter(chunks).boxed()) });
+                }
+                chunks.push(Ok(proto::EtcdSnapshotChunk {
+                    data: Vec::new(),
+                    status: Some(proto::EtcdSnapshotStatus {
+                        hash: 7,
+                        revision,
+                        total_keys: 3,
+                        total_size: (size - 32) as i64,
+                    }),
+                    file_size: size,
+                }));
+                Ok(futures::stream::iter(chunks).boxed())
+            }
+        };
+        Box::pin(async move { result })
+    }
+
+    /// Takes the whole stream and checks its size and SHA-256 as the agent
+    /// does; a scripted failure of `put-etcd-snapshot` is the agent's
+    /// `etcdctl snapshot status` refusing the file.
+    fn put_etcd_snapshot(
+        &self,
+        node: &NodeRecord,
+        header: proto::EtcdSnapshotPiece,
+        data: SnapshotPieces,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::PutEtcdSnapshotResponse> {
+        use futures::StreamExt;
+        let name = node.name.to_string();
+        Box::pin(async move {
+            let bytes: Vec<u8> = data.concat().await;
+            let mut m = self.model();
+            if m.down.contains(&name) {
+                return Err(AgentError::new(
+                    AgentErrorKind::Unreachable,
+                    "transport error: connection refused",
+                ));
+            }
+            m.steps.push(StepCall {
+                node: name.clone(),
+                step: "put-etcd-snapshot".into(),
+                started: true,
+            });
+            let sha = ring::digest::digest(&ring::digest::SHA256, &bytes);
+            let sha: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            let scripted = m
+                .failures
+                .get_mut(&(name.clone(), "put-etcd-snapshot".to_string()))
+                .and_then(VecDeque::pop_front);
+            let refused = if bytes.len() as u64 != header.size || sha != header.sha256 {
+                Some(format!("snapshot transfer: {} bytes with SHA-256 {sha} arrived; {} bytes with {} were announced", bytes.len(), header.size, header.sha256))
+            } else {
+                scripted.map(|(_, e)| e)
+            };
+            m.steps.push(StepCall {
+                node: name,
+                step: "put-etcd-snapshot".into(),
+                started: false,
+            });
+            match refused {
+                Some(e) => Err(AgentError::new(
+                    AgentErrorKind::Answered("FailedPrecondition".into()),
+                    e,
+                )),
+                None => Ok(proto::PutEtcdSnapshotResponse {
+                    hash: 1,
+                    revision: 42,
+                    total_keys: 10,
+                    total_size: bytes.len() as u64,
+                }),
+            }
+        })
+    }
+}
+
+/// Bytes shaped like an etcd snapshot file: whole 4 KiB pages (a bolt
+/// database) and the SHA-256 of them appended, as `etcdctl snapshot save`
+/// writes it. `revision` varies the content.
+pub fn fake_etcd_snapshot(revision: i64) -> Vec<u8> {
+    let mut file: Vec<u8> = (0..3 * 4096u32)
+        .map(|i| (i as u8) ^ (revision as u8))
+        .collect();
+    let digest = ring::digest::digest(&ring::digest::SHA256, &file);
+    file.extend_from_slice(digest.as_ref());
+    file
 }

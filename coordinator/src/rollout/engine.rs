@@ -39,6 +39,8 @@ pub struct Input {
     pub dry_run: bool,
     /// What the coordinator holds about the cluster, for the diff.
     pub held: super::plan::Held,
+    /// Join control planes into a running cluster without an etcd snapshot.
+    pub no_snapshot: bool,
 }
 
 /// Runs the rollout. Errors carry the node, step and what to do next.
@@ -202,6 +204,37 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     // 6. Control planes, one at a time, under the lease.
     rep.phase(Phase::ControlPlanes).await;
     let cps = ctx.cps();
+    // Joining a control plane into a cluster that ran before this rollout
+    // changes a live etcd membership: a snapshot first (a first build has
+    // nothing to lose yet).
+    let joins = cps.iter().skip(1).any(|cp| !joined(&cp.name, &views));
+    if initialized
+        && joins
+        && !ctx.external_etcd
+        && !input.no_snapshot
+        && !rep.is_done(&format!("{}/snapshot", first.name)).await
+    {
+        rep.tracked(Phase::ControlPlanes, &first.name, "snapshot", async {
+            let m = crate::snapshots::take_before(&coord, "rollout", "joining control planes")
+                .await
+                .map_err(|message| {
+                    Failure::at(
+                        &first.name,
+                        "snapshot",
+                        message,
+                        "no control plane was joined; run the rollout again once a snapshot can be taken, or add --no-snapshot",
+                    )
+                })?;
+            Ok((
+                (),
+                format!(
+                    "etcd snapshot {} stored ({} bytes, revision {})",
+                    m.id, m.size, m.revision
+                ),
+            ))
+        })
+        .await?;
+    }
     for (i, cp) in cps.iter().enumerate().skip(1) {
         let already: Vec<&NodeSpec> = cps[..i].to_vec();
         join_control_plane(&ctx, cp, &already, joined(&cp.name, &views)).await?;

@@ -22,6 +22,7 @@ pub mod plan;
 pub mod replace;
 pub mod reporter;
 pub mod reset;
+pub mod restore;
 pub mod state;
 
 use std::collections::HashMap;
@@ -41,6 +42,18 @@ use state::RolloutState;
 #[derive(Default)]
 pub struct Running {
     current: tokio::sync::Mutex<Option<Reporter>>,
+}
+
+impl Running {
+    /// Whether an operation (rollout, replacement, reset, ...) is running
+    /// now; background work that must not overlap one checks this.
+    pub async fn busy(&self) -> bool {
+        let guard = self.current.lock().await;
+        match guard.as_ref() {
+            Some(rep) => rep.state.lock().await.outcome.is_none(),
+            None => false,
+        }
+    }
 }
 
 /// A started (or dry-run) rollout: its past events and a live feed.
@@ -117,6 +130,7 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
         files,
         dry_run: req.dry_run,
         held,
+        no_snapshot: req.no_snapshot,
     };
     let task_rep = rep.clone();
     let task_coord = coord.clone();

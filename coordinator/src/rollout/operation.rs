@@ -10,7 +10,7 @@
 use kh::proto::{CancelOperationResponse, OperationInfo};
 
 use super::state::{self, RolloutState};
-use super::{certs, replace, reset};
+use super::{certs, replace, reset, restore};
 use crate::error::CoordError;
 use crate::Coordinator;
 
@@ -20,6 +20,7 @@ const KINDS: &[(&str, &str, bool)] = &[
     ("etcd-replace", replace::KEY, true),
     ("reset", reset::KEY, false),
     ("certs-renew", certs::KEY, true),
+    ("etcd-restore", restore::KEY, true),
 ];
 
 struct Held {
@@ -170,7 +171,7 @@ pub async fn cancel(
     let all = held(coord, running.as_ref()).await?;
     if !kind.is_empty() && !KINDS.iter().any(|(k, _, r)| *k == kind && *r) {
         return Err(CoordError::InvalidArgument(format!(
-            "{kind:?} is not an operation that can be cancelled; name one of: rollout, etcd-replace, certs-renew"
+            "{kind:?} is not an operation that can be cancelled; name one of: rollout, etcd-replace, certs-renew, etcd-restore"
         )));
     }
     if let Some(op) = all

@@ -33,6 +33,7 @@ struct Plan {
     failed: NodeSpec,
     new: NodeSpec,
     force: bool,
+    no_snapshot: bool,
 }
 
 /// Validates the request and starts the replacement in the background.
@@ -145,6 +146,7 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
         failed,
         new,
         force: req.force,
+        no_snapshot: req.no_snapshot,
     };
     tokio::spawn(async move {
         let result = run(coord, plan, rep.clone()).await;
@@ -170,6 +172,9 @@ pub fn resume_command(req: &EtcdReplaceRequest) -> String {
     }
     if req.force {
         cmd.push_str(" --force");
+    }
+    if req.no_snapshot {
+        cmd.push_str(" --no-snapshot");
     }
     cmd
 }
@@ -382,6 +387,31 @@ async fn steps(
                 Ok((member, note))
             })
             .await?;
+        // The snapshot comes after the preconditions (a refused replacement
+        // needs none) and before the first change.
+        if !plan.no_snapshot && !rep.is_done(&format!("{}/snapshot", failed.name)).await {
+            rep.tracked(Phase::Preconditions, &failed.name, "snapshot", async {
+                let m = crate::snapshots::take_before(
+                    coord,
+                    "etcd replace",
+                    &format!("replacing {}", failed.name),
+                )
+                .await
+                .map_err(|message| Failure {
+                    class: "preflight",
+                    node: failed.name.clone(),
+                    step: "snapshot".into(),
+                    message,
+                    hint: format!(
+                        "nothing was changed; run `khctl etcd replace --failed {} --with {}` again once a snapshot can be taken, or add --no-snapshot",
+                        failed.name, new.name
+                    ),
+                    report: None,
+                })?;
+                Ok(((), format!("etcd snapshot {} stored ({} bytes, revision {})", m.id, m.size, m.revision)))
+            })
+            .await?;
+        }
     }
 
     rep.phase(Phase::Remove).await;
@@ -614,14 +644,16 @@ mod tests {
             with: "cp-4".into(),
             force: true,
             address: "10.0.0.14".into(),
+            no_snapshot: true,
         };
         assert_eq!(
             resume_command(&req),
-            "khctl etcd replace --failed cp-2 --with cp-4 --address 10.0.0.14 --force"
+            "khctl etcd replace --failed cp-2 --with cp-4 --address 10.0.0.14 --force --no-snapshot"
         );
         let plain = EtcdReplaceRequest {
             force: false,
             address: String::new(),
+            no_snapshot: false,
             ..req
         };
         assert_eq!(

@@ -25,7 +25,15 @@ const KEEP_EVENTS: usize = 400;
 /// How often a step transition also writes the journal.
 const JOURNAL_EVERY_MS: u64 = 1_000;
 /// Steps that only look: an operation that ran nothing else changed nothing.
-pub const READ_ONLY_STEPS: &[&str] = &["preconditions", "preflight", "endpoint-check"];
+/// (An etcd restore's `receive-snapshot` only places a file under the
+/// agent's own directory and verifies it.)
+pub const READ_ONLY_STEPS: &[&str] = &[
+    "preconditions",
+    "preflight",
+    "endpoint-check",
+    "snapshot",
+    "receive-snapshot",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -112,7 +112,7 @@ impl Admin for AdminService {
     ) -> Result<Response<EtcdRemoveMemberResponse>, Status> {
         let r = req.into_inner();
         Ok(Response::new(
-            crate::etcd::remove_member(&self.0, &r.member, r.force).await?,
+            crate::etcd::remove_member(&self.0, &r.member, r.force, r.no_snapshot).await?,
         ))
     }
 
@@ -371,6 +371,76 @@ impl Admin for AdminService {
             khconfig: cfg.to_yaml(),
             info: Some(admin_info(&rec)),
         }))
+    }
+
+    type EtcdSnapshotSaveStream = EventStream<EtcdSnapshotSaveEvent>;
+    type EtcdSnapshotGetStream = EventStream<EtcdSnapshotData>;
+    type EtcdRestoreStream = EventStream<RolloutEvent>;
+
+    async fn etcd_snapshot_save(
+        &self,
+        req: Request<EtcdSnapshotSaveRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotSaveStream>, Status> {
+        Ok(Response::new(crate::rpc::snapshots::save(
+            self.0.clone(),
+            req.into_inner(),
+        )))
+    }
+
+    async fn etcd_snapshot_list(
+        &self,
+        _req: Request<EtcdSnapshotListRequest>,
+    ) -> Result<Response<EtcdSnapshotListResponse>, Status> {
+        let snapshots = crate::snapshots::list(&self.0)?
+            .iter()
+            .map(crate::snapshots::SnapshotMeta::to_proto)
+            .collect();
+        Ok(Response::new(EtcdSnapshotListResponse { snapshots }))
+    }
+
+    async fn etcd_snapshot_delete(
+        &self,
+        req: Request<EtcdSnapshotDeleteRequest>,
+    ) -> Result<Response<EtcdSnapshotDeleteResponse>, Status> {
+        crate::rpc::snapshots::delete(&self.0, &req.into_inner().id)?;
+        Ok(Response::new(EtcdSnapshotDeleteResponse {}))
+    }
+
+    async fn etcd_snapshot_get(
+        &self,
+        req: Request<EtcdSnapshotGetRequest>,
+    ) -> Result<Response<Self::EtcdSnapshotGetStream>, Status> {
+        Ok(Response::new(crate::rpc::snapshots::get(
+            &self.0,
+            &req.into_inner().id,
+        )?))
+    }
+
+    async fn etcd_restore(
+        &self,
+        req: Request<EtcdRestoreRequest>,
+    ) -> Result<Response<Self::EtcdRestoreStream>, Status> {
+        let source = Arc::new(crate::rollout::restore::StoreSnapshots(self.0.clone()));
+        let f = crate::rollout::restore::start(self.0.clone(), req.into_inner(), source).await?;
+        Ok(Response::new(follow_stream(f)))
+    }
+
+    async fn etcd_snapshot_import(
+        &self,
+        req: Request<tonic::Streaming<EtcdSnapshotImportPiece>>,
+    ) -> Result<Response<SnapshotMeta>, Status> {
+        let pieces = req.into_inner().map(|p| {
+            p.map(|p| p.data).map_err(|s| {
+                crate::error::CoordError::InvalidArgument(format!(
+                    "the snapshot upload broke off: {}",
+                    s.message()
+                ))
+            })
+        });
+        let meta =
+            crate::snapshots::import(&self.0, Box::pin(pieces), crate::snapshots::REASON_IMPORT)
+                .await?;
+        Ok(Response::new(meta.to_proto()))
     }
 
     async fn revoke_admin(

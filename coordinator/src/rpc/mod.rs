@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod enrollment;
 pub mod node;
+pub mod snapshots;
 
 use std::sync::Arc;
 

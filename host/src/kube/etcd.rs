@@ -320,7 +320,7 @@ impl EtcdClient {
         self
     }
 
-    fn command(&self, host: &Host, args: &[&str]) -> Result<Cmd, KubeError> {
+    pub(crate) fn command(&self, host: &Host, args: &[&str]) -> Result<Cmd, KubeError> {
         let mut cmd = Cmd::new("etcdctl")
             .arg(format!("--endpoints={}", self.endpoints.join(",")))
             .arg(format!("--dial-timeout={}", go_duration(DIAL_TIMEOUT)))

@@ -19,6 +19,8 @@ pub mod kubeadm;
 pub mod kubectl;
 pub mod readyz;
 pub mod renew;
+pub mod restore;
+pub mod snapshot;
 
 pub use apply::{go_duration, StepFile};
 pub use certs::{cluster_certs, ClusterCert};
@@ -37,6 +39,7 @@ pub use kubeadm::{
 pub use kubectl::{kubectl_delete_node, kubectl_nodes, KubeNode, KubectlApply, KubectlDeleteNode};
 pub use readyz::{apiserver_readyz, READYZ_TIMEOUT};
 pub use renew::{CertsRenew, Component, RestartControlPlane, RENEWABLE_CERTS};
+pub use snapshot::{remove_leftover_snapshots, SnapshotStatus, TakenSnapshot};
 
 /// The kubeconfig kubeadm writes for cluster administrators on a control plane.
 pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";

@@ -55,11 +55,15 @@ pub enum StepKind {
     LoadBalancer,
     CertsRenew,
     RestartControlPlane,
+    EtcdStopControlPlane,
+    EtcdRestore,
+    EtcdStartControlPlane,
+    EtcdRestoreDiscard,
 }
 
 impl StepKind {
     /// Every step, in the order reports and metrics list them.
-    pub const ALL: [StepKind; 18] = [
+    pub const ALL: [StepKind; 22] = [
         StepKind::DisableSwap,
         StepKind::KernelModules,
         StepKind::Sysctl,
@@ -78,6 +82,10 @@ impl StepKind {
         StepKind::LoadBalancer,
         StepKind::CertsRenew,
         StepKind::RestartControlPlane,
+        StepKind::EtcdStopControlPlane,
+        StepKind::EtcdRestore,
+        StepKind::EtcdStartControlPlane,
+        StepKind::EtcdRestoreDiscard,
     ];
 
     /// The step's name on the wire and in reports, metrics and the audit log.
@@ -101,6 +109,10 @@ impl StepKind {
             StepKind::LoadBalancer => "load-balancer",
             StepKind::CertsRenew => "certs-renew",
             StepKind::RestartControlPlane => "restart-control-plane",
+            StepKind::EtcdStopControlPlane => "etcd-stop-control-plane",
+            StepKind::EtcdRestore => "etcd-restore",
+            StepKind::EtcdStartControlPlane => "etcd-start-control-plane",
+            StepKind::EtcdRestoreDiscard => "etcd-restore-discard",
         }
     }
 }
@@ -453,6 +465,10 @@ mod tests {
             StepKind::LoadBalancer => 15,
             StepKind::CertsRenew => 16,
             StepKind::RestartControlPlane => 17,
+            StepKind::EtcdStopControlPlane => 18,
+            StepKind::EtcdRestore => 19,
+            StepKind::EtcdStartControlPlane => 20,
+            StepKind::EtcdRestoreDiscard => 21,
         }
     }
 
@@ -485,6 +501,10 @@ mod tests {
                 "load-balancer",
                 "certs-renew",
                 "restart-control-plane",
+                "etcd-stop-control-plane",
+                "etcd-restore",
+                "etcd-start-control-plane",
+                "etcd-restore-discard",
             ]
         );
     }

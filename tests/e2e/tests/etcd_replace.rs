@@ -133,6 +133,7 @@ fn a_dead_control_plane_is_replaced_and_the_data_survives() {
         .collect();
     for s in [
         "preconditions",
+        "snapshot",
         "remove-member",
         "delete-node",
         "join-control-plane",
@@ -141,6 +142,16 @@ fn a_dead_control_plane_is_replaced_and_the_data_survives() {
     ] {
         assert!(steps.contains(&s), "{s} missing from {steps:?}");
     }
+    // The snapshot taken before the first change is stored, with the key.
+    let snaps = w.khctl_json(&["etcd", "snapshot", "list"]);
+    let before: Vec<&serde_json::Value> = snaps["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["reason"] == "before etcd replace")
+        .collect();
+    assert_eq!(before.len(), 1, "{snaps}");
+    assert!(before[0]["totalKeys"].as_i64().unwrap() > 0, "{snaps}");
 }
 
 #[test]

@@ -64,13 +64,21 @@ pub enum Phase {
     Reset,
     /// `khctl certs renew`: one control plane after another.
     Renew,
+    /// An etcd restore sending the snapshot to the control planes.
+    Distribute,
+    /// An etcd restore stopping etcd and the apiservers.
+    Stop,
+    /// An etcd restore restoring the snapshot on each control plane.
+    Restore,
+    /// An etcd restore starting the restored members.
+    Start,
 }
 
 impl Phase {
     /// Every phase: a rollout's in the order it runs them (the load
     /// balancers only with `loadBalancer: haproxy`), then the other
     /// operations' own.
-    pub const ALL: [Phase; 16] = [
+    pub const ALL: [Phase; 20] = [
         Phase::Preflight,
         Phase::Prepare,
         Phase::LoadBalancer,
@@ -87,6 +95,10 @@ impl Phase {
         Phase::Join,
         Phase::Reset,
         Phase::Renew,
+        Phase::Distribute,
+        Phase::Stop,
+        Phase::Restore,
+        Phase::Start,
     ];
 
     /// The name on the wire, in events and the persisted journal.
@@ -108,6 +120,10 @@ impl Phase {
             Phase::Join => "join",
             Phase::Reset => "reset",
             Phase::Renew => "renew",
+            Phase::Distribute => "distribute",
+            Phase::Stop => "stop",
+            Phase::Restore => "restore",
+            Phase::Start => "start",
         }
     }
 }

@@ -163,14 +163,22 @@ pub(crate) fn plan(
             )],
         });
     }
+    // As the engine decides it: joins into a cluster that already runs
+    // take an etcd snapshot first.
+    let mut cp_steps = vec![];
+    let joins = ctx.cps().iter().skip(1).any(|n| pending(&n.name));
+    if initialized && joins && !ctx.external_etcd && !input.no_snapshot {
+        cp_steps.push(step(
+            &ctx.first.name,
+            "snapshot",
+            "pending".into(),
+            "etcd snapshot through a healthy member, stored sealed on the coordinator (reason: before rollout); --no-snapshot skips it".into(),
+        ));
+    }
+    cp_steps.extend(ctx.cps().iter().skip(1).map(|n| step(&n.name, "join-control-plane", st(&n.name), "kubeadm join --config /var/lib/kh-agent/kubeadm-join.yaml (control plane, under the lease)".into())));
     phases.push(proto::PlannedPhase {
         name: Phase::ControlPlanes.name().into(),
-        steps: ctx
-            .cps()
-            .iter()
-            .skip(1)
-            .map(|n| step(&n.name, "join-control-plane", st(&n.name), "kubeadm join --config /var/lib/kh-agent/kubeadm-join.yaml (control plane, under the lease)".into()))
-            .collect(),
+        steps: cp_steps,
     });
     phases.push(proto::PlannedPhase {
         name: Phase::Workers.name().into(),
