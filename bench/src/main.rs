@@ -1,10 +1,11 @@
 //! kh-bench: benchmarks of kh, run by hand and never by `cargo test`.
 //!
-//! It owns three measurements (docs/BENCHMARKS.md has the method and the
+//! It owns four measurements (docs/BENCHMARKS.md has the method and the
 //! numbers): `rollout` (wall time of a real rollout on the testbed against
 //! its critical path), `scale` (thousands of simulated agents enrolling and
-//! heartbeating against the real kh-coordinator process) and `agent` (an
-//! idle kh-agent's footprint and the time to prepare one host). It starts the
+//! heartbeating against the real kh-coordinator process), `agent` (an
+//! idle kh-agent's footprint and the time to prepare one host) and
+//! `snapshot` (kh's etcd snapshot against `etcdctl snapshot save` alone). It starts the
 //! real binaries built next to it, keeps all traffic on 127.0.0.0/8, stops
 //! every process it started, and changes nothing in the product.
 

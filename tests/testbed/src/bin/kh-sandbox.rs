@@ -113,6 +113,8 @@ const COORDINATOR_PORT: u16 = 7443;
 /// file's name), so no host may have it.
 const COORDINATOR: &str = "coordinator";
 const AGENT_PORTS: (u16, u16) = (7444, 7445);
+/// The coordinator's plain-HTTP /metrics, as deploy/monitoring scrapes it.
+const METRICS_PORT: u16 = 7446;
 
 fn main() {
     let cli = Cli::parse();
@@ -167,7 +169,17 @@ fn layout(dir: &Path, prefix: [u8; 3]) -> Layout {
             Ipv4Addr::new(prefix[0], prefix[1], prefix[2], 10),
             COORDINATOR_PORT,
         )),
-        coordinator_args: vec!["--heartbeat-interval".into(), "2s".into()],
+        coordinator_args: vec![
+            "--heartbeat-interval".into(),
+            "2s".into(),
+            // Prometheus' view: etcd snapshot age, count and size.
+            "--metrics-address".into(),
+            SocketAddr::from((
+                Ipv4Addr::new(prefix[0], prefix[1], prefix[2], 10),
+                METRICS_PORT,
+            ))
+            .to_string(),
+        ],
         first_agent_ip: Some(Ipv4Addr::new(prefix[0], prefix[1], prefix[2], 11)),
         agent_ports: Some(AGENT_PORTS),
     }
@@ -396,10 +408,11 @@ fn up(
     let khctl = kh_testbed::bin("khctl");
     let sandbox = kh_testbed::bin("kh-sandbox");
     println!(
-        "\nThe sandbox is up in {dir}.\n  Next:     {khctl} --config {dir}/admin.khconfig rollout -f {dir}/cluster.yaml\n  Logs:     {dir}/coordinator.log, {dir}/nodes/*/agent.log, {dir}/nodes/*/kubelet.log, {dir}/nodes/*/pods/*.log\n  Hosts:    {sandbox} --dir {dir} status | add-node NAME | kill-node NAME | start-node NAME | restart-coordinator\n  Stop it:  {sandbox} --dir {dir} down",
+        "\nThe sandbox is up in {dir}.\n  Next:     {khctl} --config {dir}/admin.khconfig rollout -f {dir}/cluster.yaml\n  Logs:     {dir}/coordinator.log, {dir}/nodes/*/agent.log, {dir}/nodes/*/kubelet.log, {dir}/nodes/*/pods/*.log\n  Metrics:  http://{metrics}/metrics (the coordinator's)\n  Hosts:    {sandbox} --dir {dir} status | add-node NAME | kill-node NAME | start-node NAME | restart-coordinator\n  Stop it:  {sandbox} --dir {dir} down",
         dir = dir.display(),
         khctl = khctl.display(),
         sandbox = sandbox.display(),
+        metrics = SocketAddr::from((w.coordinator.addr.ip(), METRICS_PORT)),
     );
     Ok(())
 }
