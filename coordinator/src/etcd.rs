@@ -144,7 +144,7 @@ pub async fn membership(
         });
     }
     Err(CoordError::Unavailable(format!(
-        "no control plane could list the etcd members ({last}); with quorum lost, see etcd's disaster-recovery guide (etcdctl snapshot restore)"
+        "no control plane could list the etcd members ({last}); with quorum lost, restore a snapshot with `khctl etcd restore --snapshot ID --yes` (IDs: `khctl etcd snapshot list`)"
     )))
 }
 
@@ -177,7 +177,7 @@ pub fn quorum_without(members: &[proto::MemberInfo], target: u64) -> QuorumCheck
 pub fn quorum_refusal(q: &QuorumCheck, what: &str) -> Option<String> {
     (q.healthy_after < q.needed_after).then(|| {
         format!(
-            "refusing to {what}: etcd has lost quorum — only {} of the {} other voting members are healthy and quorum needs {}. No membership change can succeed without quorum. Bring failed control planes back if you can; otherwise follow etcd's disaster-recovery guide (restore a snapshot with `etcdctl snapshot restore` into a new cluster). Nothing was changed",
+            "refusing to {what}: etcd has lost quorum — only {} of the {} other voting members are healthy and quorum needs {}. No membership change can succeed without quorum. Bring failed control planes back if you can; otherwise restore the latest snapshot with `khctl etcd restore --snapshot ID --yes` (IDs: `khctl etcd snapshot list`). Nothing was changed",
             q.healthy_after, q.voters_after, q.needed_after
         )
     })
@@ -429,7 +429,7 @@ pub fn quorum_check(
                 down.join(", ")
             ),
             format!(
-                "start {} again: etcd regains quorum once {needed} of {} members run (see `khctl etcd members`). If they are lost for good, follow etcd's disaster-recovery guide (etcdctl snapshot restore); no member can be replaced or removed without quorum",
+                "start {} again: etcd regains quorum once {needed} of {} members run (see `khctl etcd members`). If they are lost for good, restore a snapshot with `khctl etcd restore --snapshot ID --yes` (IDs: `khctl etcd snapshot list`); no member can be replaced or removed without quorum",
                 down.join(" and "),
                 voters.len()
             ),
@@ -894,7 +894,7 @@ pub async fn health(coord: &Coordinator) -> Result<proto::HealthResponse, CoordE
     match membership(coord, &spec, None).await {
         Err(e) => {
             quorum = false;
-            checks.push(check("etcd-quorum", false, e.to_string(), "restore quorum: start the failed control planes; if they are lost, follow etcd's disaster-recovery guide (etcdctl snapshot restore)"))
+            checks.push(check("etcd-quorum", false, e.to_string(), "restore quorum: start the failed control planes; if they are lost, restore a snapshot with `khctl etcd restore --snapshot ID --yes` (IDs: `khctl etcd snapshot list`)"))
         }
         Ok(view) => {
             let (q, ok) = quorum_check(&view.members, &view.running);

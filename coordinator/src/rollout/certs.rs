@@ -56,6 +56,8 @@ struct Plan {
     names: Vec<String>,
     /// Who started it and why, when it was not an operator.
     trigger: Option<String>,
+    /// `--no-snapshot`: no etcd snapshot before the first change.
+    no_snapshot: bool,
 }
 
 /// `certs renew all` or `certs renew apiserver,etcd-server`.
@@ -190,6 +192,7 @@ pub(crate) async fn start_as(
         spec,
         names,
         trigger,
+        no_snapshot: req.no_snapshot,
     };
     let rep = if req.dry_run {
         Reporter::dry_run(coord.clone(), state)
@@ -265,6 +268,11 @@ async fn emit_plan(plan: &Plan, rep: &Reporter) {
         .map(|cp| node_plan(plan, cp))
         .collect();
     notes.push("one control plane at a time, under the control-plane lease; the gate between control planes is decided from the cluster's health before the first change".into());
+    notes.push(if plan.no_snapshot {
+        "no etcd snapshot first (--no-snapshot)".into()
+    } else {
+        "an etcd snapshot first, stored on the coordinator (`khctl etcd snapshot list`), when the cluster answers; a cluster already down (expired certificates) cannot be read, and the renewal goes ahead without one, changing certificates only, never etcd's data".into()
+    });
     rep.emit(proto::RolloutEvent {
         kind: proto::rollout_event::Kind::Plan as i32,
         plan: Some(proto::RolloutPlan {
@@ -272,7 +280,14 @@ async fn emit_plan(plan: &Plan, rep: &Reporter) {
             phases: vec![
                 proto::PlannedPhase {
                     name: Phase::Preconditions.to_string(),
-                    steps: vec![step("cluster", "preconditions")],
+                    steps: if plan.no_snapshot {
+                        vec![step("cluster", "preconditions")]
+                    } else {
+                        vec![
+                            step("cluster", "preconditions"),
+                            step("cluster", "snapshot"),
+                        ]
+                    },
                 },
                 proto::PlannedPhase {
                     name: Phase::Renew.to_string(),
@@ -456,6 +471,52 @@ async fn run(coord: Arc<Coordinator>, plan: Plan, rep: Reporter) -> Result<(), F
     .await
 }
 
+/// The etcd snapshot before the first change, unless `--no-snapshot`. A
+/// cluster that was down before the renewal (its certificates expired) has
+/// no member that answers a snapshot; the renewal touches certificates only,
+/// not etcd's data, so it goes ahead and says so. A snapshot that fails on a
+/// healthy cluster refuses the renewal before anything changed.
+async fn snapshot_first(
+    coord: &Coordinator,
+    plan: &Plan,
+    healthy_gate: bool,
+    rep: &Reporter,
+) -> Result<(), Failure> {
+    if plan.no_snapshot || rep.is_done("cluster/snapshot").await {
+        return Ok(());
+    }
+    if !healthy_gate {
+        rep.note(
+            Phase::Preconditions,
+            "cluster",
+            "no etcd snapshot: the cluster was down before the renewal, so no member can be read; the renewal changes certificates only, never etcd's data",
+        )
+        .await;
+        return Ok(());
+    }
+    let what = format!("renewing the certificates of cluster {}", plan.spec.name);
+    rep.tracked(Phase::Preconditions, "cluster", "snapshot", async {
+        let m = crate::snapshots::take_before(coord, "certs renew", &what)
+            .await
+            .map_err(|message| Failure {
+                class: "preflight",
+                node: "cluster".into(),
+                step: "snapshot".into(),
+                message,
+                hint: "nothing was changed; run the same `khctl certs renew` again once a snapshot can be taken, or add --no-snapshot".into(),
+                report: None,
+            })?;
+        Ok((
+            (),
+            format!(
+                "etcd snapshot {} stored ({} bytes, revision {})",
+                m.id, m.size, m.revision
+            ),
+        ))
+    })
+    .await
+}
+
 async fn steps(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<(), Failure> {
     let ops = Ops { coord };
     emit_plan(plan, rep).await;
@@ -488,6 +549,7 @@ async fn steps(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<
         }
     };
     let healthy_gate = gate.contains(GATE_HEALTHY);
+    snapshot_first(coord, plan, healthy_gate, rep).await?;
 
     rep.phase(Phase::Renew).await;
     let cps: Vec<&NodeSpec> = plan.spec.control_planes().collect();

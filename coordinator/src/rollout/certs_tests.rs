@@ -450,3 +450,79 @@ async fn no_renewal_without_a_held_cluster_or_while_the_lease_is_held() {
     assert!(end.message.contains("etcd replace cp-2"), "{}", end.message);
     assert!(fake.steps().is_empty(), "{:?}", fake.steps());
 }
+
+/// A renewal of a healthy cluster takes an etcd snapshot before its first
+/// change, and refuses with nothing changed when none can be taken;
+/// `--no-snapshot` skips it; a cluster already down renews without one and
+/// says why.
+#[tokio::test]
+async fn a_renewal_takes_a_snapshot_first_refuses_without_one_and_skips_it_when_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = joined_ha(dir.path());
+
+    for cp in CPS {
+        fake.fail_snapshot(
+            cp,
+            "etcd snapshot failed (timeout): context deadline exceeded",
+        );
+    }
+    let (_, end) = follow(super::certs::start(coord.clone(), all()).await.unwrap()).await;
+    assert!(!end.ok);
+    assert_eq!(
+        (end.failure.as_str(), end.step.as_str()),
+        ("preflight", "snapshot")
+    );
+    assert!(
+        end.message.contains("context deadline exceeded"),
+        "{}",
+        end.message
+    );
+    assert!(end.hint.contains("--no-snapshot"), "{}", end.hint);
+    assert!(fake.step_log().is_empty(), "{:?}", fake.step_log());
+    let st = RolloutState::load_at(&coord.db, KEY).unwrap();
+    assert!(
+        st.is_none_or(|st| !st.changed()),
+        "a refused snapshot changed nothing"
+    );
+
+    // --no-snapshot goes ahead without one.
+    let req = CertsRenewRequest {
+        no_snapshot: true,
+        ..all()
+    };
+    let (events, end) = follow(super::certs::start(coord.clone(), req).await.unwrap()).await;
+    assert!(end.ok, "{}: {} ({})", end.step, end.message, end.hint);
+    assert!(!events.iter().any(|e| e.step == "snapshot"), "{events:?}");
+
+    // A healthy cluster: the snapshot is stored before the first renewal.
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = joined_ha(dir.path());
+    let (events, end) = follow(super::certs::start(coord.clone(), all()).await.unwrap()).await;
+    assert!(end.ok, "{}: {} ({})", end.step, end.message, end.hint);
+    assert_eq!(fake.snapshots_taken().len(), 1);
+    let snap = events
+        .iter()
+        .position(|e| e.step == "snapshot" && e.message.contains("stored"))
+        .unwrap_or_else(|| panic!("no snapshot event: {events:?}"));
+    let first_renew = events.iter().position(|e| e.step == "certs-renew").unwrap();
+    assert!(snap < first_renew, "{events:?}");
+    let list = crate::snapshots::list(&coord).unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].reason, "before certs renew");
+
+    // Already down: no member can be read, the renewal goes ahead and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = joined_ha(dir.path());
+    for cp in CPS {
+        fake.etcd_down(cp);
+    }
+    let (events, end) = follow(super::certs::start(coord.clone(), all()).await.unwrap()).await;
+    assert!(end.ok, "{}: {} ({})", end.step, end.message, end.hint);
+    assert!(fake.snapshots_taken().is_empty());
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("no etcd snapshot: the cluster was down")),
+        "{events:?}"
+    );
+}

@@ -332,7 +332,7 @@ async fn steps(
                     node: failed.name.clone(),
                     step: "preconditions".into(),
                     message: etcd::quorum_lost(&format!("replace {}", failed.name), &e),
-                    hint: "bring failed control planes back if you can; otherwise follow etcd's disaster-recovery guide: restore a snapshot with `etcdctl snapshot restore` into a new cluster".into(),
+                    hint: "bring failed control planes back if you can; otherwise restore the latest etcd snapshot with `khctl etcd restore --snapshot ID --yes` (IDs: `khctl etcd snapshot list`)".into(),
                     report: None,
                 })?;
                 let member = view.members.iter().find(|m| m.node == failed.name).cloned();
@@ -347,7 +347,7 @@ async fn steps(
                     report: None,
                 };
                 if let Some(r) = etcd::quorum_refusal(&q, &format!("replace {}", failed.name)) {
-                    return Err(pre(r, "restore quorum first; see etcd's disaster-recovery guide (etcdctl snapshot restore)"));
+                    return Err(pre(r, "restore quorum first: start the failed control planes, or if they are lost restore a snapshot with `khctl etcd restore --snapshot ID --yes` (IDs: `khctl etcd snapshot list`)"));
                 }
                 if !plan.force {
                     if let Some(r) = etcd::tolerance_refusal(&q, &format!("replace {}", failed.name)) {

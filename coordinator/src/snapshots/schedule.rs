@@ -91,8 +91,17 @@ pub fn prune(coord: &Coordinator, keep: u32) -> Result<Vec<String>, CoordError> 
         .filter(SnapshotMeta::is_automatic)
         .collect();
     let excess = automatic.len().saturating_sub(keep as usize);
+    // An unfinished restore still needs its snapshot: a resumed one may
+    // distribute it again.
+    let restoring =
+        crate::rollout::state::RolloutState::load_at(&coord.db, crate::rollout::restore::KEY)?
+            .filter(|st| !st.outcome.as_ref().is_some_and(|o| o.ok))
+            .map(|st| st.operation);
     let mut pruned = Vec::new();
     for m in automatic.into_iter().take(excess) {
+        if restoring.as_deref().is_some_and(|op| op.contains(&m.id)) {
+            continue;
+        }
         if delete(coord, &m.id)? {
             crate::audit::append(
                 &coord.db,

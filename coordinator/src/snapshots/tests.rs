@@ -307,3 +307,31 @@ async fn a_stream_that_ends_without_the_status_stores_nothing() {
     let (ids, partial) = sealed::scan(&dir(&coord)).unwrap();
     assert!(ids.is_empty() && partial.is_empty(), "{ids:?} {partial:?}");
 }
+
+/// Pruning never deletes the snapshot of an unfinished restore: a resumed
+/// restore may send it to the control planes again.
+#[tokio::test]
+async fn pruning_keeps_the_snapshot_an_unfinished_restore_needs() {
+    let yaml = HA.replace(
+        "  nodes:\n",
+        "  etcd:\n    snapshots: {every: 10s, keep: 1}\n  nodes:\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let (coord, _, clock) = coordinator_with(tmp.path(), &yaml);
+    let old = take(&coord, &reason_before("etcd replace"), None)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(1));
+    take(&coord, &reason_before("etcd replace"), None)
+        .await
+        .unwrap();
+    let mut pending = crate::rollout::state::RolloutState::default();
+    pending.key = crate::rollout::restore::KEY.into();
+    pending.operation = format!("etcd restore {}", old.id);
+    pending.save(&coord.db, 1).unwrap();
+    assert!(schedule::prune(&coord, 1).unwrap().is_empty());
+    assert_eq!(list(&coord).unwrap().len(), 2);
+
+    crate::rollout::state::RolloutState::clear_at(&coord.db, crate::rollout::restore::KEY).unwrap();
+    assert_eq!(schedule::prune(&coord, 1).unwrap(), vec![old.id]);
+}

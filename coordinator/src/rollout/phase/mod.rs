@@ -236,7 +236,7 @@ impl Ctx<'_> {
             "",
             "find-healthy-control-plane",
             format!("no control plane answers /readyz ({last})"),
-            "check the control planes (`khctl nodes`); with etcd quorum lost, see etcd's disaster-recovery guide",
+            "check the control planes (`khctl nodes`); with etcd quorum lost, restore a snapshot with `khctl etcd restore --snapshot ID --yes` (IDs: `khctl etcd snapshot list`)",
         ))
     }
 
