@@ -503,7 +503,7 @@ async fn snapshot_first(
                 node: "cluster".into(),
                 step: "snapshot".into(),
                 message,
-                hint: "nothing was changed; run the same `khctl certs renew` again once a snapshot can be taken, or add --no-snapshot".into(),
+                hint: "run the same `khctl certs renew` again once a snapshot can be taken, or add --no-snapshot".into(),
                 report: None,
             })?;
         Ok((

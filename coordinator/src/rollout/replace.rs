@@ -403,7 +403,7 @@ async fn steps(
                     step: "snapshot".into(),
                     message,
                     hint: format!(
-                        "nothing was changed; run `khctl etcd replace --failed {} --with {}` again once a snapshot can be taken, or add --no-snapshot",
+                        "run `khctl etcd replace --failed {} --with {}` again once a snapshot can be taken, or add --no-snapshot",
                         failed.name, new.name
                     ),
                     report: None,

@@ -284,17 +284,18 @@ impl Reporter {
     /// Records the outcome and sends the closing event.
     pub async fn finish(&self, result: &Result<(), Failure>) {
         let now = self.now();
+        let done = done_message(&self.state.lock().await.key);
         let (outcome, ev) = match result {
             Ok(()) => (
                 Outcome {
                     ok: true,
                     failure: String::new(),
-                    message: "the cluster matches the spec".into(),
+                    message: done.into(),
                 },
                 RolloutEvent {
                     kind: Kind::Finished as i32,
                     ok: true,
-                    message: "the cluster matches the spec".into(),
+                    message: done.into(),
                     ..Default::default()
                 },
             ),
@@ -342,5 +343,17 @@ impl Reporter {
             }
         }
         self.emit(ev).await;
+    }
+}
+
+/// What a finished operation says it achieved: a renewal or a restore
+/// proves less than "the cluster matches the spec".
+fn done_message(key: &str) -> &'static str {
+    match key {
+        super::certs::KEY => {
+            "every control plane serves its renewed certificates and the cluster is healthy"
+        }
+        super::restore::KEY => "etcd is restored and every restored control plane is healthy",
+        _ => "the cluster matches the spec",
     }
 }

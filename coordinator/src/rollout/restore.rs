@@ -296,7 +296,7 @@ async fn preconditions(coord: &Coordinator, plan: &Plan) -> Result<Fixed, Failur
     plan.source.verify(&snap.id).await.map_err(|e| {
         pre(
             format!("snapshot {} fails its integrity check: {e}", snap.id),
-            "take a new snapshot with `khctl etcd snapshot save` while the cluster is healthy, or pass another with --snapshot; nothing was changed",
+            "take a new snapshot with `khctl etcd snapshot save` while the cluster is healthy, or pass another with --snapshot",
         )
     })?;
     let now = unix_ms(coord.clock.now());
@@ -309,7 +309,7 @@ async fn preconditions(coord: &Coordinator, plan: &Plan) -> Result<Fixed, Failur
                 plan.spec.name,
                 left_out.join(", ")
             ),
-            "start kh-agent on the control planes (`systemctl status kh-agent`), then run the restore again; nothing was changed",
+            "start kh-agent on the control planes (`systemctl status kh-agent`), then run the restore again",
         ));
     }
     // A cluster with quorum keeps accepting writes: restoring over it throws
@@ -339,7 +339,7 @@ async fn preconditions(coord: &Coordinator, plan: &Plan) -> Result<Fixed, Failur
                     snap.id,
                     age(now, snap.created_ms)
                 ),
-                "restore only after quorum is lost (`khctl health` shows it); to restore anyway, add --force; nothing was changed",
+                "restore only after quorum is lost (`khctl health` shows it); to restore anyway, add --force",
             ));
         }
     }
