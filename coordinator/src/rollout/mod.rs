@@ -237,3 +237,25 @@ pub async fn status(coord: &Coordinator, follow: bool) -> Result<Follow, CoordEr
 mod certs_tests;
 #[cfg(test)]
 mod tests;
+
+/// Refuses a new operation while the one in `current` runs, naming it and
+/// how to follow it. Every operation but a rollout checks this (a rollout
+/// says it in its own words).
+pub(crate) async fn refuse_if_running(current: &Option<Reporter>) -> Result<(), CoordError> {
+    let Some(rep) = current.as_ref() else {
+        return Ok(());
+    };
+    let st = rep.state.lock().await;
+    if st.outcome.is_some() {
+        return Ok(());
+    }
+    Err(CoordError::FailedPrecondition(format!(
+        "{} is running (started {}); wait for it or follow it with `khctl rollout status --follow`",
+        if st.operation.is_empty() {
+            format!("a rollout of {}", st.cluster)
+        } else {
+            st.operation.clone()
+        },
+        kh::time::rfc3339(st.started_ms)
+    )))
+}

@@ -93,48 +93,14 @@ pub async fn start(coord: Arc<Coordinator>, req: EtcdReplaceRequest) -> Result<F
     let operation = format!("etcd replace {} with {}", failed.name, new.name);
 
     let mut guard = coord.rollouts.current.lock().await;
-    if let Some(rep) = guard.as_ref() {
-        let st = rep.state.lock().await;
-        if st.outcome.is_none() {
-            return Err(CoordError::FailedPrecondition(format!(
-                "{} is running (started {}); wait for it or follow it with `khctl rollout status --follow`",
-                if st.operation.is_empty() { format!("a rollout of {}", st.cluster) } else { st.operation.clone() },
-                kh::time::rfc3339(st.started_ms)
-            )));
-        }
-    }
+    super::refuse_if_running(&guard).await?;
     let now = unix_ms(coord.clock.now());
     let resume = resume_command(&req);
-    let mut state = match RolloutState::load_at(&coord.db, KEY)? {
-        // An unfinished replacement that changed something is resumed, and
-        // only by the same request; one that changed nothing is forgotten.
-        Some(p) if !p.outcome.as_ref().is_some_and(|o| o.ok) && p.changed() => {
-            if p.operation != operation {
-                return Err(CoordError::FailedPrecondition(format!(
-                    "an earlier {} did not finish and has changed the cluster ({}); finish it first: `{}`",
-                    p.operation,
-                    p.changing_steps().join(", "),
-                    if p.resume.is_empty() { format!("khctl etcd replace ... for {}", p.operation) } else { p.resume.clone() }
-                )));
-            }
-            RolloutState {
-                resume: resume.clone(),
-                started_ms: now,
-                finished_ms: 0,
-                outcome: None,
-                ..p
-            }
-        }
-        _ => RolloutState {
-            key: KEY.into(),
-            operation: operation.clone(),
-            cluster: spec.name.clone(),
-            spec_yaml: spec_yaml.clone(),
-            started_ms: now,
-            resume,
-            ..Default::default()
-        },
-    };
+    let mut state =
+        RolloutState::resume_or_begin(&coord.db, KEY, &operation, &spec.name, resume, now)?;
+    if state.spec_yaml.is_empty() {
+        state.spec_yaml = spec_yaml.clone();
+    }
     state.save(&coord.db, now)?;
     let rep = Reporter::new(coord.clone(), state);
     let live = rep.tx.subscribe();

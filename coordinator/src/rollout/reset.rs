@@ -241,20 +241,7 @@ pub async fn start(coord: Arc<Coordinator>, req: ResetRequest) -> Result<Follow,
         node_preconditions(&coord, &spec, n, req.force).await?;
     }
     let mut guard = coord.rollouts.current.lock().await;
-    if let Some(rep) = guard.as_ref() {
-        let st = rep.state.lock().await;
-        if st.outcome.is_none() {
-            return Err(CoordError::FailedPrecondition(format!(
-                "{} is running (started {}); wait for it or follow it with `khctl rollout status --follow`",
-                if st.operation.is_empty() {
-                    format!("a rollout of {}", st.cluster)
-                } else {
-                    st.operation.clone()
-                },
-                kh::time::rfc3339(st.started_ms)
-            )));
-        }
-    }
+    super::refuse_if_running(&guard).await?;
     let operation = match &target {
         Target::Cluster => format!("reset {}", spec.name),
         Target::Node(n) => format!("reset {} node {}", spec.name, n.name),

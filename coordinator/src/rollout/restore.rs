@@ -140,16 +140,7 @@ pub async fn start(
     })?;
     let operation = operation_name(&snapshot.id);
     let mut guard = coord.rollouts.current.lock().await;
-    if let Some(rep) = guard.as_ref() {
-        let st = rep.state.lock().await;
-        if st.outcome.is_none() {
-            return Err(CoordError::FailedPrecondition(format!(
-                "{} is running (started {}); wait for it or follow it with `khctl rollout status --follow`",
-                if st.operation.is_empty() { format!("a rollout of {}", st.cluster) } else { st.operation.clone() },
-                kh::time::rfc3339(st.started_ms)
-            )));
-        }
-    }
+    super::refuse_if_running(&guard).await?;
     // An unfinished replacement would fight the restore over the members.
     if let Some(p) = super::replace::pending(&coord)
         .await?
@@ -162,34 +153,8 @@ pub async fn start(
     }
     let now = unix_ms(coord.clock.now());
     let resume = resume_command(&req);
-    let previous = RolloutState::load_at(&coord.db, KEY)?;
-    let mut state = match previous {
-        Some(p) if !p.outcome.as_ref().is_some_and(|o| o.ok) && p.changed() => {
-            if p.operation != operation {
-                return Err(CoordError::FailedPrecondition(format!(
-                    "an earlier {} did not finish and has changed the cluster ({}); finish it first: `{}`",
-                    p.operation,
-                    p.changing_steps().join(", "),
-                    p.resume
-                )));
-            }
-            RolloutState {
-                resume: resume.clone(),
-                started_ms: now,
-                finished_ms: 0,
-                outcome: None,
-                ..p
-            }
-        }
-        _ => RolloutState {
-            key: KEY.into(),
-            operation,
-            cluster: spec.name.clone(),
-            started_ms: now,
-            resume,
-            ..Default::default()
-        },
-    };
+    let mut state =
+        RolloutState::resume_or_begin(&coord.db, KEY, &operation, &spec.name, resume, now)?;
     let rep = if req.dry_run {
         state.steps.clear();
         Reporter::dry_run(coord.clone(), state)

@@ -126,6 +126,51 @@ fn step_prefix(key: &str) -> String {
 }
 
 impl RolloutState {
+    /// The state an operation at `key` starts from: the unfinished one
+    /// that changed something, resumed (and only by the same `operation`:
+    /// another one is refused with the command that finishes it), or a new
+    /// one. One that changed nothing is forgotten.
+    pub fn resume_or_begin(
+        db: &Db,
+        key: &str,
+        operation: &str,
+        cluster: &str,
+        resume: String,
+        now_ms: u64,
+    ) -> Result<RolloutState, CoordError> {
+        match RolloutState::load_at(db, key)? {
+            Some(p) if !p.outcome.as_ref().is_some_and(|o| o.ok) && p.changed() => {
+                if p.operation != operation {
+                    return Err(CoordError::FailedPrecondition(format!(
+                        "an earlier {} did not finish and has changed the cluster ({}); finish it first: `{}`",
+                        p.operation,
+                        p.changing_steps().join(", "),
+                        if p.resume.is_empty() {
+                            format!("the command that started {}", p.operation)
+                        } else {
+                            p.resume.clone()
+                        }
+                    )));
+                }
+                Ok(RolloutState {
+                    resume,
+                    started_ms: now_ms,
+                    finished_ms: 0,
+                    outcome: None,
+                    ..p
+                })
+            }
+            _ => Ok(RolloutState {
+                key: key.into(),
+                operation: operation.into(),
+                cluster: cluster.into(),
+                started_ms: now_ms,
+                resume,
+                ..Default::default()
+            }),
+        }
+    }
+
     pub fn load(db: &Db) -> Result<Option<RolloutState>, CoordError> {
         Self::load_at(db, KEY)
     }
