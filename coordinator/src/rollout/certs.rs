@@ -654,6 +654,20 @@ async fn admin_kubeconfig(coord: &Coordinator, spec: &ClusterSpec) -> Result<Str
     ))
 }
 
+/// `certs-renew-finished` for `khctl health`: a renewal that changed the
+/// cluster and stopped leaves control planes on different certificates; it
+/// must be resumed with its command.
+pub async fn health_check(coord: &Coordinator) -> Result<proto::HealthCheck, CoordError> {
+    super::operation::unfinished_check(
+        coord,
+        KEY,
+        "certs-renew-finished",
+        "certificate renewal",
+        "some control planes may still serve their old certificates, or have a static pod manifest moved aside",
+    )
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -227,8 +227,21 @@ async fn a_renewal_interrupted_during_a_restart_resumes_there() {
         .unwrap();
     st.save(&coord.db, 14).unwrap();
 
+    // `khctl health` names the unfinished renewal and its command, and the
+    // cluster-health wait of other operations does not count it.
+    let check = super::certs::health_check(&coord).await.unwrap();
+    assert!(!check.ok, "{check:?}");
+    assert_eq!(check.name, "certs-renew-finished");
+    assert!(
+        check.detail.contains("cp-2/restart was running"),
+        "{}",
+        check.detail
+    );
+    assert_eq!(check.fix, "resume it: `khctl certs renew --all`");
+
     let (events, end) = follow(super::certs::start(coord.clone(), all()).await.unwrap()).await;
     assert!(end.ok, "{}: {}", end.step, end.message);
+    assert!(super::certs::health_check(&coord).await.unwrap().ok);
     let steps = fake.steps();
     assert_eq!(
         steps,

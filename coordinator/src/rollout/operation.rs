@@ -7,9 +7,9 @@
 //! during its preconditions, or refused by them) changed nothing and can be
 //! forgotten; a refused etcd replacement forgets itself.
 
-use kh::proto::{CancelOperationResponse, OperationInfo};
+use kh::proto::{self, CancelOperationResponse, OperationInfo};
 
-use super::state::{self, RolloutState};
+use super::state::{self, RolloutState, Status};
 use super::{certs, replace, reset, restore};
 use crate::error::CoordError;
 use crate::Coordinator;
@@ -221,6 +221,63 @@ pub async fn cancel(
             "cancelled {}: it had changed nothing, and nothing is pending now",
             op.name()
         ),
+    })
+}
+
+/// The `khctl health` check `name` for the operation persisted at `key`:
+/// ok when there is none, it finished, it changed nothing or it is running;
+/// failing, with the command that resumes it, when it changed the cluster
+/// and stopped. `what` names the operation when none is recorded, and
+/// `consequence` says what an unfinished one may have left behind.
+pub async fn unfinished_check(
+    coord: &Coordinator,
+    key: &str,
+    name: &str,
+    what: &str,
+    consequence: &str,
+) -> Result<proto::HealthCheck, CoordError> {
+    let ok = |detail: String| proto::HealthCheck {
+        name: name.into(),
+        ok: true,
+        detail,
+        fix: String::new(),
+    };
+    let Some(st) = RolloutState::load_at(&coord.db, key)? else {
+        return Ok(ok(format!("no unfinished {what}")));
+    };
+    if st.outcome.as_ref().is_some_and(|o| o.ok) || !st.changed() {
+        return Ok(ok(format!("no unfinished {what}")));
+    }
+    let running = match coord.rollouts.current.lock().await.as_ref() {
+        Some(rep) => {
+            let cur = rep.state.lock().await;
+            cur.key == key && cur.outcome.is_none()
+        }
+        None => false,
+    };
+    if running {
+        return Ok(ok(format!(
+            "{} is running; follow it with `khctl rollout status --follow`",
+            st.operation
+        )));
+    }
+    let stopped = st
+        .steps
+        .iter()
+        .find(|(_, s)| s.status != Status::Done)
+        .map(|(k, s)| match s.status {
+            Status::Failed => format!(
+                " ({k} failed: {})",
+                s.message.lines().next().unwrap_or_default()
+            ),
+            _ => format!(" ({k} was running when the coordinator stopped)"),
+        })
+        .unwrap_or_default();
+    Ok(proto::HealthCheck {
+        name: name.into(),
+        ok: false,
+        detail: format!("{} did not finish{stopped}; {consequence}", st.operation),
+        fix: format!("resume it: `{}`", st.resume),
     })
 }
 

@@ -729,53 +729,14 @@ async fn verify(coord: &Coordinator, spec: &ClusterSpec, fixed: &Fixed) -> Resul
 /// `etcd-restore-finished` for `khctl health`: a restore that changed the
 /// cluster and stopped must be resumed with its command.
 pub async fn health_check(coord: &Coordinator) -> Result<proto::HealthCheck, CoordError> {
-    const NAME: &str = "etcd-restore-finished";
-    let ok = |detail: String| proto::HealthCheck {
-        name: NAME.into(),
-        ok: true,
-        detail,
-        fix: String::new(),
-    };
-    let Some(st) = RolloutState::load_at(&coord.db, KEY)? else {
-        return Ok(ok("no unfinished etcd restore".into()));
-    };
-    if st.outcome.as_ref().is_some_and(|o| o.ok) || !st.changed() {
-        return Ok(ok("no unfinished etcd restore".into()));
-    }
-    let running = match coord.rollouts.current.lock().await.as_ref() {
-        Some(rep) => {
-            let cur = rep.state.lock().await;
-            cur.key == KEY && cur.outcome.is_none()
-        }
-        None => false,
-    };
-    if running {
-        return Ok(ok(format!(
-            "{} is running; follow it with `khctl rollout status --follow`",
-            st.operation
-        )));
-    }
-    let stopped = st
-        .steps
-        .iter()
-        .find(|(_, s)| s.status != super::state::Status::Done)
-        .map(|(k, s)| match s.status {
-            super::state::Status::Failed => format!(
-                " ({k} failed: {})",
-                s.message.lines().next().unwrap_or_default()
-            ),
-            _ => format!(" ({k} was running when the coordinator stopped)"),
-        })
-        .unwrap_or_default();
-    Ok(proto::HealthCheck {
-        name: NAME.into(),
-        ok: false,
-        detail: format!(
-            "{} did not finish{stopped}; etcd and the apiservers may be stopped",
-            st.operation
-        ),
-        fix: format!("resume it: `{}`", st.resume),
-    })
+    super::operation::unfinished_check(
+        coord,
+        KEY,
+        "etcd-restore-finished",
+        "etcd restore",
+        "etcd and the apiservers may be stopped",
+    )
+    .await
 }
 
 /// The coordinator's snapshot store (`crate::snapshots`) as the restore's
