@@ -370,7 +370,8 @@ fn upgrade_static_pods(env: &NodeEnv, version: &str) -> R<()> {
     Ok(())
 }
 
-/// Renews this control plane's certificates as `upgrade` does by default.
+/// Renews this control plane's certificates as `upgrade` does by default,
+/// before the manifests change so the restarted apiserver serves them.
 fn renew_certificates(env: &NodeEnv) -> R<()> {
     let stacked = env.path(&format!("{PKI}/etcd/ca.key")).exists();
     for r in RENEWABLE.iter() {
@@ -448,10 +449,10 @@ fn apply(env: &NodeEnv, argv: &[String]) -> R<()> {
     }
     println!("[upgrade/preflight] Pulling images required for setting up a Kubernetes cluster");
     println!("[upgrade/control-plane] Upgrading your static Pod-hosted control plane to version \"{target_str}\" (timeout: 5m0s)...");
-    upgrade_static_pods(env, &target_str)?;
     if p.get("certificate-renewal") != Some("false") {
         renew_certificates(env)?;
     }
+    upgrade_static_pods(env, &target_str)?;
     println!("[upgrade/control-plane] The control plane instance for this node was successfully upgraded!");
     println!("[upload-config] Storing the configuration used in ConfigMap \"kubeadm-config\" in the \"kube-system\" Namespace");
     cluster.kubernetes_version = target_str.clone();
@@ -511,10 +512,10 @@ fn node(env: &NodeEnv, argv: &[String]) -> R<()> {
     }
     println!("[preflight] Pulling images required for setting up a Kubernetes cluster");
     println!("[upgrade/control-plane] Upgrading your Static Pod-hosted control plane instance to version \"{version}\"...");
-    upgrade_static_pods(env, &version)?;
     if p.get("certificate-renewal") != Some("false") {
         renew_certificates(env)?;
     }
+    upgrade_static_pods(env, &version)?;
     println!("[upgrade/control-plane] The control plane instance for this node was successfully upgraded!");
     kubelet_lines();
     println!("[upgrade] The control plane instance for this node was successfully updated!");
