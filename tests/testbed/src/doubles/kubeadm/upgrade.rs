@@ -310,7 +310,7 @@ fn apiserver_endpoint(text: &str) -> Option<(IpAddr, u16)> {
 /// Retags this node's control-plane manifests to `version`, waiting for the
 /// kubelet to restart the apiserver; on failure the old manifests are put
 /// back, as kubeadm rolls back.
-fn upgrade_static_pods(env: &NodeEnv, version: &str) -> R<()> {
+fn upgrade_static_pods(env: &NodeEnv, version: &str, limit: Duration) -> R<()> {
     println!("[upgrade/staticpods] Writing new Static Pod manifests to \"/etc/kubernetes/tmp/kubeadm-upgraded-manifests\"");
     let stamp = env
         .now()
@@ -345,7 +345,7 @@ fn upgrade_static_pods(env: &NodeEnv, version: &str) -> R<()> {
         changed.push((path.clone(), old.clone()));
         println!("[upgrade/staticpods] Waiting for the kubelet to restart the component");
         if c == "kube-apiserver" {
-            let waited = wait_for(WAIT_LIMIT, || match pod_pid(env, c) {
+            let waited = wait_for(limit, || match pod_pid(env, c) {
                 Some(p) if Some(&p) != pid_before.as_ref() => Ok(()),
                 _ => Err("timed out waiting for the condition".to_string()),
             })
@@ -452,7 +452,7 @@ fn apply(env: &NodeEnv, argv: &[String]) -> R<()> {
     if p.get("certificate-renewal") != Some("false") {
         renew_certificates(env)?;
     }
-    upgrade_static_pods(env, &target_str)?;
+    upgrade_static_pods(env, &target_str, WAIT_LIMIT)?;
     println!("[upgrade/control-plane] The control plane instance for this node was successfully upgraded!");
     println!("[upload-config] Storing the configuration used in ConfigMap \"kubeadm-config\" in the \"kube-system\" Namespace");
     cluster.kubernetes_version = target_str.clone();
@@ -515,7 +515,7 @@ fn node(env: &NodeEnv, argv: &[String]) -> R<()> {
     if p.get("certificate-renewal") != Some("false") {
         renew_certificates(env)?;
     }
-    upgrade_static_pods(env, &version)?;
+    upgrade_static_pods(env, &version, WAIT_LIMIT)?;
     println!("[upgrade/control-plane] The control plane instance for this node was successfully upgraded!");
     kubelet_lines();
     println!("[upgrade] The control plane instance for this node was successfully updated!");
@@ -533,6 +533,74 @@ mod tests {
 
     fn check(target: &str, cluster: &str, kubeadm: &str) -> (Vec<String>, Vec<String>) {
         policy(target, v(target), v(cluster), kubeadm, v(kubeadm))
+    }
+
+    fn host(version: &str) -> (tempfile::TempDir, NodeEnv) {
+        let dir = tempfile::tempdir().unwrap();
+        let env = NodeEnv::new(&dir.path().join("root"), dir.path(), None);
+        let api = manifest::apiserver(&ApiServerPod {
+            ip: "127.0.0.5".into(),
+            bind_port: 6443,
+            etcd_servers: vec!["https://127.0.0.5:2379".into()],
+            etcd_ca: format!("{PKI}/etcd/ca.crt"),
+            etcd_cert: format!("{PKI}/apiserver-etcd-client.crt"),
+            etcd_key: format!("{PKI}/apiserver-etcd-client.key"),
+            service_subnet: "10.96.0.0/12".into(),
+            dns_domain: "cluster.local".into(),
+            version: version.into(),
+            extra_args: vec![],
+        });
+        write(
+            &env,
+            &format!("{MANIFESTS_DIR}/kube-apiserver.yaml"),
+            &api,
+            0o600,
+        )
+        .unwrap_or_else(|Fail(e)| panic!("{e}"));
+        for c in ["kube-controller-manager", "kube-scheduler"] {
+            let m = manifest::other_component(c, version, "/etc/kubernetes/x.conf");
+            write(&env, &format!("{MANIFESTS_DIR}/{c}.yaml"), &m, 0o600)
+                .unwrap_or_else(|Fail(e)| panic!("{e}"));
+        }
+        (dir, env)
+    }
+
+    fn tags(env: &NodeEnv) -> Vec<String> {
+        COMPONENTS
+            .iter()
+            .map(|c| tag_of(&read(env, &format!("{MANIFESTS_DIR}/{c}.yaml")).unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn manifests_at_the_target_are_left_alone_and_others_retagged() {
+        let (_d, env) = host("v1.32.0");
+        let before = read(&env, &format!("{MANIFESTS_DIR}/kube-apiserver.yaml"));
+        // Only the scheduler lags: the apiserver is not restarted.
+        let m = manifest::other_component("kube-scheduler", "v1.31.4", "/etc/kubernetes/x.conf");
+        write(
+            &env,
+            &format!("{MANIFESTS_DIR}/kube-scheduler.yaml"),
+            &m,
+            0o600,
+        )
+        .unwrap_or_else(|Fail(e)| panic!("{e}"));
+        assert!(upgrade_static_pods(&env, "v1.32.0", Duration::from_millis(200)).is_ok());
+        assert_eq!(tags(&env), vec!["v1.32.0"; 3]);
+        assert_eq!(
+            read(&env, &format!("{MANIFESTS_DIR}/kube-apiserver.yaml")),
+            before
+        );
+    }
+
+    #[test]
+    fn an_apiserver_the_kubelet_never_restarts_is_rolled_back() {
+        let (_d, env) = host("v1.31.4");
+        let Err(Fail(e)) = upgrade_static_pods(&env, "v1.32.0", Duration::from_millis(300)) else {
+            panic!("no kubelet restarted the apiserver, yet the upgrade succeeded");
+        };
+        assert!(e.starts_with("[upgrade/apply] FATAL: couldn't upgrade control plane. kubeadm has tried to recover everything into the earlier state. Errors faced: timed out waiting for the condition"), "{e}");
+        assert_eq!(tags(&env), vec!["v1.31.4"; 3]);
     }
 
     #[test]
@@ -625,18 +693,8 @@ mod tests {
 
     #[test]
     fn the_apiserver_endpoint_comes_from_the_manifest() {
-        let m = manifest::apiserver(&ApiServerPod {
-            ip: "127.0.0.5".into(),
-            bind_port: 6443,
-            etcd_servers: vec!["https://127.0.0.5:2379".into()],
-            etcd_ca: format!("{PKI}/etcd/ca.crt"),
-            etcd_cert: format!("{PKI}/apiserver-etcd-client.crt"),
-            etcd_key: format!("{PKI}/apiserver-etcd-client.key"),
-            service_subnet: "10.96.0.0/12".into(),
-            dns_domain: "cluster.local".into(),
-            version: "v1.31.4".into(),
-            extra_args: vec![],
-        });
+        let (_d, env) = host("v1.31.4");
+        let m = read(&env, &format!("{MANIFESTS_DIR}/kube-apiserver.yaml")).unwrap();
         assert_eq!(
             apiserver_endpoint(&m),
             Some(("127.0.0.5".parse().unwrap(), 6443))
