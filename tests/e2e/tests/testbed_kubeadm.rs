@@ -518,3 +518,171 @@ fn token_create_and_upload_certs_take_their_secret_from_a_config_file() {
         assert!(calls.contains(&call), "{call} not in {calls:?}");
     }
 }
+
+fn set_version(host: &AgentProc, v: &str) {
+    std::fs::write(host.node_dir().join("kube-version"), format!("{v}\n")).unwrap();
+}
+
+fn image_of(host: &AgentProc, component: &str) -> String {
+    let m =
+        std::fs::read_to_string(host.path(&format!("/etc/kubernetes/manifests/{component}.yaml")))
+            .unwrap();
+    m.lines()
+        .find_map(|l| l.trim().strip_prefix("image: "))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn upgrade_apply_then_upgrade_node_move_the_cluster_one_minor() {
+    let mut w = World::offline();
+    for n in ["cp-1", "cp-2", "w-1"] {
+        w.add_kube_host(n);
+        set_version(w.agents.last().unwrap(), "v1.31.4");
+    }
+    let (cp1, cp2, w1) = (&w.agents[0], &w.agents[1], &w.agents[2]);
+    let cfg = init_config(&w, cp1);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("v1.32.0", "v1.31.4")).unwrap();
+    let out = cp1
+        .kubeadm(&["init", "--config", cfg.to_str().unwrap(), "--upload-certs"])
+        .expect_ok("kubeadm init at v1.31.4");
+    let hash = out
+        .stdout
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap()
+        .to_string();
+    let j = Joinable {
+        endpoint: format!("{}:6443", cp1.ip),
+        hash,
+        key: certificate_key(&out.stdout),
+    };
+    join_cp(cp2, &j, &j.key).expect_ok("join cp-2");
+    join_worker(w1, &j, TOKEN).expect_ok("join w-1");
+    assert_eq!(
+        image_of(cp1, "kube-apiserver"),
+        "registry.k8s.io/kube-apiserver:v1.31.4"
+    );
+
+    // kubeadm v1.31.4 cannot go to v1.32; the new kubeadm plans it.
+    let out = cp1.kubeadm(&["upgrade", "apply", "v1.32.0", "--yes"]);
+    assert_eq!(out.code, Some(1));
+    assert!(out.stderr.contains("Specified version to upgrade to \"v1.32.0\" is at least one minor release higher than the kubeadm minor release (32 > 31). Such an upgrade is not supported"), "{}", out.stderr);
+    set_version(cp1, "v1.32.0");
+    let plan = cp1.kubeadm(&["upgrade", "plan"]).expect_ok("upgrade plan");
+    for want in [
+        "[upgrade/versions] Cluster version: v1.31.4\n",
+        "[upgrade/versions] kubeadm version: v1.32.0\n",
+        "\tkubeadm upgrade apply v1.32.0\n",
+    ] {
+        assert!(plan.stdout.contains(want), "{want:?} in\n{}", plan.stdout);
+    }
+    for node in ["cp-1", "cp-2", "w-1"] {
+        assert!(
+            plan.stdout.lines().any(|l| l.starts_with("kubelet")
+                && l.contains(node)
+                && l.ends_with("v1.31.4   v1.32.0")),
+            "{node} in\n{}",
+            plan.stdout
+        );
+    }
+    let out = cp1.kubeadm(&["upgrade", "apply", "v1.33.0", "-y"]);
+    assert!(
+        out.stderr
+            .contains("the --version argument is invalid due to these fatal errors:"),
+        "{}",
+        out.stderr
+    );
+    // Without --yes kubeadm asks; no answer is a no.
+    let out = cp1.kubeadm(&["upgrade", "apply", "v1.32.0"]);
+    assert!(out
+        .stdout
+        .contains("[upgrade/confirm] Are you sure you want to proceed? [y/N]: "));
+    assert!(
+        out.stderr
+            .contains("won't proceed; the user didn't answer (Y|y) in order to continue"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        image_of(cp1, "kube-apiserver"),
+        "registry.k8s.io/kube-apiserver:v1.31.4"
+    );
+
+    let out = cp1
+        .kubeadm(&["upgrade", "apply", "v1.32.0", "--yes"])
+        .expect_ok("upgrade apply");
+    assert!(
+        out.stdout.contains(
+            "[upgrade/successful] SUCCESS! Your cluster was upgraded to \"v1.32.0\". Enjoy!"
+        ),
+        "{}",
+        out.stdout
+    );
+    for c in [
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+    ] {
+        assert_eq!(image_of(cp1, c), format!("registry.k8s.io/{c}:v1.32.0"));
+    }
+    assert_eq!(image_of(cp1, "etcd"), "registry.k8s.io/etcd:3.5.16-0");
+    cp1.apiserver_get("/healthz")
+        .expect("the restarted apiserver answers");
+    let plan = cp1.kubeadm(&["upgrade", "plan"]).expect_ok("upgrade plan");
+    assert!(
+        plan.stdout
+            .contains("[upgrade/versions] Cluster version: v1.32.0\n"),
+        "{}",
+        plan.stdout
+    );
+    let again = cp1
+        .kubeadm(&[
+            "upgrade",
+            "apply",
+            "v1.32.0",
+            "-y",
+            "--certificate-renewal=false",
+        ])
+        .expect_ok("re-apply");
+    assert!(
+        again
+            .stdout
+            .contains("Current and new manifests of kube-apiserver are equal, skipping upgrade"),
+        "{}",
+        again.stdout
+    );
+
+    // cp-2 follows the cluster version once its kubeadm is new enough.
+    let out = cp2.kubeadm(&["upgrade", "node"]);
+    assert!(
+        out.stderr.contains(
+            "the cluster version \"v1.32.0\" is higher than the kubeadm version \"v1.31.4\""
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        image_of(cp2, "kube-apiserver"),
+        "registry.k8s.io/kube-apiserver:v1.31.4"
+    );
+    set_version(cp2, "v1.32.0");
+    let out = cp2
+        .kubeadm(&["upgrade", "node"])
+        .expect_ok("upgrade node cp-2");
+    assert!(out.stdout.ends_with("[upgrade] The control plane instance for this node was successfully updated!\n[upgrade] Now you should go ahead and upgrade the kubelet package using your package manager.\n"), "{}", out.stdout);
+    assert_eq!(
+        image_of(cp2, "kube-scheduler"),
+        "registry.k8s.io/kube-scheduler:v1.32.0"
+    );
+    cp2.apiserver_get("/healthz")
+        .expect("cp-2's apiserver answers");
+
+    let out = w1
+        .kubeadm(&["upgrade", "node"])
+        .expect_ok("upgrade node w-1");
+    assert!(out.stdout.ends_with("[upgrade] The configuration for this node was successfully updated!\n[upgrade] Now you should go ahead and upgrade the kubelet package using your package manager.\n"), "{}", out.stdout);
+    let calls = std::fs::read_to_string(cp1.node_dir().join("calls.log")).unwrap();
+    assert!(calls.contains("upgrade apply v1.32.0 --yes"), "{calls}");
+}

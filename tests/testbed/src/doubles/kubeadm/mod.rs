@@ -31,6 +31,7 @@ mod join;
 mod renew;
 mod reset;
 mod token;
+mod upgrade;
 mod upload_certs;
 mod version;
 
@@ -45,6 +46,7 @@ use renew::*;
 use reset::*;
 pub use token::table;
 use token::*;
+use upgrade::*;
 use upload_certs::*;
 use version::*;
 
@@ -87,6 +89,7 @@ pub fn main(env: &NodeEnv, argv: &[String]) -> i32 {
         Some("token") => token(env, &argv[1..]),
         Some("certs") => certs_cmd(env, &argv[1..]),
         Some("reset") => reset(env, &argv[1..]),
+        Some("upgrade") => upgrade(env, &argv[1..]),
         Some(other) => Err(plain(format!(
             "unknown command \"{other}\" for \"kubeadm\"\nRun 'kubeadm --help' for usage."
         ))),

@@ -11,8 +11,8 @@ use super::*;
 use crate::kube::unb64;
 
 /// What one renewable certificate is.
-struct Renewable {
-    name: &'static str,
+pub(super) struct Renewable {
+    pub(super) name: &'static str,
     /// kubeadm's long name, printed as "<long> renewed".
     long: &'static str,
     /// Where it lives.
@@ -20,10 +20,10 @@ struct Renewable {
     /// The CA that signs it (base name under /etc/kubernetes/pki).
     ca: &'static str,
     /// Only on stacked etcd control planes.
-    etcd: bool,
+    pub(super) etcd: bool,
 }
 
-enum File {
+pub(super) enum File {
     /// `<PKI>/<base>.crt` and `.key`.
     Pki(&'static str),
     /// A kubeconfig under /etc/kubernetes with the certificate embedded.
@@ -31,7 +31,7 @@ enum File {
 }
 
 /// kubeadm's renewable certificates, in the order `renew all` prints them.
-const RENEWABLE: [Renewable; 11] = [
+pub(super) const RENEWABLE: [Renewable; 11] = [
     Renewable {
         name: "admin.conf",
         long: "certificate embedded in the kubeconfig file for the admin to use and for kubeadm itself",
@@ -190,7 +190,7 @@ fn read_config(env: &NodeEnv, config: Option<&str>, kubeconfig: Option<&str>) ->
     Ok(())
 }
 
-fn exists(env: &NodeEnv, r: &Renewable) -> bool {
+pub(super) fn exists(env: &NodeEnv, r: &Renewable) -> bool {
     match r.file {
         File::Pki(base) => env.path(&format!("{PKI}/{base}.crt")).exists(),
         File::Kubeconfig(f) => env.path(&format!("/etc/kubernetes/{f}")).exists(),
@@ -208,7 +208,7 @@ fn ca_of(env: &NodeEnv, base: &str) -> Result<CaPair, String> {
     }
 }
 
-fn renew_one(env: &NodeEnv, r: &Renewable) -> Result<(), String> {
+pub(super) fn renew_one(env: &NodeEnv, r: &Renewable) -> Result<(), String> {
     let ca = ca_of(env, r.ca)?;
     match r.file {
         File::Pki(base) => {
