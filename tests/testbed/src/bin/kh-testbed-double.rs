@@ -52,6 +52,14 @@ fn main() -> ExitCode {
             };
             code.clamp(0, 255) as u8
         }
+        t if kh_testbed::doubles::packages::PACKAGE_TOOLS.contains(&t) => {
+            let env = kh_testbed::kube::NodeEnv::new(
+                &root,
+                &node,
+                kh_testbed::clock::world_dir_from_env().as_deref(),
+            );
+            kh_testbed::doubles::packages::main(t, &env, rest).clamp(0, 255) as u8
+        }
         other => {
             eprintln!("kh-testbed-double: unknown tool name {other:?}");
             2

@@ -32,7 +32,7 @@ pub fn main(env: &NodeEnv, argv: &[String]) -> i32 {
 }
 
 fn version(env: &NodeEnv, p: &args::Parsed) -> Result<(), String> {
-    let v = env.version();
+    let v = env.version_of("kubectl");
     let (major, minor) = crate::kube::minor_of(&v).unwrap_or((1, 0));
     let info = json!({
         "major": major.to_string(),

@@ -9,12 +9,13 @@ pub mod haproxy;
 pub mod kubeadm;
 pub mod kubectl;
 pub mod latency;
+pub mod packages;
 
 /// `kubelet --version` (and `kubelet version`): `Kubernetes v1.32.0`.
 pub fn kubelet(env: &crate::kube::NodeEnv, args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
         Some("--version") | Some("version") => {
-            println!("Kubernetes {}", env.version());
+            println!("Kubernetes {}", env.version_of("kubelet"));
             0
         }
         _ => {
