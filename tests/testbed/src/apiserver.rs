@@ -761,6 +761,21 @@ pub fn parse_flags(args: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 /// Runs the double until killed.
+/// The static pod manifest the kubelet double runs this double from.
+pub const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
+
+/// `v1.32.0` from a kube-apiserver manifest's image
+/// (`registry.k8s.io/kube-apiserver:v1.32.0`).
+pub fn image_version(manifest: &str) -> Option<String> {
+    let pod: Value = serde_yaml::from_str(manifest).ok()?;
+    let image = pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find_map(|c| c["image"].as_str().filter(|i| i.contains("kube-apiserver")))?;
+    let (_, tag) = image.rsplit_once(':')?;
+    crate::kube::minor_of(tag).map(|_| tag.to_string())
+}
+
 pub fn main(args: Vec<String>) -> Result<()> {
     let f = parse_flags(&args)?;
     let need = |k: &str| {
@@ -796,8 +811,15 @@ pub fn main(args: Vec<String>) -> Result<()> {
         need("etcd-keyfile")?.as_ref(),
     )
     .context("the etcd client")?;
+    // A real apiserver is the version of its image; the kubelet double
+    // restarts this process when its manifest changes (an upgrade).
     let version = crate::kube::NodeEnv::from_env()
-        .map(|e| e.version())
+        .map(|e| {
+            std::fs::read_to_string(e.path(APISERVER_MANIFEST))
+                .ok()
+                .and_then(|m| image_version(&m))
+                .unwrap_or_else(|| e.version())
+        })
         .unwrap_or_else(|| crate::kube::DEFAULT_VERSION.to_string());
     let server = Arc::new(ApiServer {
         etcd,
@@ -870,6 +892,13 @@ mod tests {
         // Two hours before it was issued, it is not valid yet.
         clock::set_offset_secs(world.path(), -2 * 3600).unwrap();
         assert_eq!(api.authenticate(&req).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn the_version_is_the_manifests_image_tag() {
+        let m = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\nspec:\n  containers:\n  - name: kube-apiserver\n    image: registry.k8s.io/kube-apiserver:v1.31.4\n    command: [kube-apiserver]\n";
+        assert_eq!(image_version(m).as_deref(), Some("v1.31.4"));
+        assert_eq!(image_version("spec: {}\n"), None);
     }
 
     #[test]
