@@ -353,6 +353,18 @@ impl ApiServer {
                 }
                 self.nodes(m, rest.first().copied(), body)
             }
+            ["api", "v1", "pods"] if m == "GET" => {
+                if !matches!(who, Who::Admin(_)) {
+                    return Self::forbidden(&who, "list", "pods", "", None);
+                }
+                self.pods_of_node(req.query("fieldSelector"))
+            }
+            ["api", "v1", "namespaces", ns, "pods", name, "eviction"] if m == "POST" => {
+                if !matches!(who, Who::Admin(_)) {
+                    return Self::forbidden(&who, "create", "pods/eviction", name, Some(ns));
+                }
+                self.evict(ns, name)
+            }
             ["api", "v1", "namespaces", ns, res, rest @ ..]
                 if matches!(*res, "secrets" | "configmaps" | "pods") =>
             {
@@ -485,6 +497,63 @@ impl ApiServer {
                     "the server does not allow this method on the requested resource",
                 )),
             }
+        })();
+        r.unwrap_or_else(etcd_error)
+    }
+
+    /// `GET /api/v1/pods[?fieldSelector=spec.nodeName=N]`: pods of every
+    /// namespace, or those bound to node N.
+    fn pods_of_node(&self, selector: Option<&str>) -> Response {
+        let node = selector.and_then(|s| s.strip_prefix("spec.nodeName="));
+        let r = (|| -> Result<Response, String> {
+            let items: Vec<Value> = self
+                .list_objs("/registry/pods/")?
+                .into_iter()
+                .filter(|p| node.is_none_or(|n| p["spec"]["nodeName"] == n))
+                .collect();
+            Ok(Response::json(
+                200,
+                &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": ""}, "items": items}),
+            ))
+        })();
+        r.unwrap_or_else(etcd_error)
+    }
+
+    /// The Eviction subresource: deletes the pod unless a
+    /// PodDisruptionBudget of its namespace selecting it would then have
+    /// fewer than `minAvailable` pods (429 TooManyRequests, as
+    /// kube-apiserver answers).
+    fn evict(&self, ns: &str, name: &str) -> Response {
+        let key = format!("/registry/pods/{ns}/{name}");
+        let r = (|| -> Result<Response, String> {
+            let Some(pod) = self.get_obj(&key)? else {
+                return Ok(not_found("pods", name));
+            };
+            let pods = self.list_objs(&format!("/registry/pods/{ns}/"))?;
+            for pdb in self.list_objs(&format!("/registry/poddisruptionbudgets/{ns}/"))? {
+                let selects = |p: &Value| {
+                    pdb["spec"]["selector"]["matchLabels"]
+                        .as_object()
+                        .is_some_and(|m| m.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v))
+                };
+                if !selects(&pod) {
+                    continue;
+                }
+                let healthy = pods.iter().filter(|p| selects(p)).count() as i64;
+                let min = pdb["spec"]["minAvailable"].as_i64().unwrap_or(0);
+                if healthy - 1 < min {
+                    return Ok(status(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                    ));
+                }
+            }
+            self.etcd.del(&key)?;
+            Ok(Response::json(
+                201,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ))
         })();
         r.unwrap_or_else(etcd_error)
     }

@@ -1,0 +1,142 @@
+//! The testbed's kubectl cordon/uncordon/drain against the apiserver double
+//! and the real etcd, with a PodDisruptionBudget that blocks an eviction,
+//! and the apiserver's `/version` from its manifest. The doubles are driven
+//! directly on one testbed host (no kh involved).
+
+use kh_testbed::world::World;
+
+const TOKEN: &str = "abcdef.0123456789abcdef";
+
+#[test]
+fn drain_evicts_the_nodes_pods_and_a_pdb_blocks_it_until_the_timeout() {
+    let mut w = World::offline();
+    w.add_kube_host("cp-1");
+    let cp = &w.agents[0];
+    let ip = cp.ip;
+    let cfg = w.dir().join("kubeadm.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"apiVersion: kubeadm.k8s.io/v1beta4
+kind: InitConfiguration
+bootstrapTokens:
+  - token: {TOKEN}
+localAPIEndpoint: {{advertiseAddress: {ip}, bindPort: 6443}}
+nodeRegistration:
+  name: cp-1
+  criSocket: unix:///run/containerd/containerd.sock
+---
+apiVersion: kubeadm.k8s.io/v1beta4
+kind: ClusterConfiguration
+kubernetesVersion: v1.32.0
+controlPlaneEndpoint: {ip}:6443
+networking: {{podSubnet: 10.244.0.0/16, serviceSubnet: 10.96.0.0/12}}
+"#
+        ),
+    )
+    .unwrap();
+    cp.kubeadm(&["init", "--config", cfg.to_str().unwrap()])
+        .expect_ok("kubeadm init");
+
+    // /version is the manifest's image tag.
+    let (code, body) = cp.apiserver_get("/version").unwrap();
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["gitVersion"], "v1.32.0", "{body}");
+
+    let objects = w.dir().join("objects.yaml");
+    std::fs::write(
+        &objects,
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: web-0, namespace: default, labels: {app: web}}
+spec: {nodeName: cp-1, volumes: [{name: scratch, emptyDir: {}}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: kube-proxy-abcde
+  namespace: kube-system
+  ownerReferences: [{apiVersion: apps/v1, kind: DaemonSet, name: kube-proxy}]
+spec: {nodeName: cp-1}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: web, namespace: default}
+spec: {minAvailable: 1, selector: {matchLabels: {app: web}}}
+"#,
+    )
+    .unwrap();
+    cp.kubectl(&["apply", "-f", objects.to_str().unwrap()])
+        .expect_ok("apply pods and a PDB");
+
+    let out = cp.kubectl(&["cordon", "cp-1"]).expect_ok("cordon");
+    assert_eq!(out.stdout, "node/cp-1 cordoned\n");
+    let out = cp.kubectl(&["cordon", "cp-1"]).expect_ok("cordon again");
+    assert_eq!(out.stdout, "node/cp-1 already cordoned\n");
+    let out = cp.kubectl(&["get", "nodes"]).expect_ok("get nodes");
+    assert!(out.stdout.contains("SchedulingDisabled"), "{}", out.stdout);
+    let out = cp.kubectl(&["uncordon", "cp-1"]).expect_ok("uncordon");
+    assert_eq!(out.stdout, "node/cp-1 uncordoned\n");
+    let out = cp
+        .kubectl(&["uncordon", "cp-1"])
+        .expect_ok("uncordon again");
+    assert_eq!(out.stdout, "node/cp-1 already uncordoned\n");
+
+    // Without the flags, kubectl refuses the DaemonSet and emptyDir pods.
+    let out = cp.kubectl(&["drain", "cp-1"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.stderr.contains("cannot delete DaemonSet-managed Pods (use --ignore-daemonsets to ignore): kube-system/kube-proxy-abcde"), "{}", out.stderr);
+    assert!(out.stderr.contains("cannot delete Pods with local storage (use --delete-emptydir-data to override): default/web-0"), "{}", out.stderr);
+
+    let drain = [
+        "drain",
+        "cp-1",
+        "--ignore-daemonsets",
+        "--delete-emptydir-data",
+        "--timeout=1s",
+    ];
+    let out = cp.kubectl(&drain);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("node/cp-1 already cordoned\nevicting pod default/web-0\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("Warning: ignoring DaemonSet-managed Pods: kube-system/kube-proxy-abcde"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("error when evicting pods/\"web-0\" -n \"default\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget."), "{}", out.stderr);
+    assert!(out.stderr.ends_with("There are pending nodes to be drained:\n cp-1\nerror: error when evicting pods/\"web-0\" -n \"default\": global timeout reached: 1s\n"), "{}", out.stderr);
+    let out = cp.kubectl(&["get", "nodes"]).expect_ok("get nodes");
+    assert!(
+        out.stdout.contains("Ready,SchedulingDisabled"),
+        "{}",
+        out.stdout
+    );
+
+    // A budget that allows the eviction: the pod goes, the mirror pod and the
+    // DaemonSet's pod stay.
+    std::fs::write(
+        &objects,
+        "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web, namespace: default}\nspec: {minAvailable: 0, selector: {matchLabels: {app: web}}}\n",
+    )
+    .unwrap();
+    cp.kubectl(&["apply", "-f", objects.to_str().unwrap()])
+        .expect_ok("relax the PDB");
+    let out = cp.kubectl(&drain).expect_ok("drain");
+    assert!(
+        out.stdout
+            .ends_with("evicting pod default/web-0\npod/web-0 evicted\nnode/cp-1 drained\n"),
+        "{}",
+        out.stdout
+    );
+    let (_, body) = cp.apiserver_get("/healthz").unwrap();
+    assert_eq!(body, "ok");
+    let out = cp.kubectl(&["uncordon", "cp-1"]).expect_ok("uncordon");
+    assert_eq!(out.stdout, "node/cp-1 uncordoned\n");
+}
