@@ -3,6 +3,7 @@
 //! and the apiserver's `/version` from its manifest. The doubles are driven
 //! directly on one testbed host (no kh involved).
 
+use kh_testbed::doubles::packages::{self, Family};
 use kh_testbed::world::World;
 
 const TOKEN: &str = "abcdef.0123456789abcdef";
@@ -139,4 +140,75 @@ spec: {minAvailable: 1, selector: {matchLabels: {app: web}}}
     assert_eq!(body, "ok");
     let out = cp.kubectl(&["uncordon", "cp-1"]).expect_ok("uncordon");
     assert_eq!(out.stdout, "node/cp-1 uncordoned\n");
+}
+
+/// The package manager doubles through the host's search path: an apt
+/// upgrade of held packages from the next minor's repository changes what
+/// the tools report and replaces their files in `bin/`.
+#[test]
+fn an_apt_upgrade_from_the_next_minors_repository_changes_the_tools_versions() {
+    let mut w = World::offline();
+    w.declare_kube_host("cp-1");
+    w.seed_default_package_repos();
+    let cp = &w.agents[0];
+    cp.seed_packages(Family::Apt, "v1.31.4", true);
+    let run = |tool: &str, args: &[&str]| {
+        let mut cmd = cp.tool(tool);
+        cmd.args(args);
+        kh_testbed::world::run(cmd)
+    };
+    assert_eq!(
+        run("kubeadm", &["version", "-o", "short"]).stdout,
+        "v1.31.4\n"
+    );
+    let bin = cp.node_dir().join("bin/kubeadm");
+    use std::os::unix::fs::MetadataExt;
+    let before = std::fs::metadata(&bin).unwrap().ino();
+
+    std::fs::write(cp.path(packages::APT_SOURCE), packages::apt_source("v1.32")).unwrap();
+    run("apt-get", &["update"]).expect_ok("apt-get update");
+    let out = run("apt-cache", &["madison", "kubeadm"]).expect_ok("madison");
+    assert!(
+        out.stdout.starts_with(
+            "   kubeadm | 1.32.4-1.1 | https://pkgs.k8s.io/core:/stable:/v1.32/deb  Packages\n"
+        ),
+        "{}",
+        out.stdout
+    );
+    let out = run("apt-get", &["install", "-y", "kubeadm=1.32.4-1.1"]);
+    assert_eq!(out.code, Some(100), "{out:?}");
+    run(
+        "apt-get",
+        &[
+            "install",
+            "-y",
+            "--allow-change-held-packages",
+            "kubeadm=1.32.4-1.1",
+            "kubelet=1.32.4-1.1",
+        ],
+    )
+    .expect_ok("apt-get install");
+    assert_eq!(
+        run("kubeadm", &["version", "-o", "short"]).stdout,
+        "v1.32.4\n"
+    );
+    assert_eq!(
+        run("kubelet", &["--version"]).stdout,
+        "Kubernetes v1.32.4\n"
+    );
+    assert_eq!(
+        run("kubectl", &["version", "--client"])
+            .stdout
+            .lines()
+            .next(),
+        Some("Client Version: v1.31.4")
+    );
+    assert_eq!(
+        run("dpkg-query", &["-W", "-f=${Version}", "kubeadm"]).stdout,
+        "1.32.4-1.1"
+    );
+    assert_ne!(std::fs::metadata(&bin).unwrap().ino(), before);
+    let calls = std::fs::read_to_string(cp.node_dir().join("calls.log")).unwrap();
+    assert!(calls.contains("apt-get install -y --allow-change-held-packages kubeadm=1.32.4-1.1 kubelet=1.32.4-1.1\n"), "{calls}");
+    assert!(calls.ends_with("kubeadm version -o short\nkubelet --version\nkubectl version --client\ndpkg-query -W -f=${Version} kubeadm\n"), "{calls}");
 }
