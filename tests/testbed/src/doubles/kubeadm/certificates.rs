@@ -497,7 +497,7 @@ pub(super) fn node_object(
         labels[CONTROL_PLANE_LABEL] = json!("");
         labels["node.kubernetes.io/exclude-from-external-load-balancers"] = json!("");
     }
-    let v = env.version();
+    let v = env.version_of("kubelet");
     json!({
         "apiVersion": "v1",
         "kind": "Node",
