@@ -140,6 +140,38 @@ spec: {minAvailable: 1, selector: {matchLabels: {app: web}}}
     assert_eq!(body, "ok");
     let out = cp.kubectl(&["uncordon", "cp-1"]).expect_ok("uncordon");
     assert_eq!(out.stdout, "node/cp-1 uncordoned\n");
+
+    // A kubelet upgraded by its package and restarted posts its version.
+    w.seed_default_package_repos();
+    cp.seed_packages(Family::Apt, "v1.32.0", true);
+    let run = |tool: &str, args: &[&str]| {
+        let mut cmd = cp.tool(tool);
+        cmd.args(args);
+        kh_testbed::world::run(cmd)
+    };
+    run(
+        "apt-get",
+        &[
+            "install",
+            "-y",
+            "--allow-change-held-packages",
+            "kubelet=1.32.4-1.1",
+        ],
+    )
+    .expect_ok("upgrade the kubelet package");
+    let version = || {
+        let out = cp
+            .kubectl(&["get", "node", "cp-1", "-o", "json"])
+            .expect_ok("get node");
+        let n: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        n["status"]["nodeInfo"]["kubeletVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(version(), "v1.32.0");
+    run("systemctl", &["restart", "kubelet"]).expect_ok("restart the kubelet");
+    assert_eq!(version(), "v1.32.4");
 }
 
 /// The package manager doubles through the host's search path: an apt

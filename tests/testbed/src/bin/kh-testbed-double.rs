@@ -149,6 +149,15 @@ fn systemctl(root: &Path, node: &Path, args: &[String]) -> u8 {
             if verb.as_str() != "enable" {
                 for u in &args[1..] {
                     let _ = std::fs::write(unit_file(u), "active\n");
+                    // A started kubelet posts its version to its Node.
+                    if u.trim_end_matches(".service") == "kubelet" {
+                        let env = kh_testbed::kube::NodeEnv::new(
+                            root,
+                            node,
+                            kh_testbed::clock::world_dir_from_env().as_deref(),
+                        );
+                        let _ = kh_testbed::doubles::post_kubelet_version(&env);
+                    }
                 }
             }
             0
