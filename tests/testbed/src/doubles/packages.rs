@@ -243,6 +243,15 @@ fn apt_split(args: &[String]) -> (BTreeSet<String>, Vec<String>) {
     (opts, pos)
 }
 
+/// An exact version, or a glob with a trailing `*` (`1.32.4-*`, as the
+/// Kubernetes upgrade docs write it), which the newest match satisfies.
+fn version_matches(full: &str, wanted: &str) -> bool {
+    match wanted.strip_suffix('*') {
+        Some(prefix) => full.starts_with(prefix),
+        None => full == wanted,
+    }
+}
+
 fn deb_version(v: &str) -> String {
     format!("{v}-{DEB_REVISION}")
 }
@@ -332,7 +341,10 @@ fn apt_install(env: &NodeEnv, mut db: Db, opts: &BTreeSet<String>, specs: &[Stri
             return out.fail(100, format!("E: Unable to locate package {name}"));
         };
         let chosen = match version {
-            Some(v) => match avail.iter().find(|a| deb_version(a) == v) {
+            Some(v) => match sorted_desc(avail)
+                .into_iter()
+                .find(|a| version_matches(&deb_version(a), &v))
+            {
                 Some(a) => a.clone(),
                 None => {
                     return out.fail(100, format!("E: Version '{v}' for '{name}' was not found"))
@@ -665,10 +677,9 @@ fn dnf(env: &NodeEnv, args: &[String]) -> Out {
                     .cloned()
                     .unwrap_or_default();
                 let found = match ver {
-                    Some(v) => avail
-                        .iter()
-                        .find(|a| *a == v || rpm_version(a) == v)
-                        .cloned(),
+                    Some(v) => sorted_desc(&avail)
+                        .into_iter()
+                        .find(|a| a == v || version_matches(&rpm_version(a), v)),
                     None => sorted_desc(&avail).first().cloned(),
                 };
                 let Some(found) = found else {
@@ -927,6 +938,14 @@ mod tests {
             o.stderr,
             "E: Packages were downgraded and -y was used without --allow-downgrades.\n"
         );
+        // The upgrade docs' glob picks the newest matching build.
+        let o = run(
+            "apt-get",
+            e,
+            &sv("install -y --allow-change-held-packages kubelet=1.32.4-*"),
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+        assert_eq!(e.version_of("kubelet"), "v1.32.4");
     }
 
     #[test]
@@ -1017,6 +1036,13 @@ mod tests {
             "kubeadm-1.31.4-150500.1.1.x86_64\n"
         );
         assert_eq!(e.version_of("kubeadm"), "v1.31.4");
+        let o = run(
+            "dnf",
+            e,
+            &sv("install -y kubelet-1.31.4-* --disableexcludes=kubernetes"),
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+        assert_eq!(e.version_of("kubelet"), "v1.31.4");
     }
 
     #[test]
