@@ -240,7 +240,36 @@ fn an_apt_upgrade_from_the_next_minors_repository_changes_the_tools_versions() {
         "1.32.4-1.1"
     );
     assert_ne!(std::fs::metadata(&bin).unwrap().ino(), before);
+    // A benchmark's latency applies to an install that changes something.
+    w.set_double_latency(
+        kh_testbed::doubles::latency::Op::PackageInstall,
+        std::time::Duration::from_millis(300),
+    );
+    let t = std::time::Instant::now();
+    run(
+        "apt-get",
+        &[
+            "install",
+            "-y",
+            "--allow-change-held-packages",
+            "kubectl=1.32.4-1.1",
+        ],
+    )
+    .expect_ok("apt-get install kubectl");
+    assert!(t.elapsed() >= std::time::Duration::from_millis(300));
+    let timings = std::fs::read_to_string(cp.node_dir().join("kubeadm-timings.log")).unwrap();
+    assert!(
+        timings.contains(r#""op":"package-install""#) && timings.contains(r#""latencyMs":300"#),
+        "{timings}"
+    );
+    assert_eq!(
+        run("kubectl", &["version", "--client"])
+            .stdout
+            .lines()
+            .next(),
+        Some("Client Version: v1.32.4")
+    );
     let calls = std::fs::read_to_string(cp.node_dir().join("calls.log")).unwrap();
     assert!(calls.contains("apt-get install -y --allow-change-held-packages kubeadm=1.32.4-1.1 kubelet=1.32.4-1.1\n"), "{calls}");
-    assert!(calls.ends_with("kubeadm version -o short\nkubelet --version\nkubectl version --client\ndpkg-query -W -f=${Version} kubeadm\n"), "{calls}");
+    assert!(calls.contains("kubeadm version -o short\nkubelet --version\nkubectl version --client\ndpkg-query -W -f=${Version} kubeadm\n"), "{calls}");
 }

@@ -743,6 +743,12 @@ impl World {
         crate::doubles::latency::write(self.dir(), init, join_cp, join_worker);
     }
 
+    /// Gives one more double operation a fixed latency, for benchmarks
+    /// (`Op::PackageInstall`, `Op::Drain`, ...), keeping the others.
+    pub fn set_double_latency(&self, op: crate::doubles::latency::Op, d: Duration) {
+        crate::doubles::latency::set(self.dir(), op, d);
+    }
+
     /// `kh-agent enroll` for a declared agent.
     pub fn enroll(
         &self,

@@ -139,10 +139,13 @@ fn run(env: &NodeEnv, argv: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
-        ["drain", names @ ..] if !names.is_empty() => drain(&c, names, &p).map_err(|e| match e {
-            DrainError::Api(e) => err(e),
-            DrainError::Text(t) => t,
-        }),
+        ["drain", names @ ..] if !names.is_empty() => {
+            let _timed = super::latency::begin(env, super::latency::Op::Drain);
+            drain(&c, names, &p).map_err(|e| match e {
+                DrainError::Api(e) => err(e),
+                DrainError::Text(t) => t,
+            })
+        }
         ["apply"] => {
             let f = p
                 .get("filename")

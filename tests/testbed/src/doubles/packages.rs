@@ -432,6 +432,7 @@ fn apt_install(env: &NodeEnv, mut db: Db, opts: &BTreeSet<String>, specs: &[Stri
         out.stdout.push_str("Do you want to continue? [Y/n] ");
         return out.fail(1, "Abort.");
     }
+    let _timed = super::latency::begin(env, super::latency::Op::PackageInstall);
     for (name, v) in &wanted {
         if db.installed.get(name) == Some(v) {
             continue;
@@ -725,6 +726,7 @@ fn dnf(env: &NodeEnv, args: &[String]) -> Out {
                 out.out("Is this ok [y/N]: Operation aborted.");
                 return out.fail(1, "Error: Operation aborted.");
             }
+            let _timed = super::latency::begin(env, super::latency::Op::PackageInstall);
             for (name, v, _) in &changes {
                 if let Err(e) = replace_binary(env, name) {
                     return out.fail(1, format!("Error: Transaction failed: {name}: {e}"));
