@@ -353,6 +353,18 @@ impl ApiServer {
                 }
                 self.nodes(m, rest.first().copied(), body)
             }
+            ["api", "v1", "pods"] if m == "GET" => {
+                if !matches!(who, Who::Admin(_)) {
+                    return Self::forbidden(&who, "list", "pods", "", None);
+                }
+                self.pods_of_node(req.query("fieldSelector"))
+            }
+            ["api", "v1", "namespaces", ns, "pods", name, "eviction"] if m == "POST" => {
+                if !matches!(who, Who::Admin(_)) {
+                    return Self::forbidden(&who, "create", "pods/eviction", name, Some(ns));
+                }
+                self.evict(ns, name)
+            }
             ["api", "v1", "namespaces", ns, res, rest @ ..]
                 if matches!(*res, "secrets" | "configmaps" | "pods") =>
             {
@@ -485,6 +497,63 @@ impl ApiServer {
                     "the server does not allow this method on the requested resource",
                 )),
             }
+        })();
+        r.unwrap_or_else(etcd_error)
+    }
+
+    /// `GET /api/v1/pods[?fieldSelector=spec.nodeName=N]`: pods of every
+    /// namespace, or those bound to node N.
+    fn pods_of_node(&self, selector: Option<&str>) -> Response {
+        let node = selector.and_then(|s| s.strip_prefix("spec.nodeName="));
+        let r = (|| -> Result<Response, String> {
+            let items: Vec<Value> = self
+                .list_objs("/registry/pods/")?
+                .into_iter()
+                .filter(|p| node.is_none_or(|n| p["spec"]["nodeName"] == n))
+                .collect();
+            Ok(Response::json(
+                200,
+                &json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": ""}, "items": items}),
+            ))
+        })();
+        r.unwrap_or_else(etcd_error)
+    }
+
+    /// The Eviction subresource: deletes the pod unless a
+    /// PodDisruptionBudget of its namespace selecting it would then have
+    /// fewer than `minAvailable` pods (429 TooManyRequests, as
+    /// kube-apiserver answers).
+    fn evict(&self, ns: &str, name: &str) -> Response {
+        let key = format!("/registry/pods/{ns}/{name}");
+        let r = (|| -> Result<Response, String> {
+            let Some(pod) = self.get_obj(&key)? else {
+                return Ok(not_found("pods", name));
+            };
+            let pods = self.list_objs(&format!("/registry/pods/{ns}/"))?;
+            for pdb in self.list_objs(&format!("/registry/poddisruptionbudgets/{ns}/"))? {
+                let selects = |p: &Value| {
+                    pdb["spec"]["selector"]["matchLabels"]
+                        .as_object()
+                        .is_some_and(|m| m.iter().all(|(k, v)| p["metadata"]["labels"][k] == *v))
+                };
+                if !selects(&pod) {
+                    continue;
+                }
+                let healthy = pods.iter().filter(|p| selects(p)).count() as i64;
+                let min = pdb["spec"]["minAvailable"].as_i64().unwrap_or(0);
+                if healthy - 1 < min {
+                    return Ok(status(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.",
+                    ));
+                }
+            }
+            self.etcd.del(&key)?;
+            Ok(Response::json(
+                201,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            ))
         })();
         r.unwrap_or_else(etcd_error)
     }
@@ -761,6 +830,21 @@ pub fn parse_flags(args: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 /// Runs the double until killed.
+/// The static pod manifest the kubelet double runs this double from.
+pub const APISERVER_MANIFEST: &str = "/etc/kubernetes/manifests/kube-apiserver.yaml";
+
+/// `v1.32.0` from a kube-apiserver manifest's image
+/// (`registry.k8s.io/kube-apiserver:v1.32.0`).
+pub fn image_version(manifest: &str) -> Option<String> {
+    let pod: Value = serde_yaml::from_str(manifest).ok()?;
+    let image = pod["spec"]["containers"]
+        .as_array()?
+        .iter()
+        .find_map(|c| c["image"].as_str().filter(|i| i.contains("kube-apiserver")))?;
+    let (_, tag) = image.rsplit_once(':')?;
+    crate::kube::minor_of(tag).map(|_| tag.to_string())
+}
+
 pub fn main(args: Vec<String>) -> Result<()> {
     let f = parse_flags(&args)?;
     let need = |k: &str| {
@@ -796,8 +880,15 @@ pub fn main(args: Vec<String>) -> Result<()> {
         need("etcd-keyfile")?.as_ref(),
     )
     .context("the etcd client")?;
+    // A real apiserver is the version of its image; the kubelet double
+    // restarts this process when its manifest changes (an upgrade).
     let version = crate::kube::NodeEnv::from_env()
-        .map(|e| e.version())
+        .map(|e| {
+            std::fs::read_to_string(e.path(APISERVER_MANIFEST))
+                .ok()
+                .and_then(|m| image_version(&m))
+                .unwrap_or_else(|| e.version())
+        })
         .unwrap_or_else(|| crate::kube::DEFAULT_VERSION.to_string());
     let server = Arc::new(ApiServer {
         etcd,
@@ -870,6 +961,13 @@ mod tests {
         // Two hours before it was issued, it is not valid yet.
         clock::set_offset_secs(world.path(), -2 * 3600).unwrap();
         assert_eq!(api.authenticate(&req).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn the_version_is_the_manifests_image_tag() {
+        let m = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: kube-apiserver\nspec:\n  containers:\n  - name: kube-apiserver\n    image: registry.k8s.io/kube-apiserver:v1.31.4\n    command: [kube-apiserver]\n";
+        assert_eq!(image_version(m).as_deref(), Some("v1.31.4"));
+        assert_eq!(image_version("spec: {}\n"), None);
     }
 
     #[test]

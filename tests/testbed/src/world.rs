@@ -248,13 +248,31 @@ impl AgentProc {
     /// their packages were installed.
     pub fn install_kube_doubles(&self) {
         let bin_dir = self.node_dir().join("bin");
-        for tool in crate::KUBE_DOUBLES.iter().chain(crate::RECORDED_TOOLS) {
+        for tool in crate::KUBE_DOUBLES
+            .iter()
+            .chain(crate::RECORDED_TOOLS)
+            .chain(crate::doubles::packages::PACKAGE_TOOLS)
+        {
             let link = bin_dir.join(tool);
             if !link.exists() {
                 std::os::unix::fs::symlink(bin("kh-testbed-double"), &link)
                     .expect("link a kube double");
             }
         }
+    }
+
+    /// Makes this host look as if kubeadm, kubelet and kubectl were
+    /// installed at `version` (`v1.31.4`) from the official `apt` or `dnf`
+    /// repository of its minor, held when `held` (see
+    /// `doubles::packages::seed_host`). Call before the agent starts.
+    pub fn seed_packages(
+        &self,
+        family: crate::doubles::packages::Family,
+        version: &str,
+        held: bool,
+    ) {
+        crate::doubles::packages::seed_host(&self.root, &self.node_dir(), family, version, held)
+            .expect("seed the host's packages");
     }
 
     pub fn kubelet_command(&self) -> Command {
@@ -550,6 +568,26 @@ impl World {
         (s("token"), s("caCertHash"), s("coordinator"))
     }
 
+    /// Serves a package repository per minor: `repos` is
+    /// `[("v1.32", &["1.32.0", "1.32.4"]), ...]`, each version of kubeadm,
+    /// kubelet and kubectl (`<world>/repos/<minor>.json`).
+    pub fn seed_package_repos(&self, repos: &[(&str, &[&str])]) {
+        for (minor, versions) in repos {
+            crate::doubles::packages::write_index(&self.layout.dir, minor, versions)
+                .expect("write a package index");
+        }
+    }
+
+    /// v1.30 to v1.33, three patch versions each.
+    pub fn seed_default_package_repos(&self) {
+        self.seed_package_repos(&[
+            ("v1.30", &["1.30.0", "1.30.5", "1.30.8"]),
+            ("v1.31", &["1.31.0", "1.31.4", "1.31.6"]),
+            ("v1.32", &["1.32.0", "1.32.2", "1.32.4"]),
+            ("v1.33", &["1.33.0", "1.33.1", "1.33.2"]),
+        ]);
+    }
+
     /// Declares agent `name` (host root, addresses) without enrolling it.
     pub fn declare_agent(&mut self, name: &str) -> usize {
         self.declare_agent_at(name, None)
@@ -703,6 +741,12 @@ impl World {
     /// for every later call on every host (see CONTRACT.md).
     pub fn set_kubeadm_latency(&self, init: Duration, join_cp: Duration, join_worker: Duration) {
         crate::doubles::latency::write(self.dir(), init, join_cp, join_worker);
+    }
+
+    /// Gives one more double operation a fixed latency, for benchmarks
+    /// (`Op::PackageInstall`, `Op::Drain`, ...), keeping the others.
+    pub fn set_double_latency(&self, op: crate::doubles::latency::Op, d: Duration) {
+        crate::doubles::latency::set(self.dir(), op, d);
     }
 
     /// `kh-agent enroll` for a declared agent.

@@ -52,6 +52,14 @@ fn main() -> ExitCode {
             };
             code.clamp(0, 255) as u8
         }
+        t if kh_testbed::doubles::packages::PACKAGE_TOOLS.contains(&t) => {
+            let env = kh_testbed::kube::NodeEnv::new(
+                &root,
+                &node,
+                kh_testbed::clock::world_dir_from_env().as_deref(),
+            );
+            kh_testbed::doubles::packages::main(t, &env, rest).clamp(0, 255) as u8
+        }
         other => {
             eprintln!("kh-testbed-double: unknown tool name {other:?}");
             2
@@ -141,6 +149,15 @@ fn systemctl(root: &Path, node: &Path, args: &[String]) -> u8 {
             if verb.as_str() != "enable" {
                 for u in &args[1..] {
                     let _ = std::fs::write(unit_file(u), "active\n");
+                    // A started kubelet posts its version to its Node.
+                    if u.trim_end_matches(".service") == "kubelet" {
+                        let env = kh_testbed::kube::NodeEnv::new(
+                            root,
+                            node,
+                            kh_testbed::clock::world_dir_from_env().as_deref(),
+                        );
+                        let _ = kh_testbed::doubles::post_kubelet_version(&env);
+                    }
                 }
             }
             0

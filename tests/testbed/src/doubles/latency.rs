@@ -33,6 +33,11 @@ pub enum Op {
     Init,
     JoinControlPlane,
     JoinWorker,
+    /// `apt-get install` / `dnf install` that changes a package (download
+    /// and unpack).
+    PackageInstall,
+    /// `kubectl drain`, once per call (pods terminating).
+    Drain,
 }
 
 impl Op {
@@ -41,6 +46,8 @@ impl Op {
             Op::Init => "init",
             Op::JoinControlPlane => "join-control-plane",
             Op::JoinWorker => "join-worker",
+            Op::PackageInstall => "package-install",
+            Op::Drain => "drain",
         }
     }
 }
@@ -76,6 +83,27 @@ pub fn write(world_dir: &Path, init: Duration, join_cp: Duration, join_worker: D
         join_worker.as_millis()
     );
     std::fs::write(world_dir.join(LATENCY_FILE), text).expect("write the kubeadm latency file");
+}
+
+/// Sets (or replaces) the latency of one operation in a world's latency
+/// file, keeping the others.
+pub fn set(world_dir: &Path, op: Op, d: Duration) {
+    let path = world_dir.join(LATENCY_FILE);
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut text: String = old
+        .lines()
+        .filter(|l| {
+            l.split('#')
+                .next()
+                .unwrap_or_default()
+                .split_once('=')
+                .map(|(k, _)| k.trim())
+                != Some(op.key())
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("{}={}\n", op.key(), d.as_millis()));
+    std::fs::write(path, text).expect("write the kubeadm latency file");
 }
 
 /// Records that a member add waited `d` for etcd to call the cluster healthy.
@@ -144,5 +172,26 @@ mod tests {
         assert_eq!(parse(text, Op::JoinControlPlane), Duration::from_secs(2));
         assert_eq!(parse(text, Op::JoinWorker), Duration::ZERO);
         assert_eq!(configured(None, Op::Init), Duration::ZERO);
+    }
+
+    #[test]
+    fn set_replaces_one_operation_and_keeps_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            Duration::from_secs(3),
+            Duration::from_secs(2),
+            Duration::ZERO,
+        );
+        set(dir.path(), Op::Drain, Duration::from_millis(700));
+        set(dir.path(), Op::Drain, Duration::from_millis(800));
+        set(dir.path(), Op::PackageInstall, Duration::from_millis(300));
+        let d = Some(dir.path());
+        assert_eq!(configured(d, Op::Init), Duration::from_secs(3));
+        assert_eq!(configured(d, Op::Drain), Duration::from_millis(800));
+        assert_eq!(
+            configured(d, Op::PackageInstall),
+            Duration::from_millis(300)
+        );
     }
 }

@@ -92,8 +92,19 @@ impl NodeEnv {
             .unwrap_or_else(|_| "localhost".into())
     }
 
-    /// The version of kubeadm/kubelet/kubectl installed on this host.
+    /// The version of kubeadm installed on this host (`version_of`).
     pub fn version(&self) -> String {
+        self.version_of("kubeadm")
+    }
+
+    /// The version of `tool` (kubeadm, kubelet, kubectl) on this host: its
+    /// package's in `<node>/packages.json` when installed (the package
+    /// manager doubles), else the node's `kube-version` file, else
+    /// [`DEFAULT_VERSION`].
+    pub fn version_of(&self, tool: &str) -> String {
+        if let Some(v) = crate::doubles::packages::installed_version(&self.node_dir, tool) {
+            return v;
+        }
         std::fs::read_to_string(self.node_dir.join(NODE_VERSION_FILE))
             .ok()
             .map(|s| s.trim().to_string())

@@ -497,7 +497,7 @@ pub(super) fn node_object(
         labels[CONTROL_PLANE_LABEL] = json!("");
         labels["node.kubernetes.io/exclude-from-external-load-balancers"] = json!("");
     }
-    let v = env.version();
+    let v = env.version_of("kubelet");
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -535,7 +535,11 @@ pub(super) fn etcd_mirror_pod(name: &str, ip: IpAddr) -> Value {
             "name": format!("etcd-{name}"),
             "namespace": "kube-system",
             "labels": {"component": "etcd", "tier": "control-plane"},
-            "annotations": {"kubeadm.kubernetes.io/etcd.advertise-client-urls": format!("https://{ip}:2379")},
+            "annotations": {
+                "kubeadm.kubernetes.io/etcd.advertise-client-urls": format!("https://{ip}:2379"),
+                "kubernetes.io/config.mirror": "static",
+                "kubernetes.io/config.source": "file",
+            },
         },
         "spec": {"nodeName": name},
     })
