@@ -56,6 +56,14 @@ pub mod proto {
                 EtcdRestore(_) => K::EtcdRestore,
                 EtcdStartControlPlane(_) => K::EtcdStartControlPlane,
                 EtcdRestoreDiscard(_) => K::EtcdRestoreDiscard,
+                PackageSource(_) => K::PackageSource,
+                PackageInstall(_) => K::PackageInstall,
+                KubeadmUpgradePlan(_) => K::KubeadmUpgradePlan,
+                KubeadmUpgradeApply(_) => K::KubeadmUpgradeApply,
+                KubeadmUpgradeNode(_) => K::KubeadmUpgradeNode,
+                KubectlDrain(_) => K::KubectlDrain,
+                KubectlUncordon(_) => K::KubectlUncordon,
+                RestartKubelet(_) => K::RestartKubelet,
             }
         }
 

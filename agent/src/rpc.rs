@@ -160,4 +160,15 @@ impl Agent for AgentService {
             .await
             .map(Response::new)
     }
+
+    async fn package_versions(
+        &self,
+        req: Request<PackageVersionsRequest>,
+    ) -> Result<Response<PackageVersionsResponse>, Status> {
+        crate::pin::check(&self.0, &req).await?;
+        // i14-base: answered once the host work lands.
+        Err(Status::unimplemented(
+            "PackageVersions is not implemented on this branch",
+        ))
+    }
 }

@@ -93,6 +93,15 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
         WireStep::EtcdMemberRemove(_) | WireStep::EtcdMoveLeader(_) => {
             return Err("etcd membership changes are not host steps".into())
         }
+        // i14-base: the upgrade steps land with the host work.
+        WireStep::PackageSource(_)
+        | WireStep::PackageInstall(_)
+        | WireStep::KubeadmUpgradePlan(_)
+        | WireStep::KubeadmUpgradeApply(_)
+        | WireStep::KubeadmUpgradeNode(_)
+        | WireStep::KubectlDrain(_)
+        | WireStep::KubectlUncordon(_)
+        | WireStep::RestartKubelet(_) => return Err("not yet implemented on this branch".into()),
     })
 }
 
@@ -499,6 +508,7 @@ pub async fn kube_nodes(state: &Arc<AgentState>) -> Result<proto::KubeNodesRespo
                 name: n.name,
                 ready: n.ready,
                 roles: n.roles,
+                ..Default::default()
             })
             .collect(),
     })
@@ -512,10 +522,12 @@ pub async fn apiserver_ready(
         Ok(()) => proto::ApiserverReadyResponse {
             ready: true,
             detail: String::new(),
+            ..Default::default()
         },
         Err(detail) => proto::ApiserverReadyResponse {
             ready: false,
             detail,
+            ..Default::default()
         },
     }
 }

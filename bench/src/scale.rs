@@ -139,6 +139,7 @@ fn facts_for(i: usize) -> Facts {
         cpu_count: 4,
         memory_bytes: 8 << 30,
         kubectl_version: "v1.32.0".into(),
+        package_manager: "apt".into(),
     }
 }
 

@@ -430,6 +430,7 @@ impl AgentApi for FakeAgents {
                     name: n.clone(),
                     ready: true,
                     roles: vec![],
+                    ..Default::default()
                 })
                 .collect(),
         })
@@ -456,6 +457,7 @@ impl AgentApi for FakeAgents {
                 } else {
                     format!("Get \"{}/readyz\": connection refused", req.url)
                 },
+                ..Default::default()
             }
         })
     }

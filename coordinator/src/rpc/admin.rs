@@ -376,6 +376,17 @@ impl Admin for AdminService {
     type EtcdSnapshotSaveStream = EventStream<EtcdSnapshotSaveEvent>;
     type EtcdSnapshotGetStream = EventStream<EtcdSnapshotData>;
     type EtcdRestoreStream = EventStream<RolloutEvent>;
+    type UpgradeStream = EventStream<RolloutEvent>;
+
+    async fn upgrade(
+        &self,
+        _req: Request<UpgradeRequest>,
+    ) -> Result<Response<Self::UpgradeStream>, Status> {
+        // i14-base: the upgrade operation lands with the coordinator work.
+        Err(Status::unimplemented(
+            "upgrade is not implemented on this branch",
+        ))
+    }
 
     async fn etcd_snapshot_save(
         &self,

@@ -59,11 +59,19 @@ pub enum StepKind {
     EtcdRestore,
     EtcdStartControlPlane,
     EtcdRestoreDiscard,
+    PackageSource,
+    PackageInstall,
+    KubeadmUpgradePlan,
+    KubeadmUpgradeApply,
+    KubeadmUpgradeNode,
+    KubectlDrain,
+    KubectlUncordon,
+    RestartKubelet,
 }
 
 impl StepKind {
     /// Every step, in the order reports and metrics list them.
-    pub const ALL: [StepKind; 22] = [
+    pub const ALL: [StepKind; 30] = [
         StepKind::DisableSwap,
         StepKind::KernelModules,
         StepKind::Sysctl,
@@ -86,6 +94,14 @@ impl StepKind {
         StepKind::EtcdRestore,
         StepKind::EtcdStartControlPlane,
         StepKind::EtcdRestoreDiscard,
+        StepKind::PackageSource,
+        StepKind::PackageInstall,
+        StepKind::KubeadmUpgradePlan,
+        StepKind::KubeadmUpgradeApply,
+        StepKind::KubeadmUpgradeNode,
+        StepKind::KubectlDrain,
+        StepKind::KubectlUncordon,
+        StepKind::RestartKubelet,
     ];
 
     /// The step's name on the wire and in reports, metrics and the audit log.
@@ -113,6 +129,14 @@ impl StepKind {
             StepKind::EtcdRestore => "etcd-restore",
             StepKind::EtcdStartControlPlane => "etcd-start-control-plane",
             StepKind::EtcdRestoreDiscard => "etcd-restore-discard",
+            StepKind::PackageSource => "package-source",
+            StepKind::PackageInstall => "package-install",
+            StepKind::KubeadmUpgradePlan => "kubeadm-upgrade-plan",
+            StepKind::KubeadmUpgradeApply => "kubeadm-upgrade-apply",
+            StepKind::KubeadmUpgradeNode => "kubeadm-upgrade-node",
+            StepKind::KubectlDrain => "kubectl-drain",
+            StepKind::KubectlUncordon => "kubectl-uncordon",
+            StepKind::RestartKubelet => "restart-kubelet",
         }
     }
 }
@@ -469,6 +493,14 @@ mod tests {
             StepKind::EtcdRestore => 19,
             StepKind::EtcdStartControlPlane => 20,
             StepKind::EtcdRestoreDiscard => 21,
+            StepKind::PackageSource => 22,
+            StepKind::PackageInstall => 23,
+            StepKind::KubeadmUpgradePlan => 24,
+            StepKind::KubeadmUpgradeApply => 25,
+            StepKind::KubeadmUpgradeNode => 26,
+            StepKind::KubectlDrain => 27,
+            StepKind::KubectlUncordon => 28,
+            StepKind::RestartKubelet => 29,
         }
     }
 
