@@ -38,6 +38,10 @@ pub enum Op {
     PackageInstall,
     /// `kubectl drain`, once per call (pods terminating).
     Drain,
+    /// `kubeadm upgrade apply` (image pulls, static pod restarts).
+    UpgradeApply,
+    /// `kubeadm upgrade node`, on a control plane or a worker.
+    UpgradeNode,
 }
 
 impl Op {
@@ -48,6 +52,8 @@ impl Op {
             Op::JoinWorker => "join-worker",
             Op::PackageInstall => "package-install",
             Op::Drain => "drain",
+            Op::UpgradeApply => "upgrade-apply",
+            Op::UpgradeNode => "upgrade-node",
         }
     }
 }
@@ -186,6 +192,7 @@ mod tests {
         set(dir.path(), Op::Drain, Duration::from_millis(700));
         set(dir.path(), Op::Drain, Duration::from_millis(800));
         set(dir.path(), Op::PackageInstall, Duration::from_millis(300));
+        set(dir.path(), Op::UpgradeNode, Duration::from_millis(400));
         let d = Some(dir.path());
         assert_eq!(configured(d, Op::Init), Duration::from_secs(3));
         assert_eq!(configured(d, Op::Drain), Duration::from_millis(800));
@@ -193,5 +200,7 @@ mod tests {
             configured(d, Op::PackageInstall),
             Duration::from_millis(300)
         );
+        assert_eq!(configured(d, Op::UpgradeNode), Duration::from_millis(400));
+        assert_eq!(configured(d, Op::UpgradeApply), Duration::ZERO);
     }
 }

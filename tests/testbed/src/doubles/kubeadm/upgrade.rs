@@ -447,6 +447,9 @@ fn apply(env: &NodeEnv, argv: &[String]) -> R<()> {
             ));
         }
     }
+    // A benchmark's latency stands for the image pulls and restarts;
+    // refusals above come back at once, as kubeadm's preflight does.
+    let _timed = crate::doubles::latency::begin(env, crate::doubles::latency::Op::UpgradeApply);
     println!("[upgrade/preflight] Pulling images required for setting up a Kubernetes cluster");
     println!("[upgrade/control-plane] Upgrading your static Pod-hosted control plane to version \"{target_str}\" (timeout: 5m0s)...");
     if p.get("certificate-renewal") != Some("false") {
@@ -488,6 +491,7 @@ fn node(env: &NodeEnv, argv: &[String]) -> R<()> {
     });
     let c = admin_client(env, Some(kubeconfig))?;
     let cluster = read_cluster(&c)?;
+    let _timed = crate::doubles::latency::begin(env, crate::doubles::latency::Op::UpgradeNode);
     println!("[preflight] Running pre-flight checks");
     if !control_plane {
         println!("[preflight] Skipping prepull. Not a control plane node.");
