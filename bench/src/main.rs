@@ -1,8 +1,8 @@
 //! kh-bench: benchmarks of kh, run by hand and never by `cargo test`.
 //!
-//! It owns four measurements (docs/BENCHMARKS.md has the method and the
+//! It owns five measurements (docs/BENCHMARKS.md has the method and the
 //! numbers): `rollout` (wall time of a real rollout on the testbed against
-//! its critical path), `scale` (thousands of simulated agents enrolling and
+//! its critical path), `upgrade` (the same for `khctl upgrade`), `scale` (thousands of simulated agents enrolling and
 //! heartbeating against the real kh-coordinator process), `agent` (an
 //! idle kh-agent's footprint and the time to prepare one host) and
 //! `snapshot` (kh's etcd snapshot against `etcdctl snapshot save` alone). It starts the
@@ -18,6 +18,7 @@ mod scale;
 mod snapshot;
 mod stats;
 mod sys;
+mod upgrade;
 
 use std::time::Duration;
 
@@ -57,6 +58,36 @@ enum Command {
         /// kubeadm join (worker) latency.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         join_worker: Duration,
+        /// The coordinator's heartbeat interval (production: 10s).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        heartbeat_interval: Duration,
+    },
+    /// Upgrade (v1.31.4 to v1.32.4) wall time against its critical path,
+    /// on the testbed.
+    Upgrade {
+        /// Runs per shape.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// Shapes, CPSxWORKERSmMAXUNAVAILABLE, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "3x10m1,3x10m5,5x50m1,5x50m10"
+        )]
+        shapes: Vec<String>,
+        /// Latency of a package install that changes something (apt-get
+        /// install / dnf install).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        install: Duration,
+        /// Latency of `kubeadm upgrade apply`.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        apply: Duration,
+        /// Latency of `kubeadm upgrade node`.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        node: Duration,
+        /// Latency of `kubectl drain`.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        drain: Duration,
         /// The coordinator's heartbeat interval (production: 10s).
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         heartbeat_interval: Duration,
@@ -118,6 +149,26 @@ fn main() -> anyhow::Result<()> {
             init,
             join_cp,
             join_worker,
+            interval: heartbeat_interval,
+        }),
+        Command::Upgrade {
+            runs,
+            shapes,
+            install,
+            apply,
+            node,
+            drain,
+            heartbeat_interval,
+        } => upgrade::run(&upgrade::UpgradeArgs {
+            shapes: shapes
+                .iter()
+                .map(|s| upgrade::Shape::parse(s))
+                .collect::<anyhow::Result<_>>()?,
+            runs,
+            install,
+            apply,
+            node,
+            drain,
             interval: heartbeat_interval,
         }),
         Command::Scale {

@@ -139,29 +139,29 @@ struct RunResult {
 
 /// Where the CPU went, in seconds.
 #[derive(Debug, Clone, Copy, Default)]
-struct Cpu {
-    agents: f64,
-    coordinator: f64,
-    kube_doubles: f64,
-    testbed: f64,
-    machine: f64,
+pub(crate) struct Cpu {
+    pub(crate) agents: f64,
+    pub(crate) coordinator: f64,
+    pub(crate) kube_doubles: f64,
+    pub(crate) testbed: f64,
+    pub(crate) machine: f64,
 }
 
 /// A CPU snapshot of the world and the machine.
-struct Snap {
+pub(crate) struct Snap {
     procs: HashMap<u32, sys::ProcCpu>,
     jiffies: Option<(u64, u64)>,
 }
 
 impl Snap {
-    fn take(dir: &str) -> Snap {
+    pub(crate) fn take(dir: &str) -> Snap {
         Snap {
             procs: sys::cpu_by_process(dir),
             jiffies: sys::machine_jiffies(),
         }
     }
 
-    fn since(&self, before: &Snap) -> Cpu {
+    pub(crate) fn since(&self, before: &Snap) -> Cpu {
         let (agents, coordinator, kube_doubles, testbed) =
             sys::attribute(&before.procs, &self.procs);
         let machine = match (before.jiffies, self.jiffies) {
