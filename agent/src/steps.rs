@@ -161,6 +161,7 @@ pub fn failure_kind(kind: Option<kh_host::FailureKind>) -> proto::FailureKind {
         Some(K::QuorumLost) => proto::FailureKind::QuorumLost,
         Some(K::CommandNotFound) => proto::FailureKind::CommandNotFound,
         Some(K::Timeout) => proto::FailureKind::Timeout,
+        Some(K::DrainBlocked) => proto::FailureKind::DrainBlocked,
     }
 }
 
@@ -343,7 +344,7 @@ pub fn to_wire(r: kh_host::StepReport) -> proto::StepReport {
         message: r.message,
         error: r.error.unwrap_or_default(),
         dry_run: r.dry_run,
-        notes: vec![],
+        notes: r.notes,
         failure_kind: failure_kind(r.failure) as i32,
     }
 }
@@ -712,6 +713,7 @@ mod tests {
             error: failure.map(|_| "`kubeadm join --config /var/lib/kh-agent/kubeadm-join.yaml` failed (exit status 1); stderr: ...".into()),
             dry_run: false,
             failure,
+            notes: vec![],
         }
     }
 
@@ -741,6 +743,7 @@ mod tests {
             K::QuorumLost,
             K::CommandNotFound,
             K::Timeout,
+            K::DrainBlocked,
         ];
         let wire: std::collections::BTreeSet<i32> =
             all.iter().map(|k| failure_kind(Some(*k)) as i32).collect();
