@@ -88,6 +88,9 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Marks the hops in the preconditions' persisted message, so a resumed
 /// upgrade runs the chain decided before its first change.
 const CHAIN: &str = "chain: ";
+/// Marks the nodes that were cordoned before the upgrade, in the same
+/// message.
+const CORDONED: &str = "cordoned before the upgrade: ";
 /// The step a node skips because another node of its batch failed.
 const STOPPED: &str = "stopped";
 
@@ -677,6 +680,23 @@ fn parse_chain(message: &str) -> Option<Vec<KubeVersion>> {
     }
     all.remove(0);
     Some(all)
+}
+
+/// The nodes cordoned before the upgrade, as the preconditions recorded
+/// them.
+fn parse_cordoned(message: &str) -> Vec<String> {
+    let Some(at) = message.find(CORDONED) else {
+        return vec![];
+    };
+    let text = message[at + CORDONED.len()..]
+        .split(';')
+        .next()
+        .unwrap_or("");
+    text.split(", ")
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && *n != "none")
+        .map(str::to_string)
+        .collect()
 }
 
 /// Every check with its finding, and the hops when the versions allow
@@ -1298,7 +1318,7 @@ async fn run(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<()
             .filter(|s| s.status == Status::Done && st.changed())
             .map(|s| s.message.clone())
     };
-    let (cluster, hops) = match decided.as_deref().and_then(|m| Some((m, parse_chain(m)?))) {
+    let (hops, keep_cordoned) = match decided.as_deref().and_then(|m| Some((m, parse_chain(m)?))) {
         Some((m, hops)) => {
             let st = rep.state.lock().await.clone();
             let hp = hop_plans(plan, &st, &survey, &hops);
@@ -1317,10 +1337,16 @@ async fn run(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<()
                 format!("resuming; decided before the first change: {m}"),
             )
             .await;
-            (survey.cluster(), hops)
+            (hops, parse_cordoned(m))
         }
         None => {
-            let (cluster, hops) = rep
+            let cordoned: Vec<String> = survey
+                .nodes
+                .iter()
+                .filter(|n| n.cordoned)
+                .map(|n| n.name.clone())
+                .collect();
+            let hops = rep
                 .tracked(Phase::Preconditions, "cluster", "preconditions", async {
                     let (checks, hops) = checks(coord, plan, &survey).await;
                     let st = rep.state.lock().await.clone();
@@ -1344,14 +1370,19 @@ async fn run(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<()
                         Failure::at("cluster", "preconditions", "no upgrade chain", "")
                     })?;
                     let m = format!(
-                        "every check passed; {CHAIN}{}; target {}",
+                        "every check passed; {CHAIN}{}; target {}; {CORDONED}{}",
                         chain_text(&cluster, &hops),
-                        plan.target
+                        plan.target,
+                        if cordoned.is_empty() {
+                            "none".to_string()
+                        } else {
+                            cordoned.join(", ")
+                        }
                     );
-                    Ok(((Some(cluster), hops), m))
+                    Ok((hops, m))
                 })
                 .await?;
-            (cluster, hops)
+            (hops, cordoned)
         }
     };
     let st = rep.state.lock().await.clone();
@@ -1371,13 +1402,23 @@ async fn run(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<()
         rep.set_done_message(m);
         return Ok(());
     }
-    let _ = cluster;
+    if !keep_cordoned.is_empty() && !plan.skip_drain {
+        rep.note(
+            Phase::Preconditions,
+            "cluster",
+            format!(
+                "{} cordoned before the upgrade: drained for it, and left cordoned after",
+                keep_cordoned.join(", ")
+            ),
+        )
+        .await;
+    }
     let purpose = format!("upgrading cluster {} to {}", plan.spec.name, plan.target);
     lease::hold(
         coord,
         &plan.holder,
         &purpose,
-        Box::pin(changes(coord, plan, rep, hop_plans)),
+        Box::pin(changes(coord, plan, rep, hop_plans, keep_cordoned)),
     )
     .await
 }
@@ -1388,6 +1429,7 @@ async fn changes(
     plan: &Plan,
     rep: &Reporter,
     hops: Vec<HopPlan>,
+    keep_cordoned: Vec<String>,
 ) -> Result<(), Failure> {
     snapshot_first(coord, plan, rep).await?;
     let runner = Runner {
@@ -1395,6 +1437,7 @@ async fn changes(
         plan,
         rep,
         stop: AtomicBool::new(false),
+        keep_cordoned,
     };
     for h in &hops {
         runner.hop(h).await?;
@@ -1524,6 +1567,9 @@ struct Runner<'a> {
     rep: &'a Reporter,
     /// Set when a node fails: no node starts another step.
     stop: AtomicBool,
+    /// Nodes cordoned before the upgrade: the upgrade does not uncordon
+    /// what it did not cordon.
+    keep_cordoned: Vec<String>,
 }
 
 impl Runner<'_> {
@@ -1849,11 +1895,13 @@ impl Runner<'_> {
         )
         .await?;
         if !plan.skip_drain {
-            self.step(
-                phase,
-                node,
-                "uncordon",
-                hop,
+            let keep = self.keep_cordoned.iter().any(|k| k == node);
+            self.step(phase, node, "uncordon", hop, async {
+                if keep {
+                    return Ok(format!(
+                        "left cordoned: {node} was cordoned before the upgrade"
+                    ));
+                }
                 self.agent(
                     node,
                     kubectl_via,
@@ -1861,8 +1909,9 @@ impl Runner<'_> {
                     Step::KubectlUncordon(proto::KubectlUncordon {
                         node: node.to_string(),
                     }),
-                ),
-            )
+                )
+                .await
+            })
             .await?;
         }
         if kind != Kind::Worker {

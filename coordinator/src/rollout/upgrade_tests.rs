@@ -745,3 +745,21 @@ async fn skip_drain_neither_drains_nor_uncordons() {
         .any(|p| p.notes.iter().any(|n| n.contains("--skip-drain"))));
     assert_upgraded(&fake, "v1.32.4");
 }
+
+#[tokio::test]
+async fn a_node_cordoned_before_the_upgrade_stays_cordoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = built(dir.path(), "v1.31.4");
+    fake.cordon("w-3");
+    let (events, end) = upgrade(&coord, request("v1.32.4", None)).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    assert_eq!(fake.cordoned(), ["w-3"]);
+    assert!(!fake
+        .kubectl_calls()
+        .iter()
+        .any(|c| c.1 == "uncordon" && c.2 == "w-3"));
+    assert!(events
+        .iter()
+        .any(|e| e.node == "w-3" && e.message.starts_with("left cordoned")));
+    assert_eq!(fake.versions("w-3").3, "v1.32.4");
+}
