@@ -30,7 +30,9 @@
 //! - phases: `preconditions`, `upgrade-first-control-plane`,
 //!   `upgrade-control-planes`, `upgrade-workers`, `verify`.
 //! - cluster steps: `cluster/preconditions`, `cluster/snapshot`,
-//!   `cluster/verify`, `cluster/update-spec`.
+//!   `cluster/verify`, `cluster/update-spec`; in the audit log also
+//!   `cluster/start` (outcome `started`) and `cluster/finish` (`done`,
+//!   `failed` or `refused`) around each run.
 //! - node steps, each named `<step>@<hop version>` (e.g.
 //!   `cp-1/kubeadm-upgrade-apply@v1.32.4`), in this order:
 //!   `package-source`, `install-kubeadm`, then on the first control plane
@@ -247,11 +249,35 @@ pub async fn start(coord: Arc<Coordinator>, req: UpgradeRequest) -> Result<Follo
     }
     drop(guard);
     let dry_run = req.dry_run;
+    let name = operation(&plan.spec.name, &plan.target);
+    let command = resume_command(&req);
     tokio::spawn(async move {
         let result = if dry_run {
             dry(&coord, &plan, &rep).await
         } else {
-            run(&coord, &plan, &rep).await
+            audit_operation(&coord, &name, "start", "started", &format!("`{command}`"));
+            let result = run(&coord, &plan, &rep).await;
+            match &result {
+                Ok(()) => audit_operation(
+                    &coord,
+                    &name,
+                    "finish",
+                    "done",
+                    &format!("the cluster runs {}", plan.target),
+                ),
+                Err(f) => audit_operation(
+                    &coord,
+                    &name,
+                    "finish",
+                    if f.class == "preflight" {
+                        "refused"
+                    } else {
+                        "failed"
+                    },
+                    f.message.lines().next().unwrap_or_default(),
+                ),
+            }
+            result
         };
         if let Err(f) = &result {
             tracing::warn!(node = %f.node, step = %f.step, error = %f.message, "upgrade failed");
@@ -262,6 +288,21 @@ pub async fn start(coord: Arc<Coordinator>, req: UpgradeRequest) -> Result<Follo
         backlog: vec![],
         live: Some(live),
     })
+}
+
+/// The operation's own start and end in the audit log, beside its steps.
+fn audit_operation(coord: &Coordinator, operation: &str, step: &str, outcome: &str, message: &str) {
+    if let Err(e) = crate::audit::append(
+        &coord.db,
+        coord.clock.as_ref(),
+        operation,
+        "cluster",
+        step,
+        outcome,
+        message,
+    ) {
+        tracing::error!(error = %e, operation, step, "could not write the audit log");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -243,6 +243,12 @@ async fn an_upgrade_applies_once_on_the_first_control_plane_then_the_others_one_
         .collect();
     assert_eq!(applies.len(), 1, "{history:?}");
     assert_eq!(applies[0].operation, "upgrade t to v1.32.4");
+    let ends: Vec<(&str, &str)> = history
+        .iter()
+        .filter(|h| h.node == "cluster" && (h.step == "start" || h.step == "finish"))
+        .map(|h| (h.step.as_str(), h.outcome.as_str()))
+        .collect();
+    assert_eq!(ends, [("start", "started"), ("finish", "done")]);
     for n in order {
         assert!(
             history
