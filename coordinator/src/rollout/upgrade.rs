@@ -1759,8 +1759,15 @@ impl Runner<'_> {
         name: &str,
         step: Step,
     ) -> Result<String, Failure> {
+        // A drain may take as long as the operator allows, and the agent
+        // needs a moment beyond kubectl's own timeout to report.
+        let timeout = match &step {
+            Step::KubectlDrain(d) => super::ops::STEP_TIMEOUT
+                .max(Duration::from_secs(u64::from(d.timeout_seconds) + 120)),
+            _ => super::ops::STEP_TIMEOUT,
+        };
         let r = Ops { coord: self.coord }
-            .step(via, name, step, false)
+            .step_within(via, name, step, false, timeout)
             .await
             .map_err(|mut f| {
                 f.node = node.to_string();
