@@ -135,6 +135,15 @@ pub trait AgentApi: Send + Sync {
         node: &NodeRecord,
         timeout: Duration,
     ) -> AgentCall<'_, proto::ClusterCertsResponse>;
+    /// What the node's package manager says of the Kubernetes packages:
+    /// installed and held versions, and what `req.minor`'s repository
+    /// offers (read-only).
+    fn package_versions(
+        &self,
+        node: &NodeRecord,
+        req: proto::PackageVersionsRequest,
+        timeout: Duration,
+    ) -> AgentCall<'_, proto::PackageVersionsResponse>;
     /// `etcdctl snapshot save` on the node, streamed back as it is
     /// written: the last chunk (without data) carries the size and status. `timeout` bounds the whole
     /// stream.
@@ -325,6 +334,15 @@ impl AgentApi for Agents {
             proto::ClusterCertsRequest {},
             timeout
         )
+    }
+
+    fn package_versions(
+        &self,
+        node: &NodeRecord,
+        req: proto::PackageVersionsRequest,
+        timeout: Duration,
+    ) -> AgentCall<'_, proto::PackageVersionsResponse> {
+        call!(self, node, package_versions, req, timeout)
     }
 
     fn etcd_snapshot(

@@ -991,6 +991,7 @@ pub async fn health(coord: &Coordinator) -> Result<proto::HealthResponse, CoordE
     checks.push(replacement_check(pending.as_ref()));
     checks.push(crate::rollout::restore::health_check(coord).await?);
     checks.push(crate::rollout::certs::health_check(coord).await?);
+    checks.push(crate::rollout::upgrade::health_check(coord).await?);
 
     // 5. Every apiserver ready, asked through its own node. A control plane
     // whose agent reports is running: it is checked, not replaced.

@@ -121,6 +121,16 @@ mod tests {
             ],
             &["khctl", "token", "list", "-o", "json"],
             &["khctl", "kubeconfig", "-o", "json"],
+            &[
+                "khctl",
+                "upgrade",
+                "-f",
+                "c.yaml",
+                "--through",
+                "-o",
+                "json",
+            ],
+            &["khctl", "upgrade", "status", "--follow", "-o", "json"],
         ] {
             let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             assert_eq!(cli.output.as_deref(), Some("json"), "{args:?}");

@@ -15,6 +15,7 @@ mod restore;
 mod rollout;
 mod snapshot;
 mod token;
+mod upgrade;
 
 use std::path::PathBuf;
 
@@ -121,7 +122,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Operations the coordinator holds (rollout, etcd replacement, reset):
+    /// Operations the coordinator holds (rollout, etcd replacement, reset,
+    /// certificate renewal, etcd restore, upgrade):
     /// which are pending, which can be resumed, which can be cancelled.
     #[command(subcommand)]
     Operation(OperationCmd),
@@ -140,6 +142,14 @@ enum Command {
     /// expires on every node, `certs renew` renews them.
     #[command(subcommand)]
     Certs(certs::CertsCmd),
+    /// Upgrade Kubernetes to the spec's kubernetesVersion the kubeadm way:
+    /// plan and checks first, an etcd snapshot, then the first control
+    /// plane (`kubeadm upgrade apply`), the others one at a time, the
+    /// workers in batches of upgrade.maxUnavailable, each node drained,
+    /// upgraded and uncordoned. Resumable: run the same command again.
+    #[command(args_conflicts_with_subcommands = true)]
+    #[command(arg = help::output("`table` (default): the plan, then live progress per node and phase, then the outcome; `json`: nothing until the end, then one object for scripts: ok, failure, node, step, message, hint, dryRun, plan and every event"))]
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 #[derive(Subcommand)]
@@ -152,7 +162,7 @@ enum OperationCmd {
     /// One that changed something is refused: it must be resumed.
     #[command(arg = help::output("`table` (default): what was forgotten; `json`: one object for scripts, {\"message\"}"))]
     Cancel {
-        /// `rollout`, `etcd-replace` or `certs-renew`; may be left out when only one is pending.
+        /// `rollout`, `etcd-replace`, `certs-renew`, `etcd-restore` or `upgrade`; may be left out when only one is pending.
         kind: Option<String>,
     },
 }
@@ -556,6 +566,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Operation(OperationCmd::Cancel { kind }) => {
             operation::cancel(&mut client, &addr, kind.unwrap_or_default(), output).await?
         }
+        Command::Upgrade(args) => upgrade::run(&mut client, &addr, args, output).await?,
         Command::History { limit } => etcd::history(&mut client, &addr, limit, output).await?,
         Command::Nodes { sub } => nodes::run(&mut client, &addr, sub, output).await?,
         Command::Admin(cmd) => admin::run(&mut client, &addr, cmd, kubeconfig_file, output).await?,

@@ -75,6 +75,9 @@ pub fn load(file: &Path) -> anyhow::Result<(String, Vec<proto::SpecFile>)> {
     Ok((yaml, files))
 }
 
+/// The label `khctl upgrade` follows its operation with.
+pub const UPGRADE: &str = "Upgrade";
+
 #[derive(Default, Clone)]
 struct Row {
     role: String,
@@ -458,7 +461,9 @@ pub(crate) async fn follow(
                     if let Some(p) = &ev.plan {
                         view.plan(p, &roles);
                         plan = Some(p.clone());
-                        if human && dry_run {
+                        if human && (dry_run || label == UPGRADE) {
+                            // An upgrade shows its whole plan (versions,
+                            // order, checks) on every run.
                             print_plan(p);
                         } else if human {
                             print_changes(p);

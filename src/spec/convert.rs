@@ -177,6 +177,13 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
             }),
     };
 
+    let upgrade = match spec.upgrade.and_then(|u| u.max_unavailable) {
+        None => Ok(UpgradeSettings::default()),
+        Some(v) => convert_max_unavailable(&v)
+            .map(|max_unavailable| UpgradeSettings { max_unavailable })
+            .map_err(|why| errs.push("spec.upgrade.maxUnavailable", why)),
+    };
+
     let (nodes, roles) = convert_nodes(spec.nodes, networking.as_ref().ok(), errs);
 
     // Role checks are only meaningful when every node's role is known: a node
@@ -225,9 +232,52 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
         cni: cni.ok()?,
         load_balancer: load_balancer?,
         worker_concurrency: worker_concurrency.ok()?,
+        upgrade: upgrade.ok()?,
         nodes: nodes?,
         etcd_snapshots: etcd_snapshots.ok()?,
     })
+}
+
+/// `upgrade.maxUnavailable`: a whole number of workers from 1, or a
+/// percentage from 1% to 100%; anything else is refused with the fix.
+fn convert_max_unavailable(v: &serde_yaml::Value) -> Result<MaxUnavailable, String> {
+    const FIX: &str = "use a number of workers (1 or more, default 1) or a percentage of them from 1% to 100%, e.g. maxUnavailable: 25%";
+    let shown = || {
+        serde_yaml::to_string(v)
+            .map(|s| crate::echo(s.trim_end()).to_string())
+            .unwrap_or_else(|_| "the value".into())
+    };
+    match v {
+        serde_yaml::Value::Number(n) => match n.as_i64() {
+            Some(i) if i >= 1 => u32::try_from(i)
+                .map(MaxUnavailable::Count)
+                .map_err(|_| format!("{i} is too large; {FIX}")),
+            Some(i) => Err(format!("{i} would upgrade no worker; {FIX}")),
+            None => Err(format!("{} is not a whole number; {FIX}", shown())),
+        },
+        serde_yaml::Value::String(s) => {
+            let Some(p) = s.trim().strip_suffix('%') else {
+                return match s.trim().parse::<i64>() {
+                    Ok(i) if i >= 1 => u32::try_from(i)
+                        .map(MaxUnavailable::Count)
+                        .map_err(|_| format!("{i} is too large; {FIX}")),
+                    _ => Err(format!(
+                        "{} is not a number or a percentage; {FIX}",
+                        crate::echo(s)
+                    )),
+                };
+            };
+            match p.trim().parse::<i64>() {
+                Ok(p) if (1..=100).contains(&p) => Ok(MaxUnavailable::Percent(p as u32)),
+                Ok(p) => Err(format!("{p}% is out of range; {FIX}")),
+                Err(_) => Err(format!("{} is not a percentage; {FIX}", crate::echo(s))),
+            }
+        }
+        _ => Err(format!(
+            "{} is not a number or a percentage; {FIX}",
+            shown()
+        )),
+    }
 }
 
 fn convert_renewal(

@@ -121,6 +121,8 @@ pub struct ClusterSpec {
     pub cni: Option<Cni>,
     pub load_balancer: LoadBalancerType,
     pub worker_concurrency: u32,
+    /// `upgrade`: how `khctl upgrade` proceeds.
+    pub upgrade: UpgradeSettings,
     pub nodes: Vec<NodeSpec>,
     /// `etcd.snapshots`: the coordinator's scheduled etcd snapshots; `None`
     /// when the spec has none.
@@ -135,6 +137,58 @@ pub struct SnapshotSchedule {
     #[serde(with = "crate::time::serde_duration")]
     pub every: std::time::Duration,
     pub keep: u32,
+}
+
+/// `upgrade` in the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSettings {
+    /// How many workers `khctl upgrade` drains and upgrades at once.
+    pub max_unavailable: MaxUnavailable,
+}
+
+/// `upgrade.maxUnavailable`: a number of workers (at least 1) or a
+/// percentage of them (1% to 100%, rounded down, at least one worker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxUnavailable {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Default for MaxUnavailable {
+    fn default() -> Self {
+        MaxUnavailable::Count(1)
+    }
+}
+
+impl MaxUnavailable {
+    /// How many of `workers` workers make one batch: at least one (when
+    /// there are any), at most all of them.
+    pub fn batch(self, workers: usize) -> usize {
+        let n = match self {
+            MaxUnavailable::Count(n) => n as usize,
+            MaxUnavailable::Percent(p) => workers * p as usize / 100,
+        };
+        n.clamp(1, workers.max(1))
+    }
+}
+
+impl fmt::Display for MaxUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MaxUnavailable::Count(n) => write!(f, "{n}"),
+            MaxUnavailable::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl Serialize for MaxUnavailable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MaxUnavailable::Count(n) => s.serialize_u32(*n),
+            MaxUnavailable::Percent(_) => s.collect_str(self),
+        }
+    }
 }
 
 pub const DEFAULT_SNAPSHOT_EVERY: std::time::Duration = std::time::Duration::from_secs(6 * 3600);

@@ -43,6 +43,7 @@ pub(super) struct RawSpec {
     pub(super) cni: Option<RawCni>,
     pub(super) load_balancer: Option<RawLoadBalancer>,
     pub(super) rollout: Option<RawRollout>,
+    pub(super) upgrade: Option<RawUpgrade>,
     pub(super) nodes: Option<Vec<RawNode>>,
 }
 
@@ -133,6 +134,18 @@ pub(super) struct RawRollout {
     /// Signed and wide so that 0 or -1 reach validation and get a range
     /// message instead of a serde type error.
     pub(super) worker_concurrency: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping such as {maxUnavailable: 1} or {maxUnavailable: 25%}"
+)]
+pub(super) struct RawUpgrade {
+    /// Any YAML value, so that a count, a percentage and garbage all reach
+    /// validation and get a message that names the field.
+    pub(super) max_unavailable: Option<serde_yaml::Value>,
 }
 
 #[derive(Deserialize)]

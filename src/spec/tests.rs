@@ -18,6 +18,7 @@ spec:
   cni: {manifest: ./cni/flannel.yaml}
   loadBalancer: {type: haproxy}
   rollout: {workerConcurrency: 25}
+  upgrade: {maxUnavailable: 25%}
   nodes:
     - {name: cp-1, role: control-plane, address: 10.0.0.11}
     - {name: cp-2, role: control-plane, address: 10.0.0.12}
@@ -92,6 +93,9 @@ fn full_spec_parses_to_exactly_what_it_says() {
         }),
         load_balancer: LoadBalancerType::Haproxy,
         worker_concurrency: 25,
+        upgrade: UpgradeSettings {
+            max_unavailable: MaxUnavailable::Percent(25),
+        },
         nodes: vec![
             node("cp-1", NodeRole::ControlPlane, "10.0.0.11"),
             node("cp-2", NodeRole::ControlPlane, "10.0.0.12"),
@@ -131,6 +135,7 @@ fn minimal_spec_takes_the_defaults() {
             cni: None,
             load_balancer: LoadBalancerType::External,
             worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
+            upgrade: UpgradeSettings::default(),
             nodes: vec![
                 node("cp-1", NodeRole::ControlPlane, "127.0.0.11"),
                 node("w-1", NodeRole::Worker, "127.0.0.21"),
@@ -520,6 +525,48 @@ fn worker_concurrency_bounds() {
             "{bad}"
         );
     }
+}
+
+#[test]
+fn max_unavailable_is_a_count_or_a_percentage_of_the_workers() {
+    let with = |v: &str| {
+        parse(&MINIMAL.replace(
+            "  nodes:\n",
+            &format!("  upgrade: {{maxUnavailable: {v}}}\n  nodes:\n"),
+        ))
+        .map(|s| s.upgrade.max_unavailable)
+    };
+    assert_eq!(
+        parse(MINIMAL).unwrap().upgrade.max_unavailable,
+        MaxUnavailable::Count(1)
+    );
+    assert_eq!(with("1"), Ok(MaxUnavailable::Count(1)));
+    assert_eq!(with("3"), Ok(MaxUnavailable::Count(3)));
+    assert_eq!(with("'2'"), Ok(MaxUnavailable::Count(2)));
+    assert_eq!(with("25%"), Ok(MaxUnavailable::Percent(25)));
+    assert_eq!(with("'100%'"), Ok(MaxUnavailable::Percent(100)));
+    for bad in ["0", "-1", "0%", "101%", "-5%", "lots", "1.5", "[1]", "'x%'"] {
+        let err = with(bad).unwrap_err();
+        assert_eq!(err.errors.len(), 1, "{bad}: {err}");
+        assert_eq!(err.errors[0].path, "spec.upgrade.maxUnavailable", "{bad}");
+        assert!(
+            err.errors[0].message.contains("e.g. maxUnavailable: 25%"),
+            "{bad}: {err}"
+        );
+    }
+    // A percentage of the workers, rounded down, at least one, at most all.
+    assert_eq!(MaxUnavailable::Percent(25).batch(10), 2);
+    assert_eq!(MaxUnavailable::Percent(50).batch(3), 1);
+    assert_eq!(MaxUnavailable::Percent(10).batch(3), 1);
+    assert_eq!(MaxUnavailable::Percent(100).batch(3), 3);
+    assert_eq!(MaxUnavailable::Count(5).batch(3), 3);
+    assert_eq!(MaxUnavailable::Count(2).batch(0), 1);
+    let json = serde_json::to_value(
+        parse(&MINIMAL.replace("  nodes:\n", "  upgrade: {maxUnavailable: 50%}\n  nodes:\n"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["upgrade"]["maxUnavailable"], "50%");
 }
 
 #[test]

@@ -8,6 +8,16 @@
 //! control-plane join adds a voting member, a reset removes the node's own),
 //! every step is recorded in order, and a test scripts failures: a step's
 //! Failed report, or an agent that does not answer.
+//!
+//! For upgrades it also keeps each node's Kubernetes packages (installed
+//! versions, the minor its package source names), a repository index per
+//! minor (the same on every node unless a test gives one node its own),
+//! each control plane's apiserver version, the version kubeadm recorded for
+//! the cluster, cordoned nodes, and PodDisruptionBudgets that block a
+//! node's drain. The upgrade steps act on that model as the real tools do:
+//! `kubeadm upgrade apply` refuses a skipped minor and a version newer than
+//! the installed kubeadm, a package install refuses a version the source's
+//! repository does not offer, a blocked drain leaves the node cordoned.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
@@ -53,6 +63,59 @@ struct Model {
     snapshot_failures: HashMap<String, String>,
     /// Nodes whose snapshot stream ends after the data, without the status.
     snapshot_cut: HashSet<String>,
+    /// Each node's Kubernetes packages and source.
+    packages: HashMap<String, Packages>,
+    /// The version each running kubelet reports (restart-kubelet sets it
+    /// from the installed package).
+    kubelet_running: HashMap<String, String>,
+    /// Each control plane's kube-apiserver version.
+    apiserver_version: HashMap<String, String>,
+    /// The version in kubeadm's ClusterConfiguration (`upgrade apply`).
+    cluster_version: String,
+    /// Versions each minor's repository offers, newest first.
+    repos: HashMap<String, Vec<String>>,
+    /// A node's own repository for a minor, when it differs.
+    node_repos: HashMap<(String, String), Vec<String>>,
+    /// Nodes with spec.unschedulable.
+    cordoned: HashSet<String>,
+    /// Pods a PodDisruptionBudget keeps on a node: its drain is blocked.
+    pdb_blocked: HashMap<String, Vec<String>>,
+    /// Every drain and uncordon: (the agent it ran on, the node it named).
+    kubectl_calls: Vec<(String, String, String)>,
+    /// Nodes asked for their package versions, with the minor asked.
+    package_asks: Vec<(String, String)>,
+}
+
+/// An upgrade step's outcome and notes, or its failure kind, error and
+/// notes.
+type UpgradeStepResult =
+    Result<(proto::Outcome, Vec<String>), (proto::FailureKind, String, Vec<String>)>;
+
+/// A node's Kubernetes packages as its package manager sees them.
+#[derive(Debug, Clone, Default)]
+struct Packages {
+    kubeadm: String,
+    kubelet: String,
+    kubectl: String,
+    /// The minor the host's Kubernetes source names, e.g. v1.31.
+    source_minor: String,
+}
+
+/// `v1.31` of `v1.31.4`.
+fn minor_of(version: &str) -> String {
+    let mut parts = version.splitn(3, '.');
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => format!("{a}.{b}"),
+        _ => version.to_string(),
+    }
+}
+
+fn minor_number(version: &str) -> u32 {
+    version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0)
 }
 
 pub struct FakeAgents {
@@ -67,7 +130,30 @@ impl FakeAgents {
     /// Agents for every node of `spec`, none of which kubeadm has touched.
     pub fn new(spec: &ClusterSpec) -> Self {
         let ca = kh::pki::Ca::generate(std::time::SystemTime::now()).expect("a test CA");
+        let version = spec
+            .kubernetes_version
+            .as_ref()
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "v1.32.0".into());
         let model = Model {
+            cluster_version: version.clone(),
+            packages: spec
+                .nodes
+                .iter()
+                .filter(|n| n.role != NodeRole::LoadBalancer)
+                .map(|n| {
+                    (
+                        n.name.clone(),
+                        Packages {
+                            kubeadm: version.clone(),
+                            kubelet: version.clone(),
+                            kubectl: version.clone(),
+                            source_minor: minor_of(&version),
+                        },
+                    )
+                })
+                .collect(),
+            repos: [(minor_of(&version), vec![version.clone()])].into(),
             addresses: spec
                 .nodes
                 .iter()
@@ -149,6 +235,94 @@ impl FakeAgents {
             .collect()
     }
 
+    /// Every node (packages, kubelet, apiserver, the cluster) runs
+    /// `version`, from the repository of its minor.
+    pub fn run_version(&self, version: &str) {
+        let mut m = self.model();
+        let nodes: Vec<String> = m.packages.keys().cloned().collect();
+        for n in nodes {
+            m.set_node_version(&n, version);
+        }
+        m.cluster_version = version.to_string();
+    }
+
+    /// One node runs `version` (packages, kubelet, and its apiserver if it
+    /// is a control plane), as after an upgrade of that node alone.
+    pub fn node_runs(&self, node: &str, version: &str) {
+        self.model().set_node_version(node, version);
+    }
+
+    /// What `minor`'s repository offers (newest first), on every node.
+    pub fn offer(&self, minor: &str, versions: &[&str]) {
+        self.model().repos.insert(
+            minor.to_string(),
+            versions.iter().map(|v| v.to_string()).collect(),
+        );
+    }
+
+    /// What `minor`'s repository offers on `node` alone.
+    pub fn offer_on(&self, node: &str, minor: &str, versions: &[&str]) {
+        self.model().node_repos.insert(
+            (node.to_string(), minor.to_string()),
+            versions.iter().map(|v| v.to_string()).collect(),
+        );
+    }
+
+    /// A PodDisruptionBudget keeps `pods` (ns/name) on `node`: its drain
+    /// fails as blocked until [`Self::remove_pdb`].
+    pub fn block_drain(&self, node: &str, pods: &[&str]) {
+        self.model().pdb_blocked.insert(
+            node.to_string(),
+            pods.iter().map(|p| p.to_string()).collect(),
+        );
+    }
+
+    pub fn remove_pdb(&self, node: &str) {
+        self.model().pdb_blocked.remove(node);
+    }
+
+    /// The nodes cordoned now, sorted.
+    pub fn cordoned(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.model().cordoned.iter().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Cordons `node`, as an operator would.
+    pub fn cordon(&self, node: &str) {
+        self.model().cordoned.insert(node.to_string());
+    }
+
+    /// Every kubectl drain and uncordon: (the agent that ran it, "drain" or
+    /// "uncordon", the node it named).
+    pub fn kubectl_calls(&self) -> Vec<(String, String, String)> {
+        self.model().kubectl_calls.clone()
+    }
+
+    /// The nodes asked for package versions, with the minor asked.
+    pub fn package_asks(&self) -> Vec<(String, String)> {
+        self.model().package_asks.clone()
+    }
+
+    /// (kubeadm, kubelet, kubectl) installed on `node`, the kubelet it
+    /// runs, and its apiserver's version ("" for a worker).
+    pub fn versions(&self, node: &str) -> (String, String, String, String, String) {
+        let m = self.model();
+        let p = m.packages.get(node).cloned().unwrap_or_default();
+        (
+            p.kubeadm,
+            p.kubelet,
+            p.kubectl,
+            m.kubelet_running.get(node).cloned().unwrap_or_default(),
+            m.apiserver_version.get(node).cloned().unwrap_or_default(),
+        )
+    }
+
+    /// The version kubeadm recorded for the cluster.
+    pub fn cluster_version(&self) -> String {
+        self.model().cluster_version.clone()
+    }
+
     /// The nodes asked for an etcd snapshot, in order.
     pub fn snapshots_taken(&self) -> Vec<String> {
         self.model().snapshots_taken.clone()
@@ -188,8 +362,194 @@ impl FakeAgents {
 }
 
 impl Model {
+    fn set_node_version(&mut self, node: &str, version: &str) {
+        let p = self.packages.entry(node.to_string()).or_default();
+        p.kubeadm = version.to_string();
+        p.kubelet = version.to_string();
+        p.kubectl = version.to_string();
+        p.source_minor = minor_of(version);
+        self.kubelet_running
+            .insert(node.to_string(), version.to_string());
+        if self.roles.get(node) == Some(&NodeRole::ControlPlane) {
+            self.apiserver_version
+                .insert(node.to_string(), version.to_string());
+        }
+        self.repos
+            .entry(minor_of(version))
+            .or_insert_with(|| vec![version.to_string()]);
+    }
+
+    fn repo(&self, node: &str, minor: &str) -> Vec<String> {
+        self.node_repos
+            .get(&(node.to_string(), minor.to_string()))
+            .or_else(|| self.repos.get(minor))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The upgrade steps, as apt/dnf, kubeadm, kubectl and systemctl do them.
+    fn upgrade_step(&mut self, node: &str, step: &Step) -> UpgradeStepResult {
+        use proto::Outcome::{Changed, Unchanged};
+        let other = |e: String| Err((proto::FailureKind::Other, e, vec![]));
+        match step {
+            Step::PackageSource(s) => {
+                let p = self.packages.entry(node.to_string()).or_default();
+                if p.source_minor == s.minor {
+                    return Ok((Unchanged, vec![]));
+                }
+                p.source_minor = s.minor.clone();
+                Ok((Changed, vec![]))
+            }
+            Step::PackageInstall(i) => {
+                let source = self
+                    .packages
+                    .get(node)
+                    .map(|p| p.source_minor.clone())
+                    .unwrap_or_default();
+                if !self.repo(node, &source).contains(&i.version) {
+                    let bare = i.version.trim_start_matches('v');
+                    return other(format!(
+                        "E: Version '{bare}-*' for '{}' was not found",
+                        i.packages.first().cloned().unwrap_or_default()
+                    ));
+                }
+                let p = self.packages.entry(node.to_string()).or_default();
+                let mut changed = false;
+                for name in &i.packages {
+                    let slot = match name.as_str() {
+                        "kubeadm" => &mut p.kubeadm,
+                        "kubelet" => &mut p.kubelet,
+                        "kubectl" => &mut p.kubectl,
+                        other_name => {
+                            return other(format!("E: Unable to locate package {other_name}"))
+                        }
+                    };
+                    if *slot != i.version {
+                        *slot = i.version.clone();
+                        changed = true;
+                    }
+                }
+                Ok((if changed { Changed } else { Unchanged }, vec![]))
+            }
+            Step::KubeadmUpgradePlan(p) => Ok((
+                Unchanged,
+                [
+                    "kube-apiserver",
+                    "kube-controller-manager",
+                    "kube-scheduler",
+                    "kube-proxy",
+                    "etcd",
+                ]
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{c}\t{node}\t{}\t{}",
+                        self.apiserver_version
+                            .get(node)
+                            .cloned()
+                            .unwrap_or_default(),
+                        p.version
+                    )
+                })
+                .collect(),
+            )),
+            Step::KubeadmUpgradeApply(a) => {
+                if self.apiserver_version.get(node) == Some(&a.version) {
+                    return Ok((Unchanged, vec![]));
+                }
+                let kubeadm = self
+                    .packages
+                    .get(node)
+                    .map(|p| p.kubeadm.clone())
+                    .unwrap_or_default();
+                if kubeadm != a.version {
+                    return other(format!(
+                        "[upgrade/version] FATAL: the --version argument is invalid due to these errors:\n\n\t- Specified version to upgrade to \"{}\" is higher than the kubeadm version \"{kubeadm}\". Upgrade kubeadm first using the tool you used to install kubeadm",
+                        a.version
+                    ));
+                }
+                if minor_number(&a.version) > minor_number(&self.cluster_version) + 1 {
+                    return other(format!(
+                        "[upgrade/version] FATAL: the --version argument is invalid due to these errors:\n\n\t- Specified version to upgrade to \"{}\" is too high; kubeadm can upgrade only 1 minor version at a time",
+                        a.version
+                    ));
+                }
+                self.apiserver_version
+                    .insert(node.to_string(), a.version.clone());
+                self.cluster_version = a.version.clone();
+                Ok((Changed, vec![]))
+            }
+            Step::KubeadmUpgradeNode(n) => {
+                let cp = self.roles.get(node) == Some(&NodeRole::ControlPlane);
+                if cp {
+                    if self.apiserver_version.get(node) == Some(&n.version) {
+                        return Ok((Unchanged, vec![]));
+                    }
+                    if self.cluster_version != n.version {
+                        return other(format!(
+                            "the cluster runs {} (kubeadm-config); `kubeadm upgrade apply {}` must run first",
+                            self.cluster_version, n.version
+                        ));
+                    }
+                    self.apiserver_version
+                        .insert(node.to_string(), n.version.clone());
+                }
+                Ok((Changed, vec![]))
+            }
+            Step::KubectlDrain(d) => {
+                self.kubectl_calls
+                    .push((node.to_string(), "drain".into(), d.node.clone()));
+                let newly = self.cordoned.insert(d.node.clone());
+                if let Some(pods) = self.pdb_blocked.get(&d.node) {
+                    return Err((
+                        proto::FailureKind::DrainBlocked,
+                        format!(
+                            "kubectl drain {} did not finish within {}s: a PodDisruptionBudget blocks the eviction of {}",
+                            d.node,
+                            if d.timeout_seconds == 0 { 300 } else { d.timeout_seconds },
+                            pods.join(", ")
+                        ),
+                        pods.clone(),
+                    ));
+                }
+                Ok((if newly { Changed } else { Unchanged }, vec![]))
+            }
+            Step::KubectlUncordon(u) => {
+                self.kubectl_calls
+                    .push((node.to_string(), "uncordon".into(), u.node.clone()));
+                let was = self.cordoned.remove(&u.node);
+                Ok((if was { Changed } else { Unchanged }, vec![]))
+            }
+            Step::RestartKubelet(_) => {
+                let installed = self
+                    .packages
+                    .get(node)
+                    .map(|p| p.kubelet.clone())
+                    .unwrap_or_default();
+                self.kubelet_running
+                    .insert(node.to_string(), installed.clone());
+                Ok((Changed, vec![format!("kubelet {installed} installed")]))
+            }
+            _ => Ok((Changed, vec![])),
+        }
+    }
+
     fn set_up(&mut self, node: &str) {
         let cp = self.roles.get(node) == Some(&NodeRole::ControlPlane);
+        let kubelet = self
+            .packages
+            .get(node)
+            .map(|p| p.kubelet.clone())
+            .unwrap_or_default();
+        self.kubelet_running.insert(node.to_string(), kubelet);
+        if cp {
+            let kubeadm = self
+                .packages
+                .get(node)
+                .map(|p| p.kubeadm.clone())
+                .unwrap_or_default();
+            self.apiserver_version.insert(node.to_string(), kubeadm);
+        }
         self.status.insert(
             node.to_string(),
             proto::NodeStatusResponse {
@@ -288,6 +648,32 @@ impl Model {
                     s.apiserver_manifest = true;
                 }
                 self.etcd_down.remove(node);
+            }
+            Step::PackageSource(_)
+            | Step::PackageInstall(_)
+            | Step::KubeadmUpgradePlan(_)
+            | Step::KubeadmUpgradeApply(_)
+            | Step::KubeadmUpgradeNode(_)
+            | Step::KubectlDrain(_)
+            | Step::KubectlUncordon(_)
+            | Step::RestartKubelet(_) => {
+                return match self.upgrade_step(node, step) {
+                    Ok((outcome, notes)) => proto::StepReport {
+                        step: name.into(),
+                        outcome: outcome as i32,
+                        message: format!("{name} done on {node}"),
+                        notes,
+                        ..Default::default()
+                    },
+                    Err((kind, error, notes)) => proto::StepReport {
+                        step: name.into(),
+                        outcome: proto::Outcome::Failed as i32,
+                        failure_kind: kind as i32,
+                        error,
+                        notes,
+                        ..Default::default()
+                    },
+                };
             }
             _ => {}
         }
@@ -430,7 +816,8 @@ impl AgentApi for FakeAgents {
                     name: n.clone(),
                     ready: true,
                     roles: vec![],
-                    ..Default::default()
+                    kubelet_version: m.kubelet_running.get(n).cloned().unwrap_or_default(),
+                    unschedulable: m.cordoned.contains(n),
                 })
                 .collect(),
         })
@@ -450,6 +837,26 @@ impl AgentApi for FakeAgents {
                 // The control-plane endpoint: any apiserver behind it.
                 m.status.keys().any(|c| m.apiserver_up(c))
             };
+            let version = if !ready {
+                String::new()
+            } else if own {
+                m.apiserver_version.get(n).cloned().unwrap_or_default()
+            } else {
+                // Behind the endpoint: whichever apiserver answers; the
+                // lowest, as a client may meet it.
+                let mut up: Vec<&String> = m
+                    .apiserver_version
+                    .iter()
+                    .filter(|(c, _)| m.apiserver_up(c))
+                    .map(|(_, v)| v)
+                    .collect();
+                up.sort_by_key(|v| {
+                    v.parse::<kh::spec::KubeVersion>()
+                        .ok()
+                        .map(|k| (k.minor(), k.patch()))
+                });
+                up.first().map(|v| v.to_string()).unwrap_or_default()
+            };
             proto::ApiserverReadyResponse {
                 ready,
                 detail: if ready {
@@ -457,7 +864,7 @@ impl AgentApi for FakeAgents {
                 } else {
                     format!("Get \"{}/readyz\": connection refused", req.url)
                 },
-                ..Default::default()
+                version,
             }
         })
     }
@@ -504,6 +911,45 @@ impl AgentApi for FakeAgents {
     ) -> AgentCall<'_, proto::ClusterCertsResponse> {
         self.answer(node, |m, name| proto::ClusterCertsResponse {
             certs: m.certs.get(name).cloned().unwrap_or_default(),
+        })
+    }
+
+    fn package_versions(
+        &self,
+        node: &NodeRecord,
+        req: proto::PackageVersionsRequest,
+        _timeout: Duration,
+    ) -> AgentCall<'_, proto::PackageVersionsResponse> {
+        let name = node.name.to_string();
+        self.model()
+            .package_asks
+            .push((name.clone(), req.minor.clone()));
+        self.answer(node, |m, n| {
+            let p = m.packages.get(n).cloned().unwrap_or_default();
+            let minor = if req.minor.is_empty() {
+                p.source_minor.clone()
+            } else {
+                req.minor.clone()
+            };
+            let installed = [
+                ("kubeadm", &p.kubeadm),
+                ("kubelet", &p.kubelet),
+                ("kubectl", &p.kubectl),
+            ]
+            .into_iter()
+            .map(|(name, v)| proto::InstalledPackage {
+                name: name.into(),
+                version: v.clone(),
+                held: !v.is_empty(),
+            })
+            .collect();
+            proto::PackageVersionsResponse {
+                manager: "apt".into(),
+                installed,
+                source_minor: p.source_minor.clone(),
+                available: m.repo(n, &minor),
+                error: String::new(),
+            }
         })
     }
 

@@ -24,6 +24,7 @@ pub mod reporter;
 pub mod reset;
 pub mod restore;
 pub mod state;
+pub mod upgrade;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -213,7 +214,16 @@ pub async fn status(coord: &Coordinator, follow: bool) -> Result<Follow, CoordEr
         return Ok(Follow { backlog, live });
     }
     drop(guard);
-    match RolloutState::load(&coord.db)? {
+    // The last operation `khctl rollout status` and `khctl upgrade status`
+    // show: an upgrade that started after the last rollout is the one.
+    let rollout = RolloutState::load(&coord.db)?;
+    let upgrade = RolloutState::load_at(&coord.db, upgrade::KEY)?;
+    let last = match (rollout, upgrade) {
+        (Some(r), Some(u)) if u.started_ms > r.started_ms => Some(u),
+        (None, Some(u)) => Some(u),
+        (r, _) => r,
+    };
+    match last {
         Some(st) => {
             let mut backlog = vec![st.header_event(false)];
             backlog.extend(st.events_as_wire());
@@ -237,6 +247,8 @@ pub async fn status(coord: &Coordinator, follow: bool) -> Result<Follow, CoordEr
 mod certs_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod upgrade_tests;
 
 /// Refuses a new operation while the one in `current` runs, naming it and
 /// how to follow it. Every operation but a rollout checks this (a rollout

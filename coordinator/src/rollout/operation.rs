@@ -10,7 +10,7 @@
 use kh::proto::{self, CancelOperationResponse, OperationInfo};
 
 use super::state::{self, RolloutState, Status};
-use super::{certs, replace, reset, restore};
+use super::{certs, replace, reset, restore, upgrade};
 use crate::error::CoordError;
 use crate::Coordinator;
 
@@ -21,6 +21,7 @@ const KINDS: &[(&str, &str, bool)] = &[
     ("reset", reset::KEY, false),
     ("certs-renew", certs::KEY, true),
     ("etcd-restore", restore::KEY, true),
+    ("upgrade", upgrade::KEY, true),
 ];
 
 struct Held {
@@ -171,7 +172,7 @@ pub async fn cancel(
     let all = held(coord, running.as_ref()).await?;
     if !kind.is_empty() && !KINDS.iter().any(|(k, _, r)| *k == kind && *r) {
         return Err(CoordError::InvalidArgument(format!(
-            "{kind:?} is not an operation that can be cancelled; name one of: rollout, etcd-replace, certs-renew, etcd-restore"
+            "{kind:?} is not an operation that can be cancelled; name one of: rollout, etcd-replace, certs-renew, etcd-restore, upgrade"
         )));
     }
     if let Some(op) = all

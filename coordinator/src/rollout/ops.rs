@@ -127,6 +127,20 @@ impl Ops<'_> {
         step: Step,
         dry_run: bool,
     ) -> Result<proto::StepReport, Failure> {
+        self.step_within(node, name, step, dry_run, STEP_TIMEOUT)
+            .await
+    }
+
+    /// [`Self::step`] with its own deadline, for a step whose length the
+    /// operator chooses (a drain's `--drain-timeout`).
+    pub async fn step_within(
+        &self,
+        node: &str,
+        name: &str,
+        step: Step,
+        dry_run: bool,
+        timeout: Duration,
+    ) -> Result<proto::StepReport, Failure> {
         let rec = self.record(node)?;
         let report = self
             .coord
@@ -137,7 +151,7 @@ impl Ops<'_> {
                     step: Some(step),
                     dry_run,
                 },
-                STEP_TIMEOUT,
+                timeout,
             )
             .await
             .map_err(|e| Self::unreachable(node, name, &e))?;

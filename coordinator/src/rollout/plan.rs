@@ -402,7 +402,7 @@ pub fn diff(
                     kind: "version",
                     refused: true,
                     detail: format!(
-                        "spec.kubernetesVersion is {now}; the cluster runs {was}. Refused: upgrades are not supported yet (`khctl upgrade` is coming); keep kubernetesVersion at {was}"
+                        "spec.kubernetesVersion is {now}; the cluster runs {was}. Refused: `khctl rollout` does not change a built cluster's version; upgrade it with `khctl upgrade -f cluster.yaml`, or keep kubernetesVersion at {was}"
                     ),
                 });
             }
@@ -627,7 +627,7 @@ mod tests {
         let d = diff(&spec("v1.33.0", BUILT), &held, &observed, None);
         let f = d.refusal().unwrap();
         assert!(
-            f.message.contains("upgrades are not supported yet (`khctl upgrade` is coming); keep kubernetesVersion at v1.32.0"),
+            f.message.contains("upgrade it with `khctl upgrade -f cluster.yaml`, or keep kubernetesVersion at v1.32.0"),
             "{}",
             f.message
         );

@@ -22,6 +22,9 @@ pub struct Reporter {
     coord: Arc<Coordinator>,
     /// False for a dry run, whose outcome must not replace the held state.
     persist: bool,
+    /// What a successful end says, when the operation says it in its own
+    /// words (an upgrade that found nothing to do).
+    done: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Reporter {
@@ -32,7 +35,13 @@ impl Reporter {
             state: Arc::new(Mutex::new(state)),
             coord,
             persist: true,
+            done: Arc::default(),
         }
+    }
+
+    /// What the closing event says if the operation succeeds.
+    pub(crate) fn set_done_message(&self, message: impl Into<String>) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.into());
     }
 
     /// A reporter for a dry run: events only, nothing written to the store.
@@ -284,18 +293,20 @@ impl Reporter {
     /// Records the outcome and sends the closing event.
     pub async fn finish(&self, result: &Result<(), Failure>) {
         let now = self.now();
-        let done = done_message(&self.state.lock().await.key);
+        let own = self.done.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let key = self.state.lock().await.key.clone();
+        let done = own.unwrap_or_else(|| done_message(&key).to_string());
         let (outcome, ev) = match result {
             Ok(()) => (
                 Outcome {
                     ok: true,
                     failure: String::new(),
-                    message: done.into(),
+                    message: done.clone(),
                 },
                 RolloutEvent {
                     kind: Kind::Finished as i32,
                     ok: true,
-                    message: done.into(),
+                    message: done,
                     ..Default::default()
                 },
             ),
@@ -354,6 +365,7 @@ fn done_message(key: &str) -> &'static str {
             "every control plane serves its renewed certificates and the cluster is healthy"
         }
         super::restore::KEY => "etcd is restored and every restored control plane is healthy",
+        super::upgrade::KEY => "every node runs the spec's Kubernetes version",
         _ => "the cluster matches the spec",
     }
 }

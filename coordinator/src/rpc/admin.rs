@@ -380,12 +380,10 @@ impl Admin for AdminService {
 
     async fn upgrade(
         &self,
-        _req: Request<UpgradeRequest>,
+        req: Request<UpgradeRequest>,
     ) -> Result<Response<Self::UpgradeStream>, Status> {
-        // i14-base: the upgrade operation lands with the coordinator work.
-        Err(Status::unimplemented(
-            "upgrade is not implemented on this branch",
-        ))
+        let f = crate::rollout::upgrade::start(self.0.clone(), req.into_inner()).await?;
+        Ok(Response::new(follow_stream(f)))
     }
 
     async fn etcd_snapshot_save(

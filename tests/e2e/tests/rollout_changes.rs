@@ -234,7 +234,9 @@ fn spec_changes_to_a_built_cluster_are_refused_or_carried_out_and_reruns_touch_n
     let f = kh_testbed::spec::write(w.dir(), "version.yaml", &text).unwrap();
     let msg = refused(&w, lb, &f, "version", &[]);
     assert!(
-        msg.contains("upgrades are not supported yet (`khctl upgrade` is coming); keep kubernetesVersion at v1.32.0"),
+        msg.contains(
+            "upgrade it with `khctl upgrade -f cluster.yaml`, or keep kubernetesVersion at v1.32.0"
+        ),
         "{msg}"
     );
 

@@ -72,13 +72,19 @@ pub enum Phase {
     Restore,
     /// An etcd restore starting the restored members.
     Start,
+    /// `khctl upgrade`: the first control plane (`kubeadm upgrade apply`).
+    UpgradeFirst,
+    /// `khctl upgrade`: the other control planes, one at a time.
+    UpgradeControlPlanes,
+    /// `khctl upgrade`: the workers, in batches of maxUnavailable.
+    UpgradeWorkers,
 }
 
 impl Phase {
     /// Every phase: a rollout's in the order it runs them (the load
     /// balancers only with `loadBalancer: haproxy`), then the other
     /// operations' own.
-    pub const ALL: [Phase; 20] = [
+    pub const ALL: [Phase; 23] = [
         Phase::Preflight,
         Phase::Prepare,
         Phase::LoadBalancer,
@@ -99,6 +105,9 @@ impl Phase {
         Phase::Stop,
         Phase::Restore,
         Phase::Start,
+        Phase::UpgradeFirst,
+        Phase::UpgradeControlPlanes,
+        Phase::UpgradeWorkers,
     ];
 
     /// The name on the wire, in events and the persisted journal.
@@ -124,6 +133,9 @@ impl Phase {
             Phase::Stop => "stop",
             Phase::Restore => "restore",
             Phase::Start => "start",
+            Phase::UpgradeFirst => "upgrade-first-control-plane",
+            Phase::UpgradeControlPlanes => "upgrade-control-planes",
+            Phase::UpgradeWorkers => "upgrade-workers",
         }
     }
 }
