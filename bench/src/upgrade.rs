@@ -148,6 +148,9 @@ struct RunResult {
     before_nodes_s: f64,
     /// After the last node step.
     after_nodes_s: f64,
+    /// The cluster steps' elapsed times (preconditions, snapshot, verify,
+    /// update-spec).
+    cluster_steps: Vec<(String, f64)>,
     cp_path_s: f64,
     cp_span_s: f64,
     batches_path_s: f64,
@@ -275,6 +278,7 @@ fn one_run(
     let jiffies0 = sys::machine_jiffies();
     let snap0 = Snap::take(&dir);
     let mut admin = bench.admin()?;
+    let rpc_start_ms = now_ms();
     let (wall_s, events) = rt.block_on(async {
         let t = Instant::now();
         let mut stream = admin
@@ -294,6 +298,7 @@ fn one_run(
         }
         anyhow::Ok((t.elapsed().as_secs_f64(), events))
     })?;
+    let rpc_end_ms = now_ms();
     let cpu = Snap::take(&dir).since(&snap0);
     let busy_pct = match (jiffies0, sys::machine_jiffies()) {
         (Some((b0, t0)), Some((b1, t1))) => 100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64,
@@ -339,26 +344,40 @@ fn one_run(
         doubles: cpu.kube_doubles + cpu.testbed,
         machine: cpu.machine,
     };
-    // Before the first node step and after the last one.
+    // Before the first node step and after the last one; the cluster
+    // steps (preconditions, snapshot, verify, update-spec) are there.
+    let node_step = |e: &&RolloutEvent| !e.node.is_empty() && e.node != "cluster";
     let first_node_ms = events
         .iter()
-        .filter(|e| e.kind == Kind::StepStarted as i32 && !e.node.is_empty())
+        .filter(|e| e.kind == Kind::StepStarted as i32)
+        .filter(node_step)
         .map(|e| e.unix_ms)
         .min()
-        .unwrap_or(0);
+        .unwrap_or(rpc_start_ms);
     let last_node_ms = events
         .iter()
-        .filter(|e| e.kind == Kind::StepFinished as i32 && !e.node.is_empty())
+        .filter(|e| e.kind == Kind::StepFinished as i32)
+        .filter(node_step)
         .map(|e| e.unix_ms)
         .max()
-        .unwrap_or(0);
-    let start_ms = events.first().map(|e| e.unix_ms).unwrap_or(first_node_ms);
-    let end_ms = last.unix_ms;
-    res.before_nodes_s = first_node_ms.saturating_sub(start_ms) as f64 / 1000.0;
-    res.after_nodes_s = end_ms.saturating_sub(last_node_ms) as f64 / 1000.0;
+        .unwrap_or(rpc_end_ms);
+    res.before_nodes_s = first_node_ms.saturating_sub(rpc_start_ms) as f64 / 1000.0;
+    res.after_nodes_s = rpc_end_ms.saturating_sub(last_node_ms) as f64 / 1000.0;
+    res.cluster_steps = events
+        .iter()
+        .filter(|e| e.kind == Kind::StepFinished as i32 && e.node == "cluster")
+        .map(|e| (e.step.clone(), e.elapsed_ms as f64 / 1000.0))
+        .collect();
     drop(admin);
     drop(bench);
     Ok(res)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn analyse(
@@ -576,10 +595,16 @@ fn print_run(r: &RunResult) {
         f2(ratio(r.wall_s, r.configured_s)),
         s1(r.setup_s)
     );
+    let cluster: Vec<String> = r
+        .cluster_steps
+        .iter()
+        .map(|(s, t)| format!("{s} {}", f2(*t)))
+        .collect();
     println!(
-        "outside the nodes: before the first node step {} s (preconditions, plan, snapshot), after the last {} s",
+        "outside the nodes: before the first node step {} s, after the last {} s; cluster steps (s): {}",
         f2(r.before_nodes_s),
-        f2(r.after_nodes_s)
+        f2(r.after_nodes_s),
+        cluster.join(", ")
     );
     let phases: Vec<String> = r
         .phases
