@@ -155,6 +155,9 @@ struct RunResult {
     cp_span_s: f64,
     batches_path_s: f64,
     batches_span_s: f64,
+    /// The sum over batches of the longest node span in the batch: the
+    /// batch span less this is time no node of the batch ran a step.
+    batches_node_span_s: f64,
     /// Gaps between one control plane's end and the next one's start, and
     /// between batches.
     cp_gaps_s: f64,
@@ -471,6 +474,7 @@ fn analyse(
     let batches = shape.batches();
     let mut batches_path_s = 0.0;
     let mut batches_span_s = 0.0;
+    let mut batches_node_span_s = 0.0;
     let mut batch_windows = vec![];
     let mut drain_stretch_max: f64 = 0.0;
     for b in &batches {
@@ -478,6 +482,7 @@ fn analyse(
         let start = b.iter().map(|n| node(n).start_ms).min().unwrap_or(0);
         let end = b.iter().map(|n| node(n).end_ms).max().unwrap_or(0);
         batches_span_s += end.saturating_sub(start) as f64 / 1000.0;
+        batches_node_span_s += b.iter().map(|n| node(n).span_s).fold(0.0, f64::max);
         batch_windows.push((start, end));
         let longest_drain = b.iter().map(|n| node(n).drain_s).fold(0.0, f64::max);
         drain_stretch_max = drain_stretch_max.max(ratio(longest_drain, args.drain.as_secs_f64()));
@@ -551,6 +556,7 @@ fn analyse(
         cp_span_s,
         batches_path_s,
         batches_span_s,
+        batches_node_span_s,
         cp_gaps_s,
         batch_gaps_s,
         phases,
@@ -576,6 +582,12 @@ fn print_run(r: &RunResult) {
         f2(r.batches_path_s),
         f2(r.batches_span_s),
         f2(r.batch_gaps_s)
+    );
+    println!(
+        "  worker batches: longest node span per batch, summed {} (batch spans less it {}; it less the batch paths {})",
+        f2(r.batches_node_span_s),
+        f2(r.batches_span_s - r.batches_node_span_s),
+        f2(r.batches_node_span_s - r.batches_path_s)
     );
     println!(
         "  per node (mean): package installs {}, kubeadm upgrade {}, drain {}",
@@ -666,17 +678,18 @@ fn print_tables(all: &[RunResult], failed: &[Shape], args: &UpgradeArgs) {
             col(&|r| ratio(r.wall_s, r.configured_s)),
         );
     }
-    println!("\n| shape | cp path | cp spans | cp gaps | batch paths | batch spans | batch gaps | before nodes | after nodes | longest drain / latency |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n| shape | cp path | cp spans | cp gaps | batch paths | longest node spans | batch spans | batch gaps | before nodes | after nodes | longest drain / latency |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for shape in &args.shapes {
         let rs: Vec<&RunResult> = all.iter().filter(|r| r.shape == Some(*shape)).collect();
         let med = |f: &dyn Fn(&RunResult) -> f64| median_only(&rs, f);
         println!(
-            "| {shape} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {shape} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             med(&|r| r.cp_path_s),
             med(&|r| r.cp_span_s),
             med(&|r| r.cp_gaps_s),
             med(&|r| r.batches_path_s),
+            med(&|r| r.batches_node_span_s),
             med(&|r| r.batches_span_s),
             med(&|r| r.batch_gaps_s),
             med(&|r| r.before_nodes_s),
