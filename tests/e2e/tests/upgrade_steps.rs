@@ -59,6 +59,18 @@ impl AsCoordinator {
         }
     }
 
+    /// Another caller with the same certificate and its own runtime, for a
+    /// call made from another thread.
+    fn another(&self) -> Self {
+        Self {
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            creds: self.creds.clone(),
+        }
+    }
+
     fn client(&self, a: &AgentProc) -> AgentClient<tonic::transport::Channel> {
         let _guard = self.rt.enter();
         let ch = kh::tls::channel(
@@ -365,6 +377,60 @@ fn the_upgrade_steps_move_a_cluster_from_v1_31_to_v1_32() {
     expect(&r, Outcome::Changed);
     assert!(r.notes.is_empty(), "{:?}", r.notes);
     expect(&kh.step(cp1, drain), Outcome::Unchanged);
+    expect(
+        &kh.step(
+            cp1,
+            Step::KubectlUncordon(proto::KubectlUncordon { node: "w-1".into() }),
+        ),
+        Outcome::Changed,
+    );
+
+    // A drain changes the cluster, not the host: while one waits on a
+    // budget, the same agent still takes host steps. (Were the drain to
+    // hold the host-step turn, the step below would wait for the drain,
+    // which ends only once the budget is relaxed after it.)
+    std::fs::write(
+        &objects,
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: web-1, namespace: default, labels: {{app: web}}}}\nspec: {{nodeName: w-1}}\n---\n{}", pdb(1)),
+    )
+    .unwrap();
+    cp1.kubectl(&["apply", "-f", objects.to_str().unwrap()])
+        .expect_ok("another pod under the budget");
+    let beside = kh.another();
+    std::thread::scope(|s| {
+        let long = s.spawn(|| {
+            beside.step(
+                cp1,
+                Step::KubectlDrain(proto::KubectlDrain {
+                    node: "w-1".into(),
+                    timeout_seconds: 120,
+                }),
+            )
+        });
+        kh_testbed::eventually("w-1 cordoned by the drain", Duration::from_secs(30), || {
+            if node(&kh.nodes(cp1), "w-1").unschedulable {
+                Ok(())
+            } else {
+                Err("schedulable".to_string())
+            }
+        });
+        let r = kh.step(
+            cp1,
+            Step::KubeadmUpgradeApply(proto::KubeadmUpgradeApply {
+                version: "v1.32.4".into(),
+            }),
+        );
+        expect(&r, Outcome::Unchanged);
+        assert!(
+            !long.is_finished(),
+            "the drain ended before its budget was relaxed"
+        );
+        std::fs::write(&objects, pdb(0)).unwrap();
+        cp1.kubectl(&["apply", "-f", objects.to_str().unwrap()])
+            .expect_ok("relax the budget again");
+        let r = long.join().unwrap();
+        expect(&r, Outcome::Changed);
+    });
 
     // The kubelet at the new version once restarted; then uncordoned.
     expect(
