@@ -108,6 +108,14 @@ impl AsCoordinator {
             .into_inner()
     }
 
+    fn facts(&self, a: &AgentProc) -> proto::Facts {
+        let mut c = self.client(a);
+        self.rt
+            .block_on(c.get_facts(proto::GetFactsRequest {}))
+            .unwrap()
+            .into_inner()
+    }
+
     fn nodes(&self, a: &AgentProc) -> Vec<proto::KubeNode> {
         let mut c = self.client(a);
         self.rt
@@ -196,6 +204,10 @@ fn the_upgrade_steps_move_a_cluster_from_v1_31_to_v1_32() {
     let kh = AsCoordinator::new(&mut w);
     let (cp1, cp2, w1) = (&w.agents[cp1], &w.agents[cp2], &w.agents[w1]);
     let apt_source = std::fs::read_to_string(cp1.path(packages::APT_SOURCE)).unwrap();
+
+    // Facts name the package manager each host's source file calls for.
+    assert_eq!(kh.facts(cp1).package_manager, "apt");
+    assert_eq!(kh.facts(w1).package_manager, "dnf");
 
     // What the hosts have, and what the next minor offers, without
     // touching their sources.
