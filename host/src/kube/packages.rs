@@ -725,6 +725,24 @@ impl Step for PackageSource {
         Ok(plan)
     }
 
+    /// A dry run says what would run; when the file already names the minor
+    /// and only apt's lists would be refreshed, the outcome is the one the
+    /// step reports then: unchanged.
+    fn run(&self, host: &Host, dry_run: bool) -> StepReport {
+        match self.plan(host) {
+            Err(err) => StepReport::failed(self.kind(), &err),
+            Ok(plan) if dry_run => {
+                let refresh_only = plan.files.is_empty();
+                let mut report = StepReport::from_plan(plan);
+                if refresh_only {
+                    report.outcome = crate::steps::Outcome::Unchanged;
+                }
+                report
+            }
+            Ok(plan) => self.apply(host, &plan),
+        }
+    }
+
     fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
         apply_with(host, StepKind::PackageSource, plan, |applier| {
             if plan.is_empty() {

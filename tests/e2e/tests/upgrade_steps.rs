@@ -316,6 +316,23 @@ fn the_upgrade_steps_move_a_cluster_from_v1_31_to_v1_32() {
     assert!(ready.ready, "{}", ready.detail);
     assert_eq!(ready.version, "v1.32.4");
 
+    // Lists that are not the source's minor's are refreshed, and the file
+    // is unchanged.
+    std::fs::remove_dir_all(cp2.path(packages::APT_LISTS)).unwrap();
+    let dry = kh.run(cp2, source("v1.31"), true);
+    expect(&dry, Outcome::Unchanged);
+    assert!(
+        dry.message.contains("would run `apt-get update`"),
+        "{}",
+        dry.message
+    );
+    let r = kh.step(cp2, source("v1.31"));
+    expect(&r, Outcome::Unchanged);
+    assert_eq!(r.commands.len(), 1, "{r:?}");
+    let r = kh.step(cp2, source("v1.31"));
+    expect(&r, Outcome::Unchanged);
+    assert!(r.commands.is_empty(), "{r:?}");
+
     // The other control plane: upgrade node, then at the version.
     expect(&kh.step(cp2, source("v1.32")), Outcome::Changed);
     expect(
