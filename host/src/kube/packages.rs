@@ -784,15 +784,30 @@ impl Step for PackageSource {
             let record = applier.run(&Cmd::from_argv(argv).timeout(UPDATE_TIMEOUT))?;
             if !record.success() {
                 // Put the old source back, so a minor that cannot be read
-                // does not leave the host without a working source.
+                // does not leave the host without a working source, and
+                // refresh from it again: a failed update may have dropped
+                // the lists it had.
                 let restored = match change.and_then(|c| c.before.as_ref().map(|b| (c, b))) {
                     Some((c, before)) => {
                         match applier.host().write_atomic(path, before.as_bytes(), c.mode) {
-                            Ok(()) => format!("{path} was put back as it was"),
+                            Ok(()) => {
+                                let again = applier.run(
+                                    &Cmd::from_argv(record.argv.clone()).timeout(UPDATE_TIMEOUT),
+                                )?;
+                                if again.success() {
+                                    format!("{path} was put back as it was and its lists refreshed")
+                                } else {
+                                    format!(
+                                        "{path} was put back as it was, but refreshing from it failed too ({}); run `{}` once the repository answers",
+                                        again.status_text(),
+                                        again.argv.join(" ")
+                                    )
+                                }
+                            }
                             Err(e) => format!(
-                            "putting {path} back failed ({e}); its previous content is in {path}{}",
-                            crate::steps::BACKUP_SUFFIX
-                        ),
+                                "putting {path} back failed ({e}); its previous content is in {path}{}",
+                                crate::steps::BACKUP_SUFFIX
+                            ),
                         }
                     }
                     None => format!("{path} was not changed"),

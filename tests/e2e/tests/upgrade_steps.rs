@@ -244,6 +244,24 @@ fn the_upgrade_steps_move_a_cluster_from_v1_31_to_v1_32() {
         std::fs::read_to_string(cp1.path(packages::APT_SOURCE)).unwrap(),
         apt_source
     );
+    // A minor nobody serves: refused, the source put back and refreshed.
+    let r = kh.step(cp1, source("v1.39"));
+    expect(&r, Outcome::Failed);
+    assert!(
+        r.error.contains("The v1.39 repository could not be read")
+            && r.error
+                .contains("was put back as it was and its lists refreshed"),
+        "{}",
+        r.error
+    );
+    assert_eq!(
+        std::fs::read_to_string(cp1.path(packages::APT_SOURCE)).unwrap(),
+        apt_source
+    );
+    let r = kh.step(cp1, source("v1.31"));
+    expect(&r, Outcome::Unchanged);
+    assert!(r.commands.is_empty(), "{r:?}");
+
     let r = kh.step(cp1, source("v1.32"));
     expect(&r, Outcome::Changed);
     assert_eq!(
