@@ -1306,6 +1306,51 @@ mod tests {
     }
 
     #[test]
+    fn a_host_without_a_kubernetes_source_is_told_which_file_to_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let host = Host::new(&root, vec![]);
+        let step = PackageSource { minor: m("v1.32") };
+        let err = step.plan(&host).unwrap_err().to_string();
+        assert!(err.contains("neither /etc/apt/sources.list.d/kubernetes.list nor /etc/yum.repos.d/kubernetes.repo exists"), "{err}");
+        assert!(err.contains("deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] https://pkgs.k8s.io/core:/stable:/v1.32/deb/ /"), "{err}");
+        // A legacy source is named as such.
+        host.create_dir_all("/etc/apt/sources.list.d").unwrap();
+        host.write_atomic(
+            APT_SOURCE,
+            b"deb https://apt.kubernetes.io/ kubernetes-xenial main\n",
+            0o644,
+        )
+        .unwrap();
+        let err = step.plan(&host).unwrap_err().to_string();
+        assert!(
+            err.contains("has no pkgs.k8s.io repository") && err.contains("legacy"),
+            "{err}"
+        );
+        // A dnf host gets the repo file to write.
+        std::fs::remove_file(root.join("etc/apt/sources.list.d/kubernetes.list")).unwrap();
+        host.create_dir_all("/etc/yum.repos.d").unwrap();
+        host.write_atomic(YUM_REPO, b"[base]\nbaseurl=https://example.com/\n", 0o644)
+            .unwrap();
+        let err = step.plan(&host).unwrap_err().to_string();
+        assert!(
+            err.contains("baseurl=https://pkgs.k8s.io/core:/stable:/v1.32/rpm/"),
+            "{err}"
+        );
+        // One that names the minor already has nothing to do.
+        host.write_atomic(YUM_REPO, official_yum_repo(m("v1.32")).as_bytes(), 0o644)
+            .unwrap();
+        assert!(step.plan(&host).unwrap().is_empty());
+        let plan = PackageSource { minor: m("v1.33") }.plan(&host).unwrap();
+        assert_eq!(plan.commands, [["dnf", "makecache", "--repo=kubernetes"]]);
+        assert_eq!(
+            plan.files[0].backup.as_deref(),
+            Some("/etc/yum.repos.d/kubernetes.repo.kh-bak")
+        );
+    }
+
+    #[test]
     fn the_package_manager_follows_the_source_files() {
         let dir = tempfile::tempdir().unwrap();
         let bin = dir.path().join("bin");
