@@ -87,6 +87,9 @@ const HEALTH_WAIT: Duration = Duration::from_secs(180);
 /// How long the whole cluster may take to be healthy at the end.
 const VERIFY_WAIT: Duration = Duration::from_secs(300);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a wait asks again: short, since each wait is on the upgrade's
+/// critical path.
+const POLL_EVERY: Duration = Duration::from_millis(250);
 /// Marks the hops in the preconditions' persisted message, so a resumed
 /// upgrade runs the chain decided before its first change.
 const CHAIN: &str = "chain: ";
@@ -2076,7 +2079,7 @@ where
         match f().await {
             Ok(()) => return Ok(()),
             Err(e) if start.elapsed() >= limit => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(_) => tokio::time::sleep(POLL_EVERY).await,
         }
     }
 }
