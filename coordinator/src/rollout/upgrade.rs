@@ -1746,6 +1746,9 @@ impl Runner<'_> {
         self.rep
             .tracked(phase, node, &key, async move {
                 f.await.map(|m| ((), m)).map_err(|mut e| {
+                    // No node starts another step from now on, while this
+                    // failure is still being recorded.
+                    self.stop.store(true, Ordering::SeqCst);
                     // The node step's name, not the agent step's.
                     e.step = named;
                     e
