@@ -528,7 +528,9 @@ async fn survey(coord: &Coordinator, spec: &ClusterSpec) -> Survey {
                         .iter()
                         .find(|i| i.name == name)
                         .and_then(|i| version(&i.version));
-                    if v.is_none() {
+                    // kubectl is not needed on a node to upgrade it (the
+                    // upgrade installs it there); kubeadm and kubelet are.
+                    if v.is_none() && name != "kubectl" {
                         now.problems.push(format!(
                             "{name} is not installed (as its package manager says)"
                         ));
@@ -1332,10 +1334,13 @@ async fn dry(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<()
         &hop_plans,
     ))
     .await;
-    if let Some(f) = refusal(&checks) {
+    // A cluster already at the version has nothing for the checks to
+    // guard: nothing will change.
+    let idle = hops.is_some() && nothing_to_do(&hop_plans);
+    if let Some(f) = refusal(&checks).filter(|_| !idle) {
         return Err(f);
     }
-    if nothing_to_do(&hop_plans) {
+    if idle {
         let m = format!(
             "nothing to do: every node already runs {}; the upgrade would change nothing",
             plan.target
@@ -1407,14 +1412,20 @@ async fn run(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<()
                         &hp,
                     ))
                     .await;
-                    if let Some(f) = refusal(&checks) {
+                    let idle = hops.is_some() && nothing_to_do(&hp);
+                    if let Some(f) = refusal(&checks).filter(|_| !idle) {
                         return Err(f);
                     }
                     let (cluster, hops) = hops.ok_or_else(|| {
                         Failure::at("cluster", "preconditions", "no upgrade chain", "")
                     })?;
                     let m = format!(
-                        "every check passed; {CHAIN}{}; target {}; {CORDONED}{}",
+                        "{}; {CHAIN}{}; target {}; {CORDONED}{}",
+                        if checks.iter().all(|c| c.ok) {
+                            "every check passed"
+                        } else {
+                            "nothing to change, so no check has anything to guard"
+                        },
                         chain_text(&cluster, &hops),
                         plan.target,
                         if cordoned.is_empty() {

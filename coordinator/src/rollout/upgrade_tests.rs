@@ -274,6 +274,13 @@ async fn an_upgrade_applies_once_on_the_first_control_plane_then_the_others_one_
     assert_eq!(fake.steps().len(), before, "{:?}", &fake.steps()[before..]);
     assert_eq!(fake.snapshots_taken().len(), 1);
 
+    // Still nothing to do when a check would fail: nothing would change.
+    fake.etcd_down("cp-3");
+    let (_, end) = upgrade(&coord, request("v1.32.4", None)).await;
+    assert!(end.ok, "{}", end.message);
+    assert!(end.message.starts_with("nothing to do"), "{}", end.message);
+    assert_eq!(fake.steps().len(), before);
+
     // `khctl rollout status` (and `upgrade status`) show the upgrade.
     let f = super::status(&coord, false).await.unwrap();
     assert_eq!(f.backlog[0].operation, "upgrade t to v1.32.4");
