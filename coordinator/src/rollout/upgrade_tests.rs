@@ -266,6 +266,22 @@ async fn an_upgrade_applies_once_on_the_first_control_plane_then_the_others_one_
         .unwrap()
         .is_none());
 
+    // A rollout of the new spec has nothing to refuse.
+    let (_, end) = follow(
+        super::start(
+            coord.clone(),
+            proto::RolloutRequest {
+                spec_yaml: yaml("v1.32.4", None),
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert!(end.ok, "{}: {} ({})", end.step, end.message, end.hint);
+
     // The same command again: nothing to do, nothing run.
     let before = fake.steps().len();
     let (_, end) = upgrade(&coord, request("v1.32.4", None)).await;
