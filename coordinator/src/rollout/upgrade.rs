@@ -1225,7 +1225,12 @@ fn emit_plan_event(
     let mut notes = vec![format!(
         "cluster {}: runs {} (its lowest kube-apiserver); target {}",
         plan.spec.name,
-        cluster.map_or("an unknown version".to_string(), |c| c.to_string()),
+        // A refused version check decides no chain, but the survey still
+        // knows what the cluster runs.
+        cluster
+            .cloned()
+            .or_else(|| survey.cluster())
+            .map_or("an unknown version".to_string(), |c| c.to_string()),
         plan.target
     )];
     notes.extend(survey.nodes.iter().map(|n| format!("now {}", n.describe())));
