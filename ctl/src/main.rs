@@ -494,7 +494,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rollout(args) => match (args.sub, args.file) {
             (Some(RolloutSub::Status { follow }), _) => {
-                rollout::status(&mut client, &addr, follow, output).await?
+                rollout::status(&mut client, &addr, follow, output, "Rollout").await?
             }
             (None, Some(file)) => {
                 rollout::rollout(

@@ -586,13 +586,14 @@ pub async fn status(
     addr: &str,
     follow_it: bool,
     format: Format,
+    label: &str,
 ) -> anyhow::Result<()> {
     let stream = client
         .rollout_status(proto::RolloutStatusRequest { follow: follow_it })
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
-    let result = follow(stream, format, false, BTreeMap::new(), "Rollout").await;
+    let result = follow(stream, format, false, BTreeMap::new(), label).await;
     // Another operation waiting to be finished (an interrupted etcd
     // replacement) is named too, with the command that resumes it.
     if format == Format::Table {

@@ -84,7 +84,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     match (args.sub, &args.file) {
         (Some(UpgradeSub::Status { follow }), _) => {
-            crate::rollout::status(client, addr, follow, format).await
+            crate::rollout::status(client, addr, follow, format, crate::rollout::UPGRADE).await
         }
         (None, None) => Err(usage(
             "khctl upgrade needs -f cluster.yaml (or `khctl upgrade status`)",

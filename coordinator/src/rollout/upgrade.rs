@@ -87,6 +87,9 @@ const HEALTH_WAIT: Duration = Duration::from_secs(180);
 /// How long the whole cluster may take to be healthy at the end.
 const VERIFY_WAIT: Duration = Duration::from_secs(300);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a wait asks again: short, since each wait is on the upgrade's
+/// critical path.
+const POLL_EVERY: Duration = Duration::from_millis(250);
 /// Marks the hops in the preconditions' persisted message, so a resumed
 /// upgrade runs the chain decided before its first change.
 const CHAIN: &str = "chain: ";
@@ -525,7 +528,9 @@ async fn survey(coord: &Coordinator, spec: &ClusterSpec) -> Survey {
                         .iter()
                         .find(|i| i.name == name)
                         .and_then(|i| version(&i.version));
-                    if v.is_none() {
+                    // kubectl is not needed on a node to upgrade it (the
+                    // upgrade installs it there); kubeadm and kubelet are.
+                    if v.is_none() && name != "kubectl" {
                         now.problems.push(format!(
                             "{name} is not installed (as its package manager says)"
                         ));
@@ -1334,10 +1339,13 @@ async fn dry(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<()
         &hop_plans,
     ))
     .await;
-    if let Some(f) = refusal(&checks) {
+    // A cluster already at the version has nothing for the checks to
+    // guard: nothing will change.
+    let idle = hops.is_some() && nothing_to_do(&hop_plans);
+    if let Some(f) = refusal(&checks).filter(|_| !idle) {
         return Err(f);
     }
-    if nothing_to_do(&hop_plans) {
+    if idle {
         let m = format!(
             "nothing to do: every node already runs {}; the upgrade would change nothing",
             plan.target
@@ -1409,14 +1417,20 @@ async fn run(coord: &Arc<Coordinator>, plan: &Plan, rep: &Reporter) -> Result<()
                         &hp,
                     ))
                     .await;
-                    if let Some(f) = refusal(&checks) {
+                    let idle = hops.is_some() && nothing_to_do(&hp);
+                    if let Some(f) = refusal(&checks).filter(|_| !idle) {
                         return Err(f);
                     }
                     let (cluster, hops) = hops.ok_or_else(|| {
                         Failure::at("cluster", "preconditions", "no upgrade chain", "")
                     })?;
                     let m = format!(
-                        "every check passed; {CHAIN}{}; target {}; {CORDONED}{}",
+                        "{}; {CHAIN}{}; target {}; {CORDONED}{}",
+                        if checks.iter().all(|c| c.ok) {
+                            "every check passed"
+                        } else {
+                            "nothing to change, so no check has anything to guard"
+                        },
                         chain_text(&cluster, &hops),
                         plan.target,
                         if cordoned.is_empty() {
@@ -1748,6 +1762,9 @@ impl Runner<'_> {
         self.rep
             .tracked(phase, node, &key, async move {
                 f.await.map(|m| ((), m)).map_err(|mut e| {
+                    // No node starts another step from now on, while this
+                    // failure is still being recorded.
+                    self.stop.store(true, Ordering::SeqCst);
                     // The node step's name, not the agent step's.
                     e.step = named;
                     e
@@ -2081,7 +2098,7 @@ where
         match f().await {
             Ok(()) => return Ok(()),
             Err(e) if start.elapsed() >= limit => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(_) => tokio::time::sleep(POLL_EVERY).await,
         }
     }
 }

@@ -266,6 +266,22 @@ async fn an_upgrade_applies_once_on_the_first_control_plane_then_the_others_one_
         .unwrap()
         .is_none());
 
+    // A rollout of the new spec has nothing to refuse.
+    let (_, end) = follow(
+        super::start(
+            coord.clone(),
+            proto::RolloutRequest {
+                spec_yaml: yaml("v1.32.4", None),
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert!(end.ok, "{}: {} ({})", end.step, end.message, end.hint);
+
     // The same command again: nothing to do, nothing run.
     let before = fake.steps().len();
     let (_, end) = upgrade(&coord, request("v1.32.4", None)).await;
@@ -273,6 +289,13 @@ async fn an_upgrade_applies_once_on_the_first_control_plane_then_the_others_one_
     assert!(end.message.starts_with("nothing to do"), "{}", end.message);
     assert_eq!(fake.steps().len(), before, "{:?}", &fake.steps()[before..]);
     assert_eq!(fake.snapshots_taken().len(), 1);
+
+    // Still nothing to do when a check would fail: nothing would change.
+    fake.etcd_down("cp-3");
+    let (_, end) = upgrade(&coord, request("v1.32.4", None)).await;
+    assert!(end.ok, "{}", end.message);
+    assert!(end.message.starts_with("nothing to do"), "{}", end.message);
+    assert_eq!(fake.steps().len(), before);
 
     // `khctl rollout status` (and `upgrade status`) show the upgrade.
     let f = super::status(&coord, false).await.unwrap();
@@ -722,10 +745,20 @@ async fn a_blocked_drain_in_a_batch_starts_no_new_node() {
         "{:?}",
         fake.steps()
     );
-    assert!(count(&fake, "restart-kubelet")
-        .iter()
-        .all(|n| CPS.contains(&n.as_str())));
-    let _ = WORKERS;
+    // w-2 was not carried through its hop: it is not uncordoned, and no
+    // worker's hop is recorded finished.
+    assert!(
+        !fake
+            .kubectl_calls()
+            .iter()
+            .any(|c| c.1 == "uncordon" && WORKERS.contains(&c.2.as_str())),
+        "{:?}",
+        fake.kubectl_calls()
+    );
+    let st = RolloutState::load_at(&coord.db, KEY).unwrap().unwrap();
+    for w in WORKERS {
+        assert!(!st.is_done(&format!("{w}/uncordon@v1.32.4")), "{w}");
+    }
 }
 
 #[tokio::test]
@@ -768,4 +801,62 @@ async fn a_node_cordoned_before_the_upgrade_stays_cordoned() {
         .iter()
         .any(|e| e.node == "w-3" && e.message.starts_with("left cordoned")));
     assert_eq!(fake.versions("w-3").3, "v1.32.4");
+}
+
+#[tokio::test]
+async fn another_operation_running_or_pending_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = built(dir.path(), "v1.31.4");
+    // A certificate renewal runs.
+    let running = RolloutState {
+        key: super::certs::KEY.into(),
+        operation: "certs renew all".into(),
+        cluster: "t".into(),
+        started_ms: 1,
+        ..Default::default()
+    };
+    *coord.rollouts.current.lock().await =
+        Some(super::reporter::Reporter::new(coord.clone(), running));
+    let err = super::upgrade::start(coord.clone(), request("v1.32.4", None))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, crate::error::CoordError::FailedPrecondition(_)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("certs renew all is running"),
+        "{err}"
+    );
+    *coord.rollouts.current.lock().await = None;
+
+    // An etcd replacement that changed the cluster and stopped.
+    let mut pending = RolloutState {
+        key: super::replace::KEY.into(),
+        operation: "etcd replace cp-2 with cp-4".into(),
+        cluster: "t".into(),
+        resume: "khctl etcd replace --failed cp-2 --with cp-4".into(),
+        started_ms: 1,
+        ..Default::default()
+    };
+    pending
+        .mark(&coord.db, "cp-2/remove-member", Status::Done, "", 2)
+        .unwrap();
+    pending.save(&coord.db, 3).unwrap();
+    let err = super::upgrade::start(coord.clone(), request("v1.32.4", None))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("finish it before upgrading"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("khctl etcd replace --failed cp-2 --with cp-4"),
+        "{err}"
+    );
+    assert!(fake.steps().is_empty());
+    nothing_pending(&coord);
 }
