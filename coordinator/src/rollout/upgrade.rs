@@ -890,34 +890,49 @@ async fn checks(
 
     match crate::certs::check(coord).await {
         Ok(r) => {
-            let due: Vec<String> = crate::certs::attention(&r.nodes, r.now_unix, CERT_WINDOW)
-                .into_iter()
-                .filter(|a| a.cert != crate::certs::KUBELET_CLIENT)
-                .map(|a| {
-                    if a.cert.is_empty() {
-                        format!("{}: {}", a.node, a.detail)
-                    } else {
-                        format!("{} {}: {}", a.node, a.cert, a.detail)
-                    }
-                })
+            // A node whose certificates could not be read is not a
+            // certificate about to expire: its fix is the node, not a
+            // renewal.
+            let (unread, due): (Vec<_>, Vec<_>) =
+                crate::certs::attention(&r.nodes, r.now_unix, CERT_WINDOW)
+                    .into_iter()
+                    .filter(|a| a.cert != crate::certs::KUBELET_CLIENT)
+                    .partition(|a| a.cert.is_empty());
+            let unread: Vec<String> = unread
+                .iter()
+                .map(|a| format!("{}: {}", a.node, a.detail))
                 .collect();
-            if due.is_empty() {
+            let due: Vec<String> = due
+                .iter()
+                .map(|a| format!("{} {}: {}", a.node, a.cert, a.detail))
+                .collect();
+            if !due.is_empty() {
+                out.push(Check::fail(
+                    "certificates",
+                    format!(
+                        "within the upgrade window ({}): {}",
+                        humantime::format_duration(CERT_WINDOW),
+                        due.iter()
+                            .chain(&unread)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    "renew them first: `khctl certs renew --all`",
+                ));
+            } else if !unread.is_empty() {
+                out.push(Check::fail(
+                    "certificates",
+                    format!("not checked on every node: {}", unread.join("; ")),
+                    "bring those agents back (`khctl health` says what is down), then run the upgrade again",
+                ));
+            } else {
                 out.push(Check::pass(
                     "certificates",
                     format!(
                         "no kubeadm certificate expires within {}",
                         humantime::format_duration(CERT_WINDOW)
                     ),
-                ));
-            } else {
-                out.push(Check::fail(
-                    "certificates",
-                    format!(
-                        "within the upgrade window ({}): {}",
-                        humantime::format_duration(CERT_WINDOW),
-                        due.join("; ")
-                    ),
-                    "renew them first: `khctl certs renew --all`",
                 ));
             }
         }
