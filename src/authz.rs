@@ -66,6 +66,10 @@ pub const POLICY: &[(&str, Access)] = &[
         Access::Role(Role::Coordinator),
     ),
     ("/kh.v1.Agent/ClusterCerts", Access::Role(Role::Coordinator)),
+    (
+        "/kh.v1.Agent/PackageVersions",
+        Access::Role(Role::Coordinator),
+    ),
     ("/kh.v1.Admin/ListAdmins", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/CreateAdmin", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/RevokeAdmin", Access::Role(Role::Admin)),
@@ -77,6 +81,7 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/EtcdSnapshotDelete", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/EtcdSnapshotGet", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/EtcdRestore", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Upgrade", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/EtcdSnapshotImport", Access::Role(Role::Admin)),
 ];
 

@@ -219,6 +219,7 @@ pub fn facts(f: &Facts) -> Result<(), OutOfBounds> {
         ("facts.kubeadm_version", &f.kubeadm_version),
         ("facts.kubelet_version", &f.kubelet_version),
         ("facts.kubectl_version", &f.kubectl_version),
+        ("facts.package_manager", &f.package_manager),
     ] {
         text(field, v, VERSION_MAX)?;
     }
@@ -249,6 +250,7 @@ pub fn clamp_facts(f: &mut Facts) {
         (&mut f.kubeadm_version, VERSION_MAX),
         (&mut f.kubelet_version, VERSION_MAX),
         (&mut f.kubectl_version, VERSION_MAX),
+        (&mut f.package_manager, VERSION_MAX),
     ] {
         if text("facts", v, max).is_err() {
             v.clear();

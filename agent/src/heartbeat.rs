@@ -54,7 +54,7 @@ pub fn to_proto(f: kh_host::Facts) -> kh::proto::Facts {
         cpu_count: f.cpu_count,
         memory_bytes: f.memory_bytes,
         kubectl_version: f.kubectl_version,
-        ..Default::default()
+        package_manager: f.package_manager,
     };
     kh::bounds::clamp_facts(&mut facts);
     facts

@@ -166,9 +166,8 @@ impl Agent for AgentService {
         req: Request<PackageVersionsRequest>,
     ) -> Result<Response<PackageVersionsResponse>, Status> {
         crate::pin::check(&self.0, &req).await?;
-        // i14-base: answered once the host work lands.
-        Err(Status::unimplemented(
-            "PackageVersions is not implemented on this branch",
-        ))
+        steps::package_versions(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }

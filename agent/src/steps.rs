@@ -20,6 +20,8 @@ fn secret(s: String) -> SecretString {
 /// outside /etc/kubernetes) is refused here with the reason.
 fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
     let e = |e: KubeError| e.to_string();
+    // The upgrade steps' messages carry one field each; the error names it.
+    let field = |name: &'static str| move |e: KubeError| format!("{name}: {e}");
     Ok(match step {
         WireStep::DisableSwap(_) => Box::new(kh_host::DisableSwap),
         WireStep::KernelModules(_) => Box::new(kh_host::KernelModules::default()),
@@ -93,16 +95,40 @@ fn host_step(step: WireStep) -> Result<Box<dyn Step + Send + Sync>, String> {
         WireStep::EtcdMemberRemove(_) | WireStep::EtcdMoveLeader(_) => {
             return Err("etcd membership changes are not host steps".into())
         }
-        // i14-base: the upgrade steps land with the host work.
-        WireStep::PackageSource(_)
-        | WireStep::PackageInstall(_)
-        | WireStep::KubeadmUpgradePlan(_)
-        | WireStep::KubeadmUpgradeApply(_)
-        | WireStep::KubeadmUpgradeNode(_)
-        | WireStep::KubectlDrain(_)
-        | WireStep::KubectlUncordon(_)
-        | WireStep::RestartKubelet(_) => return Err("not yet implemented on this branch".into()),
+        WireStep::PackageSource(s) => Box::new(kube::PackageSource {
+            minor: kube::Minor::parse(&s.minor).map_err(field("minor"))?,
+        }),
+        WireStep::PackageInstall(s) => Box::new(
+            kube::PackageInstall::new(s.packages, &s.version).map_err(field("packages/version"))?,
+        ),
+        WireStep::KubeadmUpgradePlan(s) => Box::new(kube::KubeadmUpgradePlan {
+            version: kube::KubeVersion::parse(&s.version).map_err(field("version"))?,
+        }),
+        WireStep::KubeadmUpgradeApply(s) => Box::new(kube::KubeadmUpgradeApply {
+            version: kube::KubeVersion::parse(&s.version).map_err(field("version"))?,
+        }),
+        WireStep::KubeadmUpgradeNode(s) => Box::new(kube::KubeadmUpgradeNode {
+            version: kube::KubeVersion::parse(&s.version).map_err(field("version"))?,
+        }),
+        WireStep::KubectlDrain(s) => Box::new(
+            kube::KubectlDrain::new(&s.node, Duration::from_secs(u64::from(s.timeout_seconds)))
+                .map_err(field("node"))?,
+        ),
+        WireStep::KubectlUncordon(s) => {
+            Box::new(kube::KubectlUncordon::new(&s.node).map_err(field("node"))?)
+        }
+        WireStep::RestartKubelet(_) => Box::new(kube::RestartKubelet),
     })
+}
+
+/// Whether a step changes the cluster through its API rather than this
+/// host: such a step does not wait for (or hold) the host-step turn, so one
+/// control plane's agent can drain several workers of a batch at once.
+fn cluster_only(step: &WireStep) -> bool {
+    matches!(
+        step,
+        WireStep::KubectlDrain(_) | WireStep::KubectlUncordon(_)
+    )
 }
 
 /// The wire's load-balancer request as a validated host step.
@@ -161,19 +187,25 @@ pub fn failure_kind(kind: Option<kh_host::FailureKind>) -> proto::FailureKind {
         Some(K::QuorumLost) => proto::FailureKind::QuorumLost,
         Some(K::CommandNotFound) => proto::FailureKind::CommandNotFound,
         Some(K::Timeout) => proto::FailureKind::Timeout,
+        Some(K::DrainBlocked) => proto::FailureKind::DrainBlocked,
     }
 }
 
 /// Plans and applies (or only plans) one step; never panics the server.
-/// Steps run one at a time per agent: a resumed coordinator never runs a
-/// step beside one it started before a crash.
+/// Host steps run one at a time per agent: a resumed coordinator never runs
+/// a step beside one it started before a crash. Drain and uncordon change
+/// the cluster, not this host, and run beside them.
 pub async fn run(state: &Arc<AgentState>, step: WireStep, dry_run: bool) -> proto::StepReport {
     let name = step.name();
     // The guard moves into the blocking task: if the coordinator goes away
     // mid-step, the RPC is dropped but the host work runs on, and the lock
     // must stay held until that work has really ended. For the same reason
     // the outcome is logged and counted in the task, not after the await.
-    let turn = state.steps_lock.clone().lock_owned().await;
+    let turn = if cluster_only(&step) {
+        None
+    } else {
+        Some(state.steps_lock.clone().lock_owned().await)
+    };
     let st = state.clone();
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
@@ -343,7 +375,7 @@ pub fn to_wire(r: kh_host::StepReport) -> proto::StepReport {
         message: r.message,
         error: r.error.unwrap_or_default(),
         dry_run: r.dry_run,
-        notes: vec![],
+        notes: r.notes,
         failure_kind: failure_kind(r.failure) as i32,
     }
 }
@@ -508,7 +540,8 @@ pub async fn kube_nodes(state: &Arc<AgentState>) -> Result<proto::KubeNodesRespo
                 name: n.name,
                 ready: n.ready,
                 roles: n.roles,
-                ..Default::default()
+                kubelet_version: n.kubelet_version,
+                unschedulable: n.unschedulable,
             })
             .collect(),
     })
@@ -518,17 +551,67 @@ pub async fn apiserver_ready(
     state: &Arc<AgentState>,
     url: String,
 ) -> proto::ApiserverReadyResponse {
-    match blocking(state, move |st| kube::apiserver_readyz(&st.host, &url)).await {
-        Ok(()) => proto::ApiserverReadyResponse {
+    // The version is asked only of a ready apiserver, on the same URL; a
+    // version that cannot be read leaves it empty, as the contract says.
+    let answer = blocking(state, move |st| {
+        kube::apiserver_readyz(&st.host, &url)?;
+        Ok(kube::apiserver_version(&st.host, &url).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "apiserver version unreadable");
+            String::new()
+        }))
+    });
+    match answer.await {
+        Ok(version) => proto::ApiserverReadyResponse {
             ready: true,
             detail: String::new(),
-            ..Default::default()
+            version,
         },
         Err(detail) => proto::ApiserverReadyResponse {
             ready: false,
             detail,
-            ..Default::default()
+            version: String::new(),
         },
+    }
+}
+
+/// Installed and available Kubernetes package versions. Waits for a step in
+/// flight (a package install), so the answer reflects where it ended; the
+/// probe of another minor's repository never touches the host's source.
+pub async fn package_versions(
+    state: &Arc<AgentState>,
+    req: proto::PackageVersionsRequest,
+) -> Result<proto::PackageVersionsResponse, tonic::Status> {
+    let minor = match req.minor.as_str() {
+        "" => None,
+        m => Some(
+            kube::Minor::parse(m)
+                .map_err(|e| tonic::Status::invalid_argument(format!("minor: {e}")))?,
+        ),
+    };
+    let _turn = state.steps_lock.lock().await;
+    let v = blocking(state, move |st| {
+        kube::package_versions(&st.host, minor).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(tonic::Status::failed_precondition)?;
+    Ok(package_versions_to_proto(v))
+}
+
+pub fn package_versions_to_proto(v: kube::PackageVersions) -> proto::PackageVersionsResponse {
+    proto::PackageVersionsResponse {
+        manager: v.manager.map(|m| m.name().to_string()).unwrap_or_default(),
+        installed: v
+            .installed
+            .into_iter()
+            .map(|p| proto::InstalledPackage {
+                name: p.name,
+                version: p.version.map(|v| v.to_string()).unwrap_or_default(),
+                held: p.held,
+            })
+            .collect(),
+        source_minor: v.source_minor.map(|m| m.to_string()).unwrap_or_default(),
+        available: v.available.iter().map(ToString::to_string).collect(),
+        error: v.error.unwrap_or_default(),
     }
 }
 
@@ -712,6 +795,7 @@ mod tests {
             error: failure.map(|_| "`kubeadm join --config /var/lib/kh-agent/kubeadm-join.yaml` failed (exit status 1); stderr: ...".into()),
             dry_run: false,
             failure,
+            notes: vec![],
         }
     }
 
@@ -730,6 +814,92 @@ mod tests {
         assert_eq!(refused.failure_kind(), proto::FailureKind::Other);
     }
 
+    fn refusal(step: WireStep) -> String {
+        match host_step(step) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn upgrade_steps_are_validated_at_the_edge_and_name_the_field() {
+        let e = refusal(WireStep::PackageSource(proto::PackageSource {
+            minor: "1.32".into(),
+        }));
+        assert!(
+            e.starts_with("minor: invalid Kubernetes minor `1.32`"),
+            "{e}"
+        );
+        let e = refusal(WireStep::PackageInstall(proto::PackageInstall {
+            packages: vec!["kubeadm".into(), "cri-tools".into()],
+            version: "v1.32.4".into(),
+        }));
+        assert!(
+            e.contains("cri-tools") && e.contains("kubeadm, kubelet, kubectl"),
+            "{e}"
+        );
+        let e = refusal(WireStep::PackageInstall(proto::PackageInstall {
+            packages: vec!["kubeadm".into()],
+            version: "v1.32".into(),
+        }));
+        assert!(e.contains("vMAJOR.MINOR.PATCH"), "{e}");
+        let e = refusal(WireStep::KubeadmUpgradeApply(proto::KubeadmUpgradeApply {
+            version: "latest".into(),
+        }));
+        assert!(e.starts_with("version: "), "{e}");
+        let e = refusal(WireStep::KubectlDrain(proto::KubectlDrain {
+            node: "--all".into(),
+            timeout_seconds: 0,
+        }));
+        assert!(e.starts_with("node: invalid node name"), "{e}");
+        assert!(host_step(WireStep::KubectlUncordon(proto::KubectlUncordon {
+            node: "w-1".into()
+        }))
+        .is_ok());
+        assert!(host_step(WireStep::RestartKubelet(proto::RestartKubelet {})).is_ok());
+    }
+
+    #[test]
+    fn only_drain_and_uncordon_skip_the_host_step_turn() {
+        assert!(cluster_only(&WireStep::KubectlDrain(Default::default())));
+        assert!(cluster_only(&WireStep::KubectlUncordon(Default::default())));
+        assert!(!cluster_only(&WireStep::PackageInstall(Default::default())));
+        assert!(!cluster_only(&WireStep::KubeadmUpgradeNode(
+            Default::default()
+        )));
+        assert!(!cluster_only(&WireStep::RestartKubelet(Default::default())));
+    }
+
+    #[test]
+    fn package_versions_reach_the_wire_in_the_contracts_forms() {
+        let v = |s: &str| kube::KubeVersion::parse(s).unwrap();
+        let wire = package_versions_to_proto(kube::PackageVersions {
+            manager: Some(kube::PackageManager::Dnf),
+            installed: vec![
+                kube::InstalledPackage {
+                    name: "kubeadm".into(),
+                    version: Some(v("v1.31.4")),
+                    held: true,
+                },
+                kube::InstalledPackage {
+                    name: "kubectl".into(),
+                    version: None,
+                    held: false,
+                },
+            ],
+            source_minor: Some(kube::Minor::parse("v1.31").unwrap()),
+            available: vec![v("v1.32.4"), v("v1.32.0")],
+            error: None,
+        });
+        assert_eq!(wire.manager, "dnf");
+        assert_eq!(wire.installed[0].version, "v1.31.4");
+        assert!(wire.installed[0].held);
+        assert_eq!(wire.installed[1].version, "");
+        assert_eq!(wire.source_minor, "v1.31");
+        assert_eq!(wire.available, ["v1.32.4", "v1.32.0"]);
+        assert_eq!(wire.error, "");
+    }
+
     #[test]
     fn every_host_kind_has_its_own_wire_kind() {
         use kh_host::FailureKind as K;
@@ -741,6 +911,7 @@ mod tests {
             K::QuorumLost,
             K::CommandNotFound,
             K::Timeout,
+            K::DrainBlocked,
         ];
         let wire: std::collections::BTreeSet<i32> =
             all.iter().map(|k| failure_kind(Some(*k)) as i32).collect();

@@ -33,6 +33,10 @@ pub struct Facts {
     pub kubeadm_version: String,
     pub kubelet_version: String,
     pub kubectl_version: String,
+    /// `apt` or `dnf`: which package manager serves the Kubernetes packages
+    /// (`kube::packages::package_manager`); empty when neither does.
+    #[serde(default)]
+    pub package_manager: String,
 }
 
 /// Reads a file under the root, trimmed; empty when missing or unreadable.
@@ -166,6 +170,9 @@ pub fn collect(host: &Host, extra_addresses: &[IpAddr]) -> Facts {
         kubeadm_version: versions.kubeadm.as_fact(),
         kubelet_version: versions.kubelet.as_fact(),
         kubectl_version: versions.kubectl.as_fact(),
+        package_manager: crate::kube::packages::detect(host)
+            .map(|pm| pm.name().to_string())
+            .unwrap_or_default(),
     }
 }
 

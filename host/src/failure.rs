@@ -29,6 +29,10 @@ pub enum FailureKind {
     CommandNotFound,
     /// A command ran out of its time, or etcd did not answer within its own.
     Timeout,
+    /// `kubectl drain` could not evict every pod before its `--timeout`,
+    /// usually because a PodDisruptionBudget refuses the eviction. The node
+    /// stays cordoned; the blocking pods are in the report's notes.
+    DrainBlocked,
 }
 
 /// Phrases kubeadm prints when discovery or the TLS bootstrap refuses the
@@ -58,6 +62,14 @@ const QUORUM_LOST: [&str; 2] = ["etcdserver: no leader", "etcdserver: unhealthy 
 
 const ETCD_TIMEOUT: [&str; 2] = ["context deadline exceeded", "etcdserver: request timed out"];
 
+/// What kubectl drain prints when an eviction is refused by a
+/// PodDisruptionBudget (retried until the timeout), and when its
+/// `--timeout` runs out with pods left to evict.
+const DRAIN_BLOCKED: [&str; 2] = [
+    "Cannot evict pod as it would violate the pod's disruption budget",
+    "global timeout reached",
+];
+
 impl FailureKind {
     /// The kind of a failed command, from its argv and stderr. Token and
     /// certificate-key refusals are recognised for `kubeadm join` only,
@@ -71,7 +83,10 @@ impl FailureKind {
         let program = argv.first().map(String::as_str).unwrap_or_default();
         let join = program == "kubeadm" && argv.get(1).map(String::as_str) == Some("join");
         let etcd = join || program == "etcdctl";
-        if join && CERTIFICATE_KEY.iter().any(|p| stderr.contains(p)) {
+        let drain = program == "kubectl" && argv.iter().any(|a| a == "drain");
+        if drain && DRAIN_BLOCKED.iter().any(|p| stderr.contains(p)) {
+            FailureKind::DrainBlocked
+        } else if join && CERTIFICATE_KEY.iter().any(|p| stderr.contains(p)) {
             FailureKind::CertificateKey
         } else if join && TOKEN_REFUSED.iter().any(|p| stderr.contains(p)) {
             FailureKind::TokenRefused
@@ -96,6 +111,7 @@ impl FailureKind {
             FailureKind::QuorumLost => "quorum-lost",
             FailureKind::CommandNotFound => "command-not-found",
             FailureKind::Timeout => "timeout",
+            FailureKind::DrainBlocked => "drain-blocked",
         }
     }
 }
@@ -180,6 +196,38 @@ mod tests {
         assert_eq!(
             etcdctl("Error: etcdserver: member not found\n"),
             FailureKind::Other
+        );
+    }
+
+    #[test]
+    fn a_drain_that_cannot_evict_before_its_timeout_is_drain_blocked() {
+        let drain = argv("kubectl --kubeconfig /etc/kubernetes/admin.conf drain w-1 --ignore-daemonsets --delete-emptydir-data --timeout=300s");
+        let pdb = "evicting pod default/web-0\nerror when evicting pods/\"web-0\" -n \"default\" (will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget.\n";
+        assert_eq!(
+            FailureKind::of_command(&drain, pdb, false),
+            FailureKind::DrainBlocked
+        );
+        let timeout = "There are pending pods in node \"w-1\" when an error occurred: error when evicting pods/\"web-0\" -n \"default\": global timeout reached: 5m0s\npod/web-0\nerror: unable to drain node \"w-1\" due to error: error when evicting pods/\"web-0\" -n \"default\": global timeout reached: 5m0s, continuing command...\n";
+        assert_eq!(
+            FailureKind::of_command(&drain, timeout, false),
+            FailureKind::DrainBlocked
+        );
+        // Another drain failure, and the same words from another command.
+        assert_eq!(
+            FailureKind::of_command(
+                &drain,
+                "Error from server (NotFound): nodes \"w-1\" not found\n",
+                false
+            ),
+            FailureKind::Other
+        );
+        assert_eq!(
+            FailureKind::of_command(&argv("kubectl uncordon w-1"), pdb, false),
+            FailureKind::Other
+        );
+        assert_eq!(
+            FailureKind::of_command(&drain, pdb, true),
+            FailureKind::Timeout
         );
     }
 

@@ -358,6 +358,22 @@ impl<'a> KubeApplier<'a> {
         Ok(())
     }
 
+    /// Writes a planned change of a plain configuration file (not a secret):
+    /// the backup first (once, as the crate's other steps keep it), then the
+    /// new content atomically with the planned mode.
+    pub(crate) fn write_change(&mut self, change: &FileChange) -> Result<(), KubeError> {
+        if let Some(backup) = &change.backup {
+            let suffix = backup
+                .strip_prefix(change.path.as_str())
+                .unwrap_or(crate::steps::BACKUP_SUFFIX);
+            self.host.backup_once(&change.path, suffix)?;
+        }
+        self.host
+            .write_atomic(&change.path, change.after.as_bytes(), change.mode)?;
+        self.files.push(change.clone());
+        Ok(())
+    }
+
     /// Writes a temporary file, runs `body`, and removes the file whether
     /// `body` succeeded or not, so a secret never outlives its step.
     pub(crate) fn with_temp_file<T>(
@@ -430,6 +446,7 @@ impl<'a> KubeApplier<'a> {
             error,
             dry_run: false,
             failure,
+            notes: Vec::new(),
         }
     }
 }

@@ -73,6 +73,55 @@ pub enum KubeError {
         component: String,
         detail: String,
     },
+
+    /// The host has no Kubernetes package source kh can point at a minor.
+    #[error("{found}. {fix}")]
+    NoPackageSource {
+        /// What kh found instead (no file, no pkgs.k8s.io line, ...).
+        found: String,
+        /// Which file to create, in the official per-minor layout.
+        fix: String,
+    },
+
+    /// The package manager does not offer the version asked for.
+    #[error(transparent)]
+    VersionUnavailable(Box<VersionUnavailable>),
+
+    /// `kubectl drain` could not evict every pod before its timeout.
+    #[error(transparent)]
+    DrainBlocked(Box<DrainBlocked>),
+}
+
+/// A version the host's package repository does not offer.
+#[derive(Debug, thiserror::Error)]
+#[error("{version} of {packages} is not in the {minor} package repository this host uses: `{}` failed ({status}): {}. Run `{list}` to see the versions it offers, then ask for one of them (or point the source at another minor with the PackageSource step)", display_argv(argv), tail_or_empty(stderr_tail))]
+pub struct VersionUnavailable {
+    pub version: String,
+    pub packages: String,
+    /// The minor the host's source names (`v1.32`), or a description.
+    pub minor: String,
+    pub argv: Vec<String>,
+    pub status: String,
+    pub stderr_tail: String,
+    /// The command that lists what the repository offers.
+    pub list: String,
+}
+
+/// A drain that could not evict every pod before its timeout.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "drain of {node} is blocked: {reason}; the node stays cordoned. {next} (`{}`: {})",
+    display_argv(argv),
+    tail_or_empty(stderr_tail)
+)]
+pub struct DrainBlocked {
+    pub node: String,
+    /// The pods that were still to be evicted, `ns/name`.
+    pub pods: Vec<String>,
+    pub reason: String,
+    pub next: String,
+    pub argv: Vec<String>,
+    pub stderr_tail: String,
 }
 
 impl KubeError {
@@ -82,6 +131,8 @@ impl KubeError {
         match self {
             KubeError::Command { stderr_tail, .. }
             | KubeError::LearnerNotReady { stderr_tail, .. } => Some(stderr_tail),
+            KubeError::VersionUnavailable(e) => Some(&e.stderr_tail),
+            KubeError::DrainBlocked(e) => Some(&e.stderr_tail),
             KubeError::Host(HostError::CommandFailed { stderr_tail, .. }) => Some(stderr_tail),
             _ => None,
         }
@@ -106,7 +157,10 @@ impl KubeError {
             | KubeError::Output { .. }
             | KubeError::Invalid { .. }
             | KubeError::MissingFile { .. }
-            | KubeError::Cleanup { .. } => FailureKind::Other,
+            | KubeError::Cleanup { .. }
+            | KubeError::NoPackageSource { .. }
+            | KubeError::VersionUnavailable(_) => FailureKind::Other,
+            KubeError::DrainBlocked(_) => FailureKind::DrainBlocked,
             // A component that did not stop or come back in time.
             KubeError::Restart { .. } => FailureKind::Timeout,
         }

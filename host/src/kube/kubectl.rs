@@ -128,6 +128,28 @@ impl Step for KubectlApply {
     }
 }
 
+/// A Kubernetes node name (a DNS-1123 subdomain), as kubectl takes it;
+/// anything else (`--all`, a flag, spaces) is refused with the rule.
+pub fn valid_node_name(name: &str) -> Result<String, KubeError> {
+    let label_ok = |label: &str| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(KubeError::Invalid {
+            what: "node name",
+            value: name.chars().take(64).collect(),
+            reason: "a node name is a DNS-1123 subdomain: lowercase letters, digits, `-` and `.`"
+                .to_string(),
+        });
+    }
+    Ok(name.to_string())
+}
+
 /// Deletes a node object (after its host left the cluster).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubectlDeleteNode {
@@ -137,25 +159,8 @@ pub struct KubectlDeleteNode {
 impl KubectlDeleteNode {
     /// `name` must be a Kubernetes node name (a DNS-1123 subdomain).
     pub fn new(name: &str) -> Result<Self, KubeError> {
-        let label_ok = |label: &str| {
-            !label.is_empty()
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        };
-        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-            return Err(KubeError::Invalid {
-                what: "node name",
-                value: name.to_string(),
-                reason:
-                    "a node name is a DNS-1123 subdomain: lowercase letters, digits, `-` and `.`"
-                        .to_string(),
-            });
-        }
         Ok(Self {
-            name: name.to_string(),
+            name: valid_node_name(name)?,
         })
     }
 
@@ -214,6 +219,12 @@ pub struct KubeNode {
     pub ready: bool,
     /// From `node-role.kubernetes.io/<role>` labels, sorted.
     pub roles: Vec<String>,
+    /// `status.nodeInfo.kubeletVersion`, e.g. `v1.32.4`; empty when unset.
+    #[serde(default)]
+    pub kubelet_version: String,
+    /// `spec.unschedulable`: cordoned.
+    #[serde(default)]
+    pub unschedulable: bool,
 }
 
 #[derive(Deserialize)]
@@ -225,7 +236,15 @@ struct RawNodeList {
 struct RawNode {
     metadata: RawMeta,
     #[serde(default)]
+    spec: RawSpec,
+    #[serde(default)]
     status: RawStatus,
+}
+
+#[derive(Default, Deserialize)]
+struct RawSpec {
+    #[serde(default)]
+    unschedulable: bool,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +258,14 @@ struct RawMeta {
 struct RawStatus {
     #[serde(default)]
     conditions: Vec<RawCondition>,
+    #[serde(default, rename = "nodeInfo")]
+    node_info: RawNodeInfo,
+}
+
+#[derive(Default, Deserialize)]
+struct RawNodeInfo {
+    #[serde(default, rename = "kubeletVersion")]
+    kubelet_version: String,
 }
 
 #[derive(Deserialize)]
@@ -269,6 +296,8 @@ pub fn parse_node_list(json: &str) -> Result<Vec<KubeNode>, String> {
                 .map(str::to_string)
                 .collect(),
             name: node.metadata.name,
+            kubelet_version: node.status.node_info.kubelet_version,
+            unschedulable: node.spec.unschedulable,
         })
         .collect())
 }
@@ -304,6 +333,34 @@ mod tests {
         ));
         assert!(!all_unchanged("namespace/kube-flannel created\n"));
         assert!(!all_unchanged(""));
+    }
+
+    #[test]
+    fn node_lists_carry_versions_and_cordons() {
+        let json = r#"{"apiVersion":"v1","kind":"List","items":[
+          {"metadata":{"name":"cp-1","labels":{"node-role.kubernetes.io/control-plane":""}},
+           "spec":{"unschedulable":true},
+           "status":{"conditions":[{"type":"Ready","status":"True"}],"nodeInfo":{"kubeletVersion":"v1.32.4"}}},
+          {"metadata":{"name":"w-1"},"status":{}}]}"#;
+        let nodes = parse_node_list(json).unwrap();
+        assert_eq!(
+            nodes[0],
+            KubeNode {
+                name: "cp-1".into(),
+                ready: true,
+                roles: vec!["control-plane".into()],
+                kubelet_version: "v1.32.4".into(),
+                unschedulable: true,
+            }
+        );
+        assert_eq!(
+            (
+                nodes[1].ready,
+                nodes[1].kubelet_version.as_str(),
+                nodes[1].unschedulable
+            ),
+            (false, "", false)
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Kubernetes operations on one host, through the [`Host`](crate::Host) seam
 //! only: kubeadm init/join/reset and token upkeep, kubectl with the node's
 //! `admin.conf`, placing the shared cluster CA set, etcd membership through
-//! the real `etcdctl`, and read-only probes (node files, nodes, `/readyz`).
+//! the real `etcdctl`, read-only probes (node files, nodes, `/readyz`,
+//! `/version`), and upgrades: the Kubernetes packages through apt or dnf
+//! (`packages`), `kubeadm upgrade` (`upgrade`) and drains (`drain`).
 //!
 //! Steps follow the crate's plan-then-apply contract. What differs from the
 //! host-preparation steps is that most of these carry secrets (join tokens,
@@ -12,18 +14,23 @@
 
 pub mod apply;
 pub mod certs;
+pub mod drain;
 pub mod error;
 pub mod etcd;
 pub mod files;
 pub mod kubeadm;
 pub mod kubectl;
+pub mod packages;
 pub mod readyz;
 pub mod renew;
 pub mod restore;
 pub mod snapshot;
+pub mod upgrade;
+pub mod version;
 
 pub use apply::{go_duration, StepFile};
 pub use certs::{cluster_certs, ClusterCert};
+pub use drain::{KubectlDrain, KubectlUncordon};
 pub use error::KubeError;
 pub use etcd::{
     EndpointHealth, EndpointStatus, EndpointStatuses, EtcdClient, EtcdMember, EtcdTls, Scope,
@@ -36,10 +43,18 @@ pub use kubeadm::{
     remove_leftover_configs, KubeadmInit, KubeadmJoin, KubeadmReset, TokenCreate, TokenDelete,
     UploadCerts, STEP_CONFIG_FILES,
 };
-pub use kubectl::{kubectl_delete_node, kubectl_nodes, KubeNode, KubectlApply, KubectlDeleteNode};
-pub use readyz::{apiserver_readyz, READYZ_TIMEOUT};
+pub use kubectl::{
+    kubectl_delete_node, kubectl_nodes, valid_node_name, KubeNode, KubectlApply, KubectlDeleteNode,
+};
+pub use packages::{
+    package_versions, InstalledPackage, PackageInstall, PackageManager, PackageSource,
+    PackageVersions,
+};
+pub use readyz::{apiserver_readyz, apiserver_version, READYZ_TIMEOUT};
 pub use renew::{CertsRenew, Component, RestartControlPlane, RENEWABLE_CERTS};
 pub use snapshot::{remove_leftover_snapshots, SnapshotStatus, TakenSnapshot};
+pub use upgrade::{KubeadmUpgradeApply, KubeadmUpgradeNode, KubeadmUpgradePlan, RestartKubelet};
+pub use version::{KubeVersion, Minor};
 
 /// The kubeconfig kubeadm writes for cluster administrators on a control plane.
 pub const ADMIN_CONF: &str = "/etc/kubernetes/admin.conf";

@@ -1,8 +1,9 @@
-//! `GET /readyz` on an apiserver, verified against this node's cluster CA.
+//! `GET /readyz` and `GET /version` on an apiserver, verified against this
+//! node's cluster CA.
 //!
 //! A deliberately small HTTP/1.1 client over rustls: one request, `Connection:
-//! close`, read to the end. Pulling in a full HTTP stack for one probe would
-//! be more code to trust than this.
+//! close`, read to the end. Pulling in a full HTTP stack for two probes
+//! would be more code to trust than this.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -28,6 +29,51 @@ const BODY_LIMIT: usize = 4096;
 /// connection, TLS verification, or the apiserver's own answer with its
 /// body (which lists the failing checks).
 pub fn apiserver_readyz(host: &Host, url: &str) -> Result<(), String> {
+    let (status, body) = get(host, url, "/readyz")?;
+    if status == 200 {
+        return Ok(());
+    }
+    Err(format!(
+        "{url}/readyz answered HTTP {status}: {}",
+        body_text(&body)
+    ))
+}
+
+/// The apiserver's version: `gitVersion` of `<url>/version` (which every
+/// client may read), e.g. `v1.32.4`.
+pub fn apiserver_version(host: &Host, url: &str) -> Result<String, String> {
+    let (status, body) = get(host, url, "/version")?;
+    if status != 200 {
+        return Err(format!(
+            "{url}/version answered HTTP {status}: {}",
+            body_text(&body)
+        ));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| format!("{url}/version did not answer JSON: {e}"))?;
+    json.get("gitVersion")
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+        .ok_or_else(|| format!("{url}/version has no gitVersion: {}", body_text(&body)))
+}
+
+/// A failure body as text, cut to [`BODY_LIMIT`].
+fn body_text(body: &[u8]) -> String {
+    let mut body = String::from_utf8_lossy(body).trim().to_string();
+    if body.len() > BODY_LIMIT {
+        let mut cut = BODY_LIMIT;
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+        body.push_str(" …");
+    }
+    body
+}
+
+/// One GET of `<url><path>`, verified against this node's cluster CA:
+/// the status and the body.
+fn get(host: &Host, url: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
     let target = Target::parse(url)?;
     let config = client_config(host)?;
     let server_name = ServerName::try_from(target.host.clone()).map_err(|err| {
@@ -41,7 +87,7 @@ pub fn apiserver_readyz(host: &Host, url: &str) -> Result<(), String> {
         .map_err(|err| format!("cannot start TLS with {url}: {err}"))?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let request = format!(
-        "GET {}/readyz HTTP/1.1\r\nHost: {}\r\nUser-Agent: kh-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        "GET {}{path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kh-agent\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         target.base_path,
         target.host_header()
     );
@@ -49,28 +95,13 @@ pub fn apiserver_readyz(host: &Host, url: &str) -> Result<(), String> {
         .and_then(|()| tls.flush())
         .map_err(|err| tls_failure(url, &err))?;
     let (bytes, read_error) = read_response(&mut tls);
-    let (status, body) = match parse_response(&bytes) {
-        Ok(parsed) => parsed,
-        Err(why) => {
-            return Err(match read_error {
-                Some(err) => tls_failure(url, &err),
-                None => format!("{url}/readyz did not answer with HTTP: {why}"),
-            })
-        }
-    };
-    if status == 200 {
-        return Ok(());
+    match parse_response(&bytes) {
+        Ok(parsed) => Ok(parsed),
+        Err(why) => Err(match read_error {
+            Some(err) => tls_failure(url, &err),
+            None => format!("{url}{path} did not answer with HTTP: {why}"),
+        }),
     }
-    let mut body = String::from_utf8_lossy(&body).trim().to_string();
-    if body.len() > BODY_LIMIT {
-        let mut cut = BODY_LIMIT;
-        while !body.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        body.truncate(cut);
-        body.push_str(" …");
-    }
-    Err(format!("{url}/readyz answered HTTP {status}: {body}"))
 }
 
 struct Target {

@@ -267,6 +267,10 @@ pub struct StepReport {
     /// What kind of failure `error` is; `None` unless the step failed.
     #[serde(default)]
     pub failure: Option<FailureKind>,
+    /// Structured lines a step hands to its caller beside the message:
+    /// kubeadm's upgrade plan rows, the pods that block a drain.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl StepReport {
@@ -282,6 +286,7 @@ impl StepReport {
             error: Some(error.to_string()),
             dry_run: false,
             failure: Some(error.failure_kind()),
+            notes: Vec::new(),
         }
     }
 
@@ -316,6 +321,7 @@ impl StepReport {
             error: None,
             dry_run: true,
             failure: None,
+            notes: Vec::new(),
         }
     }
 }
@@ -459,6 +465,7 @@ impl<'a> Applier<'a> {
             error,
             dry_run: false,
             failure,
+            notes: Vec::new(),
         }
     }
 }
@@ -537,6 +544,14 @@ mod tests {
                 "etcd-restore",
                 "etcd-start-control-plane",
                 "etcd-restore-discard",
+                "package-source",
+                "package-install",
+                "kubeadm-upgrade-plan",
+                "kubeadm-upgrade-apply",
+                "kubeadm-upgrade-node",
+                "kubectl-drain",
+                "kubectl-uncordon",
+                "restart-kubelet",
             ]
         );
     }
