@@ -2,7 +2,9 @@
 //!
 //! preflight (parallel) → prepare (parallel) → endpoint check → kubeadm init
 //! on the first control plane → CNI → control-plane joins one at a time under
-//! the lease → workers in parallel (bounded) → verify → delete the token.
+//! the lease → workers in parallel (bounded) → remove the joined nodes the
+//! spec no longer lists (confirmed by the operator) → verify → delete the
+//! token.
 //!
 //! Every node-step transition is persisted before and after it runs. Every
 //! step is also idempotent on the agent (init and join are Unchanged where

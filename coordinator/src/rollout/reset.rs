@@ -15,7 +15,9 @@
 //! would initialize a new cluster there) or the last one. A control plane
 //! leaves the load balancers' backends first, then is reset, its member is
 //! removed if kubeadm left it, and its Node object is deleted through
-//! another control plane.
+//! another control plane. That path, [`take_out`], is also how a rollout
+//! removes a node the spec no longer lists (`phase::remove`), with a drain
+//! first.
 
 use std::sync::Arc;
 
@@ -578,7 +580,7 @@ async fn drain(
             .await
             .map_err(|mut f| {
                 f.hint = format!(
-                    "the drain did not finish (a PodDisruptionBudget or a pod that will not leave?); fix it with `kubectl get pods -A -o wide --field-selector spec.nodeName={name}`, then {}",
+                    "the drain did not finish (a PodDisruptionBudget, or a pod that will not leave? `kubectl get pods -A -o wide --field-selector spec.nodeName={name}` shows what is left); {}",
                     how.hint
                 );
                 f

@@ -19,7 +19,7 @@ use crate::rollout::plan::{self, Diff, Removal};
 use crate::rollout::reset::{take_out, TakeOut};
 
 /// How a failed removal goes on.
-const HINT: &str = "fix the cause, then run `khctl rollout -f cluster.yaml --yes` again: it finishes the removal without repeating the steps that are done";
+const HINT: &str = "once the cause is fixed, run `khctl rollout -f cluster.yaml --yes` again: it finishes the removal without repeating the steps that are done";
 
 /// The steps the plan lists for one node's removal.
 fn steps(r: &Removal, stacked: bool) -> Vec<(&'static str, &'static str)> {
