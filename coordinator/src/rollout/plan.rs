@@ -173,17 +173,15 @@ impl Diff {
         if lines.is_empty() {
             return None;
         }
-        Some(Failure {
-            class: "preflight",
-            node: "cluster".into(),
-            step: "plan".into(),
-            message: format!(
+        Some(stop(
+            "preflight",
+            "plan",
+            format!(
                 "the spec removes nodes kh cannot take out safely now; nothing was changed:\n{}",
                 lines.join("\n")
             ),
-            hint: "do as each line says, then run `khctl rollout -f cluster.yaml` again (`--dry-run` lists the removals)".into(),
-            report: None,
-        })
+            "do as each line says, then run `khctl rollout -f cluster.yaml` again (`--dry-run` lists the removals)",
+        ))
     }
 
     /// A precondition refusal of `node`'s removal, listed with the changes.
@@ -202,14 +200,15 @@ impl Diff {
             return None;
         }
         let names: Vec<&str> = self.removals.iter().map(|r| r.node.as_str()).collect();
-        let mut f = Failure::spec(format!(
-            "the spec removes {} from the cluster (drained, reset and deleted; see the plan), and the removal was not confirmed; nothing was changed",
-            names.join(", ")
-        ));
-        f.node = "cluster".into();
-        f.step = "confirm-removals".into();
-        f.hint = "re-run with --yes to confirm the removal (`khctl rollout -f cluster.yaml --yes`; on a terminal khctl asks), or put the nodes back in cluster.yaml".into();
-        Some(f)
+        Some(stop(
+            "spec",
+            "confirm-removals",
+            format!(
+                "the spec removes {} from the cluster (drained, reset and deleted; see the plan), and the removal was not confirmed; nothing was changed",
+                names.join(", ")
+            ),
+            "re-run with --yes to confirm the removal (`khctl rollout -f cluster.yaml --yes`; on a terminal khctl asks), or put the nodes back in cluster.yaml",
+        ))
     }
 
     /// The plan phase listing every difference (empty when there are none).
@@ -235,14 +234,27 @@ impl Diff {
         if lines.is_empty() {
             return None;
         }
-        let mut f = Failure::spec(format!(
-            "the spec asks for changes kh does not make to a running cluster; nothing was changed:\n{}",
-            lines.join("\n")
-        ));
-        f.node = "cluster".into();
-        f.step = "plan".into();
-        f.hint = "change cluster.yaml as each line says, then run `khctl rollout -f cluster.yaml` again (`--dry-run` lists the differences)".into();
-        Some(f)
+        Some(stop(
+            "spec",
+            "plan",
+            format!(
+                "the spec asks for changes kh does not make to a running cluster; nothing was changed:\n{}",
+                lines.join("\n")
+            ),
+            "change cluster.yaml as each line says, then run `khctl rollout -f cluster.yaml` again (`--dry-run` lists the differences)",
+        ))
+    }
+}
+
+/// A failure that stops a rollout at its plan, before any change.
+fn stop(class: &'static str, step: &str, message: String, hint: &str) -> Failure {
+    Failure {
+        class,
+        node: "cluster".into(),
+        step: step.into(),
+        message,
+        hint: hint.into(),
+        report: None,
     }
 }
 
@@ -640,6 +652,7 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::etcd::tests::member;
 
     fn spec(version: &str, nodes: &[(&str, &str, &str)]) -> ClusterSpec {
         let mut y = format!("apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata: {{name: t}}\nspec:\n  kubernetesVersion: {version}\n  controlPlaneEndpoint: 10.0.0.5:6443\n  nodes:\n");
@@ -922,17 +935,6 @@ mod tests {
         let r: Vec<(&str, &str)> = d.refusals().map(|c| (c.node.as_str(), c.kind)).collect();
         assert_eq!(r, [("lb-1", "removal")]);
         assert!(d.removals.is_empty());
-    }
-
-    fn member(id: u64, node: &str, healthy: bool) -> proto::MemberInfo {
-        proto::MemberInfo {
-            id,
-            id_hex: format!("{id:x}"),
-            name: node.into(),
-            node: node.into(),
-            healthy,
-            ..Default::default()
-        }
     }
 
     fn names(v: &[&str]) -> Vec<String> {

@@ -307,3 +307,64 @@ async fn a_node_an_unfinished_operation_changed_is_not_removed() {
     );
     assert!(changing(&fake).is_empty(), "{:?}", fake.steps());
 }
+
+#[tokio::test]
+async fn an_unreachable_control_plane_loses_its_member_and_node_but_its_host_is_not_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake, _) = built(dir.path());
+    fake.agent_down("cp-3");
+    let (_, end) = rollout(&coord, &without(&["cp-3"]), false, true).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    let steps = changing(&fake);
+    assert!(!steps.iter().any(|(n, _)| n == "cp-3"), "{steps:?}");
+    assert!(
+        steps.iter().any(|(_, s)| s == "etcd-member-remove"),
+        "{steps:?}"
+    );
+    assert!(
+        steps.iter().any(|(_, s)| s == "kubectl-delete-node"),
+        "{steps:?}"
+    );
+    assert_eq!(fake.member_names(), ["cp-1", "cp-2"]);
+    assert_eq!(role(&coord, "cp-3"), None);
+}
+
+/// The way the refusal to remove the first control plane gives: list
+/// another joined control plane first (a rollout that runs no init and
+/// joins nothing), then remove the old one.
+#[tokio::test]
+async fn the_first_control_plane_is_removed_after_another_one_is_listed_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake, _) = built(dir.path());
+    let mut reordered = HA.to_vec();
+    reordered.swap(0, 1);
+    let (_, end) = rollout(&coord, &spec_yaml(&reordered), false, false).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    let steps = changing(&fake);
+    assert!(
+        !steps
+            .iter()
+            .any(|(_, s)| s == "kubeadm-init" || s == "kubeadm-join" || s == "kubeadm-reset"),
+        "{steps:?}"
+    );
+    let yaml = spec_yaml(
+        &reordered
+            .iter()
+            .filter(|n| n.0 != "cp-1")
+            .copied()
+            .collect::<Vec<_>>(),
+    );
+    let (_, end) = rollout(&coord, &yaml, false, true).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    let steps = changing(&fake);
+    assert_eq!(
+        steps
+            .iter()
+            .filter(|(n, s)| n == "cp-1" && s == "kubeadm-reset")
+            .count(),
+        1,
+        "{steps:?}"
+    );
+    assert!(!steps.iter().any(|(_, s)| s == "kubeadm-init"), "{steps:?}");
+    assert_eq!(fake.member_names(), ["cp-2", "cp-3"]);
+}

@@ -528,65 +528,87 @@ pub(crate) async fn take_out(
     if done("delete-node").await {
         return Ok(());
     }
-    rep.tracked(phase, name, "delete-node", async {
-        let via = healthy_cp(&ops, how.remaining, name).await.ok_or_else(|| {
+    let deleted = Step::KubectlDeleteNode(proto::KubectlDeleteNode { name: name.into() });
+    let unasked = format!("delete it later with `kubectl delete node {name}`");
+    from_another(
+        &ops,
+        how,
+        rep,
+        name,
+        "delete-node",
+        deleted,
+        "delete its Node object",
+        &unasked,
+        None,
+    )
+    .await
+}
+
+/// A kubectl step about `name` (`step` in the operation's records), run
+/// through a control plane of `how.remaining` that answers, never through
+/// the node itself (a worker is never drained from its own agent).
+/// `failed` replaces the hint of a failure of the step itself.
+#[allow(clippy::too_many_arguments)]
+async fn from_another(
+    ops: &Ops<'_>,
+    how: &TakeOut<'_>,
+    rep: &Reporter,
+    name: &str,
+    step: &str,
+    wire: Step,
+    what: &str,
+    unasked: &str,
+    failed: Option<String>,
+) -> Result<(), Failure> {
+    rep.tracked(how.phase, name, step, async {
+        let via = healthy_cp(ops, how.remaining, name).await.ok_or_else(|| {
             Failure::at(
                 name,
-                "delete-node",
-                "no other control plane answers, so the Node object could not be deleted",
-                format!("delete it later with `kubectl delete node {name}`"),
+                step,
+                format!("no other control plane answers, so kh could not {what}"),
+                unasked,
             )
         })?;
         let r = ops
-            .step(
-                &via,
-                "kubectl-delete-node",
-                Step::KubectlDeleteNode(proto::KubectlDeleteNode { name: name.into() }),
-                false,
-            )
-            .await?;
+            .step(&via, wire.name(), wire, false)
+            .await
+            .map_err(|mut f| {
+                if let Some(hint) = &failed {
+                    f.hint.clone_from(hint);
+                }
+                f
+            })?;
         Ok(((), format!("{} (through {via})", r.message)))
     })
     .await
 }
 
-/// `kubectl drain` of `name` through a control plane that stays (a node is
-/// never drained from its own agent).
+/// `kubectl drain` of `name` through a control plane that stays.
 async fn drain(
     ops: &Ops<'_>,
     how: &TakeOut<'_>,
     name: &str,
     rep: &Reporter,
 ) -> Result<(), Failure> {
-    rep.tracked(how.phase, name, "drain", async {
-        let via = healthy_cp(ops, how.remaining, name).await.ok_or_else(|| {
-            Failure::at(
-                name,
-                "drain",
-                "no other control plane answers, so the node could not be drained",
-                how.hint,
-            )
-        })?;
-        let r = ops
-            .step(
-                &via,
-                "kubectl-drain",
-                Step::KubectlDrain(proto::KubectlDrain {
-                    node: name.into(),
-                    timeout_seconds: 0,
-                }),
-                false,
-            )
-            .await
-            .map_err(|mut f| {
-                f.hint = format!(
-                    "the drain did not finish (a PodDisruptionBudget, or a pod that will not leave? `kubectl get pods -A -o wide --field-selector spec.nodeName={name}` shows what is left); {}",
-                    how.hint
-                );
-                f
-            })?;
-        Ok(((), format!("{} (through {via})", r.message)))
-    })
+    let wire = Step::KubectlDrain(proto::KubectlDrain {
+        node: name.into(),
+        timeout_seconds: 0,
+    });
+    let failed = format!(
+        "the drain did not finish (a PodDisruptionBudget, or a pod that will not leave? `kubectl get pods -A -o wide --field-selector spec.nodeName={name}` shows what is left); {}",
+        how.hint
+    );
+    from_another(
+        ops,
+        how,
+        rep,
+        name,
+        "drain",
+        wire,
+        "drain it",
+        how.hint,
+        Some(failed),
+    )
     .await
 }
 
