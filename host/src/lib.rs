@@ -6,7 +6,8 @@
 //! search path ([`Host`]). On top of the seam it implements the typed,
 //! plan-then-apply host steps ([`steps`]), read-only [`preflight`] checks and
 //! host [`facts`], and the Kubernetes operations of a node ([`kube`]:
-//! kubeadm, kubectl, etcdctl, `/readyz`). Secrets handed to it stay
+//! kubeadm, kubectl, etcdctl, `/readyz`, and the upgrade's packages through
+//! apt or dnf, `kubeadm upgrade` and drains). Secrets handed to it stay
 //! [`SecretString`]s: they reach a process as arguments or 0600 files that
 //! are removed after the step, and never a plan, report, error or log line.
 //! Only this crate spawns processes or touches host files for

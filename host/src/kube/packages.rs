@@ -725,6 +725,24 @@ impl Step for PackageSource {
         Ok(plan)
     }
 
+    /// A dry run says what would run; when the file already names the minor
+    /// and only apt's lists would be refreshed, the outcome is the one the
+    /// step reports then: unchanged.
+    fn run(&self, host: &Host, dry_run: bool) -> StepReport {
+        match self.plan(host) {
+            Err(err) => StepReport::failed(self.kind(), &err),
+            Ok(plan) if dry_run => {
+                let refresh_only = plan.files.is_empty();
+                let mut report = StepReport::from_plan(plan);
+                if refresh_only {
+                    report.outcome = crate::steps::Outcome::Unchanged;
+                }
+                report
+            }
+            Ok(plan) => self.apply(host, &plan),
+        }
+    }
+
     fn apply(&self, host: &Host, plan: &Plan) -> StepReport {
         apply_with(host, StepKind::PackageSource, plan, |applier| {
             if plan.is_empty() {
@@ -766,15 +784,30 @@ impl Step for PackageSource {
             let record = applier.run(&Cmd::from_argv(argv).timeout(UPDATE_TIMEOUT))?;
             if !record.success() {
                 // Put the old source back, so a minor that cannot be read
-                // does not leave the host without a working source.
+                // does not leave the host without a working source, and
+                // refresh from it again: a failed update may have dropped
+                // the lists it had.
                 let restored = match change.and_then(|c| c.before.as_ref().map(|b| (c, b))) {
                     Some((c, before)) => {
                         match applier.host().write_atomic(path, before.as_bytes(), c.mode) {
-                            Ok(()) => format!("{path} was put back as it was"),
+                            Ok(()) => {
+                                let again = applier.run(
+                                    &Cmd::from_argv(record.argv.clone()).timeout(UPDATE_TIMEOUT),
+                                )?;
+                                if again.success() {
+                                    format!("{path} was put back as it was and its lists refreshed")
+                                } else {
+                                    format!(
+                                        "{path} was put back as it was, but refreshing from it failed too ({}); run `{}` once the repository answers",
+                                        again.status_text(),
+                                        again.argv.join(" ")
+                                    )
+                                }
+                            }
                             Err(e) => format!(
-                            "putting {path} back failed ({e}); its previous content is in {path}{}",
-                            crate::steps::BACKUP_SUFFIX
-                        ),
+                                "putting {path} back failed ({e}); its previous content is in {path}{}",
+                                crate::steps::BACKUP_SUFFIX
+                            ),
                         }
                     }
                     None => format!("{path} was not changed"),
@@ -1270,6 +1303,51 @@ mod tests {
         assert!(!PackageInstall::version_missing(
             "E: Could not get lock /var/lib/dpkg/lock-frontend\n"
         ));
+    }
+
+    #[test]
+    fn a_host_without_a_kubernetes_source_is_told_which_file_to_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let host = Host::new(&root, vec![]);
+        let step = PackageSource { minor: m("v1.32") };
+        let err = step.plan(&host).unwrap_err().to_string();
+        assert!(err.contains("neither /etc/apt/sources.list.d/kubernetes.list nor /etc/yum.repos.d/kubernetes.repo exists"), "{err}");
+        assert!(err.contains("deb [signed-by=/etc/apt/keyrings/kubernetes-apt-keyring.gpg] https://pkgs.k8s.io/core:/stable:/v1.32/deb/ /"), "{err}");
+        // A legacy source is named as such.
+        host.create_dir_all("/etc/apt/sources.list.d").unwrap();
+        host.write_atomic(
+            APT_SOURCE,
+            b"deb https://apt.kubernetes.io/ kubernetes-xenial main\n",
+            0o644,
+        )
+        .unwrap();
+        let err = step.plan(&host).unwrap_err().to_string();
+        assert!(
+            err.contains("has no pkgs.k8s.io repository") && err.contains("legacy"),
+            "{err}"
+        );
+        // A dnf host gets the repo file to write.
+        std::fs::remove_file(root.join("etc/apt/sources.list.d/kubernetes.list")).unwrap();
+        host.create_dir_all("/etc/yum.repos.d").unwrap();
+        host.write_atomic(YUM_REPO, b"[base]\nbaseurl=https://example.com/\n", 0o644)
+            .unwrap();
+        let err = step.plan(&host).unwrap_err().to_string();
+        assert!(
+            err.contains("baseurl=https://pkgs.k8s.io/core:/stable:/v1.32/rpm/"),
+            "{err}"
+        );
+        // One that names the minor already has nothing to do.
+        host.write_atomic(YUM_REPO, official_yum_repo(m("v1.32")).as_bytes(), 0o644)
+            .unwrap();
+        assert!(step.plan(&host).unwrap().is_empty());
+        let plan = PackageSource { minor: m("v1.33") }.plan(&host).unwrap();
+        assert_eq!(plan.commands, [["dnf", "makecache", "--repo=kubernetes"]]);
+        assert_eq!(
+            plan.files[0].backup.as_deref(),
+            Some("/etc/yum.repos.d/kubernetes.repo.kh-bak")
+        );
     }
 
     #[test]

@@ -144,6 +144,7 @@ pub fn seed_host(
     match family {
         Family::Apt => {
             write(APT_SOURCE, apt_source(&minor))?;
+            write_lists(&root.join(APT_LISTS.trim_start_matches('/')), Some(&minor))?;
             db.apt_lists = Some(minor.clone());
             if held {
                 db.held = KUBE_PACKAGES.iter().map(|p| p.to_string()).collect();
@@ -276,9 +277,94 @@ fn locked(env: &NodeEnv) -> Db {
     Db::load(&env.node_dir)
 }
 
-/// The index apt fetched at its last `apt-get update`.
-fn apt_index(env: &NodeEnv, db: &Db) -> Option<(String, Index)> {
-    let minor = db.apt_lists.clone()?;
+/// The settings of apt's `-o Key=Value` options this double honours (apt's
+/// keys are case-insensitive).
+#[derive(Debug, Default)]
+struct AptConf {
+    /// `Dir::Etc::SourceList`: a sources file read instead of
+    /// `/etc/apt/sources.list`.
+    source_list: Option<PathBuf>,
+    /// `Dir::Etc::SourceParts`: the `*.list` directory; `-` reads none.
+    source_parts: Option<String>,
+    /// `Dir::State::Lists`: where `update` keeps the fetched lists and
+    /// `install`/`madison` read them, instead of the host's.
+    lists: Option<PathBuf>,
+}
+
+/// A path on a double's command line: a host path, resolved under the root
+/// unless it already points into it (the agent passes real paths).
+fn host_file(env: &NodeEnv, file: &str) -> PathBuf {
+    if Path::new(file).starts_with(&env.root) {
+        PathBuf::from(file)
+    } else {
+        env.path(file)
+    }
+}
+
+fn apt_conf(env: &NodeEnv, args: &[String]) -> AptConf {
+    let mut conf = AptConf::default();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let setting = if a == "-o" || a == "--option" {
+            it.next().cloned()
+        } else {
+            a.strip_prefix("--option=").map(str::to_string)
+        };
+        let Some((key, value)) = setting.as_deref().and_then(|s| s.split_once('=')) else {
+            continue;
+        };
+        match key.to_ascii_lowercase().as_str() {
+            "dir::etc::sourcelist" => conf.source_list = Some(host_file(env, value)),
+            "dir::etc::sourceparts" => conf.source_parts = Some(value.to_string()),
+            "dir::state::lists" => conf.lists = Some(host_file(env, value)),
+            _ => {}
+        }
+    }
+    conf
+}
+
+/// The host's own lists directory.
+pub const APT_LISTS: &str = "/var/lib/apt/lists";
+/// apt names a list file after its URL, `/` becoming `_`.
+const LIST_PREFIX: &str = "pkgs.k8s.io_core:_stable:_";
+
+/// Records what an update fetched from pkgs.k8s.io in a lists directory, as
+/// apt names the files (`pkgs.k8s.io_core:_stable:_v1.32_deb_Packages`),
+/// dropping other minors' lists (apt's list cleanup); `None` drops them all.
+pub fn write_lists(dir: &Path, minor: Option<&str>) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name.starts_with(LIST_PREFIX) {
+            std::fs::remove_file(dir.join(name))?;
+        }
+    }
+    if let Some(m) = minor {
+        for suffix in ["InRelease", "Packages"] {
+            std::fs::write(dir.join(format!("{LIST_PREFIX}{m}_deb_{suffix}")), "")?;
+        }
+    }
+    Ok(())
+}
+
+/// The minor whose Packages list a lists directory holds.
+fn lists_minor(dir: &Path) -> Option<String> {
+    std::fs::read_dir(dir).ok()?.find_map(|e| {
+        let name = e.ok()?.file_name().to_string_lossy().into_owned();
+        let minor = name
+            .strip_prefix(LIST_PREFIX)?
+            .strip_suffix("_deb_Packages")?;
+        crate::kube::minor_of(minor).map(|_| minor.to_string())
+    })
+}
+
+/// The index apt fetched at its last `apt-get update` (into the host's
+/// lists, or the lists directory the call names).
+fn apt_index(env: &NodeEnv, db: &Db, conf: &AptConf) -> Option<(String, Index)> {
+    let minor = match &conf.lists {
+        Some(dir) => lists_minor(dir)?,
+        None => db.apt_lists.clone()?,
+    };
     let idx = read_index(env.world_dir.as_deref(), &minor)?;
     Some((minor, idx))
 }
@@ -295,42 +381,89 @@ fn apt_get(env: &NodeEnv, args: &[String]) -> Out {
     let mut db = locked(env);
     match verb.as_str() {
         "update" => {
+            let conf = apt_conf(env, args);
+            if let Some(dir) = &conf.lists {
+                if !dir.join("partial").is_dir() {
+                    return out.fail(
+                        100,
+                        format!(
+                            "E: List directory {}/partial is missing. - Acquire (2: No such file or directory)",
+                            dir.display()
+                        ),
+                    );
+                }
+            }
+            // The sources: the SourceList file (apt's /etc/apt/sources.list
+            // is not modelled), then every *.list of SourceParts unless `-`.
+            let mut source = String::new();
+            if let Some(f) = &conf.source_list {
+                source.push_str(&std::fs::read_to_string(f).unwrap_or_default());
+            }
+            let parts = conf
+                .source_parts
+                .clone()
+                .unwrap_or_else(|| "/etc/apt/sources.list.d".into());
+            if parts != "-" {
+                let dir = host_file(env, &parts);
+                let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "list"))
+                    .collect();
+                names.sort();
+                for n in names {
+                    source.push_str(&std::fs::read_to_string(n).unwrap_or_default());
+                }
+            }
             out.out("Hit:1 http://deb.debian.org/debian bookworm InRelease");
-            let source = std::fs::read_to_string(env.path(APT_SOURCE)).unwrap_or_default();
-            db.apt_lists = None;
+            let lists_dir = conf.lists.clone().unwrap_or_else(|| env.path(APT_LISTS));
+            let mut fetched = None;
+            let mut failed = None;
             if let Some(minor) = source_minor(&source) {
                 let url = repo_url(&minor, "deb");
                 if read_index(env.world_dir.as_deref(), &minor).is_none() {
                     out.out(format!("Err:2 {url}  InRelease\n  404  Not Found"));
-                    out.out("Reading package lists...");
-                    let _ = db.save(&env.node_dir);
-                    return out.fail(
-                        100,
-                        format!(
-                            "E: The repository '{url}  InRelease' does not have a Release file."
-                        ),
-                    );
+                    failed = Some(format!(
+                        "E: The repository '{url}  InRelease' does not have a Release file."
+                    ));
+                } else {
+                    out.out(format!("Get:2 {url}  InRelease [1,186 B]"));
+                    out.out(format!("Get:3 {url}  Packages [4,865 B]"));
+                    out.out("Fetched 6,051 B in 0s (60.5 kB/s)");
+                    fetched = Some(minor);
                 }
-                out.out(format!("Get:2 {url}  InRelease [1,186 B]"));
-                out.out(format!("Get:3 {url}  Packages [4,865 B]"));
-                out.out("Fetched 6,051 B in 0s (60.5 kB/s)");
-                db.apt_lists = Some(minor);
             }
             out.out("Reading package lists...");
-            if let Err(e) = db.save(&env.node_dir) {
+            if let Err(e) = write_lists(&lists_dir, fetched.as_deref()) {
                 return out.fail(100, format!("E: cannot write the package lists: {e}"));
             }
-            out
+            if conf.lists.is_none() {
+                db.apt_lists = fetched;
+                if let Err(e) = db.save(&env.node_dir) {
+                    return out.fail(100, format!("E: cannot write the package lists: {e}"));
+                }
+            }
+            match failed {
+                Some(e) => out.fail(100, e),
+                None => out,
+            }
         }
-        "install" => apt_install(env, db, &opts, &pos[1..]),
+        "install" => apt_install(env, db, &opts, &pos[1..], &apt_conf(env, args)),
         other => out.fail(100, format!("E: Invalid operation {other}")),
     }
 }
 
-fn apt_install(env: &NodeEnv, mut db: Db, opts: &BTreeSet<String>, specs: &[String]) -> Out {
+fn apt_install(
+    env: &NodeEnv,
+    mut db: Db,
+    opts: &BTreeSet<String>,
+    specs: &[String],
+    conf: &AptConf,
+) -> Out {
     let mut out = Out::default();
     out.out("Reading package lists...\nBuilding dependency tree...\nReading state information...");
-    let index = apt_index(env, &db);
+    let index = apt_index(env, &db, conf);
     let mut wanted: Vec<(String, String)> = Vec::new();
     for spec in specs {
         let (name, version) = match spec.split_once('=') {
@@ -476,8 +609,10 @@ fn apt_mark(env: &NodeEnv, args: &[String]) -> Out {
     let (_, pos) = apt_split(args);
     let mut out = Out::default();
     let mut db = locked(env);
+    let conf = apt_conf(env, args);
     let known = |db: &Db, p: &str| {
-        db.installed.contains_key(p) || apt_index(env, db).is_some_and(|(_, i)| i.contains_key(p))
+        db.installed.contains_key(p)
+            || apt_index(env, db, &conf).is_some_and(|(_, i)| i.contains_key(p))
     };
     match pos.first().map(String::as_str) {
         Some("showhold") => {
@@ -531,7 +666,7 @@ fn apt_cache(env: &NodeEnv, args: &[String]) -> Out {
         );
     }
     let db = locked(env);
-    let index = apt_index(env, &db);
+    let index = apt_index(env, &db, &apt_conf(env, args));
     for p in &pos[1..] {
         match index.as_ref().and_then(|(m, i)| i.get(p).map(|v| (m, v))) {
             Some((minor, versions)) => {
@@ -623,41 +758,118 @@ fn yum_repo_of(env: &NodeEnv) -> Option<(String, Vec<String>)> {
     Some((minor?, exclude))
 }
 
+/// One repository dnf knows in a call: the host's `[kubernetes]` repo file
+/// or a `--repofrompath` one.
+struct DnfRepo {
+    id: String,
+    minor: Option<String>,
+    excludes: Vec<String>,
+    /// From `--repofrompath` (its URL, for dnf's download errors).
+    url: Option<String>,
+}
+
 fn dnf(env: &NodeEnv, args: &[String]) -> Out {
     let mut out = Out::default();
     let mut yes = false;
     let mut dupes = false;
     let mut disabled = Vec::new();
+    let mut from_path: Vec<String> = Vec::new();
+    let mut only: Option<Vec<String>> = None;
     let mut pos = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        match a.as_str() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        let mut value =
+            |inline: Option<String>| inline.or_else(|| it.next().cloned()).unwrap_or_default();
+        match flag {
             "-y" | "--assumeyes" => yes = true,
             "-q" | "--quiet" => {}
             "--showduplicates" => dupes = true,
-            "--disableexcludes" => disabled.push(it.next().cloned().unwrap_or_default()),
+            "--disableexcludes" => disabled.push(value(inline)),
             "--setopt" => {
-                it.next();
+                value(inline);
             }
-            s if s.starts_with("--disableexcludes=") => {
-                disabled.push(s["--disableexcludes=".len()..].to_string())
+            "--repofrompath" => from_path.push(value(inline)),
+            "--repo" | "--repoid" => only
+                .get_or_insert_with(Vec::new)
+                .extend(value(inline).split(',').map(str::to_string)),
+            s if s.starts_with('-') => {
+                return out.fail(2, format!("dnf: error: unrecognized arguments: {a}"));
             }
-            s if s.starts_with('-') && !s.starts_with("--setopt=") => {
-                return out.fail(2, format!("dnf: error: unrecognized arguments: {s}"));
-            }
-            s if s.starts_with("--setopt=") => {}
             _ => pos.push(a.clone()),
         }
     }
-    let repo = yum_repo_of(env);
-    let index = repo
-        .as_ref()
-        .and_then(|(m, _)| read_index(env.world_dir.as_deref(), m));
-    let excluded = |name: &str| {
-        !disabled.iter().any(|d| d == "kubernetes" || d == "all")
-            && repo
-                .as_ref()
-                .is_some_and(|(_, ex)| ex.iter().any(|e| e == name))
+    let mut repos: Vec<DnfRepo> = Vec::new();
+    if let Some((minor, excludes)) = yum_repo_of(env) {
+        repos.push(DnfRepo {
+            id: "kubernetes".into(),
+            minor: Some(minor),
+            excludes,
+            url: None,
+        });
+    }
+    for spec in &from_path {
+        let Some((id, url)) = spec.split_once(',') else {
+            return out.fail(
+                1,
+                format!("Error: Bad format of --repofrompath: {spec} (expected repoid,path)"),
+            );
+        };
+        repos.push(DnfRepo {
+            id: id.to_string(),
+            minor: source_minor(url),
+            excludes: Vec::new(),
+            url: Some(url.to_string()),
+        });
+    }
+    if let Some(only) = &only {
+        for id in only {
+            if !repos.iter().any(|r| &r.id == id) {
+                return out.fail(1, format!("Error: Unknown repo: '{id}'"));
+            }
+        }
+        repos.retain(|r| only.contains(&r.id));
+    }
+    let mut indexes: Vec<(&DnfRepo, Index)> = Vec::new();
+    for r in &repos {
+        match r
+            .minor
+            .as_deref()
+            .and_then(|m| read_index(env.world_dir.as_deref(), m))
+        {
+            Some(idx) => indexes.push((r, idx)),
+            // A --repofrompath repository that is not served fails the
+            // call as dnf's metadata download does; the host's own repo
+            // without an index is just empty.
+            None if r.url.is_some() => {
+                let url = r.url.as_deref().unwrap_or_default().trim_end_matches('/');
+                out.err(format!("Errors during downloading metadata for repository '{}':\n  - Status code: 404 for {url}/repodata/repomd.xml (IP: 127.0.0.1)", r.id));
+                return out.fail(
+                    1,
+                    format!("Error: Failed to download metadata for repo '{}': Cannot download repomd.xml: Cannot download repodata/repomd.xml: All mirrors were tried", r.id),
+                );
+            }
+            None => indexes.push((r, Index::new())),
+        }
+    }
+    let lifted = |r: &DnfRepo| disabled.iter().any(|d| d == "all" || *d == r.id);
+    // (upstream version, repo id) of `name` in every enabled repository;
+    // with `all`, excluded builds too.
+    let offered = |name: &str, all: bool| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = Vec::new();
+        for (r, idx) in &indexes {
+            if !all && !lifted(r) && r.excludes.iter().any(|e| e == name) {
+                continue;
+            }
+            for ver in idx.get(name).cloned().unwrap_or_default() {
+                v.push((ver, r.id.clone()));
+            }
+        }
+        v.sort_by(|a, b| cmp_versions(&b.0, &a.0));
+        v
     };
     let mut db = locked(env);
     match pos.first().map(String::as_str) {
@@ -672,27 +884,22 @@ fn dnf(env: &NodeEnv, args: &[String]) -> Out {
                     return out.fail(1, format!("Error: Unable to find a match: {spec}"));
                 };
                 let ver = spec.strip_prefix(&format!("{name}-"));
-                let avail = index
-                    .as_ref()
-                    .and_then(|i| i.get(*name))
-                    .cloned()
-                    .unwrap_or_default();
-                let found = match ver {
-                    Some(v) => sorted_desc(&avail)
+                let pick = |vs: Vec<(String, String)>| match ver {
+                    Some(v) => vs
                         .into_iter()
-                        .find(|a| a == v || version_matches(&rpm_version(a), v)),
-                    None => sorted_desc(&avail).first().cloned(),
+                        .find(|(a, _)| a == v || version_matches(&rpm_version(a), v)),
+                    None => vs.into_iter().next(),
                 };
-                let Some(found) = found else {
+                if pick(offered(name, true)).is_none() {
                     out.out(format!("No match for argument: {spec}"));
                     return out.fail(1, format!("Error: Unable to find a match: {spec}"));
-                };
-                if excluded(name) {
+                }
+                let Some((found, _)) = pick(offered(name, false)) else {
                     out.out(format!(
                         "All matches were filtered out by exclude filtering for argument: {spec}"
                     ));
                     return out.fail(1, format!("Error: Unable to find a match: {spec}"));
-                }
+                };
                 wanted.push((name.to_string(), found));
             }
             let mut changes = Vec::new();
@@ -750,25 +957,17 @@ fn dnf(env: &NodeEnv, args: &[String]) -> Out {
                         rpm_version(v)
                     ));
                 }
-                if excluded(name) {
-                    continue;
-                }
-                let avail = index
-                    .as_ref()
-                    .and_then(|i| i.get(name))
-                    .cloned()
-                    .unwrap_or_default();
-                let mut vs = sorted_desc(&avail);
+                let mut vs = offered(name, false);
                 vs.reverse();
                 if !dupes {
                     vs = vs.last().cloned().into_iter().collect();
                 }
-                for v in vs {
+                for (v, repo) in vs {
                     if !dupes && db.installed.get(name) == Some(&v) {
                         continue;
                     }
                     available.push(format!(
-                        "{:<24}{:<32}kubernetes",
+                        "{:<24}{:<32}{repo}",
                         format!("{name}.x86_64"),
                         rpm_version(&v)
                     ));
@@ -828,7 +1027,8 @@ fn rpm(env: &NodeEnv, args: &[String]) -> Out {
                         .replace("%{VERSION}", v)
                         .replace("%{RELEASE}", RPM_RELEASE)
                         .replace("%{ARCH}", "x86_64")
-                        .replace("\\n", "\n"),
+                        .replace("\\n", "\n")
+                        .replace("\\t", "\t"),
                 ),
                 None => out.out(format!("{n}-{}.x86_64", rpm_version(v))),
             },
@@ -1045,6 +1245,110 @@ mod tests {
         );
         assert_eq!(o.code, 0, "{o:?}");
         assert_eq!(e.version_of("kubelet"), "v1.31.4");
+    }
+
+    #[test]
+    fn a_private_source_list_and_lists_dir_leave_the_hosts_own_alone() {
+        let h = host(Family::Apt, "v1.31.4", true);
+        let e = &h.env;
+        let probe = e.path("/var/lib/kh-agent/package-probe/v1.32");
+        let lists = probe.join("lists");
+        let sources = probe.join("sources.list");
+        std::fs::create_dir_all(&probe).unwrap();
+        std::fs::write(&sources, apt_source("v1.32")).unwrap();
+        let opts = |extra: &str| {
+            let mut v = vec![
+                "-o".to_string(),
+                format!("Dir::Etc::SourceList={}", sources.display()),
+                "-o".into(),
+                "Dir::Etc::SourceParts=-".into(),
+                "-o".into(),
+                format!("Dir::State::Lists={}", lists.display()),
+            ];
+            v.extend(sv(extra));
+            v
+        };
+        // apt needs the lists directory's partial/.
+        let o = run("apt-get", e, &[sv("update"), opts("")].concat());
+        assert_eq!(o.code, 100, "{o:?}");
+        assert!(o.stderr.contains("partial is missing"), "{}", o.stderr);
+        std::fs::create_dir_all(lists.join("partial")).unwrap();
+        let o = run("apt-get", e, &[sv("update"), opts("")].concat());
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(lists
+            .join("pkgs.k8s.io_core:_stable:_v1.32_deb_Packages")
+            .exists());
+        let o = run("apt-cache", e, &opts("madison kubeadm"));
+        assert!(
+            o.stdout.starts_with(
+                "   kubeadm | 1.32.4-1.1 | https://pkgs.k8s.io/core:/stable:/v1.32/deb  Packages\n"
+            ),
+            "{}",
+            o.stdout
+        );
+        // The host's source, lists and view are still v1.31's.
+        assert_eq!(
+            std::fs::read_to_string(e.path(APT_SOURCE)).unwrap(),
+            apt_source("v1.31")
+        );
+        assert_eq!(lists_minor(&e.path(APT_LISTS)).as_deref(), Some("v1.31"));
+        let o = run("apt-cache", e, &sv("madison kubeadm"));
+        assert!(o.stdout.contains("1.31.4-1.1"), "{}", o.stdout);
+        assert!(!o.stdout.contains("1.32"), "{}", o.stdout);
+        // A minor nobody serves fails as apt does, in the private lists only.
+        std::fs::write(&sources, apt_source("v1.39")).unwrap();
+        let o = run("apt-get", e, &[sv("update"), opts("")].concat());
+        assert_eq!(o.code, 100);
+        assert!(
+            o.stderr.contains("does not have a Release file"),
+            "{}",
+            o.stderr
+        );
+        assert_eq!(lists_minor(&lists), None);
+        assert_eq!(Db::load(&e.node_dir).apt_lists.as_deref(), Some("v1.31"));
+    }
+
+    #[test]
+    fn dnf_repofrompath_and_repo_restrict_the_call_to_that_repository() {
+        let h = host(Family::Dnf, "v1.31.4", true);
+        let e = &h.env;
+        let probe = "--repofrompath=kh-probe,https://pkgs.k8s.io/core:/stable:/v1.32/rpm/";
+        let o = run(
+            "dnf",
+            e,
+            &sv(&format!(
+                "list --showduplicates --disableexcludes=all {probe} --repo=kh-probe kubeadm"
+            )),
+        );
+        assert_eq!(o.code, 0, "{o:?}");
+        assert!(o.stdout.contains("Available Packages\nkubeadm.x86_64          1.32.0-150500.1.1               kh-probe\nkubeadm.x86_64          1.32.4-150500.1.1               kh-probe\n"), "{}", o.stdout);
+        assert!(!o.stdout.contains("1.31.0-150500.1.1"), "{}", o.stdout);
+        // Without --repo both repositories answer; the host's is excluded.
+        let o = run(
+            "dnf",
+            e,
+            &sv(&format!("list --showduplicates {probe} kubeadm")),
+        );
+        assert!(o.stdout.contains("kh-probe"), "{}", o.stdout);
+        assert!(!o.stdout.contains(" kubernetes\n"), "{}", o.stdout);
+        let o = run(
+            "dnf",
+            e,
+            &sv("list --showduplicates --repofrompath=kh-probe,https://pkgs.k8s.io/core:/stable:/v1.39/rpm/ --repo=kh-probe kubeadm"),
+        );
+        assert_eq!(o.code, 1);
+        assert!(
+            o.stderr
+                .contains("Failed to download metadata for repo 'kh-probe'"),
+            "{}",
+            o.stderr
+        );
+        let o = run("dnf", e, &sv("list --repo=nope kubeadm"));
+        assert_eq!(
+            (o.code, o.stderr.as_str()),
+            (1, "Error: Unknown repo: 'nope'\n")
+        );
+        assert_eq!(run("dnf", e, &sv("makecache --repo=kubernetes")).code, 0);
     }
 
     #[test]
