@@ -379,4 +379,18 @@ fn nodes_join_and_leave_the_cluster_through_the_spec() {
     assert_eq!(v["ok"], true, "{v:#}");
     assert!(phase_nodes(&v, "remove-nodes").is_empty(), "{v:#}");
     assert_eq!(on(w1, "kubeadm reset"), 1);
+
+    // A removed node stays enrolled, so listing it again joins it as new.
+    let mut back = kept.clone();
+    back.push(node(&w, w1, "worker"));
+    let f = write(&w, "back.yaml", &back);
+    let v = rollout_json(&w, &f, &[]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert_eq!(
+        v["plan"]["phases"][0]["steps"],
+        serde_json::json!([{"node": "w-1", "step": "addition", "state": "pending", "detail": "new in the spec: joins as a worker"}]),
+        "{v:#}"
+    );
+    assert_eq!(on(w1, "kubeadm join"), 2, "{:?}", w.agents[w1].calls());
+    assert_eq!(w.node("w-1").unwrap()["role"], "worker");
 }
