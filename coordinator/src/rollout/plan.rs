@@ -262,7 +262,7 @@ fn role_change_detail(name: &str, was: NodeRole, now: NodeRole, joined: bool) ->
     let how = if was == NodeRole::LoadBalancer {
         format!("first take it out of the load-balancer role (point spec.controlPlaneEndpoint elsewhere and stop HAProxy on {name})")
     } else {
-        format!("first take it out of the cluster with `khctl reset --node {name}` (runs `kubeadm reset -f` there and removes its etcd member)")
+        format!("first take it out of the cluster with `khctl reset --node {name}` (runs `kubeadm reset -f` there and removes its etcd member), or leave it out of cluster.yaml for one `khctl rollout --yes` (which drains, resets and deletes it)")
     };
     format!(
         "{} as a {was}; the spec lists it as a {now}. Refused: kh does not change the role of a node in use. To change it, {how}, then list it as a {now} and run `khctl rollout -f cluster.yaml` again",
