@@ -289,6 +289,7 @@ fn one_run(
                 dry_run: false,
                 allow_even: false,
                 no_snapshot: false,
+                confirm_removals: false,
             })
             .await?
             .into_inner();

@@ -1125,10 +1125,12 @@ pub fn members_of(members: &[proto::MemberInfo], node: &str) -> HashSet<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn member(id: u64, node: &str, healthy: bool) -> proto::MemberInfo {
+    /// A member of node `node`, healthy or not (shared with the rollout's
+    /// plan tests).
+    pub(crate) fn member(id: u64, node: &str, healthy: bool) -> proto::MemberInfo {
         proto::MemberInfo {
             id,
             id_hex: format!("{id:x}"),

@@ -260,6 +260,11 @@ struct RolloutArgs {
     /// the rollout before the first join).
     #[arg(long)]
     no_snapshot: bool,
+    /// Confirm the removals the plan lists (nodes the spec no longer lists
+    /// are drained, reset and deleted). Without it khctl asks on a terminal,
+    /// and a rollout that removes nodes is refused otherwise.
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Subcommand)]
@@ -504,6 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     args.dry_run,
                     args.allow_even,
                     args.no_snapshot,
+                    args.yes,
                     output,
                 )
                 .await?

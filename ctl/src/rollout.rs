@@ -530,6 +530,70 @@ pub(crate) async fn follow(
     Err(anyhow::Error::new(Failure::of_class(&fin.failure, msg)))
 }
 
+/// The nodes a plan removes from the cluster (its remove-nodes phase).
+fn removals(plan: &proto::RolloutPlan) -> Vec<String> {
+    let mut names: Vec<String> = vec![];
+    for s in plan
+        .phases
+        .iter()
+        .filter(|p| p.name == REMOVE_NODES)
+        .flat_map(|p| p.steps.iter())
+    {
+        if !names.contains(&s.node) {
+            names.push(s.node.clone());
+        }
+    }
+    names
+}
+
+/// The phase that lists removals.
+const REMOVE_NODES: &str = "remove-nodes";
+
+/// On a terminal, asks before a rollout that removes nodes: the plan comes
+/// from a dry run, and the answer confirms the removals. Whether a removal
+/// is confirmed is the coordinator's to check, so a non-interactive caller
+/// without `--yes` is refused there, before any change.
+async fn confirm_removals(
+    client: &mut AdminClient<Channel>,
+    addr: &str,
+    req: &proto::RolloutRequest,
+) -> anyhow::Result<bool> {
+    use std::io::{BufRead, Write};
+    let mut stream = client
+        .rollout(proto::RolloutRequest {
+            dry_run: true,
+            ..req.clone()
+        })
+        .await
+        .map_err(|s| explain(addr, s))?
+        .into_inner();
+    let mut names = vec![];
+    while let Some(ev) = stream.message().await.map_err(|s| explain(addr, s))? {
+        if let (true, Some(p)) = (ev.kind == Kind::Plan as i32, &ev.plan) {
+            names = removals(p);
+            if !names.is_empty() {
+                print_changes(p);
+            }
+        }
+    }
+    if names.is_empty() {
+        return Ok(false);
+    }
+    let mut err = std::io::stderr();
+    let _ = write!(err, "remove {} from the cluster? [y/N] ", names.join(", "));
+    let _ = err.flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if matches!(line.trim(), "y" | "Y" | "yes") {
+        return Ok(true);
+    }
+    Err(anyhow::Error::new(Failure::SpecInvalid(format!(
+        "the removal of {} was not confirmed; nothing was changed. Re-run with --yes to remove them, or put them back in cluster.yaml",
+        names.join(", ")
+    ))))
+}
+
+#[allow(clippy::too_many_arguments)]
 pub async fn rollout(
     client: &mut AdminClient<Channel>,
     addr: &str,
@@ -537,6 +601,7 @@ pub async fn rollout(
     dry_run: bool,
     allow_even: bool,
     no_snapshot: bool,
+    yes: bool,
     format: Format,
 ) -> anyhow::Result<()> {
     let (spec_yaml, files) = load(file)?;
@@ -548,14 +613,19 @@ pub async fn rollout(
                 .collect()
         })
         .unwrap_or_default();
+    let mut req = proto::RolloutRequest {
+        spec_yaml,
+        files,
+        dry_run,
+        allow_even,
+        no_snapshot,
+        confirm_removals: yes,
+    };
+    if !yes && !dry_run && std::io::stdin().is_terminal() && format == Format::Table {
+        req.confirm_removals = confirm_removals(client, addr, &req).await?;
+    }
     let stream = client
-        .rollout(proto::RolloutRequest {
-            spec_yaml,
-            files,
-            dry_run,
-            allow_even,
-            no_snapshot,
-        })
+        .rollout(req)
         .await
         .map_err(|s| explain(addr, s))?
         .into_inner();
@@ -687,6 +757,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(failure_line("Rollout", &fin), "rollout failed at verify: x");
+    }
+
+    #[test]
+    fn the_removals_to_confirm_are_the_nodes_of_the_remove_nodes_phase() {
+        let step = |node: &str, step: &str| proto::PlannedStep {
+            node: node.into(),
+            step: step.into(),
+            state: "pending".into(),
+            detail: String::new(),
+        };
+        let plan = proto::RolloutPlan {
+            phases: vec![
+                proto::PlannedPhase {
+                    name: "changes".into(),
+                    steps: vec![step("w-9", "removal")],
+                },
+                proto::PlannedPhase {
+                    name: REMOVE_NODES.into(),
+                    steps: vec![
+                        step("w-2", "drain"),
+                        step("w-2", "delete-node"),
+                        step("cp-3", "load-balancer"),
+                        step("cp-3", "delete-node"),
+                    ],
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(removals(&plan), ["w-2", "cp-3"]);
+        assert!(removals(&proto::RolloutPlan::default()).is_empty());
     }
 
     #[test]

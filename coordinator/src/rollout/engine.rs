@@ -2,7 +2,9 @@
 //!
 //! preflight (parallel) → prepare (parallel) → endpoint check → kubeadm init
 //! on the first control plane → CNI → control-plane joins one at a time under
-//! the lease → workers in parallel (bounded) → verify → delete the token.
+//! the lease → workers in parallel (bounded) → remove the joined nodes the
+//! spec no longer lists (confirmed by the operator) → verify → delete the
+//! token.
 //!
 //! Every node-step transition is persisted before and after it runs. Every
 //! step is also idempotent on the agent (init and join are Unchanged where
@@ -25,7 +27,7 @@ use super::material;
 use super::ops::{Failure, Ops};
 use super::phase::{
     cleanup::cleanup, cni::cni, control_plane::join_control_plane, endpoint::check_endpoint,
-    init::init, preflight::preflight, prepare::prepare_node, survey::observe, survey::plan,
+    init::init, preflight::preflight, prepare::prepare_node, remove, survey::observe, survey::plan,
     verify::verify, workers::join_worker, Ctx, NodeView, Phase, STATUS_PARALLEL,
 };
 use super::reporter::Reporter;
@@ -41,6 +43,8 @@ pub struct Input {
     pub held: super::plan::Held,
     /// Join control planes into a running cluster without an etcd snapshot.
     pub no_snapshot: bool,
+    /// The operator confirmed the removals the plan lists.
+    pub confirm_removals: bool,
 }
 
 /// Runs the rollout. Errors carry the node, step and what to do next.
@@ -117,14 +121,27 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
         .as_ref()
         .and_then(|_| input.files.get("cni.manifest"))
         .map(|m| super::plan::manifest_sha256(m));
-    let diff = super::plan::diff(
+    let mut diff = super::plan::diff(
         spec,
         &input.held,
         &observe(&ctx, &input.held, &views).await,
         cni_sha256.as_deref(),
     );
+    let held_spec = input.held.spec.as_ref();
+    if diff.refusal().is_none() {
+        remove::check(&ctx, held_spec, &mut diff).await;
+    }
     let mut planned = plan(&ctx, &views, &todo, &input);
-    if diff.refusal().is_some() {
+    if let Some(p) = remove::planned(held_spec.unwrap_or(spec), &diff.removals) {
+        // After the joins, before verify.
+        let at = planned
+            .phases
+            .iter()
+            .position(|p| p.name == Phase::Verify.name())
+            .unwrap_or(planned.phases.len());
+        planned.phases.insert(at, p);
+    }
+    if diff.refusal().is_some() || diff.precondition_refusal().is_some() {
         // Nothing after a refusal runs, so nothing else is planned.
         planned.phases.clear();
         planned.rendered.clear();
@@ -141,8 +158,16 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     if let Some(refused) = diff.refusal() {
         return Err(refused);
     }
+    if let Some(refused) = diff.precondition_refusal() {
+        return Err(refused);
+    }
     if input.dry_run {
         return Ok(());
+    }
+    if !input.confirm_removals {
+        if let Some(refused) = diff.unconfirmed() {
+            return Err(refused);
+        }
     }
     if ctx.external_etcd {
         if spec.certificates == CertDistribution::Coordinator {
@@ -150,8 +175,11 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
         }
         super::external_etcd::store_from_request(&coord.db, &input.files)?;
     }
-    // The plan is accepted: this spec is now the one the coordinator holds.
-    {
+    // The plan is accepted: this spec is now the one the coordinator holds,
+    // unless it removes nodes: then only once they are out, so a removal
+    // that stops keeps the nodes in the held spec and is finished by the
+    // next rollout.
+    if diff.removals.is_empty() {
         let mut st = rep.state.lock().await;
         st.spec_yaml.clone_from(&input.spec_yaml);
         st.save(&coord.db, unix_ms(coord.clock.now()))?;
@@ -271,7 +299,17 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
         return Err(f);
     }
 
-    // 8. Verify, then 9. remove the token this rollout created.
+    // 8. Joined nodes the spec no longer lists leave the cluster; then the
+    // spec is the held one.
+    if !diff.removals.is_empty() {
+        rep.phase(Phase::RemoveNodes).await;
+        remove::remove_nodes(&ctx, held_spec, &diff.removals).await?;
+        let mut st = rep.state.lock().await;
+        st.spec_yaml.clone_from(&input.spec_yaml);
+        st.save(&coord.db, unix_ms(coord.clock.now()))?;
+    }
+
+    // 9. Verify, then 10. remove the token this rollout created.
     rep.phase(Phase::Verify).await;
     verify(&ctx).await?;
     rep.phase(Phase::Cleanup).await;

@@ -132,6 +132,7 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
         dry_run: req.dry_run,
         held,
         no_snapshot: req.no_snapshot,
+        confirm_removals: req.confirm_removals,
     };
     let task_rep = rep.clone();
     let task_coord = coord.clone();
@@ -195,6 +196,13 @@ fn held(coord: &Coordinator, previous: Option<&RolloutState>) -> Result<plan::He
             .iter()
             .filter(|(k, s)| k.ends_with("/cni") && s.status == state::Status::Done)
             .find_map(|(_, s)| plan::cni_recorded(&s.message)),
+        removing: p
+            .steps
+            .keys()
+            .filter_map(|k| k.split_once('/'))
+            .filter(|(_, step)| plan::REMOVAL_STEPS.contains(step))
+            .map(|(node, _)| node.to_string())
+            .collect(),
     })
 }
 
@@ -245,6 +253,8 @@ pub async fn status(coord: &Coordinator, follow: bool) -> Result<Follow, CoordEr
 
 #[cfg(test)]
 mod certs_tests;
+#[cfg(test)]
+mod remove_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -139,6 +139,40 @@ async fn held(
     Ok(all)
 }
 
+/// An unfinished resumable operation other than a rollout that has changed `node`
+/// (a step of it is recorded), with the command that finishes it: a
+/// rollout does not take a node out of the cluster under another
+/// operation's feet.
+pub fn unfinished_on(coord: &Coordinator, node: &str) -> Result<Option<String>, CoordError> {
+    let prefix = format!("{node}/");
+    // A reset is not resumed, so one that stopped leaves nothing waiting.
+    for &(kind, key, resumable) in KINDS.iter().filter(|k| k.1 != state::KEY && k.2) {
+        let Some(st) = RolloutState::load_at(&coord.db, key)? else {
+            continue;
+        };
+        let h = Held {
+            kind,
+            key,
+            resumable,
+            running: false,
+            state: st,
+        };
+        let touched = h
+            .state
+            .changing_steps()
+            .iter()
+            .any(|k| k.starts_with(&prefix));
+        if !h.done() && touched {
+            return Ok(Some(format!(
+                "{} did not finish and has changed {node}; {}",
+                h.name(),
+                h.info().next
+            )));
+        }
+    }
+    Ok(None)
+}
+
 pub async fn list(coord: &Coordinator) -> Result<Vec<OperationInfo>, CoordError> {
     let guard = coord.rollouts.current.lock().await;
     let running = match guard.as_ref() {

@@ -7,9 +7,16 @@
 //! [`Diff`] is printed by a dry run and acted on by the run. Every
 //! difference is either carried out (after the plan is accepted) or refused;
 //! one refusal stops the rollout before anything, the registry included,
-//! has changed. Changing the role or the address of a joined node, removing
-//! a joined node, and changing the Kubernetes version or a cluster-wide
-//! setting of a built cluster are refused: each needs a workflow of its own.
+//! has changed. Changing the role or the address of a joined node, and
+//! changing the Kubernetes version or a cluster-wide setting of a built
+//! cluster are refused: each needs a workflow of its own.
+//!
+//! A joined node the spec no longer lists is a [`Removal`]: the rollout's
+//! remove-nodes phase takes it out (drain, `kubeadm reset`, its etcd member,
+//! its Node object, the load balancers), once the operator confirmed it.
+//! Removing the control plane kubeadm init ran on, or control planes whose
+//! removal would cost etcd its quorum ([`removal_order`]), is refused as a
+//! precondition (`kind` [`PRECONDITION`]: exit 3, not a spec error).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,6 +27,16 @@ use super::ops::Failure;
 
 /// The plan phase that lists the differences.
 pub const PHASE: &str = "changes";
+
+/// The `kind` of a refusal that is a precondition of a removal (the first
+/// control plane, etcd quorum, an unfinished operation on the node) rather
+/// than a spec kh does not carry out: khctl exits 3 for it, not 2.
+pub const PRECONDITION: &str = "precondition";
+
+/// The steps of a node's removal, as the rollout state records them. Only
+/// the remove-nodes phase records them in a rollout's state, so a gone node
+/// with one of them recorded has a removal that started and must finish.
+pub const REMOVAL_STEPS: &[&str] = &["drain", "kubeadm-reset", "etcd-member", "delete-node"];
 
 /// What the coordinator holds about the cluster it built.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +50,9 @@ pub struct Held {
     /// The SHA-256 (hex) of the CNI manifest a rollout applied, when it
     /// recorded one.
     pub cni_applied: Option<String>,
+    /// Nodes whose removal an earlier rollout started (a step of
+    /// [`REMOVAL_STEPS`] is recorded) and did not finish.
+    pub removing: BTreeSet<String>,
 }
 
 /// The SHA-256 (hex) of a CNI manifest, as recorded when it is applied.
@@ -107,10 +127,26 @@ impl Change {
     }
 }
 
+/// A node the spec no longer lists that is (or may still be) part of the
+/// cluster: the remove-nodes phase takes it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub node: String,
+    pub role: NodeRole,
+    /// Its agent answered, so its host can be drained and reset. Without it
+    /// only the cluster's side is cleaned up (etcd member, Node object, load
+    /// balancers).
+    pub reachable: bool,
+}
+
 /// The differences, and the registry roles to record once preflight passes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Diff {
     pub changes: Vec<Change>,
+    /// Joined nodes to take out of the cluster, in the order the spec of
+    /// the cluster listed them. Their roles are cleared only once each is
+    /// out.
+    pub removals: Vec<Removal>,
     /// Roles to write to the registry after the plan is accepted and
     /// preflight has passed: `None` clears a role.
     pub record_roles: Vec<(String, Option<NodeRole>)>,
@@ -120,7 +156,59 @@ pub struct Diff {
 
 impl Diff {
     pub fn refusals(&self) -> impl Iterator<Item = &Change> {
-        self.changes.iter().filter(|c| c.refused)
+        self.changes
+            .iter()
+            .filter(|c| c.refused && c.kind != PRECONDITION)
+    }
+
+    /// The removals' refused preconditions, which stop the rollout as a
+    /// precondition (exit 3) before anything changed.
+    pub fn precondition_refusal(&self) -> Option<Failure> {
+        let lines: Vec<String> = self
+            .changes
+            .iter()
+            .filter(|c| c.refused && c.kind == PRECONDITION)
+            .map(Change::line)
+            .collect();
+        if lines.is_empty() {
+            return None;
+        }
+        Some(stop(
+            "preflight",
+            "plan",
+            format!(
+                "the spec removes nodes kh cannot take out safely now; nothing was changed:\n{}",
+                lines.join("\n")
+            ),
+            "do as each line says, then run `khctl rollout -f cluster.yaml` again (`--dry-run` lists the removals)",
+        ))
+    }
+
+    /// A precondition refusal of `node`'s removal, listed with the changes.
+    pub fn refuse_removal(&mut self, node: &str, detail: String) {
+        self.changes.push(Change {
+            node: node.into(),
+            kind: PRECONDITION,
+            refused: true,
+            detail,
+        });
+    }
+
+    /// The refusal of a run whose removals the operator has not confirmed.
+    pub fn unconfirmed(&self) -> Option<Failure> {
+        if self.removals.is_empty() {
+            return None;
+        }
+        let names: Vec<&str> = self.removals.iter().map(|r| r.node.as_str()).collect();
+        Some(stop(
+            "spec",
+            "confirm-removals",
+            format!(
+                "the spec removes {} from the cluster (drained, reset and deleted; see the plan), and the removal was not confirmed; nothing was changed",
+                names.join(", ")
+            ),
+            "re-run with --yes to confirm the removal (`khctl rollout -f cluster.yaml --yes`; on a terminal khctl asks), or put the nodes back in cluster.yaml",
+        ))
     }
 
     /// The plan phase listing every difference (empty when there are none).
@@ -146,14 +234,27 @@ impl Diff {
         if lines.is_empty() {
             return None;
         }
-        let mut f = Failure::spec(format!(
-            "the spec asks for changes kh does not make to a running cluster; nothing was changed:\n{}",
-            lines.join("\n")
-        ));
-        f.node = "cluster".into();
-        f.step = "plan".into();
-        f.hint = "change cluster.yaml as each line says, then run `khctl rollout -f cluster.yaml` again (`--dry-run` lists the differences)".into();
-        Some(f)
+        Some(stop(
+            "spec",
+            "plan",
+            format!(
+                "the spec asks for changes kh does not make to a running cluster; nothing was changed:\n{}",
+                lines.join("\n")
+            ),
+            "change cluster.yaml as each line says, then run `khctl rollout -f cluster.yaml` again (`--dry-run` lists the differences)",
+        ))
+    }
+}
+
+/// A failure that stops a rollout at its plan, before any change.
+fn stop(class: &'static str, step: &str, message: String, hint: &str) -> Failure {
+    Failure {
+        class,
+        node: "cluster".into(),
+        step: step.into(),
+        message,
+        hint: hint.into(),
+        report: None,
     }
 }
 
@@ -161,12 +262,67 @@ fn role_change_detail(name: &str, was: NodeRole, now: NodeRole, joined: bool) ->
     let how = if was == NodeRole::LoadBalancer {
         format!("first take it out of the load-balancer role (point spec.controlPlaneEndpoint elsewhere and stop HAProxy on {name})")
     } else {
-        format!("first take it out of the cluster with `khctl reset --node {name}` (runs `kubeadm reset -f` there and removes its etcd member)")
+        format!("first take it out of the cluster with `khctl reset --node {name}` (runs `kubeadm reset -f` there and removes its etcd member), or leave it out of cluster.yaml for one `khctl rollout --yes` (which drains, resets and deletes it)")
     };
     format!(
         "{} as a {was}; the spec lists it as a {now}. Refused: kh does not change the role of a node in use. To change it, {how}, then list it as a {now} and run `khctl rollout -f cluster.yaml` again",
         if joined { "joined the cluster" } else { "serves the cluster" }
     )
+}
+
+/// The order control planes leave etcd in, or the first removal that would
+/// cost quorum: `(node, why)`.
+///
+/// They leave one at a time, the ones without a healthy member first.
+/// Removing a member that is down never lowers how many more failures the
+/// rest tolerate, and removing a healthy one never raises it, so in this
+/// order the tolerance rises, then falls: no intermediate membership is
+/// less safe than both the one the cluster has now and the one the spec
+/// asks for, and it is enough that every single removal keeps quorum and
+/// leaves a member. Each removal is checked again under the lease just
+/// before it runs.
+pub fn removal_order(
+    members: &[proto::MemberInfo],
+    removing: &[String],
+) -> Result<Vec<String>, (String, String)> {
+    let healthy = |n: &str| members.iter().any(|m| m.node == n && m.healthy);
+    let mut order: Vec<String> = removing.to_vec();
+    order.sort_by_key(|n| healthy(n));
+    let mut current: Vec<proto::MemberInfo> = members.to_vec();
+    for node in &order {
+        let Some(member) = current.iter().find(|m| &m.node == node).cloned() else {
+            continue;
+        };
+        let q = crate::etcd::quorum_without(&current, member.id);
+        if q.voters_after == 0 {
+            return Err((
+                node.clone(),
+                format!(
+                    "removing its etcd member {} would leave etcd with no voting member. Refused: keep a joined control plane in cluster.yaml",
+                    member.id_hex
+                ),
+            ));
+        }
+        if q.healthy_after < q.needed_after {
+            return Err((
+                node.clone(),
+                format!(
+                    "removing its etcd member {} would leave {} healthy of {} voting members where quorum needs {}. Refused: etcd would lose quorum. Bring the control planes that are down back (or replace them with `khctl etcd replace`) first, or remove fewer control planes",
+                    member.id_hex, q.healthy_after, q.voters_after, q.needed_after
+                ),
+            ));
+        }
+        current.retain(|m| &m.node != node);
+    }
+    Ok(order)
+}
+
+/// Why an agent could not be asked, as the observation says.
+fn why(o: Option<&Observed>) -> String {
+    match o {
+        Some(Observed::Unknown(why)) => why.clone(),
+        _ => "not asked".into(),
+    }
 }
 
 fn etcd_words(e: &Etcd) -> String {
@@ -300,43 +456,92 @@ pub fn diff(
         gone.entry(name.clone()).or_insert(Some(*role));
     }
     gone.retain(|name, _| spec.node(name).is_none());
+    let held_first = held_spec
+        .and_then(|h| h.control_planes().next())
+        .map(|n| n.name.clone());
     for (name, role) in gone {
         let role = role.unwrap_or(NodeRole::Worker);
-        let not_supported = "removing a node is not supported yet. Put it back in cluster.yaml; to take it out of the cluster, run `khctl reset --node";
-        let refusal = match observed.get(&name) {
-            _ if role == NodeRole::LoadBalancer => held.lb_configured.contains(&name).then(|| format!(
-                "a load balancer kh configured is not in the spec. Refused: {not_supported} {name}` is for Kubernetes nodes; stop HAProxy on it once spec.controlPlaneEndpoint no longer points at it"
-            )),
-            Some(Observed::Joined { control_plane }) => Some(format!(
-                "joined the cluster as a {} and is not in the spec. Refused: {not_supported} {name}` first",
-                if *control_plane { NodeRole::ControlPlane } else { NodeRole::Worker }
-            )),
-            Some(Observed::Unknown(why)) => Some(format!(
-                "was a {role} and is not in the spec, and kh cannot tell whether it joined ({why}). Refused: {not_supported} {name}` first"
-            )),
+        let observed_role = match observed.get(&name) {
+            Some(Observed::Joined { control_plane }) => Some(if *control_plane {
+                NodeRole::ControlPlane
+            } else {
+                NodeRole::Worker
+            }),
+            _ => None,
+        };
+        let removing = held.removing.contains(&name);
+        let removal = match observed.get(&name) {
+            _ if role == NodeRole::LoadBalancer => {
+                if held.lb_configured.contains(&name) {
+                    d.changes.push(Change {
+                        node: name.clone(),
+                        kind: "removal",
+                        refused: true,
+                        detail: format!(
+                            "a load balancer kh configured is not in the spec. Refused: kh does not remove a load balancer; put it back in cluster.yaml, and stop HAProxy on {name} yourself once spec.controlPlaneEndpoint no longer points at it"
+                        ),
+                    });
+                    continue;
+                }
+                None
+            }
+            Some(Observed::Joined { .. }) => Some(Removal {
+                node: name.clone(),
+                role: observed_role.unwrap_or(role),
+                reachable: true,
+            }),
+            Some(Observed::Unknown(_)) => Some(Removal {
+                node: name.clone(),
+                role,
+                reachable: false,
+            }),
+            Some(Observed::NotJoined) if removing => Some(Removal {
+                node: name.clone(),
+                role,
+                reachable: true,
+            }),
             Some(Observed::NotJoined) | None => None,
         };
-        match refusal {
-            Some(detail) => d.changes.push(Change {
-                node: name,
+        let Some(removal) = removal else {
+            d.changes.push(Change {
+                node: name.clone(),
                 kind: "removal",
-                refused: true,
-                detail,
-            }),
-            None => {
-                d.changes.push(Change {
-                    node: name.clone(),
-                    kind: "removal",
-                    refused: false,
-                    detail: format!(
-                        "was a {role} and is not in the spec; it is not part of the cluster, so only its recorded role is cleared"
-                    ),
-                });
-                if held.roles.contains_key(&name) {
-                    d.record_roles.push((name, None));
-                }
+                refused: false,
+                detail: format!(
+                    "was a {role} and is not in the spec; it is not part of the cluster, so only its recorded role is cleared"
+                ),
+            });
+            if held.roles.contains_key(&name) {
+                d.record_roles.push((name, None));
             }
+            continue;
+        };
+        if removal.role == NodeRole::ControlPlane && held_first.as_deref() == Some(name.as_str()) {
+            d.refuse_removal(&name, format!(
+                "is the control plane kubeadm init ran on (the first one of the spec this cluster was built with). Refused: the rollout treats the spec's first control plane as the cluster's origin. To remove it, first list another joined control plane first in cluster.yaml while {name} is still in it, run `khctl rollout -f cluster.yaml` (a joined control plane listed first runs no init: the rollout finds it initialized), then remove {name} from the spec"
+            ));
+            continue;
         }
+        let how = match (removal.role, removal.reachable) {
+            (NodeRole::ControlPlane, true) => "the load balancers stop sending to it, then it is drained, reset (`kubeadm reset -f`) and its etcd member removed under the control-plane lease, one control plane at a time, then its Node object is deleted".to_string(),
+            (NodeRole::ControlPlane, false) => format!("its agent does not answer ({}), so its host cannot be drained or reset: the load balancers stop sending to it, its etcd member is removed under the control-plane lease and its Node object deleted; run `kubeadm reset -f` on the host when it is back", why(observed.get(&name))),
+            (_, true) => "it is drained (through a control plane), reset (`kubeadm reset -f`), then its Node object is deleted".to_string(),
+            (_, false) => format!("its agent does not answer ({}), so its host cannot be drained or reset: only its Node object is deleted; run `kubeadm reset -f` on the host when it is back", why(observed.get(&name))),
+        };
+        d.changes.push(Change {
+            node: name.clone(),
+            kind: "removal",
+            refused: false,
+            detail: format!(
+                "{} and is not in the spec: removed from the cluster in the remove-nodes phase: {how}. It stays enrolled (`khctl nodes`, without a role), so it can be added back later",
+                match (&observed_role, removing) {
+                    (_, true) => format!("was a {} whose removal started earlier", removal.role),
+                    (Some(r), _) => format!("joined the cluster as a {r}"),
+                    (None, _) => format!("was a {}", removal.role),
+                }
+            ),
+        });
+        d.removals.push(removal);
     }
 
     // The first control plane is where `kubeadm init` runs: on a built
@@ -447,6 +652,7 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::etcd::tests::member;
 
     fn spec(version: &str, nodes: &[(&str, &str, &str)]) -> ClusterSpec {
         let mut y = format!("apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata: {{name: t}}\nspec:\n  kubernetesVersion: {version}\n  controlPlaneEndpoint: 10.0.0.5:6443\n  nodes:\n");
@@ -475,6 +681,7 @@ mod tests {
             lb_configured: ["lb-1".to_string()].into(),
             spec: Some(s.clone()),
             cni_applied: None,
+            removing: Default::default(),
         };
         let observed = s
             .nodes
@@ -559,26 +766,113 @@ mod tests {
         assert_eq!(r, [("cp-3", "role")]);
     }
 
-    #[test]
-    fn joined_nodes_removed_from_the_spec_are_refused_by_name() {
-        let (held, observed) = built();
-        let s = spec(
+    fn without(names: &[&str]) -> ClusterSpec {
+        spec(
             "v1.32.0",
             &BUILT
                 .iter()
-                .filter(|n| n.0 != "cp-3" && n.0 != "w-2")
+                .filter(|n| !names.contains(&n.0))
                 .copied()
                 .collect::<Vec<_>>(),
+        )
+    }
+
+    #[test]
+    fn joined_nodes_removed_from_the_spec_are_listed_as_removals() {
+        let (held, observed) = built();
+        let d = diff(&without(&["cp-3", "w-2"]), &held, &observed, None);
+        assert!(d.refusal().is_none(), "{d:#?}");
+        assert!(d.precondition_refusal().is_none(), "{d:#?}");
+        assert_eq!(
+            d.removals,
+            [
+                Removal {
+                    node: "cp-3".into(),
+                    role: NodeRole::ControlPlane,
+                    reachable: true
+                },
+                Removal {
+                    node: "w-2".into(),
+                    role: NodeRole::Worker,
+                    reachable: true
+                },
+            ]
         );
-        let d = diff(&s, &held, &observed, None);
-        let r: Vec<(&str, &str)> = d.refusals().map(|c| (c.node.as_str(), c.kind)).collect();
-        assert_eq!(r, [("cp-3", "removal"), ("w-2", "removal")]);
-        let msg = d.refusal().unwrap().message;
-        assert!(msg.contains("cp-3: joined the cluster as a control-plane and is not in the spec"));
+        let lines: Vec<(&str, &str, bool)> = d
+            .changes
+            .iter()
+            .map(|c| (c.node.as_str(), c.kind, c.refused))
+            .collect();
+        assert_eq!(
+            lines,
+            [("cp-3", "removal", false), ("w-2", "removal", false)]
+        );
+        assert!(d.changes[0]
+            .detail
+            .starts_with("joined the cluster as a control-plane and is not in the spec: removed from the cluster in the remove-nodes phase"));
+        assert!(d.changes[0]
+            .detail
+            .contains("etcd member removed under the control-plane lease"));
+        assert!(d.changes[1]
+            .detail
+            .contains("drained (through a control plane), reset"));
+        // Roles are cleared by the removal itself, once each node is out.
+        assert!(d.record_roles.is_empty(), "{:?}", d.record_roles);
+        // A run needs the operator's confirmation; the refusal names the
+        // nodes and the fix.
+        let f = d.unconfirmed().unwrap();
+        assert_eq!(f.class, "spec");
         assert!(
-            msg.contains("removing a node is not supported yet"),
-            "{msg}"
+            f.message
+                .starts_with("the spec removes cp-3, w-2 from the cluster"),
+            "{}",
+            f.message
         );
+        assert!(f.message.contains("nothing was changed"));
+        assert!(f.hint.starts_with("re-run with --yes"), "{}", f.hint);
+        // Nothing to confirm without removals.
+        let (held, observed) = built();
+        assert!(diff(&spec("v1.32.0", BUILT), &held, &observed, None)
+            .unconfirmed()
+            .is_none());
+    }
+
+    #[test]
+    fn removing_the_control_plane_init_ran_on_is_refused_with_the_way_to_do_it() {
+        let (held, observed) = built();
+        let d = diff(&without(&["cp-1"]), &held, &observed, None);
+        assert!(d.refusal().is_none(), "not a spec error: {d:#?}");
+        assert!(d.removals.is_empty(), "{d:#?}");
+        let f = d.precondition_refusal().unwrap();
+        assert_eq!(f.class, "preflight");
+        assert!(f.message.contains("nothing was changed"), "{}", f.message);
+        assert!(
+            f.message
+                .contains("cp-1: is the control plane kubeadm init ran on"),
+            "{}",
+            f.message
+        );
+        assert!(
+            f.message.contains("first list another joined control plane first in cluster.yaml while cp-1 is still in it"),
+            "{}",
+            f.message
+        );
+        // Listed as refused in the plan, in the same words.
+        let p = d.phase();
+        assert_eq!(
+            (p.steps[0].step.as_str(), p.steps[0].state.as_str()),
+            (PRECONDITION, "refused")
+        );
+        assert!(f.message.contains(&p.steps[0].detail));
+        // Once another joined control plane is first in the held spec, cp-1
+        // is an ordinary removal.
+        let (mut held, observed) = built();
+        let mut reordered = BUILT.to_vec();
+        reordered.swap(0, 1);
+        held.spec = Some(spec("v1.32.0", &reordered));
+        let d = diff(&without(&["cp-1"]), &held, &observed, None);
+        assert!(d.precondition_refusal().is_none(), "{d:#?}");
+        assert_eq!(d.removals.len(), 1);
     }
 
     #[test]
@@ -586,16 +880,9 @@ mod tests {
         let (mut held, mut observed) = built();
         observed.insert("w-2".into(), Observed::NotJoined);
         held.roles.insert("w-9".into(), NodeRole::Worker);
-        let s = spec(
-            "v1.32.0",
-            &BUILT
-                .iter()
-                .filter(|n| n.0 != "w-2")
-                .copied()
-                .collect::<Vec<_>>(),
-        );
-        let d = diff(&s, &held, &observed, None);
+        let d = diff(&without(&["w-2"]), &held, &observed, None);
         assert!(d.refusal().is_none(), "{d:#?}");
+        assert!(d.removals.is_empty());
         assert_eq!(
             d.record_roles,
             [("w-2".to_string(), None), ("w-9".to_string(), None)]
@@ -603,22 +890,134 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_node_kh_cannot_ask_is_refused() {
+    fn a_removal_that_started_is_finished_even_after_the_host_was_reset() {
+        let (mut held, mut observed) = built();
+        observed.insert("w-2".into(), Observed::NotJoined);
+        held.removing.insert("w-2".into());
+        let d = diff(&without(&["w-2"]), &held, &observed, None);
+        assert_eq!(d.removals.len(), 1, "{d:#?}");
+        assert!(
+            d.changes[0]
+                .detail
+                .starts_with("was a worker whose removal started earlier"),
+            "{}",
+            d.changes[0].detail
+        );
+        assert!(d.record_roles.is_empty());
+    }
+
+    #[test]
+    fn a_removed_node_kh_cannot_ask_is_removed_without_its_host() {
         let (held, mut observed) = built();
         observed.insert("w-2".into(), Observed::Unknown("agent unreachable".into()));
-        let s = spec(
-            "v1.32.0",
-            &BUILT
-                .iter()
-                .filter(|n| n.0 != "w-2")
-                .copied()
-                .collect::<Vec<_>>(),
-        );
-        let msg = diff(&s, &held, &observed, None).refusal().unwrap().message;
+        observed.insert("cp-3".into(), Observed::Unknown("agent unreachable".into()));
+        let d = diff(&without(&["cp-3", "w-2"]), &held, &observed, None);
         assert!(
-            msg.contains("w-2: was a worker") && msg.contains("agent unreachable"),
-            "{msg}"
+            d.refusal().is_none() && d.precondition_refusal().is_none(),
+            "{d:#?}"
         );
+        assert!(d.removals.iter().all(|r| !r.reachable), "{d:#?}");
+        assert_eq!(d.removals[0].role, NodeRole::ControlPlane);
+        assert!(d.changes[1].detail.contains("its agent does not answer (agent unreachable), so its host cannot be drained or reset: only its Node object is deleted; run `kubeadm reset -f` on the host when it is back"), "{}", d.changes[1].detail);
+        assert!(
+            d.changes[0]
+                .detail
+                .contains("its etcd member is removed under the control-plane lease"),
+            "{}",
+            d.changes[0].detail
+        );
+    }
+
+    #[test]
+    fn a_configured_load_balancer_removed_from_the_spec_is_refused() {
+        let (held, observed) = built();
+        let d = diff(&without(&["lb-1"]), &held, &observed, None);
+        let r: Vec<(&str, &str)> = d.refusals().map(|c| (c.node.as_str(), c.kind)).collect();
+        assert_eq!(r, [("lb-1", "removal")]);
+        assert!(d.removals.is_empty());
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn control_planes_leave_one_at_a_time_the_ones_that_are_down_first() {
+        let five: Vec<proto::MemberInfo> = (1..=5)
+            .map(|i| member(i, &format!("cp-{i}"), i != 4))
+            .collect();
+        // Down first: removing cp-4 (down) then cp-5 keeps 3 of 3 healthy.
+        assert_eq!(
+            removal_order(&five, &names(&["cp-5", "cp-4"])).unwrap(),
+            ["cp-4", "cp-5"]
+        );
+        // One of three, all healthy: quorum holds (2 of 2).
+        let three: Vec<proto::MemberInfo> = (1..=3)
+            .map(|i| member(i, &format!("cp-{i}"), true))
+            .collect();
+        assert_eq!(removal_order(&three, &names(&["cp-3"])).unwrap(), ["cp-3"]);
+        // Two of three, serially: 2 of 2, then 1 of 1.
+        assert_eq!(
+            removal_order(&three, &names(&["cp-2", "cp-3"])).unwrap(),
+            ["cp-2", "cp-3"]
+        );
+        // All of them: no member would be left.
+        let (node, why) = removal_order(&three, &names(&["cp-1", "cp-2", "cp-3"])).unwrap_err();
+        assert_eq!(node, "cp-3");
+        assert!(why.contains("no voting member"), "{why}");
+        // A healthy one while another is down: 1 of 2 healthy, quorum lost.
+        let mut degraded = three.clone();
+        degraded[0].healthy = false;
+        let (node, why) = removal_order(&degraded, &names(&["cp-3"])).unwrap_err();
+        assert_eq!(node, "cp-3");
+        assert!(
+            why.contains("would leave 1 healthy of 2 voting members where quorum needs 2"),
+            "{why}"
+        );
+        // A node without a member (already gone) costs nothing.
+        assert_eq!(removal_order(&three, &names(&["cp-9"])).unwrap(), ["cp-9"]);
+    }
+
+    #[test]
+    fn no_intermediate_membership_is_less_safe_than_the_final_one() {
+        // Every mix of healthy and down members of up to 7, removing any
+        // subset: in the chosen order each step's tolerance is at least the
+        // lower of the starting and the final one's.
+        for n in 1..=7u64 {
+            for down in 0..(1u32 << n) {
+                let members: Vec<proto::MemberInfo> = (0..n)
+                    .map(|i| member(i + 1, &format!("cp-{i}"), down & (1 << i) == 0))
+                    .collect();
+                for removing in 0..(1u32 << n) {
+                    let which: Vec<String> = (0..n)
+                        .filter(|i| removing & (1 << i) != 0)
+                        .map(|i| format!("cp-{i}"))
+                        .collect();
+                    let Ok(order) = removal_order(&members, &which) else {
+                        continue;
+                    };
+                    if order.is_empty() {
+                        continue;
+                    }
+                    let tolerance = |left: &[proto::MemberInfo]| {
+                        let healthy = left.iter().filter(|m| m.healthy).count() as isize;
+                        healthy - (left.len() / 2 + 1) as isize
+                    };
+                    let mut left = members.clone();
+                    let start = tolerance(&left);
+                    let mut seen = vec![];
+                    for node in &order {
+                        left.retain(|m| &m.node != node);
+                        seen.push(tolerance(&left));
+                    }
+                    let last = *seen.last().unwrap();
+                    assert!(
+                        seen.iter().all(|t| *t >= last.min(start) && *t >= 0),
+                        "{n} {down:b} {removing:b}: {start} then {seen:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! would initialize a new cluster there) or the last one. A control plane
 //! leaves the load balancers' backends first, then is reset, its member is
 //! removed if kubeadm left it, and its Node object is deleted through
-//! another control plane.
+//! another control plane. That path, [`take_out`], is also how a rollout
+//! removes a node the spec no longer lists (`phase::remove`), with a drain
+//! first.
 
 use std::sync::Arc;
 
@@ -152,8 +154,10 @@ fn external_etcd_note(spec: &ClusterSpec) -> String {
     )
 }
 
-/// Checks everything `--node` needs before anything changes.
-async fn node_preconditions(
+/// Checks everything `--node` needs before anything changes (and what a
+/// rollout's removal of a node needs, with `force`: the spec's final shape
+/// is the operator's).
+pub(crate) async fn node_preconditions(
     coord: &Coordinator,
     spec: &ClusterSpec,
     node: &NodeSpec,
@@ -305,19 +309,29 @@ async fn finish_ok(coord: &Coordinator, rep: &Reporter, message: &str) {
     .await;
 }
 
-/// `kubeadm reset -f` on `node` as a tracked step.
+const RESET_HINT: &str =
+    "fix the cause on the node, then run `khctl reset` again: nodes already reset are not touched";
+
+/// `kubeadm reset -f` on `node` as a tracked step; `hint` says how to go on
+/// after a failure.
 async fn kubeadm_reset(
     ops: &Ops<'_>,
     rep: &Reporter,
     phase: Phase,
     node: &str,
+    hint: &str,
 ) -> Result<(), Failure> {
     rep.tracked(phase, node, "kubeadm-reset", async {
         let r = ops
-            .step(node, "kubeadm-reset", Step::KubeadmReset(proto::KubeadmReset {}), false)
+            .step(
+                node,
+                "kubeadm-reset",
+                Step::KubeadmReset(proto::KubeadmReset {}),
+                false,
+            )
             .await
             .map_err(|mut f| {
-                f.hint = "fix the cause on the node, then run `khctl reset` again: nodes already reset are not touched".into();
+                f.hint = hint.into();
                 f
             })?;
         Ok(((), r.message))
@@ -336,7 +350,7 @@ async fn reset_cluster(
     let results = futures::future::join_all(
         workers
             .iter()
-            .map(|w| kubeadm_reset(&ops, rep, Phase::Workers, &w.name)),
+            .map(|w| kubeadm_reset(&ops, rep, Phase::Workers, &w.name, RESET_HINT)),
     )
     .await;
     if let Some(f) = results.into_iter().find_map(Result::err) {
@@ -350,7 +364,7 @@ async fn reset_cluster(
         "resetting the control planes",
         Box::pin(async {
             for cp in &cps {
-                kubeadm_reset(&ops, rep, Phase::ControlPlanes, &cp.name).await?;
+                kubeadm_reset(&ops, rep, Phase::ControlPlanes, &cp.name, RESET_HINT).await?;
             }
             Ok::<_, Failure>(())
         }),
@@ -402,70 +416,200 @@ async fn reset_node(
     force: bool,
     rep: &Reporter,
 ) -> Result<String, Failure> {
-    let ops = Ops { coord };
     rep.phase(Phase::Reset).await;
     let name = node.name.as_str();
+    take_out(
+        coord,
+        node,
+        &TakeOut {
+            phase: Phase::Reset,
+            spec,
+            remaining: spec,
+            holder: format!("reset {} node {name}", spec.name),
+            drain: false,
+            reachable: true,
+            force,
+            hint: RESET_HINT,
+        },
+        rep,
+    )
+    .await?;
+    forget_node(coord, name).await?;
+    Ok(format!(
+        "node {name} was reset and removed from the cluster; it stays in the spec, so `khctl rollout -f cluster.yaml` joins it again"
+    ))
+}
+
+/// How a node leaves the cluster: `khctl reset --node` and a rollout's
+/// remove-nodes phase share it.
+pub(crate) struct TakeOut<'a> {
+    pub(crate) phase: Phase,
+    /// A spec that lists the node: its preconditions and etcd member are
+    /// judged against it.
+    pub(crate) spec: &'a ClusterSpec,
+    /// The spec of what stays: its load balancers get its control planes
+    /// that answer as backends, and kubectl runs on one of them.
+    pub(crate) remaining: &'a ClusterSpec,
+    /// The control-plane lease's holder.
+    pub(crate) holder: String,
+    /// `kubectl drain` it first, through another control plane.
+    pub(crate) drain: bool,
+    /// Its agent answers: without it, the host is neither drained nor
+    /// reset, and only the cluster's side is cleaned up.
+    pub(crate) reachable: bool,
+    /// Accept a removal that leaves etcd unable to lose another member.
+    pub(crate) force: bool,
+    /// What to do after a failed step.
+    pub(crate) hint: &'a str,
+}
+
+/// Takes `node` out of the cluster: a control plane under the lease (its
+/// preconditions again, out of the load balancers' backends, drained,
+/// reset, its etcd member gone), a worker drained and reset; then its Node
+/// object is deleted through a control plane that stays. kubelet
+/// re-registers a Node deleted while it runs, so the host is reset before
+/// its Node goes. A step the operation's state records as done is not run
+/// again, so a resumed removal resets a host once.
+pub(crate) async fn take_out(
+    coord: &Coordinator,
+    node: &NodeSpec,
+    how: &TakeOut<'_>,
+    rep: &Reporter,
+) -> Result<(), Failure> {
+    let ops = Ops { coord };
+    let name = node.name.as_str();
+    let phase = how.phase;
+    let done = |step: &'static str| async move { rep.is_done(&format!("{name}/{step}")).await };
+    let host = || async {
+        if how.drain && how.reachable && !done("drain").await {
+            drain(&ops, how, name, rep).await?;
+        }
+        if how.reachable && !done("kubeadm-reset").await {
+            kubeadm_reset(&ops, rep, phase, name, how.hint).await?;
+        }
+        Ok::<_, Failure>(())
+    };
     if node.role == NodeRole::ControlPlane {
-        let holder = format!("reset {} node {name}", spec.name);
         lease::hold(
             coord,
-            &holder,
-            &format!("resetting control plane {name}"),
+            &how.holder,
+            &format!("taking control plane {name} out of the cluster"),
             Box::pin(async {
                 // Again under the lease: membership may have changed since the
                 // request was checked.
-                node_preconditions(coord, spec, node, force)
+                node_preconditions(coord, how.spec, node, how.force)
                     .await
                     .map_err(|e| Failure {
                         class: "preflight",
                         node: name.to_string(),
                         step: "preconditions".into(),
                         message: e.to_string(),
-                        hint: "nothing was changed".into(),
+                        hint: "nothing more was changed".into(),
                         report: None,
                     })?;
-                let others: Vec<NodeSpec> = super::lb::ready_control_planes(coord, spec)
+                let others: Vec<NodeSpec> = super::lb::ready_control_planes(coord, how.remaining)
                     .await
                     .into_iter()
                     .filter(|c| c.name != name)
                     .collect();
                 let refs: Vec<&NodeSpec> = others.iter().collect();
-                super::lb::configure(coord, spec, rep, Phase::Reset, &refs).await?;
-                kubeadm_reset(&ops, rep, Phase::Reset, name).await?;
-                if matches!(spec.etcd, Etcd::Stacked) {
-                    remove_leftover_member(coord, spec, node, rep).await?;
+                super::lb::configure(coord, how.remaining, rep, phase, &refs).await?;
+                host().await?;
+                if matches!(how.spec.etcd, Etcd::Stacked) && !done("etcd-member").await {
+                    remove_leftover_member(coord, how.spec, node, rep, phase).await?;
                 }
                 Ok::<_, Failure>(())
             }),
         )
         .await?;
     } else {
-        kubeadm_reset(&ops, rep, Phase::Reset, name).await?;
+        host().await?;
     }
-    rep.tracked(Phase::Reset, name, "delete-node", async {
-        let via = healthy_cp(&ops, spec, name).await.ok_or_else(|| {
+    if done("delete-node").await {
+        return Ok(());
+    }
+    let deleted = Step::KubectlDeleteNode(proto::KubectlDeleteNode { name: name.into() });
+    let unasked = format!("delete it later with `kubectl delete node {name}`");
+    from_another(
+        &ops,
+        how,
+        rep,
+        name,
+        "delete-node",
+        deleted,
+        "delete its Node object",
+        &unasked,
+        None,
+    )
+    .await
+}
+
+/// A kubectl step about `name` (`step` in the operation's records), run
+/// through a control plane of `how.remaining` that answers, never through
+/// the node itself (a worker is never drained from its own agent).
+/// `failed` replaces the hint of a failure of the step itself.
+#[allow(clippy::too_many_arguments)]
+async fn from_another(
+    ops: &Ops<'_>,
+    how: &TakeOut<'_>,
+    rep: &Reporter,
+    name: &str,
+    step: &str,
+    wire: Step,
+    what: &str,
+    unasked: &str,
+    failed: Option<String>,
+) -> Result<(), Failure> {
+    rep.tracked(how.phase, name, step, async {
+        let via = healthy_cp(ops, how.remaining, name).await.ok_or_else(|| {
             Failure::at(
                 name,
-                "delete-node",
-                "no other control plane answers, so the Node object could not be deleted",
-                format!("delete it later with `kubectl delete node {name}`"),
+                step,
+                format!("no other control plane answers, so kh could not {what}"),
+                unasked,
             )
         })?;
         let r = ops
-            .step(
-                &via,
-                "kubectl-delete-node",
-                Step::KubectlDeleteNode(proto::KubectlDeleteNode { name: name.into() }),
-                false,
-            )
-            .await?;
+            .step(&via, wire.name(), wire, false)
+            .await
+            .map_err(|mut f| {
+                if let Some(hint) = &failed {
+                    f.hint.clone_from(hint);
+                }
+                f
+            })?;
         Ok(((), format!("{} (through {via})", r.message)))
     })
-    .await?;
-    forget_node(coord, name).await?;
-    Ok(format!(
-        "node {name} was reset and removed from the cluster; it stays in the spec, so `khctl rollout -f cluster.yaml` joins it again"
-    ))
+    .await
+}
+
+/// `kubectl drain` of `name` through a control plane that stays.
+async fn drain(
+    ops: &Ops<'_>,
+    how: &TakeOut<'_>,
+    name: &str,
+    rep: &Reporter,
+) -> Result<(), Failure> {
+    let wire = Step::KubectlDrain(proto::KubectlDrain {
+        node: name.into(),
+        timeout_seconds: 0,
+    });
+    let failed = format!(
+        "the drain did not finish (a PodDisruptionBudget, or a pod that will not leave? `kubectl get pods -A -o wide --field-selector spec.nodeName={name}` shows what is left); {}",
+        how.hint
+    );
+    from_another(
+        ops,
+        how,
+        rep,
+        name,
+        "drain",
+        wire,
+        "drain it",
+        how.hint,
+        Some(failed),
+    )
+    .await
 }
 
 /// kubeadm reset removes the node's own etcd member, but only warns when it
@@ -475,12 +619,16 @@ async fn remove_leftover_member(
     spec: &ClusterSpec,
     node: &NodeSpec,
     rep: &Reporter,
+    phase: Phase,
 ) -> Result<(), Failure> {
-    rep.tracked(Phase::Reset, &node.name, "etcd-member", async {
+    rep.tracked(phase, &node.name, "etcd-member", async {
         let view = etcd::membership(coord, spec, Some(&node.name)).await?;
         let left = etcd::members_of(&view.members, &node.name);
         if left.is_empty() {
-            return Ok(((), "kubeadm reset removed its etcd member".to_string()));
+            return Ok((
+                (),
+                "its etcd member is gone (kubeadm reset removed it)".to_string(),
+            ));
         }
         let endpoints: Vec<String> = view
             .members
@@ -504,7 +652,7 @@ async fn remove_leftover_member(
         Ok((
             (),
             format!(
-                "removed the etcd member kubeadm reset left ({} of them)",
+                "removed its etcd member, which was still listed ({} of them)",
                 left.len()
             ),
         ))

@@ -210,23 +210,47 @@ fn spec_changes_to_a_built_cluster_are_refused_or_carried_out_and_reruns_touch_n
     );
     assert!(msg.contains("`khctl reset --node w-1`"), "{msg}");
 
-    // Two control planes and the worker removed from the spec.
+    // Two control planes and the worker removed from the spec: a removal
+    // (tests/node_lifecycle.rs carries one out), which a run without --yes
+    // and without a terminal refuses before any change, exit 2.
     let kept: Vec<SpecNode> = nodes
         .iter()
         .filter(|n| n.name == "cp-1" || n.name == "lb-1")
         .cloned()
         .collect();
     let f = write(&w, "removed.yaml", &kept, "");
-    let msg = refused(&w, lb, &f, "removal", &[]);
+    let unchanged = snapshot(&w, lb);
+    let dry = rollout(&w, &f, &["--dry-run"]);
+    assert!(dry.ok(), "{}\n{}", dry.stdout, dry.stderr);
     for n in ["cp-2", "cp-3", "w-1"] {
         assert!(
-            msg.contains(&format!("{n}: joined the cluster as a")),
-            "{n}: {msg}"
+            dry.stdout.lines().any(|l| l.contains("[pending]")
+                && l.contains(&format!(" {n} "))
+                && l.contains(" removal ")
+                && l.contains("joined the cluster as a")),
+            "{n}: {}",
+            dry.stdout
         );
     }
+    let run = rollout(&w, &f, &["-o", "json"]);
+    assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["failure"], "spec", "{v:#}");
     assert!(
-        msg.contains("removing a node is not supported yet"),
-        "{msg}"
+        v["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("the spec removes cp-2, cp-3, w-1 from the cluster"),
+        "{v:#}"
+    );
+    assert!(
+        v["hint"].as_str().unwrap().starts_with("re-run with --yes"),
+        "{v:#}"
+    );
+    assert_eq!(
+        snapshot(&w, lb),
+        unchanged,
+        "an unconfirmed removal changed something"
     );
 
     // Another Kubernetes version.

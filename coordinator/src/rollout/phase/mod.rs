@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod init;
 pub mod preflight;
 pub mod prepare;
+pub mod remove;
 pub mod survey;
 pub mod verify;
 pub mod workers;
@@ -50,6 +51,8 @@ pub enum Phase {
     Cni,
     ControlPlanes,
     Workers,
+    /// Joined nodes the spec no longer lists leave the cluster.
+    RemoveNodes,
     Verify,
     Cleanup,
     /// Notes about the join token and uploaded certificates being refreshed.
@@ -84,7 +87,7 @@ impl Phase {
     /// Every phase: a rollout's in the order it runs them (the load
     /// balancers only with `loadBalancer: haproxy`), then the other
     /// operations' own.
-    pub const ALL: [Phase; 23] = [
+    pub const ALL: [Phase; 24] = [
         Phase::Preflight,
         Phase::Prepare,
         Phase::LoadBalancer,
@@ -93,6 +96,7 @@ impl Phase {
         Phase::Cni,
         Phase::ControlPlanes,
         Phase::Workers,
+        Phase::RemoveNodes,
         Phase::Verify,
         Phase::Cleanup,
         Phase::JoinMaterial,
@@ -121,6 +125,7 @@ impl Phase {
             Phase::Cni => "cni",
             Phase::ControlPlanes => "control-planes",
             Phase::Workers => "workers",
+            Phase::RemoveNodes => "remove-nodes",
             Phase::Verify => "verify",
             Phase::Cleanup => "cleanup",
             Phase::JoinMaterial => "join-material",
@@ -402,7 +407,7 @@ mod tests {
         let names: Vec<&str> = Phase::ALL.iter().map(|p| p.name()).collect();
         // The rollout's phases keep the names khctl and stored journals know.
         assert_eq!(
-            names[..10],
+            names[..11],
             [
                 "preflight",
                 "prepare",
@@ -412,6 +417,7 @@ mod tests {
                 "cni",
                 "control-planes",
                 "workers",
+                "remove-nodes",
                 "verify",
                 "cleanup"
             ]
