@@ -23,6 +23,7 @@ pub mod nodes;
 pub mod pki;
 pub mod prepare;
 pub mod registry;
+pub mod remediation;
 pub mod rollout;
 pub mod rpc;
 pub mod server;

@@ -12,6 +12,7 @@ pub mod endpoint;
 pub mod init;
 pub mod preflight;
 pub mod prepare;
+pub mod spares;
 pub mod survey;
 pub mod verify;
 pub mod workers;
