@@ -78,6 +78,8 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/EtcdSnapshotGet", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/EtcdRestore", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/EtcdSnapshotImport", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Remediation", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Spares", Access::Role(Role::Admin)),
 ];
 
 /// The services a server exposes; the coordinator and the agent differ.

@@ -169,6 +169,9 @@ pub fn failure_kind(kind: Option<kh_host::FailureKind>) -> proto::FailureKind {
 /// step beside one it started before a crash.
 pub async fn run(state: &Arc<AgentState>, step: WireStep, dry_run: bool) -> proto::StepReport {
     let name = step.name();
+    if let Some(why) = retired_refusal(state, &step) {
+        return failed(name, why);
+    }
     // The guard moves into the blocking task: if the coordinator goes away
     // mid-step, the RPC is dropped but the host work runs on, and the lock
     // must stay held until that work has really ended. For the same reason
@@ -190,6 +193,32 @@ pub async fn run(state: &Arc<AgentState>, step: WireStep, dry_run: bool) -> prot
     })
     .await
     .unwrap_or_else(|e| failed(name, format!("the step panicked: {e}")))
+}
+
+/// A retired node (replaced out of the cluster) must not rejoin as its old
+/// member or change the cluster: only host preparation, packages and
+/// `kubeadm reset` run on it.
+fn retired_refusal(state: &AgentState, step: &WireStep) -> Option<String> {
+    let why = state
+        .retired
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()?;
+    let allowed = matches!(
+        step,
+        WireStep::DisableSwap(_)
+            | WireStep::KernelModules(_)
+            | WireStep::Sysctl(_)
+            | WireStep::ContainerdCgroup(_)
+            | WireStep::KubeadmReset(_)
+            | WireStep::PackageSource(_)
+            | WireStep::PackageInstall(_)
+    );
+    (!allowed).then(|| {
+        format!(
+            "refused: the coordinator retired this node ({why}); it runs no step that changes the cluster. Reset it and return it to the spare pool with `khctl spares add NODE`"
+        )
+    })
 }
 
 fn record(state: &AgentState, report: &proto::StepReport, dry_run: bool) {

@@ -61,6 +61,9 @@ pub struct Coordinator {
     pub registry_writes: Arc<Semaphore>,
     /// Admin certificates and their revocation.
     pub admins: admins::Admins,
+    /// What the remediation watcher last observed, for `khctl remediation
+    /// status`.
+    pub remediation: remediation::Shared,
 }
 
 /// How many enrollments and renewals run at once. Each signs a certificate
@@ -104,6 +107,7 @@ impl Coordinator {
         Ok(Arc::new(Coordinator {
             admins,
             agents,
+            remediation: remediation::Shared::default(),
             rollouts: rollout::Running::default(),
             token_prune: tokens::PruneSchedule::default(),
             signing: Arc::new(Semaphore::new(SIGNING_LIMIT)),

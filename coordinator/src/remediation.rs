@@ -707,9 +707,19 @@ pub fn follow_replacements(
 // ---------------------------------------------------------------------------
 // The task
 
-/// The watcher's memory while the coordinator runs.
-pub struct Watcher {
-    pub tracker: Tracker,
+/// The watcher's memory while the coordinator runs, shared with `khctl
+/// remediation status`. `None` until the watcher's first tick.
+#[derive(Default)]
+pub struct Shared(std::sync::Mutex<Option<Tracker>>);
+
+impl Shared {
+    fn get(&self) -> Option<Tracker> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, t: Tracker) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
 }
 
 /// What one tick did, for the log and tests.
@@ -862,7 +872,7 @@ async fn follow_in_flight(coord: &Arc<Coordinator>, rec: &mut Record) -> Option<
 }
 
 /// One tick: observe, decide, act.
-pub async fn tick(coord: &Arc<Coordinator>, w: &mut Watcher) -> Result<Ticked, CoordError> {
+pub async fn tick(coord: &Arc<Coordinator>) -> Result<Ticked, CoordError> {
     let Ok(spec) = crate::etcd::held_spec(coord) else {
         return Ok(Ticked::Off);
     };
@@ -898,8 +908,10 @@ pub async fn tick(coord: &Arc<Coordinator>, w: &mut Watcher) -> Result<Ticked, C
     let spec = crate::etcd::held_spec(coord)?;
     let seen = observe(coord, &spec).await;
     let now = unix_ms(coord.clock.now());
-    w.tracker.observe(now, &seen);
-    rec.prune_attempts(&spec.remediation, &w.tracker, now);
+    let mut tracker = coord.remediation.get().unwrap_or_else(|| Tracker::new(now));
+    tracker.observe(now, &seen);
+    coord.remediation.set(tracker.clone());
+    rec.prune_attempts(&spec.remediation, &tracker, now);
     let (usable, unusable) = spares(coord, &spec);
     let pending = replace::pending(coord)
         .await
@@ -934,7 +946,7 @@ pub async fn tick(coord: &Arc<Coordinator>, w: &mut Watcher) -> Result<Ticked, C
         now_ms: now,
         settings: &spec.remediation,
         paused: rec.paused,
-        tracker: &w.tracker,
+        tracker: &tracker,
         busy,
         spares: &usable,
         spares_unusable: &unusable,
@@ -986,7 +998,7 @@ pub async fn tick(coord: &Arc<Coordinator>, w: &mut Watcher) -> Result<Ticked, C
             // A failure stays the alert until a replacement succeeds or
             // the control plane recovers.
             let recovered = rec.last_failed.as_ref().is_some_and(|n| {
-                w.tracker
+                tracker
                     .nodes
                     .get(n)
                     .is_none_or(|t| t.failing_since.is_none())
@@ -1017,11 +1029,12 @@ pub fn tick_interval(settings: Option<&Remediation>) -> Duration {
 /// Watches for as long as the coordinator runs. Idle (one store read per
 /// tick) while the held spec does not enable remediation.
 pub async fn run(coord: Arc<Coordinator>) {
-    let mut w = Watcher {
-        tracker: Tracker::new(unix_ms(coord.clock.now())),
-    };
+    // The window after a start counts from here.
+    coord
+        .remediation
+        .set(Tracker::new(unix_ms(coord.clock.now())));
     loop {
-        match tick(&coord, &mut w).await {
+        match tick(&coord).await {
             Ok(Ticked::Started(op)) => tracing::info!(operation = %op, "remediation started"),
             Ok(Ticked::Resumed(op)) => tracing::info!(operation = %op, "remediation resumed"),
             Ok(Ticked::Refused(why)) => tracing::warn!(error = %why, "remediation refused"),
@@ -1031,6 +1044,306 @@ pub async fn run(coord: Arc<Coordinator>) {
         let settings = crate::etcd::held_spec(&coord).ok().map(|s| s.remediation);
         tokio::time::sleep(tick_interval(settings.as_ref())).await;
     }
+}
+
+// ---------------------------------------------------------------------------
+// khctl remediation status | pause | resume, khctl spares list | add
+
+/// `khctl remediation status`.
+pub fn status(coord: &Coordinator) -> Result<proto::RemediationStatus, CoordError> {
+    let rec = Record::load(&coord.db)?;
+    let spec = crate::etcd::held_spec(coord).ok();
+    let settings = spec.as_ref().map(|s| s.remediation).unwrap_or_default();
+    let tracker = coord.remediation.get();
+    let now = unix_ms(coord.clock.now());
+    let window = ms(settings.unhealthy_after);
+    let period = ms(settings.retry_period);
+    let nodes = tracker
+        .as_ref()
+        .map(|t| {
+            t.nodes
+                .iter()
+                .map(|(name, tr)| {
+                    let (state, since) = match (tr.failing_since, tr.healthy_since) {
+                        (Some(f), _) => ("failing", f),
+                        (None, Some(h)) => ("healthy", h),
+                        (None, None) => ("degraded", 0),
+                    };
+                    proto::RemediationNode {
+                        node: name.clone(),
+                        observed: tr.last.words(),
+                        state: state.into(),
+                        since_unix_ms: since,
+                        candidate: tr
+                            .failing_since
+                            .is_some_and(|f| now.saturating_sub(f) >= window),
+                        retries_used: rec
+                            .attempts
+                            .get(name)
+                            .map(|v| {
+                                v.iter()
+                                    .filter(|t| now.saturating_sub(**t) < period)
+                                    .count()
+                            })
+                            .unwrap_or(0) as u32,
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let (usable, unusable) = match &spec {
+        Some(s) => spares(coord, s),
+        None => (vec![], vec![]),
+    };
+    let last = rec.last.clone().unwrap_or_default();
+    let blocked = if BLOCKED_REASONS.contains(&last.reason.as_str()) {
+        last.reason.clone()
+    } else if rec.last_failed.is_some() {
+        "failed".into()
+    } else {
+        String::new()
+    };
+    Ok(proto::RemediationStatus {
+        enabled: settings.enabled,
+        paused: rec.paused,
+        unhealthy_after_ms: window,
+        max_retry: settings.max_retry,
+        retry_period_ms: period,
+        min_healthy_period_ms: ms(settings.min_healthy_period),
+        watching_since_unix_ms: tracker.map(|t| t.started_ms).unwrap_or(0),
+        nodes,
+        spares: usable,
+        spares_unusable: unusable
+            .into_iter()
+            .map(|(n, why)| format!("{n}: {why}"))
+            .collect(),
+        last_reason: last.reason,
+        last_node: last.node,
+        last_message: last.message,
+        last_unix_ms: last.unix_ms,
+        in_flight: rec
+            .in_flight
+            .as_ref()
+            .map(|f| format!("etcd replace {} with {}", f.failed, f.spare))
+            .unwrap_or_default(),
+        blocked,
+        started: rec.started,
+        succeeded: rec.succeeded,
+        failed: rec.failed,
+        message: String::new(),
+        replaced: rec
+            .replaced
+            .iter()
+            .map(|(f, s)| format!("{f} -> {s}"))
+            .collect(),
+    })
+}
+
+/// `khctl remediation pause | resume`: persisted and audited. A
+/// replacement already running finishes; pausing only stops new ones.
+pub fn set_paused(
+    coord: &Coordinator,
+    paused: bool,
+) -> Result<proto::RemediationStatus, CoordError> {
+    let mut rec = Record::load(&coord.db)?;
+    let message = if rec.paused == paused {
+        format!(
+            "remediation was already {}",
+            if paused { "paused" } else { "active" }
+        )
+    } else {
+        rec.paused = paused;
+        rec.save(&coord.db)?;
+        let words = if paused {
+            "paused: the watcher keeps observing and auditing its decisions, and replaces nothing until `khctl remediation resume`"
+        } else {
+            "resumed: the watcher may replace a failed control plane again"
+        };
+        crate::audit::append(
+            &coord.db,
+            coord.clock.as_ref(),
+            AUDIT_OPERATION,
+            "cluster",
+            if paused { "pause" } else { "resume" },
+            "ok",
+            &format!("remediation {words}"),
+        )?;
+        format!("remediation {words}")
+    };
+    let mut st = status(coord)?;
+    if paused && !st.in_flight.is_empty() {
+        st.message = format!("{message}; {} is running and finishes", st.in_flight);
+    } else {
+        st.message = message;
+    }
+    Ok(st)
+}
+
+/// `khctl spares list`.
+pub fn spares_list(coord: &Coordinator) -> Result<proto::SparesResponse, CoordError> {
+    let spec = crate::etcd::held_spec(coord)?;
+    let (usable, unusable) = spares(coord, &spec);
+    let mut out: Vec<proto::SpareInfo> = usable
+        .into_iter()
+        .map(|n| proto::SpareInfo {
+            node: n,
+            usable: true,
+            detail: "ready".into(),
+        })
+        .collect();
+    out.extend(unusable.into_iter().map(|(n, why)| proto::SpareInfo {
+        node: n,
+        usable: false,
+        detail: why,
+    }));
+    let order = |n: &str| {
+        spec.spares
+            .iter()
+            .position(|s| s == n)
+            .unwrap_or(usize::MAX)
+    };
+    out.sort_by_key(|s| order(&s.node));
+    Ok(proto::SparesResponse {
+        spares: out,
+        message: String::new(),
+    })
+}
+
+/// `khctl spares add NAME`: an enrolled host that is not a node of the held
+/// spec (a retired one, or one never used) and that kubeadm has left
+/// nothing on joins the spare pool of the held spec. A retired node that
+/// still has kubeadm's files is reset first through its agent (`kubeadm
+/// reset -f`: its member was removed when it was replaced, so nothing in the
+/// cluster depends on it); any other host with kubeadm's files is refused.
+pub async fn spares_add(
+    coord: &Coordinator,
+    name: &str,
+) -> Result<proto::SparesResponse, CoordError> {
+    let node = kh::names::NodeName::new(name)?;
+    let rec = coord.registry.get(&node)?.ok_or_else(|| {
+        CoordError::FailedPrecondition(format!(
+            "{node} is not enrolled; enroll it first with `khctl token create --node {node}` and the printed command"
+        ))
+    })?;
+    let spec = crate::etcd::held_spec(coord)?;
+    if spec.node(name).is_some() {
+        return Err(CoordError::InvalidArgument(format!(
+            "{node} is a {} of cluster {}; a spare must be outside the cluster (remove it from the cluster first)",
+            spec.node(name).map(|n| n.role.as_str()).unwrap_or_default(),
+            spec.name
+        )));
+    }
+    if spec.spares.iter().any(|s| s == name) {
+        return Ok(proto::SparesResponse {
+            message: format!("{node} is already a spare"),
+            ..spares_list(coord)?
+        });
+    }
+    if coord.rollouts.busy().await {
+        return Err(CoordError::FailedPrecondition(
+            "an operation is running; add the spare once it has finished (`khctl rollout status --follow`)".into(),
+        ));
+    }
+    let ops = crate::rollout::ops::Ops { coord };
+    let dirty = |s: &proto::NodeStatusResponse| {
+        let mut v = vec![];
+        if s.kubelet_conf {
+            v.push("/etc/kubernetes/kubelet.conf");
+        }
+        if s.admin_conf {
+            v.push("/etc/kubernetes/admin.conf");
+        }
+        if s.apiserver_manifest {
+            v.push("the kube-apiserver manifest");
+        }
+        if s.etcd_manifest {
+            v.push("the etcd manifest");
+        }
+        v
+    };
+    let status = ops.node_status(name).await.map_err(|f| {
+        CoordError::FailedPrecondition(format!(
+            "cannot ask {node}'s agent whether kubeadm left anything there ({}); start its agent and try again",
+            f.message
+        ))
+    })?;
+    let mut reset_note = String::new();
+    if !dirty(&status).is_empty() {
+        if rec.retired.is_none() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "kubeadm has left {} on {node}, which was never replaced by kh: it may belong to a cluster. Reset it (`kubeadm reset -f` on the host) and add it again",
+                dirty(&status).join(", ")
+            )));
+        }
+        ops.step(
+            name,
+            "kubeadm-reset",
+            proto::run_step_request::Step::KubeadmReset(proto::KubeadmReset {}),
+            false,
+        )
+        .await
+        .map_err(|f| {
+            CoordError::FailedPrecondition(format!(
+                "{node} is retired and still has kubeadm's files; `kubeadm reset -f` there failed: {}. Reset it by hand and add it again",
+                f.message
+            ))
+        })?;
+        let again = ops
+            .node_status(name)
+            .await
+            .map_err(|f| CoordError::FailedPrecondition(f.message))?;
+        if !dirty(&again).is_empty() {
+            return Err(CoordError::FailedPrecondition(format!(
+                "{node} still has {} after `kubeadm reset -f`; clean it by hand and add it again",
+                dirty(&again).join(", ")
+            )));
+        }
+        reset_note = " (it was retired: `kubeadm reset -f` ran there first)".into();
+    }
+    // Into the held spec's spares, validated as a whole.
+    let mut st = RolloutState::load(&coord.db)?.unwrap_or_default();
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&st.spec_yaml).map_err(|e| {
+        CoordError::FailedPrecondition(format!("the held spec does not parse: {e}"))
+    })?;
+    let spec_map = doc
+        .get_mut("spec")
+        .and_then(|s| s.as_mapping_mut())
+        .ok_or_else(|| CoordError::FailedPrecondition("the held spec has no spec".into()))?;
+    let key = serde_yaml::Value::String("spares".into());
+    let list = spec_map
+        .entry(key)
+        .or_insert_with(|| serde_yaml::Value::Sequence(vec![]));
+    if !list.is_sequence() {
+        *list = serde_yaml::Value::Sequence(vec![]);
+    }
+    if let Some(seq) = list.as_sequence_mut() {
+        seq.push(serde_yaml::Value::String(name.to_string()));
+    }
+    let text =
+        serde_yaml::to_string(&doc).map_err(|e| CoordError::FailedPrecondition(e.to_string()))?;
+    kh::spec::parse(&text).map_err(|e| {
+        CoordError::InvalidArgument(format!("adding {node} makes the held spec invalid: {e}"))
+    })?;
+    st.spec_yaml = text;
+    st.save(&coord.db, unix_ms(coord.clock.now()))?;
+    coord.registry.clear_retired(&node)?;
+    let message = format!(
+        "{node} is a spare of cluster {}{reset_note}. Add it to spec.spares in cluster.yaml too, or the next `khctl rollout -f cluster.yaml` takes it out of the pool again",
+        spec.name
+    );
+    crate::audit::append(
+        &coord.db,
+        coord.clock.as_ref(),
+        "spares add",
+        name,
+        "add",
+        "ok",
+        &message,
+    )?;
+    Ok(proto::SparesResponse {
+        message,
+        ..spares_list(coord)?
+    })
 }
 
 #[cfg(test)]
