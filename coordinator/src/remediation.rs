@@ -42,8 +42,11 @@ use crate::Coordinator;
 pub const KEY: &str = "remediation/state";
 /// The operation name of the watcher's audit entries.
 pub const AUDIT_OPERATION: &str = "remediation";
-/// How long one observation may wait for an agent.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one observation may wait for an agent's apiserver probe.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// etcdctl gives each endpoint that does not answer its dial timeout, for
+/// `endpoint health` and again for `endpoint status`.
+const ETCD_ASK_TIMEOUT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------
 // Observations
@@ -136,6 +139,8 @@ pub struct Tracker {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Track {
     pub last: Seen,
+    /// When `last` began to be observed as it is.
+    pub since: u64,
     /// Failing without a break since.
     pub failing_since: Option<u64>,
     /// Healthy without a break since.
@@ -158,6 +163,7 @@ impl Tracker {
         for s in seen {
             let t = self.nodes.entry(s.node.clone()).or_insert(Track {
                 last: s.clone(),
+                since: now_ms,
                 failing_since: None,
                 healthy_since: None,
             });
@@ -171,6 +177,9 @@ impl Tracker {
             } else {
                 None
             };
+            if t.last != *s {
+                t.since = now_ms;
+            }
             t.last = s.clone();
         }
     }
@@ -395,6 +404,17 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
         track.last.words(),
         secs(window)
     );
+    if i.tracker
+        .nodes
+        .values()
+        .all(|t| t.last.etcd == EtcdSeen::Unknown)
+    {
+        return wait(
+            "etcd-unknown",
+            node,
+            format!("{why}; not replaced: no control plane's agent could report etcd's health, so quorum cannot be judged"),
+        );
+    }
     // Quorum: the other voters that run must be a majority of the voters
     // left after the removal, or no membership change can succeed.
     let voters = i.tracker.nodes.len();
@@ -525,7 +545,7 @@ pub async fn observe(coord: &Coordinator, spec: &ClusterSpec) -> Vec<Seen> {
                     endpoints: endpoints.clone(),
                     external: false,
                 },
-                ASK_TIMEOUT,
+                ETCD_ASK_TIMEOUT,
             )
             .await
         {
@@ -1067,7 +1087,7 @@ pub fn status(coord: &Coordinator) -> Result<proto::RemediationStatus, CoordErro
                     let (state, since) = match (tr.failing_since, tr.healthy_since) {
                         (Some(f), _) => ("failing", f),
                         (None, Some(h)) => ("healthy", h),
-                        (None, None) => ("degraded", 0),
+                        (None, None) => ("degraded", tr.since),
                     };
                     proto::RemediationNode {
                         node: name.clone(),
@@ -1077,6 +1097,7 @@ pub fn status(coord: &Coordinator) -> Result<proto::RemediationStatus, CoordErro
                         candidate: tr
                             .failing_since
                             .is_some_and(|f| now.saturating_sub(f) >= window),
+                        observed_for_ms: now.saturating_sub(tr.since),
                         retries_used: rec
                             .attempts
                             .get(name)

@@ -58,7 +58,7 @@ fn status_json(s: &proto::RemediationStatus) -> serde_json::Value {
         "nodes": s.nodes.iter().map(|n| json!({
             "node": n.node, "state": n.state, "observed": n.observed,
             "since": time(n.since_unix_ms), "candidate": n.candidate,
-            "retriesUsed": n.retries_used,
+            "retriesUsed": n.retries_used, "observedForMs": n.observed_for_ms,
         })).collect::<Vec<_>>(),
         "spares": s.spares,
         "sparesUnusable": s.spares_unusable,

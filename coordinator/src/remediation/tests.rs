@@ -365,3 +365,17 @@ fn forgotten_nodes_leave_the_tracker_and_windows_restart() {
     assert_eq!(t.nodes["cp-9"].healthy_since, Some(10 * S));
     assert_eq!(t.nodes["cp-1"].healthy_since, Some(0));
 }
+
+#[test]
+fn etcd_nobody_can_report_is_not_judged_as_lost_quorum() {
+    let blind = |s: Seen| Seen {
+        etcd: EtcdSeen::Unknown,
+        ..s
+    };
+    let t = tracked(
+        &[up("cp-1"), up("cp-2"), up("cp-3")],
+        &[blind(up("cp-1")), blind(dead("cp-2")), blind(up("cp-3"))],
+        120,
+    );
+    assert_eq!(Case::default().decide(&t, 120).reason(), "etcd-unknown");
+}
