@@ -295,12 +295,14 @@ fn a_dead_control_plane_is_replaced_by_a_spare_and_the_rules_hold() {
     let why = wait_decision(&w, "cp-3", "no-spare");
     assert!(why.contains("cp-2: its agent is not reporting"), "{why}");
     eventually("the no-spare alert", WAIT, || {
-        match metric(
+        let v = metric(
             metrics,
             "kh_coordinator_remediation_blocked{reason=\"no-spare\"}",
-        ) {
-            v if v == 1.0 => Ok(()),
-            v => Err(v.to_string()),
+        );
+        if v == 1.0 {
+            Ok(())
+        } else {
+            Err(v.to_string())
         }
     });
     assert_eq!(members(&w, "cp-1"), voters(&["cp-1", "cp-3", "cp-4"]));
@@ -317,12 +319,14 @@ fn a_dead_control_plane_is_replaced_by_a_spare_and_the_rules_hold() {
     let why = wait_decision(&w, "cp-3", "no-quorum");
     assert!(why.contains("quorum needs 2"), "{why}");
     eventually("the no-quorum alert", WAIT, || {
-        match metric(
+        let v = metric(
             metrics,
             "kh_coordinator_remediation_blocked{reason=\"no-quorum\"}",
-        ) {
-            v if v == 1.0 => Ok(()),
-            v => Err(v.to_string()),
+        );
+        if v == 1.0 {
+            Ok(())
+        } else {
+            Err(v.to_string())
         }
     });
     assert_eq!(
