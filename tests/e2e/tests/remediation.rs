@@ -269,6 +269,29 @@ fn a_dead_control_plane_is_replaced_by_a_spare_and_the_rules_hold() {
     let h = w.khctl(&["health"]);
     assert!(h.ok(), "{}{}", h.stdout, h.stderr);
 
+    // A rollout of the operator's cluster.yaml from before the replacement
+    // keeps it (cp-4 in cp-2's place, out of the spares) and says what to
+    // change; it never joins cp-2 again.
+    let spec = w.dir().join("cluster.yaml");
+    let joins = |w: &World| {
+        w.agents[cp2]
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("kubeadm join"))
+            .count()
+    };
+    let joins_before = joins(&w);
+    let v = w.khctl_json(&["rollout", "-f", spec.to_str().unwrap()]);
+    assert_eq!(v["ok"], true, "{v:#}");
+    assert!(
+        v["plan"]["notes"]
+            .to_string()
+            .contains("cp-2 was replaced by cp-4 (remediation)"),
+        "{v:#}"
+    );
+    assert_eq!(joins(&w), joins_before, "{:?}", w.agents[cp2].calls());
+    assert_eq!(members(&w, "cp-1"), voters(&["cp-1", "cp-3", "cp-4"]));
+
     // 4. It goes back to the spare pool: reset first, through its agent.
     let out = w.khctl_json(&["spares", "add", "cp-2"]);
     assert!(
