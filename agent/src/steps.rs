@@ -203,7 +203,12 @@ fn retired_refusal(state: &AgentState, step: &WireStep) -> Option<String> {
         .retired
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .clone()?;
+        .clone();
+    refusal_when_retired(why.as_deref(), step)
+}
+
+fn refusal_when_retired(why: Option<&str>, step: &WireStep) -> Option<String> {
+    let why = why?;
     let allowed = matches!(
         step,
         WireStep::DisableSwap(_)
@@ -742,6 +747,29 @@ mod tests {
             dry_run: false,
             failure,
         }
+    }
+
+    #[test]
+    fn a_retired_node_runs_only_host_preparation_and_kubeadm_reset() {
+        let why = Some("replaced by cp-4 (etcd replace cp-2 with cp-4)");
+        assert_eq!(
+            refusal_when_retired(why, &WireStep::KubeadmReset(proto::KubeadmReset {})),
+            None
+        );
+        assert_eq!(
+            refusal_when_retired(why, &WireStep::DisableSwap(proto::DisableSwap {})),
+            None
+        );
+        let join = WireStep::KubeadmJoin(proto::KubeadmJoin::default());
+        let refused = refusal_when_retired(why, &join).expect("a join is refused");
+        assert!(refused.contains("replaced by cp-4"), "{refused}");
+        assert!(refused.contains("khctl spares add"), "{refused}");
+        assert!(refusal_when_retired(
+            why,
+            &WireStep::EtcdMemberRemove(proto::EtcdMemberRemove::default())
+        )
+        .is_some());
+        assert_eq!(refusal_when_retired(None, &join), None);
     }
 
     #[test]

@@ -136,6 +136,12 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     }
     planned.phases.insert(0, diff.phase());
     planned.notes.extend(input.notes.iter().cloned());
+    if !spec.spares.is_empty() && diff.refusal().is_none() {
+        planned.notes.push(format!(
+            "spares {}: preflight and host preparation as control planes, never joined (kept for remediation and `khctl etcd replace --with`)",
+            spec.spares.join(", ")
+        ));
+    }
     rep.emit(RolloutEvent {
         kind: Kind::Plan as i32,
         plan: Some(planned),

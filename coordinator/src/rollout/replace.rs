@@ -634,6 +634,25 @@ mod tests {
     }
 
     #[test]
+    fn the_spec_after_a_replacement_lists_the_spare_in_place_of_the_failed_node() {
+        let yaml = "apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata: {name: lab}\nspec:\n  spares: [cp-9, cp-10]\n  nodes:\n    - {name: cp-1, role: control-plane, address: 10.0.0.1}\n    - {name: cp-2, role: control-plane, address: 10.0.0.2}\n";
+        let new = NodeSpec {
+            name: "cp-9".into(),
+            role: NodeRole::ControlPlane,
+            address: "10.0.0.9".parse().unwrap(),
+        };
+        let out = kh::spec::parse(&substitute_node(yaml, "cp-2", &new).unwrap()).unwrap();
+        let names: Vec<&str> = out.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["cp-1", "cp-9"]);
+        assert_eq!(out.node("cp-9").unwrap().address, new.address);
+        assert_eq!(out.spares, ["cp-10"]);
+        // A spec without spares is rewritten the same way.
+        let plain = yaml.replace("  spares: [cp-9, cp-10]\n", "");
+        let out = kh::spec::parse(&substitute_node(&plain, "cp-2", &new).unwrap()).unwrap();
+        assert!(out.spares.is_empty() && out.node("cp-9").is_some());
+    }
+
+    #[test]
     fn clear_at_forgets_a_replacement_and_its_steps() {
         let db = crate::store::Db::in_memory();
         let mut st = RolloutState {
