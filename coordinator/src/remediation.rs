@@ -942,7 +942,11 @@ pub async fn tick(coord: &Arc<Coordinator>) -> Result<Ticked, CoordError> {
     // A pending replacement the watcher did not start (an operator's) is
     // the operator's to finish.
     let pending = match pending {
-        Some((f, s)) if rec.replaced.contains_key(&f) || rec.attempts.contains_key(&f) => {
+        Some((f, s))
+            if rec.replaced.contains_key(&f)
+                || rec.attempts.contains_key(&f)
+                || rec.last_failed.as_ref() == Some(&f) =>
+        {
             Some((f, s))
         }
         Some((f, s)) => {
