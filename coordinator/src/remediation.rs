@@ -207,11 +207,22 @@ pub struct DecisionRecord {
     pub message: String,
 }
 
+/// The store key of `khctl remediation pause`.
+pub const PAUSED_KEY: &str = "remediation/paused";
+
+/// Whether `khctl remediation pause` is in force.
+pub fn paused(db: &crate::store::Db) -> Result<bool, CoordError> {
+    Ok(db.get_json::<bool>(PAUSED_KEY)?.unwrap_or(false))
+}
+
 /// The watcher's record in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Record {
-    /// `khctl remediation pause`: observe and audit, never act.
+    /// `khctl remediation pause`: observe and audit, never act. Kept under
+    /// its own key ([`PAUSED_KEY`]), which only pause and resume write, so
+    /// a tick that saves the record can never undo a pause made meanwhile.
+    #[serde(skip)]
     pub paused: bool,
     /// When each replacement of a control plane started, by its name.
     pub attempts: BTreeMap<String, Vec<u64>>,
@@ -228,7 +239,9 @@ pub struct Record {
 
 impl Record {
     pub fn load(db: &crate::store::Db) -> Result<Record, CoordError> {
-        Ok(db.get_json::<Record>(KEY)?.unwrap_or_default())
+        let mut r = db.get_json::<Record>(KEY)?.unwrap_or_default();
+        r.paused = paused(db)?;
+        Ok(r)
     }
 
     pub fn save(&self, db: &crate::store::Db) -> Result<(), CoordError> {
@@ -969,7 +982,8 @@ pub async fn tick(coord: &Arc<Coordinator>) -> Result<Ticked, CoordError> {
     let decision = decide(&Inputs {
         now_ms: now,
         settings: &spec.remediation,
-        paused: rec.paused,
+        // Read again: a pause made while this tick observed counts now.
+        paused: paused(&coord.db)?,
         tracker: &tracker,
         busy,
         spares: &usable,
@@ -1170,15 +1184,14 @@ pub fn set_paused(
     coord: &Coordinator,
     paused: bool,
 ) -> Result<proto::RemediationStatus, CoordError> {
-    let mut rec = Record::load(&coord.db)?;
+    let rec = Record::load(&coord.db)?;
     let message = if rec.paused == paused {
         format!(
             "remediation was already {}",
             if paused { "paused" } else { "active" }
         )
     } else {
-        rec.paused = paused;
-        rec.save(&coord.db)?;
+        coord.db.put_json(PAUSED_KEY, &paused)?;
         let words = if paused {
             "paused: the watcher keeps observing and auditing its decisions, and replaces nothing until `khctl remediation resume`"
         } else {

@@ -379,3 +379,18 @@ fn etcd_nobody_can_report_is_not_judged_as_lost_quorum() {
     );
     assert_eq!(Case::default().decide(&t, 120).reason(), "etcd-unknown");
 }
+
+#[test]
+fn a_tick_saving_its_record_never_undoes_a_pause_made_meanwhile() {
+    let db = crate::store::Db::in_memory();
+    // The tick loaded its record before the pause...
+    let mut rec = Record::load(&db).unwrap();
+    assert!(!rec.paused);
+    db.put_json(PAUSED_KEY, &true).unwrap();
+    // ...and saves it after.
+    rec.started += 1;
+    rec.save(&db).unwrap();
+    let again = Record::load(&db).unwrap();
+    assert!(again.paused);
+    assert_eq!(again.started, 1);
+}

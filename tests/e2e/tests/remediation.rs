@@ -381,7 +381,15 @@ fn a_killed_coordinator_resumes_its_replacement_and_max_retry_stops_failing_ones
     let why = wait_decision(&w, "cp-2", "paused");
     assert!(why.contains("remediation is paused"), "{why}");
     assert_eq!(members(&w, "cp-1").len(), 3, "nothing was changed");
-    w.khctl_json(&["remediation", "resume"]);
+    let out = w.khctl_json(&["remediation", "resume"]);
+    assert_eq!(out["paused"], false, "{out}");
+    let d = decisions(&w);
+    for step in ["pause", "resume"] {
+        assert!(
+            d.iter().any(|(n, s, _)| n == "cluster" && s == step),
+            "{step} missing from {d:#?}"
+        );
+    }
 
     // 2. Killed while cp-4 joins; the restarted coordinator resumes that very
     // replacement.
