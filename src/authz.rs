@@ -83,6 +83,8 @@ pub const POLICY: &[(&str, Access)] = &[
     ("/kh.v1.Admin/EtcdRestore", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/Upgrade", Access::Role(Role::Admin)),
     ("/kh.v1.Admin/EtcdSnapshotImport", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Remediation", Access::Role(Role::Admin)),
+    ("/kh.v1.Admin/Spares", Access::Role(Role::Admin)),
 ];
 
 /// The services a server exposes; the coordinator and the agent differ.

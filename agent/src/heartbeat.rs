@@ -115,7 +115,9 @@ pub async fn run(state: Arc<AgentState>) {
         request.set_timeout(RPC_TIMEOUT);
         let interval = match client.heartbeat(request).await {
             Ok(resp) => {
-                let interval = Duration::from_millis(resp.into_inner().interval_ms.max(100));
+                let resp = resp.into_inner();
+                let interval = Duration::from_millis(resp.interval_ms.max(100));
+                set_retired(&state, resp.retired.then_some(resp.retired_reason));
                 {
                     let mut hb = state.heartbeat.lock().unwrap_or_else(|e| e.into_inner());
                     hb.last_ok = Some(Instant::now());
@@ -247,4 +249,19 @@ async fn renew(state: &Arc<AgentState>, id: &AgentIdentity) -> anyhow::Result<()
     state.paths.save(&renewed)?;
     state.replace_identity(renewed)?;
     Ok(())
+}
+
+/// Records what the coordinator says of this node's retirement, logging a
+/// change once.
+fn set_retired(state: &AgentState, now: Option<String>) {
+    let mut r = state.retired.lock().unwrap_or_else(|e| e.into_inner());
+    if *r != now {
+        match &now {
+            Some(why) => {
+                tracing::warn!(reason = %why, "the coordinator retired this node: it refuses every step that changes the cluster; only host preparation and `kubeadm reset` run (`khctl spares add` makes it a spare again)")
+            }
+            None => tracing::info!("this node is no longer retired"),
+        }
+        *r = now;
+    }
 }

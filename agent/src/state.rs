@@ -35,6 +35,9 @@ pub struct AgentState {
     /// that was last done, for which caller's serial, and its answer (see
     /// `crate::pin`).
     pub pin_confirm: tokio::sync::Mutex<Option<(Instant, String, String)>>,
+    /// Why the coordinator retired this node, as its last heartbeat
+    /// answer said; `None` while it is part of the cluster.
+    pub retired: Mutex<Option<String>>,
 }
 
 /// Until the coordinator has named its interval, readiness allows this long.
@@ -69,6 +72,7 @@ impl AgentState {
             steps_lock: Arc::new(tokio::sync::Mutex::new(())),
             pin: RwLock::new(pin),
             pin_confirm: tokio::sync::Mutex::new(None),
+            retired: Mutex::new(None),
         })
     }
 

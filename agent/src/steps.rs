@@ -197,6 +197,9 @@ pub fn failure_kind(kind: Option<kh_host::FailureKind>) -> proto::FailureKind {
 /// the cluster, not this host, and run beside them.
 pub async fn run(state: &Arc<AgentState>, step: WireStep, dry_run: bool) -> proto::StepReport {
     let name = step.name();
+    if let Some(why) = retired_refusal(state, &step) {
+        return failed(name, why);
+    }
     // The guard moves into the blocking task: if the coordinator goes away
     // mid-step, the RPC is dropped but the host work runs on, and the lock
     // must stay held until that work has really ended. For the same reason
@@ -222,6 +225,37 @@ pub async fn run(state: &Arc<AgentState>, step: WireStep, dry_run: bool) -> prot
     })
     .await
     .unwrap_or_else(|e| failed(name, format!("the step panicked: {e}")))
+}
+
+/// A retired node (replaced out of the cluster) must not rejoin as its old
+/// member or change the cluster: only host preparation, packages and
+/// `kubeadm reset` run on it.
+fn retired_refusal(state: &AgentState, step: &WireStep) -> Option<String> {
+    let why = state
+        .retired
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    refusal_when_retired(why.as_deref(), step)
+}
+
+fn refusal_when_retired(why: Option<&str>, step: &WireStep) -> Option<String> {
+    let why = why?;
+    let allowed = matches!(
+        step,
+        WireStep::DisableSwap(_)
+            | WireStep::KernelModules(_)
+            | WireStep::Sysctl(_)
+            | WireStep::ContainerdCgroup(_)
+            | WireStep::KubeadmReset(_)
+            | WireStep::PackageSource(_)
+            | WireStep::PackageInstall(_)
+    );
+    (!allowed).then(|| {
+        format!(
+            "refused: the coordinator retired this node ({why}); it runs no step that changes the cluster. Reset it and return it to the spare pool with `khctl spares add NODE`"
+        )
+    })
 }
 
 fn record(state: &AgentState, report: &proto::StepReport, dry_run: bool) {
@@ -797,6 +831,29 @@ mod tests {
             failure,
             notes: vec![],
         }
+    }
+
+    #[test]
+    fn a_retired_node_runs_only_host_preparation_and_kubeadm_reset() {
+        let why = Some("replaced by cp-4 (etcd replace cp-2 with cp-4)");
+        assert_eq!(
+            refusal_when_retired(why, &WireStep::KubeadmReset(proto::KubeadmReset {})),
+            None
+        );
+        assert_eq!(
+            refusal_when_retired(why, &WireStep::DisableSwap(proto::DisableSwap {})),
+            None
+        );
+        let join = WireStep::KubeadmJoin(proto::KubeadmJoin::default());
+        let refused = refusal_when_retired(why, &join).expect("a join is refused");
+        assert!(refused.contains("replaced by cp-4"), "{refused}");
+        assert!(refused.contains("khctl spares add"), "{refused}");
+        assert!(refusal_when_retired(
+            why,
+            &WireStep::EtcdMemberRemove(proto::EtcdMemberRemove::default())
+        )
+        .is_some());
+        assert_eq!(refusal_when_retired(None, &join), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod nodes;
 pub mod pki;
 pub mod prepare;
 pub mod registry;
+pub mod remediation;
 pub mod rollout;
 pub mod rpc;
 pub mod server;
@@ -60,6 +61,9 @@ pub struct Coordinator {
     pub registry_writes: Arc<Semaphore>,
     /// Admin certificates and their revocation.
     pub admins: admins::Admins,
+    /// What the remediation watcher last observed, for `khctl remediation
+    /// status`.
+    pub remediation: remediation::Shared,
 }
 
 /// How many enrollments and renewals run at once. Each signs a certificate
@@ -103,6 +107,7 @@ impl Coordinator {
         Ok(Arc::new(Coordinator {
             admins,
             agents,
+            remediation: remediation::Shared::default(),
             rollouts: rollout::Running::default(),
             token_prune: tokens::PruneSchedule::default(),
             signing: Arc::new(Semaphore::new(SIGNING_LIMIT)),

@@ -286,6 +286,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         coord.clone(),
         coord.config.cert_check_interval,
     ));
+    tokio::spawn(kh_coordinator::remediation::run(coord.clone()));
     kh_coordinator::server::serve(coord, listener, shutdown_signal()).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     tracing::info!("kh-coordinator stopped");

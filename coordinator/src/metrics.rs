@@ -9,6 +9,13 @@
 //! - `kh_coordinator_etcd_snapshot_schedule_seconds`: `etcd.snapshots.every`
 //!   of the held spec; 0 when snapshots are not scheduled. The alert rule
 //!   compares the age against twice this.
+//! - `kh_coordinator_remediation_blocked{reason}`: 1 for the reason a
+//!   control plane that needs a replacement does not get one (`no-quorum`,
+//!   `no-spare`, `max-retry`, `failed`: the last replacement failed), 0
+//!   for the others. The alert.
+//! - `kh_coordinator_remediations_total{result}`: replacements the watcher
+//!   `started`, and how many `succeeded` and `failed`.
+//! - `kh_coordinator_remediation_spares`: spares that can be used now.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -30,6 +37,16 @@ use crate::Coordinator;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
 }
 
 /// The metrics text now.
@@ -79,9 +96,58 @@ pub fn render(coord: &Coordinator) -> Result<String, CoordError> {
         "etcd.snapshots.every of the held cluster spec (0: not scheduled)",
         schedule,
     );
+    remediation(coord, &mut registry)?;
     let mut out = String::new();
     let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     Ok(out)
+}
+
+/// The remediation watcher's alert and counters, from its record.
+fn remediation(coord: &Coordinator, registry: &mut Registry) -> Result<(), CoordError> {
+    use crate::remediation::{Record, BLOCKED_REASONS};
+    let rec = Record::load(&coord.db)?;
+    let now = rec.last.as_ref().map(|l| l.reason.as_str()).unwrap_or("");
+    let blocked = Family::<ReasonLabels, Gauge>::default();
+    for r in BLOCKED_REASONS {
+        let on = *r == now || (*r == "failed" && rec.last_failed.is_some());
+        blocked
+            .get_or_create(&ReasonLabels {
+                reason: r.to_string(),
+            })
+            .set(i64::from(on));
+    }
+    registry.register(
+        "remediation_blocked",
+        "1 when a control plane needs a replacement that remediation cannot make, by reason",
+        blocked,
+    );
+    let total = Family::<ResultLabels, prometheus_client::metrics::counter::Counter>::default();
+    for (result, n) in [
+        ("started", rec.started),
+        ("succeeded", rec.succeeded),
+        ("failed", rec.failed),
+    ] {
+        total
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc_by(n);
+    }
+    registry.register(
+        "remediations",
+        "Control-plane replacements started by remediation, and their results",
+        total,
+    );
+    let spares = Gauge::<i64>::default();
+    if let Ok(spec) = crate::etcd::held_spec(coord) {
+        spares.set(i64::try_from(crate::remediation::spares(coord, &spec).0.len()).unwrap_or(0));
+    }
+    registry.register(
+        "remediation_spares",
+        "Spares remediation can use now",
+        spares,
+    );
+    Ok(())
 }
 
 pub fn router(coord: Arc<Coordinator>) -> Router {

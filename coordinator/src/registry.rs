@@ -317,6 +317,13 @@ impl Registry {
         Ok(())
     }
 
+    /// The node is back in use (a spare again): no longer retired.
+    pub fn clear_retired(&self, name: &NodeName) -> Result<(), CoordError> {
+        self.update(name, |r| r.retired = None)?
+            .ok_or_else(|| CoordError::NotFound(format!("node {name} is not enrolled")))?;
+        Ok(())
+    }
+
     /// Deregisters the node: its record goes, and with it the only serial its
     /// certificate was accepted under, so its agent can no longer heartbeat,
     /// renew or be asked for steps. Returns the record as it was.

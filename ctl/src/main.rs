@@ -10,6 +10,7 @@ mod nodes;
 mod operation;
 mod output;
 mod prepare;
+mod remediation;
 mod reset;
 mod restore;
 mod rollout;
@@ -150,6 +151,13 @@ enum Command {
     #[command(args_conflicts_with_subcommands = true)]
     #[command(arg = help::output("`table` (default): the plan, then live progress per node and phase, then the outcome; `json`: nothing until the end, then one object for scripts: ok, failure, node, step, message, hint, dryRun, plan and every event"))]
     Upgrade(upgrade::UpgradeArgs),
+    /// The coordinator's replacement of failed control planes by spares
+    /// (spec.remediation): status, pause, resume.
+    #[command(subcommand)]
+    Remediation(remediation::RemediationCmd),
+    /// The spare pool (spec.spares): list, add NAME.
+    #[command(subcommand)]
+    Spares(remediation::SparesCmd),
 }
 
 #[derive(Subcommand)]
@@ -577,6 +585,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Nodes { sub } => nodes::run(&mut client, &addr, sub, output).await?,
         Command::Admin(cmd) => admin::run(&mut client, &addr, cmd, kubeconfig_file, output).await?,
         Command::Certs(cmd) => certs::run(&mut client, &addr, cmd, output).await?,
+        Command::Remediation(cmd) => {
+            remediation::remediation(&mut client, &addr, cmd, output).await?
+        }
+        Command::Spares(cmd) => remediation::spares(&mut client, &addr, cmd, output).await?,
     }
     Ok(())
 }

@@ -185,6 +185,8 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
     };
 
     let (nodes, roles) = convert_nodes(spec.nodes, networking.as_ref().ok(), errs);
+    let spares = convert_spares(spec.spares, nodes.as_deref(), errs);
+    let remediation = convert_remediation(spec.remediation, errs);
 
     // Role checks are only meaningful when every node's role is known: a node
     // missing its role may be the very control plane or load balancer.
@@ -235,7 +237,136 @@ fn convert(raw: RawCluster, errs: &mut Errors) -> Option<ClusterSpec> {
         upgrade: upgrade.ok()?,
         nodes: nodes?,
         etcd_snapshots: etcd_snapshots.ok()?,
+        spares: spares.ok()?,
+        remediation: remediation.ok()?,
     })
+}
+
+/// `spares`: valid node names, each once, none of them a node of the spec.
+fn convert_spares(
+    raw: Option<Vec<String>>,
+    nodes: Option<&[NodeSpec]>,
+    errs: &mut Errors,
+) -> Result<Vec<String>, ()> {
+    let mut ok = true;
+    let mut out: Vec<String> = vec![];
+    for (i, name) in raw.unwrap_or_default().into_iter().enumerate() {
+        let path = format!("spec.spares[{i}]");
+        if NodeName::new(&name).is_err() {
+            ok = false;
+            errs.push(
+                path,
+                format!(
+                    "{} is not a valid node name; use the name the host enrolled with, e.g. cp-9",
+                    crate::echo(&name)
+                ),
+            );
+            continue;
+        }
+        if out.contains(&name) {
+            ok = false;
+            errs.push(
+                path,
+                format!("{name} is listed twice; list each spare once"),
+            );
+            continue;
+        }
+        if nodes.is_some_and(|ns| ns.iter().any(|n| n.name == name)) {
+            ok = false;
+            errs.push(path, format!("{name} is also in spec.nodes; a spare is kept out of the cluster until it replaces a failed control plane, so list it in one place only"));
+            continue;
+        }
+        out.push(name);
+    }
+    if ok {
+        Ok(out)
+    } else {
+        Err(())
+    }
+}
+
+/// `remediation`: durations as the spec's others, counts from 1.
+fn convert_remediation(raw: Option<RawRemediation>, errs: &mut Errors) -> Result<Remediation, ()> {
+    let d = Remediation::default();
+    let Some(raw) = raw else {
+        return Ok(d);
+    };
+    let mut ok = true;
+    let mut duration = |field: &str, text: Option<String>, default: std::time::Duration| {
+        let Some(text) = text else {
+            return default;
+        };
+        let shown = humantime::format_duration(default);
+        match humantime::parse_duration(text.trim()) {
+            Ok(v) if !v.is_zero() => v,
+            Ok(_) => {
+                ok = false;
+                errs.push(
+                    format!("spec.remediation.{field}"),
+                    format!("{text} is too short; give a duration above 0, e.g. {shown} (default)"),
+                );
+                default
+            }
+            Err(e) => {
+                ok = false;
+                errs.push(
+                    format!("spec.remediation.{field}"),
+                    format!(
+                        "{} is not a duration ({e}); write it like 30s, 5m or 1h (default {shown})",
+                        crate::echo(&text)
+                    ),
+                );
+                default
+            }
+        }
+    };
+    let unhealthy_after = duration("unhealthyAfter", raw.unhealthy_after, d.unhealthy_after);
+    let retry_period = duration("retryPeriod", raw.retry_period, d.retry_period);
+    let min_healthy_period = duration(
+        "minHealthyPeriod",
+        raw.min_healthy_period,
+        d.min_healthy_period,
+    );
+    let max_in_flight = match raw.max_in_flight {
+        None | Some(1) => 1,
+        Some(n) => {
+            ok = false;
+            errs.push(
+                "spec.remediation.maxInFlight",
+                format!("{n} is not supported: kh replaces one control plane at a time (etcd admits one learner at a time), so maxInFlight must be 1 for now; set it to 1 or remove it"),
+            );
+            1
+        }
+    };
+    let max_retry = match raw.max_retry {
+        None => d.max_retry,
+        Some(n) => match u32::try_from(n).ok().filter(|n| (1..=100).contains(n)) {
+            Some(n) => n,
+            None => {
+                ok = false;
+                errs.push(
+                    "spec.remediation.maxRetry",
+                    format!(
+                        "{n} is out of range; use 1 to 100 (default {})",
+                        d.max_retry
+                    ),
+                );
+                d.max_retry
+            }
+        },
+    };
+    if ok {
+        Ok(Remediation {
+            enabled: raw.enabled.unwrap_or(false),
+            unhealthy_after,
+            max_in_flight,
+            retry_period,
+            max_retry,
+            min_healthy_period,
+        })
+    } else {
+        Err(())
+    }
 }
 
 /// `upgrade.maxUnavailable`: a whole number of workers from 1, or a

@@ -127,6 +127,48 @@ pub struct ClusterSpec {
     /// `etcd.snapshots`: the coordinator's scheduled etcd snapshots; `None`
     /// when the spec has none.
     pub etcd_snapshots: Option<SnapshotSchedule>,
+    /// `spares`: enrolled hosts kept prepared (preflight and prepare, never
+    /// joined) for the remediation of a failed control plane. Never a node.
+    pub spares: Vec<String>,
+    /// `remediation`: how the coordinator replaces a failed control plane
+    /// with a spare on its own.
+    pub remediation: Remediation,
+}
+
+/// `remediation` in the spec: the coordinator's automatic replacement of a
+/// failed control plane by a spare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Remediation {
+    /// Off unless the spec turns it on.
+    pub enabled: bool,
+    /// How long a control plane must stay failed, continuously, before it
+    /// is replaced.
+    #[serde(with = "crate::time::serde_duration")]
+    pub unhealthy_after: std::time::Duration,
+    /// How many replacements at once: 1 (one membership change at a time).
+    pub max_in_flight: u32,
+    /// The window in which at most `max_retry` replacements of one control
+    /// plane are attempted.
+    #[serde(with = "crate::time::serde_duration")]
+    pub retry_period: std::time::Duration,
+    pub max_retry: u32,
+    /// A control plane healthy this long has its retry count reset.
+    #[serde(with = "crate::time::serde_duration")]
+    pub min_healthy_period: std::time::Duration,
+}
+
+impl Default for Remediation {
+    fn default() -> Self {
+        Remediation {
+            enabled: false,
+            unhealthy_after: std::time::Duration::from_secs(300),
+            max_in_flight: 1,
+            retry_period: std::time::Duration::from_secs(600),
+            max_retry: 3,
+            min_healthy_period: std::time::Duration::from_secs(3600),
+        }
+    }
 }
 
 /// How often the coordinator takes an automatic etcd snapshot, and how many
@@ -390,7 +432,8 @@ impl ClusterSpec {
     /// One error per spec node that has not enrolled with the coordinator; a
     /// rollout cannot run steps on a host without an agent identity.
     pub fn check_enrolled(&self, enrolled: &[&str]) -> Vec<SpecError> {
-        self.nodes
+        let mut errs: Vec<SpecError> = self
+            .nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| !enrolled.contains(&n.name.as_str()))
@@ -403,7 +446,22 @@ impl ClusterSpec {
                     ),
                 )
             })
-            .collect()
+            .collect();
+        errs.extend(
+            self.spares
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| !enrolled.contains(&n.as_str()))
+                .map(|(i, n)| {
+                    SpecError::new(
+                        format!("spec.spares[{i}]"),
+                        format!(
+                            "spare {n:?} is not enrolled with the coordinator; enroll it first: `khctl token create --node {n}` and run the printed command on the host, or remove it from spares"
+                        ),
+                    )
+                }),
+        );
+        errs
     }
 
     /// Makes the spec's relative file paths (CNI manifest, external etcd

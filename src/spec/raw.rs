@@ -45,6 +45,24 @@ pub(super) struct RawSpec {
     pub(super) rollout: Option<RawRollout>,
     pub(super) upgrade: Option<RawUpgrade>,
     pub(super) nodes: Option<Vec<RawNode>>,
+    pub(super) spares: Option<Vec<String>>,
+    pub(super) remediation: Option<RawRemediation>,
+}
+
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping such as {enabled: true, unhealthyAfter: 5m, maxInFlight: 1, retryPeriod: 10m, maxRetry: 3, minHealthyPeriod: 1h}"
+)]
+pub(super) struct RawRemediation {
+    pub(super) enabled: Option<bool>,
+    pub(super) unhealthy_after: Option<String>,
+    /// Signed and wide so that 0 or -1 reach validation.
+    pub(super) max_in_flight: Option<i64>,
+    pub(super) retry_period: Option<String>,
+    pub(super) max_retry: Option<i64>,
+    pub(super) min_healthy_period: Option<String>,
 }
 
 #[derive(Default, Deserialize)]

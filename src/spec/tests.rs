@@ -105,6 +105,8 @@ fn full_spec_parses_to_exactly_what_it_says() {
             node("lb-1", NodeRole::LoadBalancer, "10.0.0.5"),
         ],
         etcd_snapshots: None,
+        spares: vec![],
+        remediation: Default::default(),
     };
     assert_eq!(spec, expected);
     assert_eq!(
@@ -141,6 +143,8 @@ fn minimal_spec_takes_the_defaults() {
                 node("w-1", NodeRole::Worker, "127.0.0.21"),
             ],
             etcd_snapshots: None,
+            spares: vec![],
+            remediation: Default::default(),
         }
     );
     assert_eq!(spec.networking.pod_subnet.to_string(), "10.244.0.0/16");
@@ -680,4 +684,63 @@ fn etcd_snapshots_take_a_duration_and_a_count_and_name_the_field_when_wrong() {
     }
     let err = parse(&with("{often: yes}")).unwrap_err().to_string();
     assert!(err.contains("often"), "{err}");
+}
+
+fn with_spec_lines(lines: &str) -> String {
+    format!("{MINIMAL}{lines}")
+}
+
+#[test]
+fn spares_and_remediation_have_defaults_and_parse_durations() {
+    let spec = parse(MINIMAL).unwrap();
+    assert!(spec.spares.is_empty());
+    assert_eq!(spec.remediation, Remediation::default());
+    assert!(!spec.remediation.enabled);
+    assert_eq!(spec.remediation.unhealthy_after.as_secs(), 300);
+    assert_eq!(spec.remediation.retry_period.as_secs(), 600);
+    assert_eq!(spec.remediation.max_retry, 3);
+    assert_eq!(spec.remediation.min_healthy_period.as_secs(), 3600);
+
+    let spec = parse(&with_spec_lines(
+        "  spares: [cp-9, cp-10]\n  remediation: {enabled: true, unhealthyAfter: 3s, maxInFlight: 1, retryPeriod: 1m, maxRetry: 2, minHealthyPeriod: 2h}\n",
+    ))
+    .unwrap();
+    assert_eq!(spec.spares, ["cp-9", "cp-10"]);
+    assert!(spec.remediation.enabled);
+    assert_eq!(spec.remediation.unhealthy_after.as_secs(), 3);
+    assert_eq!(spec.remediation.retry_period.as_secs(), 60);
+    assert_eq!(spec.remediation.max_retry, 2);
+    assert_eq!(spec.remediation.min_healthy_period.as_secs(), 7200);
+}
+
+#[test]
+fn bad_spares_and_remediation_name_the_field_and_the_fix() {
+    let err = parse(&with_spec_lines(
+        "  spares: [cp-9, cp-9, w-1, Bad_Name]\n  remediation: {unhealthyAfter: soon, maxInFlight: 2, maxRetry: 0, retryPeriod: 0s}\n",
+    ))
+    .unwrap_err();
+    let text = err.to_string();
+    for want in [
+        "spec.spares[1]: cp-9 is listed twice",
+        "spec.spares[2]: w-1 is also in spec.nodes",
+        "spec.spares[3]: ",
+        "spec.remediation.unhealthyAfter: \"soon\" is not a duration",
+        "spec.remediation.maxInFlight: 2 is not supported",
+        "must be 1 for now",
+        "spec.remediation.maxRetry: 0 is out of range",
+        "spec.remediation.retryPeriod: 0s is too short",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    let err = parse(&with_spec_lines("  remediation: {enable: true}\n")).unwrap_err();
+    assert!(err.to_string().contains("spec.remediation"), "{err}");
+}
+
+#[test]
+fn spares_must_be_enrolled() {
+    let spec = parse(&with_spec_lines("  spares: [cp-9]\n")).unwrap();
+    let errs = spec.check_enrolled(&["cp-1", "w-1"]);
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].path, "spec.spares[0]");
+    assert!(spec.check_enrolled(&["cp-1", "w-1", "cp-9"]).is_empty());
 }

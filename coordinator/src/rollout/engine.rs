@@ -45,6 +45,9 @@ pub struct Input {
     pub no_snapshot: bool,
     /// The operator confirmed the removals the plan lists.
     pub confirm_removals: bool,
+    /// Notes for the plan from before the engine (a remediation carried
+    /// over into the operator's spec).
+    pub notes: Vec<String>,
 }
 
 /// Runs the rollout. Errors carry the node, step and what to do next.
@@ -149,6 +152,13 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
             vec!["nothing runs until cluster.yaml is changed as each refused line says".into()];
     }
     planned.phases.insert(0, diff.phase());
+    planned.notes.extend(input.notes.iter().cloned());
+    if !spec.spares.is_empty() && diff.refusal().is_none() {
+        planned.notes.push(format!(
+            "spares {}: preflight and host preparation as control planes, never joined (kept for remediation and `khctl etcd replace --with`)",
+            spec.spares.join(", ")
+        ));
+    }
     rep.emit(RolloutEvent {
         kind: Kind::Plan as i32,
         plan: Some(planned),
@@ -161,6 +171,13 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
     if let Some(refused) = diff.precondition_refusal() {
         return Err(refused);
     }
+    // Spares are kept prepared beside the nodes: preflight and prepare,
+    // never a join. A spare kubeadm has touched is refused here, before
+    // anything changes.
+    let spares = super::phase::spares::targets(&ctx).await?;
+    let mut todo_hosts = todo.clone();
+    todo_hosts.extend(spares.iter());
+
     if input.dry_run {
         return Ok(());
     }
@@ -187,7 +204,7 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
 
     // 1. Preflight, in parallel, on nodes kubeadm has not touched yet.
     rep.phase(Phase::Preflight).await;
-    preflight(&ctx, &todo).await?;
+    preflight(&ctx, &todo_hosts).await?;
     // Roles reach the registry only once preflight has passed.
     for (node, role) in &diff.record_roles {
         let name = kh::names::NodeName::new(node).map_err(|e| Failure::spec(e.to_string()))?;
@@ -198,7 +215,8 @@ pub async fn run(coord: Arc<Coordinator>, input: Input, rep: Reporter) -> Result
 
     // 2. Prepare hosts, in parallel.
     rep.phase(Phase::Prepare).await;
-    let prepared = futures::future::join_all(todo.iter().map(|n| prepare_node(&ctx, n))).await;
+    let prepared =
+        futures::future::join_all(todo_hosts.iter().map(|n| prepare_node(&ctx, n))).await;
     if let Some(Err(f)) = prepared.into_iter().find(|r| r.is_err()) {
         return Err(f);
     }

@@ -55,6 +55,16 @@ impl Running {
             None => false,
         }
     }
+
+    /// The state key and name of the operation running now, if any.
+    pub async fn running_operation(&self) -> Option<(String, String)> {
+        let guard = self.current.lock().await;
+        let rep = guard.as_ref()?;
+        let st = rep.state.lock().await;
+        st.outcome
+            .is_none()
+            .then(|| (st.key.clone(), st.operation.clone()))
+    }
 }
 
 /// A started (or dry-run) rollout: its past events and a live feed.
@@ -64,7 +74,10 @@ pub struct Follow {
 }
 
 /// Validates the request, then starts the rollout in the background.
-pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follow, CoordError> {
+pub async fn start(coord: Arc<Coordinator>, mut req: RolloutRequest) -> Result<Follow, CoordError> {
+    // A spec from before a remediation keeps the replacement, never undoes it.
+    let (followed, notes) = crate::remediation::follow_replacements(&coord, &req.spec_yaml)?;
+    req.spec_yaml = followed;
     let mut spec = kh::spec::parse(&req.spec_yaml)
         .map_err(|e| CoordError::InvalidArgument(format!("the cluster spec is invalid:\n{e}")))?;
     if let Err(e) = spec.control_plane_count_check(req.allow_even) {
@@ -133,6 +146,7 @@ pub async fn start(coord: Arc<Coordinator>, req: RolloutRequest) -> Result<Follo
         held,
         no_snapshot: req.no_snapshot,
         confirm_removals: req.confirm_removals,
+        notes,
     };
     let task_rep = rep.clone();
     let task_coord = coord.clone();

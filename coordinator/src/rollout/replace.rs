@@ -563,40 +563,40 @@ fn update_held_spec(
     failed: &str,
     new: &NodeSpec,
 ) -> Result<(), Failure> {
-    let mut doc: serde_yaml::Value = serde_yaml::from_str(yaml)
-        .map_err(|e| Failure::at("cluster", "update-spec", e.to_string(), ""))?;
+    let text = substitute_node(yaml, failed, new)
+        .map_err(|e| Failure::at("cluster", "update-spec", e, ""))?;
+    let mut st = RolloutState::load(&coord.db)?.unwrap_or_default();
+    st.spec_yaml = text;
+    st.save(&coord.db, unix_ms(coord.clock.now()))?;
+    Ok(())
+}
+
+/// A spec's YAML with the node `failed` replaced by `new` (name and
+/// address; its role stays) and `new` gone from `spares`, validated.
+pub(crate) fn substitute_node(yaml: &str, failed: &str, new: &NodeSpec) -> Result<String, String> {
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
     let nodes = doc
         .get_mut("spec")
         .and_then(|s| s.get_mut("nodes"))
         .and_then(|n| n.as_sequence_mut())
-        .ok_or_else(|| {
-            Failure::at(
-                "cluster",
-                "update-spec",
-                "the held spec has no spec.nodes",
-                "",
-            )
-        })?;
+        .ok_or_else(|| "the spec has no spec.nodes".to_string())?;
     for n in nodes.iter_mut() {
         if n.get("name").and_then(|v| v.as_str()) == Some(failed) {
             n["name"] = serde_yaml::Value::String(new.name.clone());
             n["address"] = serde_yaml::Value::String(new.address.to_string());
         }
     }
-    let text = serde_yaml::to_string(&doc)
-        .map_err(|e| Failure::at("cluster", "update-spec", e.to_string(), ""))?;
-    kh::spec::parse(&text).map_err(|e| {
-        Failure::at(
-            "cluster",
-            "update-spec",
-            format!("the updated spec does not validate: {e}"),
-            "",
-        )
-    })?;
-    let mut st = RolloutState::load(&coord.db)?.unwrap_or_default();
-    st.spec_yaml = text;
-    st.save(&coord.db, unix_ms(coord.clock.now()))?;
-    Ok(())
+    // A spare that replaced a control plane leaves the spare pool.
+    if let Some(spares) = doc
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("spares"))
+        .and_then(|n| n.as_sequence_mut())
+    {
+        spares.retain(|s| s.as_str() != Some(new.name.as_str()));
+    }
+    let text = serde_yaml::to_string(&doc).map_err(|e| e.to_string())?;
+    kh::spec::parse(&text).map_err(|e| format!("the updated spec does not validate: {e}"))?;
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -631,6 +631,25 @@ mod tests {
             Some(("cp-2".into(), "cp-4".into()))
         );
         assert_eq!(parse_operation("rollout prod"), None);
+    }
+
+    #[test]
+    fn the_spec_after_a_replacement_lists_the_spare_in_place_of_the_failed_node() {
+        let yaml = "apiVersion: kh.io/v1alpha1\nkind: Cluster\nmetadata: {name: lab}\nspec:\n  spares: [cp-9, cp-10]\n  nodes:\n    - {name: cp-1, role: control-plane, address: 10.0.0.1}\n    - {name: cp-2, role: control-plane, address: 10.0.0.2}\n";
+        let new = NodeSpec {
+            name: "cp-9".into(),
+            role: NodeRole::ControlPlane,
+            address: "10.0.0.9".parse().unwrap(),
+        };
+        let out = kh::spec::parse(&substitute_node(yaml, "cp-2", &new).unwrap()).unwrap();
+        let names: Vec<&str> = out.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["cp-1", "cp-9"]);
+        assert_eq!(out.node("cp-9").unwrap().address, new.address);
+        assert_eq!(out.spares, ["cp-10"]);
+        // A spec without spares is rewritten the same way.
+        let plain = yaml.replace("  spares: [cp-9, cp-10]\n", "");
+        let out = kh::spec::parse(&substitute_node(&plain, "cp-2", &new).unwrap()).unwrap();
+        assert!(out.spares.is_empty() && out.node("cp-9").is_some());
     }
 
     #[test]

@@ -124,6 +124,33 @@ impl Admin for AdminService {
         Ok(Response::new(follow_stream(f)))
     }
 
+    async fn remediation(
+        &self,
+        req: Request<kh::proto::RemediationRequest>,
+    ) -> Result<Response<kh::proto::RemediationStatus>, Status> {
+        use kh::proto::remediation_request::Action;
+        let coord = &self.0;
+        let st = match req.into_inner().action() {
+            Action::Pause => crate::remediation::set_paused(coord, true)?,
+            Action::Resume => crate::remediation::set_paused(coord, false)?,
+            Action::Status | Action::Unspecified => crate::remediation::status(coord)?,
+        };
+        Ok(Response::new(st))
+    }
+
+    async fn spares(
+        &self,
+        req: Request<kh::proto::SparesRequest>,
+    ) -> Result<Response<kh::proto::SparesResponse>, Status> {
+        let add = req.into_inner().add;
+        let r = if add.is_empty() {
+            crate::remediation::spares_list(&self.0)?
+        } else {
+            crate::remediation::spares_add(&self.0, &add).await?
+        };
+        Ok(Response::new(r))
+    }
+
     async fn history(
         &self,
         req: Request<HistoryRequest>,

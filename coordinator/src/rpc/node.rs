@@ -52,6 +52,12 @@ impl Node for NodeService {
         Ok(Response::new(HeartbeatResponse {
             interval_ms: c.config.heartbeat_interval.as_millis() as u64,
             coordinator_serial: c.pki.serving_serial.clone(),
+            retired: rec.retired.is_some(),
+            retired_reason: rec
+                .retired
+                .as_ref()
+                .map(|r| r.reason.clone())
+                .unwrap_or_default(),
         }))
     }
 

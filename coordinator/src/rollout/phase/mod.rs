@@ -13,6 +13,7 @@ pub mod init;
 pub mod preflight;
 pub mod prepare;
 pub mod remove;
+pub mod spares;
 pub mod survey;
 pub mod verify;
 pub mod workers;
