@@ -2,7 +2,7 @@
 # Builds the workspace in release mode and runs one kh-bench section with
 # enough file descriptors: 5,000 simulated agents need ~5,000 sockets in
 # kh-bench and as many in the kh-coordinator it starts (which inherits the
-# limit). Usage: bench/run.sh rollout|scale|agent|snapshot [flags]
+# limit). Usage: bench/run.sh rollout|upgrade|scale|agent|snapshot [flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want=20000

@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "kh-bench",
-    about = "Benchmarks of kh: rollout overhead, coordinator scale, agent footprint. Build the workspace first: `CARGO_TARGET_DIR=/work/target-bench cargo build --release --workspace`.",
+    about = "Benchmarks of kh: rollout and upgrade overhead, coordinator scale, agent footprint. Build the workspace first: `CARGO_TARGET_DIR=/work/target-bench cargo build --release --workspace`.",
     after_help = "See docs/BENCHMARKS.md for the method and the recorded numbers."
 )]
 struct Cli {
