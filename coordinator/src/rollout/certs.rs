@@ -146,28 +146,17 @@ pub(crate) async fn start_as(
         }
     }
 
-    let mut guard = coord.rollouts.current.lock().await;
+    let guard = coord.rollouts.current.lock().await;
     super::refuse_if_running(&guard).await?;
     let now = unix_ms(coord.clock.now());
-    let mut state =
-        RolloutState::resume_or_begin(&coord.db, KEY, &operation, &spec.name, resume, now)?;
+    let state = RolloutState::resume_or_begin(&coord.db, KEY, &operation, &spec.name, resume, now)?;
     let plan = Plan {
         spec,
         names,
         trigger,
         no_snapshot: req.no_snapshot,
     };
-    let rep = if req.dry_run {
-        Reporter::dry_run(coord.clone(), state)
-    } else {
-        state.save(&coord.db, now)?;
-        Reporter::new(coord.clone(), state)
-    };
-    let live = rep.tx.subscribe();
-    if !req.dry_run {
-        *guard = Some(rep.clone());
-    }
-    drop(guard);
+    let (rep, live) = Reporter::begin(&coord, guard, state, req.dry_run, now)?;
     let dry_run = req.dry_run;
     tokio::spawn(async move {
         let result = if dry_run {

@@ -39,6 +39,29 @@ impl Reporter {
         }
     }
 
+    /// The reporter of an operation that starts now, and a receiver of its
+    /// events. A real run is saved first and becomes the coordinator's
+    /// current operation (`current` is the caller's held slot, released
+    /// here); a dry run writes nothing and leaves the slot alone.
+    pub(crate) fn begin(
+        coord: &Arc<Coordinator>,
+        mut current: tokio::sync::MutexGuard<'_, Option<Reporter>>,
+        mut state: RolloutState,
+        dry_run: bool,
+        now: u64,
+    ) -> Result<(Reporter, broadcast::Receiver<RolloutEvent>), crate::error::CoordError> {
+        let rep = if dry_run {
+            Reporter::dry_run(coord.clone(), state)
+        } else {
+            state.save(&coord.db, now)?;
+            let rep = Reporter::new(coord.clone(), state);
+            *current = Some(rep.clone());
+            rep
+        };
+        let live = rep.tx.subscribe();
+        Ok((rep, live))
+    }
+
     /// What the closing event says if the operation succeeds.
     pub(crate) fn set_done_message(&self, message: impl Into<String>) {
         *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.into());

@@ -139,7 +139,7 @@ pub async fn start(
         ))
     })?;
     let operation = operation_name(&snapshot.id);
-    let mut guard = coord.rollouts.current.lock().await;
+    let guard = coord.rollouts.current.lock().await;
     super::refuse_if_running(&guard).await?;
     // An unfinished replacement would fight the restore over the members.
     if let Some(p) = super::replace::pending(&coord)
@@ -155,18 +155,10 @@ pub async fn start(
     let resume = resume_command(&req);
     let mut state =
         RolloutState::resume_or_begin(&coord.db, KEY, &operation, &spec.name, resume, now)?;
-    let rep = if req.dry_run {
+    if req.dry_run {
         state.steps.clear();
-        Reporter::dry_run(coord.clone(), state)
-    } else {
-        state.save(&coord.db, now)?;
-        Reporter::new(coord.clone(), state)
-    };
-    let live = rep.tx.subscribe();
-    if !req.dry_run {
-        *guard = Some(rep.clone());
     }
-    drop(guard);
+    let (rep, live) = Reporter::begin(&coord, guard, state, req.dry_run, now)?;
     let plan = Plan {
         spec,
         snapshot,

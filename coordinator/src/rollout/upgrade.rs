@@ -215,11 +215,11 @@ pub async fn start(coord: Arc<Coordinator>, req: UpgradeRequest) -> Result<Follo
         }
     }
 
-    let mut guard = coord.rollouts.current.lock().await;
+    let guard = coord.rollouts.current.lock().await;
     super::refuse_if_running(&guard).await?;
     let now = unix_ms(coord.clock.now());
     let resume = resume_command(&req);
-    let mut state = RolloutState::resume_or_begin(
+    let state = RolloutState::resume_or_begin(
         &coord.db,
         KEY,
         &operation(&spec.name, &target),
@@ -240,17 +240,7 @@ pub async fn start(coord: Arc<Coordinator>, req: UpgradeRequest) -> Result<Follo
         skip_drain: req.skip_drain,
         no_snapshot: req.no_snapshot,
     };
-    let rep = if req.dry_run {
-        Reporter::dry_run(coord.clone(), state)
-    } else {
-        state.save(&coord.db, now)?;
-        Reporter::new(coord.clone(), state)
-    };
-    let live = rep.tx.subscribe();
-    if !req.dry_run {
-        *guard = Some(rep.clone());
-    }
-    drop(guard);
+    let (rep, live) = Reporter::begin(&coord, guard, state, req.dry_run, now)?;
     let dry_run = req.dry_run;
     let name = operation(&plan.spec.name, &plan.target);
     let command = resume_command(&req);
