@@ -84,6 +84,13 @@ struct Model {
     kubectl_calls: Vec<(String, String, String)>,
     /// Nodes asked for their package versions, with the minor asked.
     package_asks: Vec<(String, String)>,
+    /// Every `KubeNodes` list: the agent asked, and how many entries the
+    /// step log had then (to place it among the steps).
+    node_lists: Vec<(String, usize)>,
+    /// Nodes whose Node reports NotReady from its kubelet restart until
+    /// every one of them has restarted, and the nodes that restarted.
+    ready_together: HashSet<String>,
+    restarted: HashSet<String>,
 }
 
 /// An upgrade step's outcome and notes, or its failure kind, error and
@@ -291,6 +298,18 @@ impl FakeAgents {
     /// Cordons `node`, as an operator would.
     pub fn cordon(&self, node: &str) {
         self.model().cordoned.insert(node.to_string());
+    }
+
+    /// Every `KubeNodes` list: (the agent asked, how many entries
+    /// `step_log` had then).
+    pub fn node_lists(&self) -> Vec<(String, usize)> {
+        self.model().node_lists.clone()
+    }
+
+    /// Each of `nodes` reports NotReady from its kubelet restart until the
+    /// last of them has restarted theirs, so their node-ready waits overlap.
+    pub fn ready_together(&self, nodes: &[&str]) {
+        self.model().ready_together = nodes.iter().map(|n| n.to_string()).collect();
     }
 
     /// Every kubectl drain and uncordon: (the agent that ran it, "drain" or
@@ -528,6 +547,7 @@ impl Model {
                     .unwrap_or_default();
                 self.kubelet_running
                     .insert(node.to_string(), installed.clone());
+                self.restarted.insert(node.to_string());
                 Ok((Changed, vec![format!("kubelet {installed} installed")]))
             }
             _ => Ok((Changed, vec![])),
@@ -807,19 +827,26 @@ impl AgentApi for FakeAgents {
         node: &NodeRecord,
         _timeout: Duration,
     ) -> AgentCall<'_, proto::KubeNodesResponse> {
-        self.answer(node, |m, _| proto::KubeNodesResponse {
-            nodes: m
-                .status
-                .iter()
-                .filter(|(_, s)| s.kubelet_conf)
-                .map(|(n, _)| proto::KubeNode {
-                    name: n.clone(),
-                    ready: true,
-                    roles: vec![],
-                    kubelet_version: m.kubelet_running.get(n).cloned().unwrap_or_default(),
-                    unschedulable: m.cordoned.contains(n),
-                })
-                .collect(),
+        self.answer(node, |m, via| {
+            let at = m.steps.len();
+            m.node_lists.push((via.to_string(), at));
+            let waiting = !m.ready_together.is_subset(&m.restarted);
+            proto::KubeNodesResponse {
+                nodes: m
+                    .status
+                    .iter()
+                    .filter(|(_, s)| s.kubelet_conf)
+                    .map(|(n, _)| proto::KubeNode {
+                        name: n.clone(),
+                        ready: !(waiting
+                            && m.ready_together.contains(n)
+                            && m.restarted.contains(n)),
+                        roles: vec![],
+                        kubelet_version: m.kubelet_running.get(n).cloned().unwrap_or_default(),
+                        unschedulable: m.cordoned.contains(n),
+                    })
+                    .collect(),
+            }
         })
     }
 

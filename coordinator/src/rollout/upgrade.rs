@@ -57,7 +57,7 @@
 //! the run cordoned is uncordoned and the coordinator's held spec names the
 //! target, so `khctl rollout` with the new spec has nothing to do.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -1503,6 +1503,7 @@ async fn changes(
         rep,
         stop: AtomicBool::new(false),
         keep_cordoned,
+        nodes: SharedNodes::default(),
     };
     for h in &hops {
         runner.hop(h).await?;
@@ -1635,6 +1636,63 @@ struct Runner<'a> {
     /// Nodes cordoned before the upgrade: the upgrade does not uncordon
     /// what it did not cordon.
     keep_cordoned: Vec<String>,
+    /// The Node list the `node-ready` waits share.
+    nodes: SharedNodes,
+}
+
+/// One control plane's answer to `KubeNodes`, numbered in the order the
+/// lists were asked for.
+struct NodesAnswer {
+    seq: u64,
+    via: String,
+    nodes: Result<Vec<proto::KubeNode>, String>,
+}
+
+/// The Node list shared by the nodes of a batch that wait for their Node at
+/// the same time. Each wait used to run its own `kubectl get nodes` on the
+/// control plane every poll, so a batch of ten cost ten kubectl processes
+/// on one host per interval; now a wait takes the newest list asked for
+/// after its previous one (its first: after the wait began), and asks for a
+/// new one only when there is none. What a wait sees is never older than
+/// what its own poll would have seen, so it decides exactly as before.
+#[derive(Default)]
+pub(super) struct SharedNodes {
+    /// How many lists were asked for: the number the next one gets.
+    asked: AtomicU64,
+    /// The newest answer. Held while a list is being asked for, so the
+    /// waits that come meanwhile take that list instead of asking again.
+    last: tokio::sync::Mutex<Option<NodesAnswer>>,
+}
+
+impl SharedNodes {
+    /// The number a wait that begins now passes to [`Self::list`] first:
+    /// no list asked for before this moment is good for it.
+    pub(super) fn mark(&self) -> u64 {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// The Nodes as `via`'s kubectl lists them, from a list numbered `from`
+    /// or later: the newest one when it qualifies, else a new one. Returns
+    /// the list's number; the next poll passes that plus one.
+    pub(super) async fn list(
+        &self,
+        ops: &Ops<'_>,
+        via: &str,
+        from: u64,
+    ) -> (u64, Result<Vec<proto::KubeNode>, String>) {
+        let mut last = self.last.lock().await;
+        if let Some(a) = last.as_ref().filter(|a| a.seq >= from && a.via == via) {
+            return (a.seq, a.nodes.clone());
+        }
+        let seq = self.asked.fetch_add(1, Ordering::SeqCst);
+        let nodes = ops.kube_nodes(via).await;
+        *last = Some(NodesAnswer {
+            seq,
+            via: via.to_string(),
+            nodes: nodes.clone(),
+        });
+        (seq, nodes)
+    }
 }
 
 impl Runner<'_> {
@@ -1999,8 +2057,16 @@ impl Runner<'_> {
     /// Waits until `node` is Ready with kubelet `hop`, asking `via`.
     async fn ready(&self, node: &str, via: &str, hop: &KubeVersion) -> Result<String, Failure> {
         let ops = Ops { coord: self.coord };
+        // The other nodes of the batch wait at the same time: they share
+        // the lists (see `SharedNodes`).
+        let from = AtomicU64::new(self.nodes.mark());
         wait_for(READY_WAIT, || async {
-            let nodes = ops.kube_nodes(via).await?;
+            let (seq, nodes) = self
+                .nodes
+                .list(&ops, via, from.load(Ordering::SeqCst))
+                .await;
+            from.store(seq + 1, Ordering::SeqCst);
+            let nodes = nodes?;
             let k = nodes
                 .iter()
                 .find(|k| k.name == node)

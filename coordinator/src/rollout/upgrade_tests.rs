@@ -871,3 +871,87 @@ async fn another_operation_running_or_pending_is_refused_at_once() {
     assert!(fake.steps().is_empty());
     nothing_pending(&coord);
 }
+
+/// The workers of a batch wait for their Nodes at the same time and share
+/// the `KubeNodes` lists. Their Nodes stay NotReady until the last of them
+/// has restarted its kubelet, so all three waits are under way then; from
+/// there, each wait needs one list asked for after it saw its previous one.
+/// Polling on their own, the three would ask for three lists; sharing, the
+/// first list answers every wait already under way and only the last node's
+/// wait, which may begin just after it, can need a second.
+#[tokio::test]
+async fn a_batch_shares_its_node_ready_polls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = built(dir.path(), "v1.31.4");
+    fake.ready_together(&["w-1", "w-2", "w-3"]);
+    let (_, end) = upgrade(&coord, request("v1.32.4", Some("100%"))).await;
+    assert!(end.ok, "{}: {}", end.step, end.message);
+    assert_upgraded(&fake, "v1.32.4");
+    let log = fake.step_log();
+    let last_restart = log
+        .iter()
+        .rposition(|c| !c.started && c.step == "restart-kubelet" && c.node.starts_with("w-"))
+        .unwrap();
+    // Every worker's node-ready has ended before its uncordon starts.
+    let last_uncordon = log
+        .iter()
+        .rposition(|c| c.started && c.step == "kubectl-uncordon")
+        .unwrap();
+    assert!(last_restart < last_uncordon);
+    let lists: Vec<(String, usize)> = fake
+        .node_lists()
+        .into_iter()
+        .filter(|(_, at)| (last_restart + 1..=last_uncordon).contains(at))
+        .collect();
+    assert!(
+        (1..=2).contains(&lists.len()),
+        "three waits took {} lists after the last restart: {lists:?}",
+        lists.len()
+    );
+    assert!(lists.iter().all(|(via, _)| via == "cp-1"), "{lists:?}");
+    // Each node's wait is still its own step, audited once as before.
+    let history = crate::audit::list(&coord.db, 1000).unwrap();
+    for w in ["w-1", "w-2", "w-3"] {
+        let ready: Vec<_> = history
+            .iter()
+            .filter(|h| h.node == w && h.step == "node-ready@v1.32.4" && h.outcome == "done")
+            .collect();
+        assert_eq!(ready.len(), 1, "{w}: {history:?}");
+        assert_eq!(ready[0].message, "Ready with kubelet v1.32.4");
+    }
+}
+
+/// Ten waits at once cost one `KubeNodes` list; their next polls, one
+/// more; a wait that begins after a list was asked for never takes it, nor
+/// one another control plane answered.
+#[tokio::test]
+async fn waits_at_once_share_one_node_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coord, fake) = built(dir.path(), "v1.31.4");
+    let shared = super::upgrade::SharedNodes::default();
+    let ops = super::ops::Ops { coord: &coord };
+    let asked = || fake.node_lists().len();
+    let start = asked();
+
+    let from = shared.mark();
+    let first = futures::future::join_all((0..10).map(|_| shared.list(&ops, "cp-1", from))).await;
+    assert_eq!(asked() - start, 1);
+    let seq = first[0].0;
+    for (s, nodes) in &first {
+        assert_eq!(*s, seq);
+        assert_eq!(nodes.as_ref().unwrap().len(), NODES.len());
+    }
+
+    let next = futures::future::join_all((0..10).map(|_| shared.list(&ops, "cp-1", seq + 1))).await;
+    assert_eq!(asked() - start, 2);
+    assert!(next.iter().all(|(s, _)| *s == next[0].0 && *s > seq));
+
+    let late = shared.mark();
+    let (s, _) = shared.list(&ops, "cp-1", late).await;
+    assert!(s >= late);
+    assert_eq!(asked() - start, 3);
+
+    let (_, _) = shared.list(&ops, "cp-2", 0).await;
+    assert_eq!(asked() - start, 4);
+    assert_eq!(fake.node_lists().last().unwrap().0, "cp-2");
+}
