@@ -137,14 +137,7 @@ pub(crate) async fn start_as(
     // Another operation that changed the cluster and stopped must be
     // finished first: renewing under a half-done replacement would restart
     // members while their membership is in flux.
-    for op in super::operation::list(&coord).await? {
-        if op.pending && op.changed && op.kind != "certs-renew" {
-            return Err(CoordError::FailedPrecondition(format!(
-                "{} is pending: {}; finish it before renewing certificates",
-                op.operation, op.next
-            )));
-        }
-    }
+    super::operation::refuse_if_pending(&coord, "certs-renew", "renewing certificates").await?;
 
     let guard = coord.rollouts.current.lock().await;
     super::refuse_if_running(&guard).await?;

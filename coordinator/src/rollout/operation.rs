@@ -173,6 +173,25 @@ pub fn unfinished_on(coord: &Coordinator, node: &str) -> Result<Option<String>, 
     Ok(None)
 }
 
+/// Refuses to start an operation of kind `own` while another operation
+/// changed the cluster and stopped: it must be finished first. `doing` ends
+/// the message ("upgrading", "renewing certificates").
+pub async fn refuse_if_pending(
+    coord: &Coordinator,
+    own: &str,
+    doing: &str,
+) -> Result<(), CoordError> {
+    for op in list(coord).await? {
+        if op.pending && op.changed && op.kind != own {
+            return Err(CoordError::FailedPrecondition(format!(
+                "{} is pending: {}; finish it before {doing}",
+                op.operation, op.next
+            )));
+        }
+    }
+    Ok(())
+}
+
 pub async fn list(coord: &Coordinator) -> Result<Vec<OperationInfo>, CoordError> {
     let guard = coord.rollouts.current.lock().await;
     let running = match guard.as_ref() {

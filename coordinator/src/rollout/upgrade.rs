@@ -206,14 +206,7 @@ pub async fn start(coord: Arc<Coordinator>, req: UpgradeRequest) -> Result<Follo
     // Another operation that changed the cluster and stopped must be
     // finished first: upgrading under a half-done replacement or renewal
     // would restart components whose state is in flux.
-    for op in super::operation::list(&coord).await? {
-        if op.pending && op.changed && op.kind != "upgrade" {
-            return Err(CoordError::FailedPrecondition(format!(
-                "{} is pending: {}; finish it before upgrading",
-                op.operation, op.next
-            )));
-        }
-    }
+    super::operation::refuse_if_pending(&coord, "upgrade", "upgrading").await?;
 
     let guard = coord.rollouts.current.lock().await;
     super::refuse_if_running(&guard).await?;
