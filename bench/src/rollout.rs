@@ -31,7 +31,7 @@ use kh::proto::{rollout_event::Kind, RolloutEvent, RolloutRequest, SpecFile};
 use kh_testbed::spec::{cluster_yaml, SpecNode, CNI_MANIFEST};
 
 use crate::common::{f2, s1, Bench};
-use crate::stats::{parallel_lower_bound, ratio, summarize};
+use crate::stats::{median_only, median_range, parallel_lower_bound, ratio, summarize};
 use crate::sys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -590,22 +590,6 @@ fn print_run(r: &RunResult) {
         s1(r.peak_rss_mib),
         s1(r.busy_pct)
     );
-}
-
-/// "median [min-max]" of one figure over runs, or "-" without runs.
-fn median_range(rs: &[&RunResult], f: &dyn Fn(&RunResult) -> f64) -> String {
-    let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
-    summarize(&v)
-        .map(|s| format!("{} [{}-{}]", f2(s.median), f2(s.min), f2(s.max)))
-        .unwrap_or_else(|| "-".into())
-}
-
-/// The median of one figure over runs, or "-" without runs.
-fn median_only(rs: &[&RunResult], f: &dyn Fn(&RunResult) -> f64) -> String {
-    let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
-    summarize(&v)
-        .map(|s| f2(s.median))
-        .unwrap_or_else(|| "-".into())
 }
 
 fn print_tables(all: &[RunResult], failed: &[Shape], args: &RolloutArgs) {

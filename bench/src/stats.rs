@@ -66,6 +66,29 @@ pub fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// "median [min-max]" of one figure over runs, or "-" without runs.
+pub fn median_range<R>(rs: &[&R], f: &dyn Fn(&R) -> f64) -> String {
+    let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
+    summarize(&v)
+        .map(|s| {
+            format!(
+                "{} [{}-{}]",
+                crate::common::f2(s.median),
+                crate::common::f2(s.min),
+                crate::common::f2(s.max)
+            )
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The median of one figure over runs, or "-" without runs.
+pub fn median_only<R>(rs: &[&R], f: &dyn Fn(&R) -> f64) -> String {
+    let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
+    summarize(&v)
+        .map(|s| crate::common::f2(s.median))
+        .unwrap_or_else(|| "-".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

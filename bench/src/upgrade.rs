@@ -34,7 +34,7 @@ use kh_testbed::spec::{cluster_yaml, SpecNode};
 
 use crate::common::{f2, s1, Bench};
 use crate::rollout::Snap;
-use crate::stats::{ratio, summarize};
+use crate::stats::{median_only, median_range, ratio, summarize};
 use crate::sys;
 
 const FROM: &str = "v1.31.4";
@@ -642,20 +642,6 @@ fn print_run(r: &RunResult) {
         f2(r.cpu.machine),
         s1(r.busy_pct)
     );
-}
-
-fn median_range(rs: &[&RunResult], f: &dyn Fn(&RunResult) -> f64) -> String {
-    let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
-    summarize(&v)
-        .map(|s| format!("{} [{}-{}]", f2(s.median), f2(s.min), f2(s.max)))
-        .unwrap_or_else(|| "-".into())
-}
-
-fn median_only(rs: &[&RunResult], f: &dyn Fn(&RunResult) -> f64) -> String {
-    let v: Vec<f64> = rs.iter().map(|r| f(r)).collect();
-    summarize(&v)
-        .map(|s| f2(s.median))
-        .unwrap_or_else(|| "-".into())
 }
 
 fn print_tables(all: &[RunResult], failed: &[Shape], args: &UpgradeArgs) {
